@@ -1,0 +1,34 @@
+#pragma once
+/// \file
+/// The interface a C++ model implements to take part in distillation.
+
+#include <torch/nn/module.h>
+
+#include "kd/core/model_output.h"
+
+namespace kd {
+
+/// A LibTorch module whose forward returns a ModelOutput.
+///
+/// Implement it in the usual `Impl` + `TORCH_MODULE` way:
+/// ```
+/// struct TinyNetImpl : kd::Model {
+///   TinyNetImpl() { fc = register_module("fc", torch::nn::Linear(784, 10)); }
+///   kd::ModelOutput forward(const torch::Tensor& x) override {
+///     kd::ModelOutput out;
+///     out.logits = fc->forward(x.flatten(1));
+///     return out;
+///   }
+///   torch::nn::Linear fc{nullptr};
+/// };
+/// TORCH_MODULE(TinyNet);
+/// ```
+class Model : public torch::nn::Module {
+ public:
+  using torch::nn::Module::Module;
+  virtual ModelOutput forward(const torch::Tensor& inputs) = 0;
+};
+
+using ModelPtr = std::shared_ptr<Model>;
+
+}  // namespace kd

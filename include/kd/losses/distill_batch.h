@@ -1,0 +1,48 @@
+#pragma once
+/// \file
+/// What every loss module receives, and what it returns.
+
+#include <map>
+#include <string>
+
+#include <torch/types.h>
+
+#include "kd/core/model_output.h"
+
+namespace kd {
+
+/// Where training stands when a loss is evaluated. Schedules read `progress`.
+struct StepInfo {
+  int64_t global_step = 0;   ///< optimizer steps since the run began
+  int64_t stage_step = 0;    ///< optimizer steps since the current stage began
+  int64_t stage_steps = 0;   ///< length of the current stage in steps (0 if unknown)
+  int64_t epoch = 0;         ///< epoch within the run
+  double progress = 0.0;     ///< stage_step / stage_steps, in [0, 1]
+};
+
+/// One batch as a loss sees it: both models' outputs and the data they came from.
+///
+/// `inputs` are the student's inputs; `teacher_inputs` the teacher's, when a
+/// loss differentiates through the teacher (they are then a separate leaf
+/// that requires grad). `mask` is 1 for real positions and 0 for padding
+/// ([B] or [B, L]); undefined means "all real".
+struct DistillBatch {
+  ModelOutput student;
+  ModelOutput teacher;
+  torch::Tensor targets;
+  torch::Tensor mask;
+  torch::Tensor inputs;
+  torch::Tensor teacher_inputs;
+  StepInfo step;
+};
+
+/// A loss value and its named parts, for logging.
+///
+/// `total` is the scalar to back-propagate; `parts` hold detached or live
+/// scalars (name -> value), e.g. {"kl": ..., "ce": ..., "w.kl": ...}.
+struct LossResult {
+  torch::Tensor total;
+  std::map<std::string, torch::Tensor> parts;
+};
+
+}  // namespace kd
