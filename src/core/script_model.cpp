@@ -37,7 +37,34 @@ std::vector<torch::Tensor> tensor_list(const c10::IValue& v, const std::string& 
   return out;
 }
 
+// "hidden_states.3" -> 3 for prefix "hidden_states."; -1 when the key is not of that form.
+int64_t indexed_key(const std::string& key, const std::string& prefix) {
+  if (key.size() <= prefix.size() || key.compare(0, prefix.size(), prefix) != 0) return -1;
+  const std::string digits = key.substr(prefix.size());
+  if (digits.size() > 6 || digits.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoll(digits);
+}
+
 }  // namespace
+
+// Tensor-valued dicts name layers "hidden_states.0", "hidden_states.1", ...; they must be contiguous.
+void ScriptModel::append_layers(const std::map<int64_t, torch::Tensor>& by_layer, const std::string& what,
+                                std::vector<torch::Tensor>& out) const {
+  if (by_layer.empty()) return;
+  if (!out.empty()) {
+    throw Error(ErrorCategory::kModel,
+                fmt::format("{}: forward returned both '{}' and '{}.N' entries; use one form", source_, what, what));
+  }
+  int64_t expected = 0;
+  for (const auto& [layer, t] : by_layer) {
+    if (layer != expected++) {
+      throw Error(ErrorCategory::kModel,
+                  fmt::format("{}: '{}.N' entries must be numbered 0, 1, 2, ... without gaps; '{}.{}' is missing",
+                              source_, what, what, expected - 1));
+    }
+    out.push_back(t);
+  }
+}
 
 ScriptModel::ScriptModel(torch::jit::Module module, std::string source)
     : module_(std::move(module)), source_(std::move(source)) {
@@ -89,6 +116,7 @@ ModelOutput ScriptModel::convert(const c10::IValue& value) const {
     out.logits = value.toTensor();
   } else if (value.isGenericDict()) {
     std::vector<std::string> keys;
+    std::map<int64_t, torch::Tensor> hidden_by_layer, attention_by_layer;
     for (const auto& item : value.toGenericDict()) {
       if (!item.key().isString()) {
         throw Error(ErrorCategory::kModel,
@@ -98,11 +126,24 @@ ModelOutput ScriptModel::convert(const c10::IValue& value) const {
       const std::string key = item.key().toStringRef();
       keys.push_back(key);
       const auto& v = item.value();
-      if (key == "logits" && v.isTensor()) out.logits = v.toTensor();
-      else if (key == "hidden_states") out.hidden_states = tensor_list(v, key, source_);
-      else if (key == "attentions") out.attentions = tensor_list(v, key, source_);
-      else if (v.isTensor()) out.extras[key] = v.toTensor();
+      if (key == "logits") {
+        // Dict[str, List[Tensor]] exports carry the logits as a one-element list.
+        const auto list = v.isTensor() ? std::vector<torch::Tensor>{v.toTensor()} : tensor_list(v, key, source_);
+        if (list.size() == 1) out.logits = list[0];
+      } else if (key == "hidden_states") {
+        out.hidden_states = tensor_list(v, key, source_);
+      } else if (key == "attentions") {
+        out.attentions = tensor_list(v, key, source_);
+      } else if (auto layer = indexed_key(key, "hidden_states."); layer >= 0 && v.isTensor()) {
+        hidden_by_layer[layer] = v.toTensor();
+      } else if (auto layer = indexed_key(key, "attentions."); layer >= 0 && v.isTensor()) {
+        attention_by_layer[layer] = v.toTensor();
+      } else if (v.isTensor()) {
+        out.extras[key] = v.toTensor();
+      }
     }
+    append_layers(hidden_by_layer, "hidden_states", out.hidden_states);
+    append_layers(attention_by_layer, "attentions", out.attentions);
     if (!out.logits.defined()) {
       throw Error(ErrorCategory::kModel,
                   fmt::format("{}: forward returned a dict without a 'logits' tensor (keys: {}); "

@@ -19,7 +19,10 @@ std::shared_ptr<TeacherImpl> TeacherImpl::load(const std::string& path,
 }
 
 void TeacherImpl::freeze() {
-  for (auto& p : model_->parameters()) p.requires_grad_(false);
+  for (auto& p : model_->parameters()) {
+    p.requires_grad_(false);
+    p.mutable_grad() = torch::Tensor();  // grads left over from training it are not the teacher's
+  }
   Module::train(false);
   model_->train(false);
 }

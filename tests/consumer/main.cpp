@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include <kd/kd.h>
+#include <torch/torch.h>
 
 struct TinyImpl : kd::Model {
   explicit TinyImpl(int64_t hidden) {

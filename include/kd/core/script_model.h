@@ -2,7 +2,9 @@
 /// \file
 /// A TorchScript file seen as a kd::Model.
 
+#include <map>
 #include <string>
+#include <vector>
 
 #include <torch/script.h>
 
@@ -13,8 +15,11 @@ namespace kd {
 /// Adapts a module saved with `torch.jit.save` to the kd::Model interface.
 ///
 /// Its forward may return
-/// - a dict with `logits` and optionally `hidden_states` / `attentions`
-///   (lists of tensors); any other tensor entry lands in `extras`;
+/// - a dict `Dict[str, Tensor]` with `logits` and optionally per-layer
+///   entries `hidden_states.0`, `hidden_states.1`, ... and `attentions.0`, ...;
+///   any other tensor entry lands in `extras`;
+/// - a dict `Dict[str, List[Tensor]]` with `logits` (a one-element list),
+///   `hidden_states` and `attentions`;
 /// - a tuple `(logits[, hidden_states[, attentions]])`;
 /// - a bare logits tensor.
 ///
@@ -43,6 +48,8 @@ class ScriptModel : public Model {
 
  private:
   ModelOutput convert(const c10::IValue& value) const;
+  void append_layers(const std::map<int64_t, torch::Tensor>& by_layer, const std::string& what,
+                     std::vector<torch::Tensor>& out) const;
 
   torch::jit::Module module_;
   std::string source_;

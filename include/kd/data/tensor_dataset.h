@@ -1,0 +1,30 @@
+#pragma once
+/// \file
+/// An in-memory dataset of (input, target) pairs and a seeded batch iterator.
+
+#include <cstdint>
+#include <vector>
+
+#include <torch/types.h>
+
+namespace kd::data {
+
+/// Inputs [N, ...] and targets [N] (or [N, ...]) held in memory.
+struct TensorDataset {
+  torch::Tensor inputs;
+  torch::Tensor targets;
+
+  int64_t size() const { return inputs.defined() ? inputs.size(0) : 0; }
+  /// The examples at `indices` (int64 [n]).
+  TensorDataset select(const torch::Tensor& indices) const;
+};
+
+/// The example order for one epoch: a Fisher–Yates shuffle seeded by
+/// (seed, epoch), identical on every platform and LibTorch version, or
+/// 0..n−1 when `shuffle` is false.
+std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle = true);
+
+/// A deterministic random permutation of 0..n−1 (std::mt19937_64, Fisher–Yates).
+std::vector<int64_t> permutation(int64_t n, uint64_t seed);
+
+}  // namespace kd::data

@@ -1,0 +1,84 @@
+#include "kd/models/cnn.h"
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "kd/core/error.h"
+
+namespace kd::models {
+namespace {
+
+torch::nn::Conv2d conv3x3(int64_t in, int64_t out, int64_t groups = 1) {
+  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1).groups(groups));
+}
+
+void check_input(const torch::Tensor& x, int64_t channels, int64_t size, const char* model) {
+  if (x.dim() != 4 || x.size(1) != channels || x.size(2) != size || x.size(3) != size) {
+    throw Error(ErrorCategory::kShape,
+                fmt::format("{} expects images [B, {}, {}, {}], got {}", model, channels, size, size,
+                            shape_string(x)));
+  }
+}
+
+void check_size(int64_t image_size) {
+  if (image_size <= 0 || image_size % 4 != 0) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("image_size must be a positive multiple of 4 (two 2x2 pools), got {}", image_size));
+  }
+}
+
+}  // namespace
+
+CnnTeacherImpl::CnnTeacherImpl(CnnTeacherOptions options_) : options(options_) {
+  check_size(options.image_size());
+  const auto w1 = options.width1(), w2 = options.width2();
+  conv1 = register_module("conv1", conv3x3(options.in_channels(), w1));
+  bn1 = register_module("bn1", torch::nn::BatchNorm2d(w1));
+  conv2 = register_module("conv2", conv3x3(w1, w1));
+  bn2 = register_module("bn2", torch::nn::BatchNorm2d(w1));
+  conv3 = register_module("conv3", conv3x3(w1, w2));
+  bn3 = register_module("bn3", torch::nn::BatchNorm2d(w2));
+  conv4 = register_module("conv4", conv3x3(w2, w2));
+  bn4 = register_module("bn4", torch::nn::BatchNorm2d(w2));
+  const int64_t s = options.image_size() / 4;
+  fc1 = register_module("fc1", torch::nn::Linear(w2 * s * s, options.hidden()));
+  fc2 = register_module("fc2", torch::nn::Linear(options.hidden(), options.num_classes()));
+}
+
+ModelOutput CnnTeacherImpl::forward(const torch::Tensor& inputs) {
+  check_input(inputs, options.in_channels(), options.image_size(), "CnnTeacher");
+  ModelOutput out;
+  auto x = torch::relu(bn1->forward(conv1->forward(inputs)));
+  x = torch::max_pool2d(torch::relu(bn2->forward(conv2->forward(x))), 2);
+  out.hidden_states.push_back(x);
+  x = torch::relu(bn3->forward(conv3->forward(x)));
+  x = torch::max_pool2d(torch::relu(bn4->forward(conv4->forward(x))), 2);
+  out.hidden_states.push_back(x);
+  out.logits = fc2->forward(torch::relu(fc1->forward(x.flatten(1))));
+  return out;
+}
+
+DepthwiseCnnStudentImpl::DepthwiseCnnStudentImpl(DepthwiseCnnStudentOptions options_) : options(options_) {
+  check_size(options.image_size());
+  const auto w1 = options.width1(), w2 = options.width2();
+  conv1 = register_module("conv1", conv3x3(options.in_channels(), w1));
+  bn1 = register_module("bn1", torch::nn::BatchNorm2d(w1));
+  depthwise = register_module("depthwise", conv3x3(w1, w1, /*groups=*/w1));
+  pointwise = register_module("pointwise", torch::nn::Conv2d(torch::nn::Conv2dOptions(w1, w2, 1)));
+  bn2 = register_module("bn2", torch::nn::BatchNorm2d(w2));
+  const int64_t s = options.image_size() / 4;
+  fc = register_module("fc", torch::nn::Linear(w2 * s * s, options.num_classes()));
+}
+
+ModelOutput DepthwiseCnnStudentImpl::forward(const torch::Tensor& inputs) {
+  check_input(inputs, options.in_channels(), options.image_size(), "DepthwiseCnnStudent");
+  ModelOutput out;
+  auto x = torch::max_pool2d(torch::relu(bn1->forward(conv1->forward(inputs))), 2);
+  out.hidden_states.push_back(x);
+  x = torch::max_pool2d(torch::relu(bn2->forward(pointwise->forward(depthwise->forward(x)))), 2);
+  out.hidden_states.push_back(x);
+  out.logits = fc->forward(x.flatten(1));
+  return out;
+}
+
+}  // namespace kd::models
