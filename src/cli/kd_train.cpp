@@ -1,6 +1,6 @@
 // kd-train: the command-line front end of kdistill.
 //
-//   kd-train distill [--out DIR] [--epochs N] [--teacher-epochs N] ...
+//   kd-train distill [--config FILE]... [--set key.path=value]... [--out DIR] [--device D] [--seed N] [--threads N]
 //
 // With no arguments `distill` runs the default recipe on Fashion-MNIST: train a
 // CNN teacher from scratch (no pretrained weights can be downloaded), then
@@ -21,23 +21,29 @@
 #include "kd/data/fashion_mnist.h"
 #include "kd/models/cnn.h"
 #include "kd/train/distiller.h"
+#include "config.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
+// The resolved configuration, as typed values (see config.cpp for the schema and defaults).
 struct DistillArgs {
-  std::string out = "runs/default";
-  std::string data_root = "/usr/share/datasets/fashion-mnist";
-  std::string device = "cpu";
-  int64_t teacher_epochs = 2;
-  int64_t epochs = 3;
-  int64_t batch_size = 128;
-  int64_t limit = 0;
-  int threads = 0;
-  uint64_t seed = 0;
-  double temperature = 4.0;
-  double kl_weight = 0.9;
+  explicit DistillArgs(const nlohmann::json& c)
+      : out(c["out"]), data_root(c["data"]["root"]), device(c["train"]["device"]),
+        teacher_epochs(c["teacher"]["epochs"]), epochs(c["student"]["epochs"]),
+        batch_size(c["train"]["batch_size"]), limit(c["data"]["limit"]),
+        validation_size(c["data"]["validation_size"]), split_seed(c["data"]["split_seed"]),
+        threads(c["train"]["threads"]), log_every(c["train"]["log_every"]), seed(c["train"]["seed"]),
+        lr(c["train"]["lr"]), weight_decay(c["train"]["weight_decay"]),
+        temperature(c["loss"]["temperature"]), kl_weight(c["loss"]["kl_weight"]) {}
+  std::string out, data_root, device;
+  int64_t teacher_epochs, epochs, batch_size, limit, validation_size;
+  uint64_t split_seed;
+  int threads;
+  int64_t log_every;
+  uint64_t seed;
+  double lr, weight_decay, temperature, kl_weight;
 };
 
 /// 0.9·KL + 0.1·CE on the student's logits: the default recipe's loss.
@@ -69,14 +75,29 @@ void save_atomically(const std::shared_ptr<torch::nn::Module>& module, const fs:
   fs::rename(tmp, path);
 }
 
-int run_distill(const DistillArgs& a) {
+kd::DistillerOptions train_options(const DistillArgs& a) {
+  return kd::DistillerOptions()
+      .batch_size(a.batch_size)
+      .lr(a.lr)
+      .weight_decay(a.weight_decay)
+      .seed(a.seed)
+      .log_every(a.log_every);
+}
+
+int run_distill(const nlohmann::json& config) {
+  const DistillArgs a(config);
   // LibTorch's own default here is sometimes 1 thread; use every core unless told otherwise.
   torch::set_num_threads(a.threads > 0 ? a.threads : std::max(1u, std::thread::hardware_concurrency()));
   torch::manual_seed(a.seed);
   const torch::Device device = kd::resolve_device(a.device);
   fs::create_directories(a.out);
+  std::ofstream(fs::path(a.out) / "config.json") << config.dump(2) << "\n";
 
-  auto data_opts = kd::data::FashionMnistOptions().root(a.data_root).limit(a.limit);
+  auto data_opts = kd::data::FashionMnistOptions()
+                       .root(a.data_root)
+                       .limit(a.limit)
+                       .validation_size(a.validation_size)
+                       .split_seed(a.split_seed);
   const auto train = kd::data::load_fashion_mnist(kd::data::Split::kTrain, data_opts);
   const auto val = kd::data::load_fashion_mnist(kd::data::Split::kValidation, data_opts);
   const auto test = kd::data::load_fashion_mnist(kd::data::Split::kTest, data_opts);
@@ -96,7 +117,7 @@ int run_distill(const DistillArgs& a) {
                  kd::parameter_count(*teacher_model), a.teacher_epochs);
     kd::Distiller supervised(kd::Student(teacher_model.ptr()), std::nullopt,
                              torch::nn::AnyModule(kd::HardLabelCE()),
-                             kd::DistillerOptions().epochs(a.teacher_epochs).batch_size(a.batch_size).seed(a.seed));
+                             train_options(a).epochs(a.teacher_epochs));
     supervised.fit(train, &val);
     save_atomically(teacher_model.ptr(), teacher_path);
   }
@@ -110,7 +131,7 @@ int run_distill(const DistillArgs& a) {
                kd::parameter_count(*student_model), a.epochs, a.kl_weight, a.temperature, 1 - a.kl_weight);
   kd::Distiller distiller(kd::Student(student_model.ptr()), teacher,
                           torch::nn::AnyModule(SoftAndHard(a.temperature, a.kl_weight)),
-                          kd::DistillerOptions().epochs(a.epochs).batch_size(a.batch_size).seed(a.seed));
+                          train_options(a).epochs(a.epochs));
   const auto history = distiller.fit(train, &val);
   save_atomically(student_model.ptr(), fs::path(a.out) / "student.pt");
   const double student_acc = kd::classification_accuracy(*student_model, test);
@@ -135,22 +156,20 @@ int run_distill(const DistillArgs& a) {
 int main(int argc, char** argv) {
   CLI::App app{"kd-train: knowledge distillation with kdistill"};
   app.require_subcommand(1);
-  DistillArgs d;
-  auto* distill = app.add_subcommand("distill", "distill a student from a teacher (default: Fashion-MNIST recipe)");
-  distill->add_option("--out", d.out, "output folder")->capture_default_str();
-  distill->add_option("--data", d.data_root, "Fashion-MNIST folder")->capture_default_str();
-  distill->add_option("--device", d.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
-  distill->add_option("--epochs", d.epochs, "student epochs")->capture_default_str()->check(CLI::PositiveNumber);
-  distill->add_option("--teacher-epochs", d.teacher_epochs, "teacher epochs (when no teacher.pt in --out)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  distill->add_option("--batch-size", d.batch_size, "batch size")->capture_default_str()->check(CLI::PositiveNumber);
-  distill->add_option("--limit", d.limit, "use only the first N examples of each split (0 = all)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  distill->add_option("--threads", d.threads, "intra-op threads (0 = all cores)")->capture_default_str();
-  distill->add_option("--seed", d.seed, "random seed")->capture_default_str();
-  distill->add_option("--temperature", d.temperature, "KL temperature")->capture_default_str()->check(CLI::PositiveNumber);
-  distill->add_option("--kl-weight", d.kl_weight, "weight of KL; CE gets 1 - this")
-      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  std::vector<std::string> configs, sets;
+  std::string out, device;
+  int64_t seed = -1, threads = -1;
+  auto* distill = app.add_subcommand(
+      "distill", "distill a student from a teacher; with no config: the default Fashion-MNIST recipe");
+  distill->add_option("--config", configs, "JSON config file (repeatable; later files override earlier)")
+      ->check(CLI::ExistingFile);
+  distill->add_option("--set", sets, "override one key, e.g. --set student.epochs=5 (repeatable; wins over files)");
+  distill->add_option("--out", out, "output folder (same as --set out=DIR)");
+  distill->add_option("--device", device, "cpu, cuda, cuda:N or auto (same as --set train.device=...)");
+  distill->add_option("--seed", seed, "random seed (same as --set train.seed=N)")->check(CLI::NonNegativeNumber);
+  distill->add_option("--threads", threads, "intra-op threads, 0 = all cores (same as --set train.threads=N)")
+      ->check(CLI::NonNegativeNumber);
+  distill->footer("Defaults (every key a config may set):\n" + kd::app::distill_defaults().dump(2));
 
   try {
     app.parse(argc, argv);
@@ -158,7 +177,14 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
-    if (*distill) return run_distill(d);
+    if (*distill) {
+      // Named flags are shorthands for --set and win over it, as the command line's last word.
+      if (!out.empty()) sets.push_back("out=" + nlohmann::json(out).dump());
+      if (!device.empty()) sets.push_back("train.device=" + nlohmann::json(device).dump());
+      if (seed >= 0) sets.push_back("train.seed=" + std::to_string(seed));
+      if (threads >= 0) sets.push_back("train.threads=" + std::to_string(threads));
+      return run_distill(kd::app::resolve_config(configs, sets));
+    }
   } catch (const kd::Error& e) {
     spdlog::error("{}", e.what());
     return 2;

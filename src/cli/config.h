@@ -1,0 +1,29 @@
+#pragma once
+// kd-train's configuration tree: defaults < --config files (in order) < --set overrides.
+//
+// The library itself never sees JSON: the app validates the tree here, then
+// turns it into typed Options (see kd_train.cpp).
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace kd::app {
+
+/// The default configuration of `kd-train distill`; it doubles as the schema:
+/// every allowed key appears here, with the type its value must have.
+const nlohmann::json& distill_defaults();
+
+/// Layers `files` (JSON objects, later ones win) and `overrides`
+/// ("a.b.c=value", value parsed as JSON when it parses, else as a string)
+/// over the defaults, then validates the result. Throws kd::Error (kConfig
+/// or kFile) naming the file, the JSON path, the bad value and what is allowed,
+/// with a close-match suggestion for misspelt keys.
+nlohmann::json resolve_config(const std::vector<std::string>& files, const std::vector<std::string>& overrides);
+
+/// Checks `config` against the schema in distill_defaults() and the value ranges.
+/// `origin` names where the values came from, for messages.
+void validate_config(const nlohmann::json& config, const std::string& origin);
+
+}  // namespace kd::app
