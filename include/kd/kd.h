@@ -2,6 +2,7 @@
 /// \file
 /// Umbrella header: everything a distillation program needs.
 
+#include "kd/core/atomic_file.h"
 #include "kd/core/device.h"
 #include "kd/core/error.h"
 #include "kd/core/model.h"

@@ -66,13 +66,20 @@ struct SoftAndHardImpl : torch::nn::Module {
 };
 TORCH_MODULE(SoftAndHard);
 
-// Saves next to `path` then renames, so a crash never leaves a half-written file.
-void save_atomically(const std::shared_ptr<torch::nn::Module>& module, const fs::path& path) {
-  const fs::path tmp = path.string() + ".tmp";
-  torch::serialize::OutputArchive archive;
-  module->save(archive);
-  archive.save_to(tmp.string());
-  fs::rename(tmp, path);
+void save_module(const std::shared_ptr<torch::nn::Module>& module, const fs::path& path) {
+  kd::write_atomically(path.string(), [&](const std::string& tmp) {
+    torch::serialize::OutputArchive archive;
+    module->save(archive);
+    archive.save_to(tmp);
+  });
+}
+
+void save_text(const fs::path& path, const std::string& text) {
+  kd::write_atomically(path.string(), [&](const std::string& tmp) {
+    std::ofstream out(tmp);
+    out << text;
+    if (!out.flush()) throw std::runtime_error("write failed");
+  });
 }
 
 kd::DistillerOptions train_options(const DistillArgs& a) {
@@ -91,7 +98,7 @@ int run_distill(const nlohmann::json& config) {
   torch::manual_seed(a.seed);
   const torch::Device device = kd::resolve_device(a.device);
   fs::create_directories(a.out);
-  std::ofstream(fs::path(a.out) / "config.json") << config.dump(2) << "\n";
+  save_text(fs::path(a.out) / "config.json", config.dump(2) + "\n");
 
   auto data_opts = kd::data::FashionMnistOptions()
                        .root(a.data_root)
@@ -119,7 +126,7 @@ int run_distill(const nlohmann::json& config) {
                              torch::nn::AnyModule(kd::HardLabelCE()),
                              train_options(a).epochs(a.teacher_epochs));
     supervised.fit(train, &val);
-    save_atomically(teacher_model.ptr(), teacher_path);
+    save_module(teacher_model.ptr(), teacher_path);
   }
   kd::Teacher teacher(teacher_model.ptr());
   const double teacher_acc = kd::classification_accuracy(*teacher_model, test);
@@ -133,7 +140,7 @@ int run_distill(const nlohmann::json& config) {
                           torch::nn::AnyModule(SoftAndHard(a.temperature, a.kl_weight)),
                           train_options(a).epochs(a.epochs));
   const auto history = distiller.fit(train, &val);
-  save_atomically(student_model.ptr(), fs::path(a.out) / "student.pt");
+  save_module(student_model.ptr(), fs::path(a.out) / "student.pt");
   const double student_acc = kd::classification_accuracy(*student_model, test);
 
   const auto tp = kd::parameter_count(*teacher_model), sp = kd::parameter_count(*student_model);
@@ -141,7 +148,7 @@ int run_distill(const nlohmann::json& config) {
                            {"teacher_test_accuracy", teacher_acc}, {"student_test_accuracy", student_acc},
                            {"retained", student_acc / teacher_acc}, {"epochs", a.epochs},
                            {"teacher_epochs", a.teacher_epochs},    {"seed", a.seed}};
-  std::ofstream(fs::path(a.out) / "result.json") << result.dump(2) << "\n";
+  save_text(fs::path(a.out) / "result.json", result.dump(2) + "\n");
   fmt::print("\nResult (Fashion-MNIST test set, {} images)\n", test.size());
   fmt::print("  teacher  CnnTeacher           {:>8} params  accuracy {:6.2f}%\n", tp, 100 * teacher_acc);
   fmt::print("  student  DepthwiseCnnStudent  {:>8} params  accuracy {:6.2f}%  ({:.1f}% of the teacher's "

@@ -1,0 +1,25 @@
+#pragma once
+/// \file
+/// Writing files so that a crash leaves either the old file or the new one, never half of one.
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace kd {
+
+/// Writes `path` atomically: `write(tmp_path)` fills a temporary file in the
+/// same folder, which is then fsync'ed, renamed over `path`, and the folder
+/// fsync'ed. If `write` throws or any step fails, the temporary file is removed,
+/// an existing `path` is untouched, and kd::Error (kFile) names the path and the cause.
+///
+/// Example:
+/// ```
+/// kd::write_atomically("runs/x/student.pt", [&](const std::string& tmp) { torch::save(model, tmp); });
+/// ```
+void write_atomically(const std::string& path, const std::function<void(const std::string& tmp_path)>& write);
+
+/// CRC-32 (zlib's) of a file's bytes; kd::Error (kFile) if it cannot be read.
+uint32_t file_crc32(const std::string& path);
+
+}  // namespace kd
