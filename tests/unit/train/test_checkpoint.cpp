@@ -1,0 +1,127 @@
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "kd/core/error.h"
+#include "kd/train/checkpoint.h"
+#include "reference.h"
+
+namespace {
+namespace fs = std::filesystem;
+
+// A model that uses the RNG every step (dropout), so resume must restore it too.
+struct NetImpl : torch::nn::Module {
+  NetImpl() {
+    fc1 = register_module("fc1", torch::nn::Linear(6, 16));
+    fc2 = register_module("fc2", torch::nn::Linear(16, 3));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return fc2->forward(torch::dropout(torch::relu(fc1->forward(x)), 0.3, is_training()));
+  }
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+};
+TORCH_MODULE(Net);
+
+struct TrainingRun {
+  TrainingRun() : net(), opt(net->parameters(), torch::optim::AdamWOptions(1e-2)) {}
+  void step(int64_t i) {
+    auto x = torch::randn({8, 6});  // drawn from the global RNG
+    auto y = torch::full({8}, i % 3, torch::kLong);
+    auto loss = torch::cross_entropy_loss(net->forward(x), y);
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+  }
+  Net net;
+  torch::optim::AdamW opt;
+};
+
+TEST(Checkpoint, HalfPlusResumePlusHalfEqualsStraightRunBitForBit) {
+  const int64_t n = 20;
+  torch::manual_seed(1);
+  TrainingRun straight;
+  torch::manual_seed(42);
+  for (int64_t i = 0; i < n; ++i) straight.step(i);
+
+  const auto dir = kd::testing::temp_dir("ckpt");
+  torch::manual_seed(1);
+  TrainingRun first;
+  torch::manual_seed(42);
+  for (int64_t i = 0; i < n / 2; ++i) first.step(i);
+  kd::CheckpointManager mgr{kd::CheckpointOptions(dir)};
+  kd::TrainingState st;
+  st.global_step = n / 2;
+  st.config_fingerprint = "abc";
+  mgr.save(st, {first.net.get(), nullptr, &first.opt});
+
+  torch::manual_seed(999);  // a fresh process: different weights and RNG until restored
+  TrainingRun resumed;
+  auto loaded = mgr.load(*mgr.latest(), {resumed.net.get(), nullptr, &resumed.opt}, "abc");
+  EXPECT_EQ(loaded.global_step, n / 2);
+  for (int64_t i = loaded.global_step; i < n; ++i) resumed.step(i);
+
+  auto a = straight.net->parameters(), b = resumed.net->parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "parameter " << i;
+}
+
+TEST(Checkpoint, KeepsTheLastKAndRefusesCorruptFilesOfferingThePrevious) {
+  const auto dir = kd::testing::temp_dir("ckpt");
+  Net net;
+  kd::CheckpointManager mgr{kd::CheckpointOptions(dir).keep_last(2)};
+  kd::TrainingState st;
+  for (int64_t s : {10, 20, 30}) {
+    st.global_step = s;
+    mgr.save(st, {net.get(), nullptr, nullptr});
+  }
+  auto files = mgr.list();
+  ASSERT_EQ(files.size(), 2u);
+  EXPECT_NE(files[0].find("ckpt-0000000020-"), std::string::npos);
+  EXPECT_NE(files[1].find("ckpt-0000000030-"), std::string::npos);
+
+  // Truncate the newest: refused, naming it and the previous one.
+  fs::resize_file(files[1], fs::file_size(files[1]) / 2);
+  try {
+    mgr.load(files[1], {net.get(), nullptr, nullptr});
+    FAIL();
+  } catch (const kd::Error& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(e.category(), kd::ErrorCategory::kFormat);
+    EXPECT_NE(msg.find(files[1]), std::string::npos) << msg;
+    EXPECT_NE(msg.find("checksum"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(files[0]), std::string::npos) << msg;
+  }
+  // One flipped byte is caught too.
+  {
+    std::fstream f(files[0], std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    char c;
+    f.read(&c, 1);
+    f.seekp(100);
+    c ^= 0x40;
+    f.write(&c, 1);
+  }
+  EXPECT_THROW(mgr.load(files[0], {net.get(), nullptr, nullptr}), kd::Error);
+}
+
+TEST(Checkpoint, DifferentFingerprintOrModelIsRefused) {
+  const auto dir = kd::testing::temp_dir("ckpt");
+  Net net;
+  kd::CheckpointManager mgr{kd::CheckpointOptions(dir)};
+  kd::TrainingState st;
+  st.config_fingerprint = "one";
+  const auto path = mgr.save(st, {net.get(), nullptr, nullptr});
+  try {
+    mgr.load(path, {net.get(), nullptr, nullptr}, "two");
+    FAIL();
+  } catch (const kd::Error& e) {
+    EXPECT_EQ(e.category(), kd::ErrorCategory::kConfig);
+  }
+  torch::nn::Linear other(3, 3);
+  EXPECT_THROW(mgr.load(path, {other.get(), nullptr, nullptr}), kd::Error);
+  EXPECT_THROW(mgr.load(dir + "/ckpt-0000000001-00000000.pt", {net.get(), nullptr, nullptr}), kd::Error);
+}
+
+}  // namespace
