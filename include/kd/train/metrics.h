@@ -1,0 +1,51 @@
+#pragma once
+/// \file
+/// Evaluation metrics for classifiers and language models.
+
+#include <cstdint>
+#include <vector>
+
+#include <torch/types.h>
+
+namespace kd {
+
+/// Accumulates a confusion matrix over batches and derives the usual scores.
+///
+///   accuracy   = Σ_c TP_c / N
+///   F1_c       = 2·TP_c / (2·TP_c + FP_c + FN_c)   (0 when the class never occurs nor is predicted)
+///   macro-F1   = mean_c F1_c
+///
+/// Example:
+/// ```
+/// kd::ClassificationMetrics m(10);
+/// m.update(logits, targets);
+/// double f1 = m.macro_f1();
+/// ```
+class ClassificationMetrics {
+ public:
+  explicit ClassificationMetrics(int64_t num_classes);
+
+  /// Adds a batch: `logits` [B, C] (argmax is the prediction) and `targets` [B].
+  void update(const torch::Tensor& logits, const torch::Tensor& targets);
+  /// Adds predicted and true class indices directly.
+  void update_predictions(const torch::Tensor& predictions, const torch::Tensor& targets);
+
+  int64_t count() const;
+  double accuracy() const;
+  double macro_f1() const;
+  std::vector<double> per_class_f1() const;
+  std::vector<double> per_class_recall() const;
+  /// confusion()[t][p]: examples of true class t predicted as p.
+  const torch::Tensor& confusion() const { return confusion_; }
+
+ private:
+  int64_t num_classes_;
+  torch::Tensor confusion_;  // int64 [C, C]
+};
+
+/// Language-model scores from a summed natural-log loss over predicted bytes:
+/// bits per byte = nll_sum / (n_bytes · ln 2), perplexity = exp(nll_sum / n_tokens).
+double bits_per_byte(double nll_sum_nats, int64_t n_bytes);
+double perplexity(double nll_sum_nats, int64_t n_tokens);
+
+}  // namespace kd

@@ -1,0 +1,89 @@
+#include "kd/train/metrics.h"
+
+#include <cmath>
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "kd/core/error.h"
+#include "kd/core/model_output.h"
+
+namespace kd {
+
+ClassificationMetrics::ClassificationMetrics(int64_t num_classes)
+    : num_classes_(num_classes), confusion_(torch::zeros({num_classes, num_classes}, torch::kInt64)) {
+  if (num_classes < 2) {
+    throw Error(ErrorCategory::kValue, fmt::format("ClassificationMetrics needs >= 2 classes, got {}", num_classes));
+  }
+}
+
+void ClassificationMetrics::update(const torch::Tensor& logits, const torch::Tensor& targets) {
+  if (logits.dim() != 2 || logits.size(1) != num_classes_) {
+    throw Error(ErrorCategory::kShape, fmt::format("ClassificationMetrics: logits {} must be [B, {}]",
+                                                   shape_string(logits), num_classes_));
+  }
+  update_predictions(logits.argmax(1), targets);
+}
+
+void ClassificationMetrics::update_predictions(const torch::Tensor& predictions, const torch::Tensor& targets) {
+  if (predictions.sizes() != targets.sizes() || predictions.dim() != 1) {
+    throw Error(ErrorCategory::kShape, fmt::format("ClassificationMetrics: predictions {} and targets {} must both be [B]",
+                                                   shape_string(predictions), shape_string(targets)));
+  }
+  auto p = predictions.to(torch::kCPU, torch::kLong), t = targets.to(torch::kCPU, torch::kLong);
+  if (t.numel() > 0 && (t.min().item<int64_t>() < 0 || t.max().item<int64_t>() >= num_classes_)) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("ClassificationMetrics: targets must be in [0, {}), got [{}, {}]", num_classes_,
+                            t.min().item<int64_t>(), t.max().item<int64_t>()));
+  }
+  confusion_ += torch::bincount(t * num_classes_ + p, {}, num_classes_ * num_classes_).view({num_classes_, num_classes_});
+}
+
+int64_t ClassificationMetrics::count() const { return confusion_.sum().item<int64_t>(); }
+
+double ClassificationMetrics::accuracy() const {
+  const int64_t n = count();
+  return n == 0 ? 0.0 : double(confusion_.diagonal().sum().item<int64_t>()) / double(n);
+}
+
+std::vector<double> ClassificationMetrics::per_class_f1() const {
+  std::vector<double> out;
+  auto tp = confusion_.diagonal();
+  auto predicted = confusion_.sum(0), actual = confusion_.sum(1);
+  for (int64_t c = 0; c < num_classes_; ++c) {
+    const double t = tp[c].item<int64_t>();
+    const double denom = double(predicted[c].item<int64_t>() + actual[c].item<int64_t>());
+    out.push_back(denom == 0 ? 0.0 : 2.0 * t / denom);
+  }
+  return out;
+}
+
+std::vector<double> ClassificationMetrics::per_class_recall() const {
+  std::vector<double> out;
+  auto tp = confusion_.diagonal();
+  auto actual = confusion_.sum(1);
+  for (int64_t c = 0; c < num_classes_; ++c) {
+    const auto a = actual[c].item<int64_t>();
+    out.push_back(a == 0 ? 0.0 : double(tp[c].item<int64_t>()) / double(a));
+  }
+  return out;
+}
+
+double ClassificationMetrics::macro_f1() const {
+  const auto f1 = per_class_f1();
+  double s = 0;
+  for (double v : f1) s += v;
+  return s / double(f1.size());
+}
+
+double bits_per_byte(double nll_sum_nats, int64_t n_bytes) {
+  if (n_bytes <= 0) throw Error(ErrorCategory::kValue, "bits_per_byte: no bytes were scored");
+  return nll_sum_nats / (double(n_bytes) * std::log(2.0));
+}
+
+double perplexity(double nll_sum_nats, int64_t n_tokens) {
+  if (n_tokens <= 0) throw Error(ErrorCategory::kValue, "perplexity: no tokens were scored");
+  return std::exp(nll_sum_nats / double(n_tokens));
+}
+
+}  // namespace kd
