@@ -10,7 +10,9 @@
 #include "kd/kd.h"
 #include "kd/data/fashion_mnist.h"
 #include "kd/models/cnn.h"
-#include "kd/train/distiller.h"
+#include "kd/train/console_logger.h"
+#include "kd/train/metrics.h"
+#include "kd/train/staged_trainer.h"
 
 int main(int argc, char** argv) try {
   torch::manual_seed(0);
@@ -22,21 +24,23 @@ int main(int argc, char** argv) try {
 
   // 1. No pretrained weights can be downloaded: train the teacher from scratch.
   kd::models::CnnTeacher teacher_net;
-  kd::Distiller(kd::Student(teacher_net.ptr()), std::nullopt, torch::nn::AnyModule(kd::HardLabelCE()),
-                kd::DistillerOptions().epochs(1))
-      .fit(train, &val);
+  kd::StagedTrainer(kd::Student(teacher_net.ptr()), std::nullopt,
+                    {kd::Stage("teacher", torch::nn::AnyModule(kd::HardLabelCE())).epochs(1)})
+      .fit(train);
 
-  // 2. Freeze it and distil: soft targets at T = 4.
+  // 2. Freeze it and distil: soft targets at T = 4, then evaluate both on the test set.
   kd::Teacher teacher(teacher_net.ptr());
   kd::models::DepthwiseCnnStudent student_net;
-  kd::Distiller(kd::Student(student_net.ptr()), teacher,
-                torch::nn::AnyModule(kd::TemperatureKL(kd::TemperatureKLOptions().temperature(4.0))),
-                kd::DistillerOptions().epochs(2))
-      .fit(train, &val);
+  kd::StagedTrainer trainer(kd::Student(student_net.ptr()), teacher,
+                            {kd::Stage("kl", torch::nn::AnyModule(kd::TemperatureKL(kd::TemperatureKLOptions().temperature(4.0))))
+                                 .epochs(2)},
+                            kd::StagedTrainerOptions().num_classes(10));
+  trainer.add_callback(std::make_shared<kd::ConsoleLogger>(100));
+  trainer.fit(train, &val);
 
-  std::cout << "teacher test accuracy " << kd::classification_accuracy(*teacher_net, test) << " ("
+  std::cout << "teacher test accuracy " << kd::evaluate_classifier(*teacher_net, test, 10).accuracy() << " ("
             << kd::parameter_count(*teacher_net) << " params)\n"
-            << "student test accuracy " << kd::classification_accuracy(*student_net, test) << " ("
+            << "student test accuracy " << kd::evaluate_classifier(*student_net, test, 10).accuracy() << " ("
             << kd::parameter_count(*student_net) << " params)\n";
   return 0;
 } catch (const kd::Error& e) {

@@ -20,7 +20,9 @@
 #include "kd/kd.h"
 #include "kd/data/fashion_mnist.h"
 #include "kd/models/cnn.h"
-#include "kd/train/distiller.h"
+#include "kd/train/console_logger.h"
+#include "kd/train/metrics.h"
+#include "kd/train/staged_trainer.h"
 #include "config.h"
 
 namespace fs = std::filesystem;
@@ -82,13 +84,21 @@ void save_text(const fs::path& path, const std::string& text) {
   });
 }
 
-kd::DistillerOptions train_options(const DistillArgs& a) {
-  return kd::DistillerOptions()
-      .batch_size(a.batch_size)
-      .lr(a.lr)
-      .weight_decay(a.weight_decay)
-      .seed(a.seed)
-      .log_every(a.log_every);
+// Trains `student` for `epochs` on one loss and reports test accuracy.
+double train_stage(kd::Student student, std::optional<kd::Teacher> teacher, const std::string& name,
+                   torch::nn::AnyModule loss, int64_t epochs, const DistillArgs& a,
+                   const kd::data::TensorDataset& train, const kd::data::TensorDataset& val) {
+  kd::StagedTrainer trainer(std::move(student), std::move(teacher),
+                            {kd::Stage(name, std::move(loss)).epochs(epochs).lr(a.lr)},
+                            kd::StagedTrainerOptions()
+                                .batch_size(a.batch_size)
+                                .weight_decay(a.weight_decay)
+                                .clip_norm(0)
+                                .seed(a.seed)
+                                .num_classes(10));
+  trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
+  const auto summary = trainer.fit(train, &val);
+  return summary.evaluations.empty() ? 0.0 : summary.evaluations.back().metrics.at("accuracy");
 }
 
 int run_distill(const nlohmann::json& config) {
@@ -122,26 +132,22 @@ int run_distill(const nlohmann::json& config) {
   } else {
     spdlog::info("teacher: training CnnTeacher ({} parameters) from scratch for {} epoch(s)",
                  kd::parameter_count(*teacher_model), a.teacher_epochs);
-    kd::Distiller supervised(kd::Student(teacher_model.ptr()), std::nullopt,
-                             torch::nn::AnyModule(kd::HardLabelCE()),
-                             train_options(a).epochs(a.teacher_epochs));
-    supervised.fit(train, &val);
+    train_stage(kd::Student(teacher_model.ptr()), std::nullopt, "teacher", torch::nn::AnyModule(kd::HardLabelCE()),
+                a.teacher_epochs, a, train, val);
     save_module(teacher_model.ptr(), teacher_path);
   }
   kd::Teacher teacher(teacher_model.ptr());
-  const double teacher_acc = kd::classification_accuracy(*teacher_model, test);
+  const double teacher_acc = kd::evaluate_classifier(*teacher_model, test, 10).accuracy();
 
   auto student_model = kd::models::DepthwiseCnnStudent(kd::models::DepthwiseCnnStudentOptions());
   student_model->to(device);
   spdlog::info("student: distilling DepthwiseCnnStudent ({} parameters) for {} epoch(s) with "
                "{:g}·KL(T={:g}) + {:g}·CE",
                kd::parameter_count(*student_model), a.epochs, a.kl_weight, a.temperature, 1 - a.kl_weight);
-  kd::Distiller distiller(kd::Student(student_model.ptr()), teacher,
-                          torch::nn::AnyModule(SoftAndHard(a.temperature, a.kl_weight)),
-                          train_options(a).epochs(a.epochs));
-  const auto history = distiller.fit(train, &val);
+  train_stage(kd::Student(student_model.ptr()), teacher, "distill",
+              torch::nn::AnyModule(SoftAndHard(a.temperature, a.kl_weight)), a.epochs, a, train, val);
   save_module(student_model.ptr(), fs::path(a.out) / "student.pt");
-  const double student_acc = kd::classification_accuracy(*student_model, test);
+  const double student_acc = kd::evaluate_classifier(*student_model, test, 10).accuracy();
 
   const auto tp = kd::parameter_count(*teacher_model), sp = kd::parameter_count(*student_model);
   nlohmann::json result = {{"teacher_params", tp},           {"student_params", sp},

@@ -65,6 +65,7 @@ std::string CheckpointManager::save(const TrainingState& state, const Checkpoint
   if (contents.student) sub("student", [&](auto& a) { contents.student->save(a); });
   if (contents.loss) sub("loss", [&](auto& a) { contents.loss->save(a); });
   if (contents.optimizer) sub("optimizer", [&](auto& a) { contents.optimizer->save(a); });
+  if (contents.ema) sub("ema", [&](auto& a) { contents.ema->save(a); });
 
   // The checksum goes into the final name, so it is computed on the temporary file first.
   const fs::path staging = fs::path(options_.dir()) / fmt::format(".staging-{}.pt", state.global_step);
@@ -167,6 +168,7 @@ TrainingState CheckpointManager::load(const std::string& path, const CheckpointC
     if (contents.student) sub("student", [&](auto& a) { contents.student->load(a); });
     if (contents.loss) sub("loss", [&](auto& a) { contents.loss->load(a); });
     if (contents.optimizer) sub("optimizer", [&](auto& a) { contents.optimizer->load(a); });
+    if (contents.ema) sub("ema", [&](auto& a) { contents.ema->load(a); });
     auto gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(rng);

@@ -72,4 +72,27 @@ void Ema::copy_to(torch::nn::Module& model) const {
   for (size_t i = 0; i < buffers_.size(); ++i) buffers[i].value().copy_(buffers_[i]);
 }
 
+void Ema::save(torch::serialize::OutputArchive& archive) const {
+  archive.write("updates", torch::tensor({updates_}, torch::kInt64));
+  for (size_t i = 0; i < shadow_.size(); ++i) archive.write("p." + names_[i], shadow_[i]);
+  for (size_t i = 0; i < buffers_.size(); ++i) archive.write("b." + buffer_names_[i], buffers_[i]);
+}
+
+void Ema::load(torch::serialize::InputArchive& archive) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor updates;
+  archive.read("updates", updates);
+  updates_ = updates.item<int64_t>();
+  for (size_t i = 0; i < shadow_.size(); ++i) {
+    torch::Tensor t;
+    archive.read("p." + names_[i], t);
+    shadow_[i].copy_(t);
+  }
+  for (size_t i = 0; i < buffers_.size(); ++i) {
+    torch::Tensor t;
+    archive.read("b." + buffer_names_[i], t);
+    buffers_[i].copy_(t);
+  }
+}
+
 }  // namespace kd

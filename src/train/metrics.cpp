@@ -76,6 +76,23 @@ double ClassificationMetrics::macro_f1() const {
   return s / double(f1.size());
 }
 
+ClassificationMetrics evaluate_classifier(Model& model, const data::TensorDataset& dataset, int64_t num_classes,
+                                          int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  model.eval();
+  const auto params = model.parameters();
+  const auto device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  ClassificationMetrics metrics(num_classes);
+  for (int64_t start = 0; start < dataset.size(); start += batch_size) {
+    const auto end = std::min(dataset.size(), start + batch_size);
+    metrics.update(model.forward(dataset.inputs.slice(0, start, end).to(device)).logits.cpu(),
+                   dataset.targets.slice(0, start, end));
+  }
+  model.train(was_training);
+  return metrics;
+}
+
 double bits_per_byte(double nll_sum_nats, int64_t n_bytes) {
   if (n_bytes <= 0) throw Error(ErrorCategory::kValue, "bits_per_byte: no bytes were scored");
   return nll_sum_nats / (double(n_bytes) * std::log(2.0));

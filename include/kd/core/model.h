@@ -31,4 +31,7 @@ class Model : public torch::nn::Module {
 
 using ModelPtr = std::shared_ptr<Model>;
 
+/// Number of elements in all parameters of `module` (trainable or not).
+int64_t parameter_count(const torch::nn::Module& module);
+
 }  // namespace kd

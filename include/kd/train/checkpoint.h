@@ -6,8 +6,11 @@
 #include <string>
 #include <vector>
 
+#include <torch/arg.h>
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
+
+#include "kd/train/ema.h"
 
 namespace kd {
 
@@ -26,6 +29,7 @@ struct CheckpointContents {
   torch::nn::Module* student = nullptr;
   torch::nn::Module* loss = nullptr;            ///< loss-owned parameters (projections, learned weights)
   torch::optim::Optimizer* optimizer = nullptr;
+  Ema* ema = nullptr;                           ///< EMA shadow weights, when EMA is on
 };
 
 /// Options for CheckpointManager.

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include <torch/nn/module.h>
+#include <torch/serialize/archive.h>
 
 namespace kd {
 
@@ -30,6 +31,10 @@ class Ema {
   void update(const torch::nn::Module& model);
   /// Writes the shadow weights (and buffers) into `model`, which must have the same structure.
   void copy_to(torch::nn::Module& model) const;
+
+  /// The shadow state, for checkpoints (kd::CheckpointManager does this).
+  void save(torch::serialize::OutputArchive& archive) const;
+  void load(torch::serialize::InputArchive& archive);
 
   double decay() const { return decay_; }
   int64_t updates() const { return updates_; }

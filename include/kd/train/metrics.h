@@ -7,6 +7,9 @@
 
 #include <torch/types.h>
 
+#include "kd/core/model.h"
+#include "kd/data/tensor_dataset.h"
+
 namespace kd {
 
 /// Accumulates a confusion matrix over batches and derives the usual scores.
@@ -42,6 +45,13 @@ class ClassificationMetrics {
   int64_t num_classes_;
   torch::Tensor confusion_;  // int64 [C, C]
 };
+
+/// Runs `model` over `dataset` in eval mode under no-grad (its training flag
+/// is restored afterwards) and returns the confusion-matrix metrics.
+///
+/// Example: `double acc = kd::evaluate_classifier(*net, test, 10).accuracy();`
+ClassificationMetrics evaluate_classifier(Model& model, const data::TensorDataset& dataset, int64_t num_classes,
+                                          int64_t batch_size = 512);
 
 /// Language-model scores from a summed natural-log loss over predicted bytes:
 /// bits per byte = nll_sum / (n_bytes · ln 2), perplexity = exp(nll_sum / n_tokens).

@@ -2,7 +2,6 @@
 
 #include "kd/kd.h"
 #include "kd/models/cnn.h"
-#include "kd/train/distiller.h"
 
 namespace {
 using namespace kd::models;

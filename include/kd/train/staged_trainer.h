@@ -1,0 +1,100 @@
+#pragma once
+/// \file
+/// The engine: an ordered list of stages, with checkpoints, EMA and metrics.
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/arg.h>
+
+#include "kd/core/student.h"
+#include "kd/core/teacher.h"
+#include "kd/data/tensor_dataset.h"
+#include "kd/train/callback.h"
+#include "kd/train/stage.h"
+
+namespace kd {
+
+enum class OptimizerKind { kAdamW, kSgd };
+
+/// Options shared by all stages.
+struct StagedTrainerOptions {
+  TORCH_ARG(OptimizerKind, optimizer) = OptimizerKind::kAdamW;
+  TORCH_ARG(double, weight_decay) = 1e-2;
+  TORCH_ARG(double, momentum) = 0.9;        ///< SGD only
+  TORCH_ARG(bool, nesterov) = false;        ///< SGD only
+  TORCH_ARG(int64_t, batch_size) = 128;     ///< examples per micro-batch
+  /// Micro-batches per optimizer step; each micro-batch's loss is divided by
+  /// this, so the step's gradient is the mean over the accumulated examples.
+  TORCH_ARG(int64_t, accumulation) = 1;
+  /// Clip the global gradient L2 norm to this (0: no clipping).
+  TORCH_ARG(double, clip_norm) = 1.0;
+  /// Linear warmup steps at the start of each stage, then cosine to lr·min_lr_factor.
+  TORCH_ARG(int64_t, warmup_steps) = 0;
+  TORCH_ARG(double, min_lr_factor) = 0.0;
+  /// EMA decay of the student's weights (0: off); evaluate on the EMA weights if eval_on_ema.
+  TORCH_ARG(double, ema_decay) = 0.0;
+  TORCH_ARG(bool, eval_on_ema) = false;
+  TORCH_ARG(uint64_t, seed) = 0;
+  /// Folder for checkpoints ("" = none); written every checkpoint_every steps and at each stage end.
+  TORCH_ARG(std::string, checkpoint_dir) = "";
+  TORCH_ARG(int64_t, checkpoint_every) = 0;
+  TORCH_ARG(int64_t, keep_last) = 3;
+  /// Must equal the one in the checkpoint to resume from it (e.g. a hash of the config).
+  TORCH_ARG(std::string, fingerprint) = "";
+  TORCH_ARG(int64_t, num_classes) = 0;      ///< > 0 enables classification evaluation
+};
+
+/// What fit() returns.
+struct TrainSummary {
+  int64_t steps = 0;
+  std::vector<EvalResult> evaluations;
+  bool resumed = false;
+  int64_t resumed_from_step = 0;
+};
+
+/// Runs `stages` in order over `train`: per micro-batch the frozen teacher (if
+/// any) and the student run, the stage's loss gets both, gradients accumulate,
+/// then (clip, schedule, step, EMA). Each stage builds a fresh optimizer over
+/// its trainable student parameters and its loss's parameters; parameters
+/// outside the stage's trainable set are frozen for that stage.
+///
+/// Resume: with `resume` true and a checkpoint in checkpoint_dir, training
+/// continues from its stage, step and data position with the saved weights,
+/// optimizer and RNG state; on CPU the result is bit-identical to an
+/// uninterrupted run.
+///
+/// Example:
+/// ```
+/// std::vector<kd::Stage> stages = {kd::Stage("kl", torch::nn::AnyModule(kl)).epochs(2)};
+/// kd::StagedTrainer trainer(student, teacher, stages, kd::StagedTrainerOptions().checkpoint_dir("ckpt"));
+/// trainer.fit(train, &validation);
+/// ```
+class StagedTrainer {
+ public:
+  StagedTrainer(Student student, std::optional<Teacher> teacher, std::vector<Stage> stages,
+                StagedTrainerOptions options = {});
+
+  void add_callback(std::shared_ptr<Callback> callback) { callbacks_.push_back(std::move(callback)); }
+
+  TrainSummary fit(const data::TensorDataset& train, const data::TensorDataset* validation = nullptr,
+                   bool resume = false);
+
+  /// Classification metrics of the student (or its EMA, when eval_on_ema) on `dataset`.
+  EvalResult evaluate(const data::TensorDataset& dataset, const std::string& stage_name, int64_t global_step);
+
+  const std::vector<Stage>& stages() const { return stages_; }
+
+ private:
+  int64_t stage_length(const Stage& stage, int64_t steps_per_epoch) const;
+
+  Student student_;
+  std::optional<Teacher> teacher_;
+  std::vector<Stage> stages_;
+  StagedTrainerOptions options_;
+  std::vector<std::shared_ptr<Callback>> callbacks_;
+};
+
+}  // namespace kd

@@ -1,0 +1,301 @@
+#include "kd/train/staged_trainer.h"
+
+#include <chrono>
+#include <regex>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include "kd/core/error.h"
+#include "kd/train/checkpoint.h"
+#include "kd/train/ema.h"
+#include "kd/train/lr_schedule.h"
+#include "kd/train/metrics.h"
+
+namespace kd {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Marks the student's parameters trainable by the stage's patterns; returns the trainable ones.
+std::vector<torch::Tensor> select_trainable(torch::nn::Module& student, const Stage& stage) {
+  std::vector<std::regex> patterns;
+  for (const auto& p : stage.trainable()) {
+    try {
+      patterns.emplace_back(p);
+    } catch (const std::regex_error& e) {
+      throw Error(ErrorCategory::kValue,
+                  fmt::format("stage '{}': trainable pattern '{}' is not a valid regex ({})", stage.name(), p, e.what()));
+    }
+  }
+  std::vector<torch::Tensor> out;
+  for (auto& item : student.named_parameters()) {
+    bool on = patterns.empty();
+    for (const auto& re : patterns) on = on || std::regex_search(item.key(), re);
+    item.value().requires_grad_(on);
+    if (on) out.push_back(item.value());
+  }
+  if (out.empty()) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("stage '{}': no student parameter matches the trainable patterns; names look like '{}'",
+                            stage.name(), student.named_parameters().is_empty() ? "" : student.named_parameters()[0].key()));
+  }
+  return out;
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const StagedTrainerOptions& o, const Stage& stage,
+                                                        std::vector<torch::Tensor> student_params,
+                                                        std::vector<torch::Tensor> loss_params,
+                                                        std::vector<double>& base_lrs) {
+  const double loss_lr = stage.loss_lr() < 0 ? stage.lr() : stage.loss_lr();
+  base_lrs = {stage.lr()};
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(std::move(student_params));
+  if (!loss_params.empty()) {
+    groups.emplace_back(std::move(loss_params));
+    base_lrs.push_back(loss_lr);
+  }
+  if (o.optimizer() == OptimizerKind::kSgd) {
+    auto opt = std::make_unique<torch::optim::SGD>(
+        groups, torch::optim::SGDOptions(stage.lr()).momentum(o.momentum()).nesterov(o.nesterov()).weight_decay(o.weight_decay()));
+    return opt;
+  }
+  return std::make_unique<torch::optim::AdamW>(groups,
+                                               torch::optim::AdamWOptions(stage.lr()).weight_decay(o.weight_decay()));
+}
+
+}  // namespace
+
+StagedTrainer::StagedTrainer(Student student, std::optional<Teacher> teacher, std::vector<Stage> stages,
+                             StagedTrainerOptions options)
+    : student_(std::move(student)), teacher_(std::move(teacher)), stages_(std::move(stages)), options_(options) {
+  if (stages_.empty()) throw Error(ErrorCategory::kValue, "StagedTrainer needs at least one stage");
+  const auto& o = options_;
+  if (o.batch_size() <= 0 || o.accumulation() <= 0 || o.clip_norm() < 0 || o.warmup_steps() < 0 ||
+      !(o.ema_decay() >= 0 && o.ema_decay() < 1) || !(o.min_lr_factor() >= 0 && o.min_lr_factor() <= 1)) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("StagedTrainerOptions out of range: batch_size {} (> 0), accumulation {} (> 0), "
+                            "clip_norm {} (>= 0), warmup_steps {} (>= 0), ema_decay {} ([0, 1)), min_lr_factor {} ([0, 1])",
+                            o.batch_size(), o.accumulation(), o.clip_norm(), o.warmup_steps(), o.ema_decay(),
+                            o.min_lr_factor()));
+  }
+  for (const auto& s : stages_) {
+    if (s.loss().is_empty()) throw Error(ErrorCategory::kValue, fmt::format("stage '{}' has no loss", s.name()));
+    if (s.steps() < 0 || s.epochs() < 0 || (s.steps() == 0 && s.epochs() == 0) || !(s.lr() > 0)) {
+      throw Error(ErrorCategory::kValue,
+                  fmt::format("stage '{}': needs steps > 0 or epochs > 0 and lr > 0 (got steps {}, epochs {}, lr {})",
+                              s.name(), s.steps(), s.epochs(), s.lr()));
+    }
+  }
+}
+
+int64_t StagedTrainer::stage_length(const Stage& stage, int64_t steps_per_epoch) const {
+  return stage.steps() > 0 ? stage.steps() : stage.epochs() * steps_per_epoch;
+}
+
+EvalResult StagedTrainer::evaluate(const data::TensorDataset& dataset, const std::string& stage_name,
+                                   int64_t global_step) {
+  EvalResult r;
+  r.stage = stage_name;
+  r.global_step = global_step;
+  if (options_.num_classes() <= 0 || dataset.size() == 0) return r;
+  const auto metrics = evaluate_classifier(*student_->model(), dataset, options_.num_classes());
+  r.metrics["accuracy"] = metrics.accuracy();
+  r.metrics["macro_f1"] = metrics.macro_f1();
+  const auto f1 = metrics.per_class_f1();
+  for (size_t c = 0; c < f1.size(); ++c) r.metrics[fmt::format("f1.{}", c)] = f1[c];
+  return r;
+}
+
+TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::TensorDataset* validation, bool resume) {
+  const auto& o = options_;
+  if (train.size() == 0) throw Error(ErrorCategory::kValue, "StagedTrainer::fit: the training set is empty");
+  const int64_t n = train.size();
+  const int64_t micro_per_epoch = (n + o.batch_size() - 1) / o.batch_size();
+  const int64_t steps_per_epoch = (micro_per_epoch + o.accumulation() - 1) / o.accumulation();
+  const auto device = student_->parameters().empty() ? torch::Device(torch::kCPU)
+                                                      : student_->parameters().front().device();
+
+  std::unique_ptr<Ema> ema;
+  if (o.ema_decay() > 0) ema = std::make_unique<Ema>(*student_, o.ema_decay());
+  std::unique_ptr<CheckpointManager> ckpt;
+  if (!o.checkpoint_dir().empty()) {
+    ckpt = std::make_unique<CheckpointManager>(CheckpointOptions(o.checkpoint_dir()).keep_last(o.keep_last()));
+  }
+
+  // Every stage's loss lives in the checkpoint, so a loss shared by later stages
+  // (a projection reused from stage 1 in stage 2) resumes with its trained state.
+  auto all_losses = std::make_shared<torch::nn::Module>("StageLosses");
+  for (size_t i = 0; i < stages_.size(); ++i) all_losses->register_module(fmt::format("stage{}", i), stages_[i].loss().ptr());
+  all_losses->to(device);
+
+  TrainSummary summary;
+  TrainingState state;
+  std::optional<std::string> resume_path;
+  if (resume) {
+    if (!ckpt) throw Error(ErrorCategory::kState, "resume asked for, but no checkpoint_dir is set");
+    resume_path = ckpt->latest();
+    if (resume_path) {
+      state = ckpt->load(*resume_path, {student_.get(), all_losses.get(), nullptr, ema.get()}, o.fingerprint());
+      summary.resumed = true;
+      summary.resumed_from_step = state.global_step;
+      spdlog::info("resuming from {} (stage {}, step {})", *resume_path, state.stage_index + 1, state.global_step);
+    } else {
+      spdlog::info("no checkpoint in {}; starting from scratch", o.checkpoint_dir());
+    }
+  }
+
+  for (int64_t si = state.stage_index; si < static_cast<int64_t>(stages_.size()); ++si) {
+    Stage& stage = stages_[si];
+    auto loss_module = stage.loss().ptr();
+    loss_module->train();
+    std::vector<torch::Tensor> loss_params;
+    for (auto& p : loss_module->parameters()) if (p.requires_grad()) loss_params.push_back(p);
+    std::vector<double> base_lrs;
+    auto optimizer = make_optimizer(o, stage, select_trainable(*student_, stage), loss_params, base_lrs);
+    const int64_t total = stage_length(stage, steps_per_epoch);
+    WarmupCosine schedule(WarmupCosineOptions(1.0, total)
+                              .warmup_steps(std::min(o.warmup_steps(), total - 1))
+                              .min_lr(o.min_lr_factor()));
+
+    if (resume_path && si == state.stage_index && state.stage_step > 0) {
+      // Mid-stage: the optimizer's moments are part of the exact state.
+      ckpt->load(*resume_path, {student_.get(), all_losses.get(), optimizer.get(), ema.get()}, o.fingerprint());
+    } else if (!(resume_path && si == state.stage_index)) {
+      state.stage_index = si;
+      state.stage_step = 0;
+      state.epoch = 0;
+      state.batch_in_epoch = 0;
+    }
+    resume_path.reset();
+
+    StepInfo info;
+    info.stage_steps = total;
+    info.global_step = state.global_step;
+    info.stage_step = state.stage_step;
+    for (auto& cb : callbacks_) cb->on_stage_begin(stage, info);
+    spdlog::info("stage {}/{} '{}': {} steps ({} per epoch of {} examples)", si + 1, stages_.size(), stage.name(), total,
+                 steps_per_epoch, n);
+
+    student_->train();
+    auto order = torch::tensor(data::epoch_order(n, o.seed() * 1000003 + static_cast<uint64_t>(si), state.epoch),
+                               torch::kInt64);
+    while (state.stage_step < total) {
+      const auto start = Clock::now();
+      info.global_step = state.global_step;
+      info.stage_step = state.stage_step;
+      info.epoch = state.epoch;
+      info.progress = double(state.stage_step) / double(total);
+
+      // Gather this step's micro-batches first, so each is weighted by its share of the step's examples.
+      std::vector<torch::Tensor> micro;
+      int64_t examples = 0;
+      for (int64_t a = 0; a < o.accumulation(); ++a) {
+        if (state.batch_in_epoch == micro_per_epoch) {
+          ++state.epoch;
+          state.batch_in_epoch = 0;
+          order = torch::tensor(data::epoch_order(n, o.seed() * 1000003 + static_cast<uint64_t>(si), state.epoch),
+                                torch::kInt64);
+          if (a > 0) break;  // an optimizer step never spans two epochs
+        }
+        const int64_t b = state.batch_in_epoch++;
+        micro.push_back(order.slice(0, b * o.batch_size(), std::min(n, (b + 1) * o.batch_size())));
+        examples += micro.back().numel();
+        if (state.batch_in_epoch == micro_per_epoch) break;
+      }
+
+      optimizer->zero_grad();
+      LossResult step_result;
+      for (const auto& idx : micro) {
+        DistillBatch batch;
+        batch.inputs = train.inputs.index_select(0, idx).to(device);
+        batch.targets = train.targets.index_select(0, idx).to(device);
+        batch.step = info;
+        if (teacher_) batch.teacher = (*teacher_)->forward(batch.inputs);
+        batch.student = student_->forward(batch.inputs);
+        LossResult r = stage.loss().forward<LossResult>(batch);
+        if (!r.total.defined() || r.total.dim() != 0) {
+          throw Error(ErrorCategory::kValue,
+                      fmt::format("stage '{}': the loss returned a total of shape {}, expected a scalar", stage.name(),
+                                  shape_string(r.total)));
+        }
+        const double share = double(idx.numel()) / double(examples);
+        (r.total * share).backward();
+        step_result.total = step_result.total.defined() ? step_result.total + r.total.detach() * share
+                                                        : r.total.detach() * share;
+        for (const auto& [name, v] : r.parts) {
+          auto d = v.detach() * share;
+          auto it = step_result.parts.find(name);
+          if (it == step_result.parts.end()) step_result.parts[name] = d;
+          else it->second = it->second + d;
+        }
+      }
+
+      std::vector<torch::Tensor> all_params;
+      for (auto& group : optimizer->param_groups()) {
+        for (auto& p : group.params()) all_params.push_back(p);
+      }
+      double grad_norm = 0;
+      if (o.clip_norm() > 0) {
+        grad_norm = torch::nn::utils::clip_grad_norm_(all_params, o.clip_norm());
+      } else {
+        double sq = 0;
+        for (auto& p : all_params) if (p.grad().defined()) sq += p.grad().pow(2).sum().item<double>();
+        grad_norm = std::sqrt(sq);
+      }
+      schedule.apply(*optimizer, state.stage_step, base_lrs);
+      const double lr = optimizer->param_groups()[0].options().get_lr();
+      optimizer->step();
+      if (ema) ema->update(*student_);
+      ++state.stage_step;
+      ++state.global_step;
+
+      StepReport report;
+      report.step = info;
+      report.loss = step_result;
+      report.lr = lr;
+      report.grad_norm = grad_norm;
+      report.samples_per_s = examples / std::max(1e-9, std::chrono::duration<double>(Clock::now() - start).count());
+      for (auto& cb : callbacks_) cb->on_step_end(report);
+
+      const bool stage_done = state.stage_step == total;
+      if (ckpt && (stage_done || (o.checkpoint_every() > 0 && state.global_step % o.checkpoint_every() == 0))) {
+        // A finished stage is saved as the start of the next one, so a resume never repeats it.
+        TrainingState saved = state;
+        saved.config_fingerprint = o.fingerprint();
+        if (stage_done) {
+          saved.stage_index = si + 1;
+          saved.stage_step = saved.epoch = saved.batch_in_epoch = 0;
+        }
+        ckpt->save(saved, {student_.get(), all_losses.get(), stage_done ? nullptr : optimizer.get(), ema.get()});
+      }
+      const bool eval_now = validation && (stage_done || (stage.eval_every() > 0 && state.stage_step % stage.eval_every() == 0));
+      if (eval_now && o.num_classes() > 0) {
+        std::vector<torch::Tensor> saved_weights;
+        if (ema && o.eval_on_ema()) {
+          for (auto& p : student_->parameters()) saved_weights.push_back(p.detach().clone());
+          ema->copy_to(*student_);
+        }
+        auto result = evaluate(*validation, stage.name(), state.global_step);
+        if (!saved_weights.empty()) {
+          torch::NoGradGuard no_grad;
+          auto params = student_->parameters();
+          for (size_t i = 0; i < params.size(); ++i) params[i].copy_(saved_weights[i]);
+        }
+        for (auto& cb : callbacks_) cb->on_eval(result);
+        summary.evaluations.push_back(result);
+      }
+    }
+    info.global_step = state.global_step;
+    info.stage_step = state.stage_step;
+    info.progress = 1.0;
+    for (auto& cb : callbacks_) cb->on_stage_end(stage, info);
+  }
+  // Every parameter trains again after the run, whatever the last stage froze.
+  for (auto& p : student_->parameters()) p.requires_grad_(true);
+  summary.steps = state.global_step;
+  return summary;
+}
+
+}  // namespace kd
