@@ -22,6 +22,7 @@
 #include "kd/models/cnn.h"
 #include "kd/train/console_logger.h"
 #include "kd/train/metrics.h"
+#include "kd/train/metrics_log.h"
 #include "kd/train/staged_trainer.h"
 #include "config.h"
 
@@ -97,6 +98,7 @@ double train_stage(kd::Student student, std::optional<kd::Teacher> teacher, cons
                                 .seed(a.seed)
                                 .num_classes(10));
   trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
+  trainer.add_callback(std::make_shared<kd::MetricsLog>((fs::path(a.out) / "metrics.jsonl").string()));
   const auto summary = trainer.fit(train, &val);
   return summary.evaluations.empty() ? 0.0 : summary.evaluations.back().metrics.at("accuracy");
 }
@@ -160,7 +162,7 @@ int run_distill(const nlohmann::json& config) {
   fmt::print("  student  DepthwiseCnnStudent  {:>8} params  accuracy {:6.2f}%  ({:.1f}% of the teacher's "
              "parameters, {:.1f}% of its accuracy)\n",
              sp, 100 * student_acc, 100.0 * sp / tp, 100 * student_acc / teacher_acc);
-  fmt::print("  written: {}/{{teacher.pt, student.pt, result.json}}\n", a.out);
+  fmt::print("  written: {}/{{teacher.pt, student.pt, result.json, config.json, metrics.jsonl}}\n", a.out);
   return 0;
 }
 

@@ -1,0 +1,82 @@
+#include "kd/train/metrics_log.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "kd/core/error.h"
+#include "kd/train/stage.h"
+
+namespace kd {
+
+std::string json_quote(const std::string& s) {
+  std::string out = "\"";
+  for (const unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (c < 0x20) out += fmt::format("\\u{:04x}", c);
+        else out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+std::string json_number(double x) { return std::isfinite(x) ? fmt::format("{}", x) : "null"; }
+
+MetricsLog::MetricsLog(const std::string& path) : path_(path) {
+  file_ = std::fopen(path.c_str(), "a");
+  if (!file_) {
+    throw Error(ErrorCategory::kFile, fmt::format("cannot open metrics log '{}' for writing: {}", path, std::strerror(errno)));
+  }
+}
+
+MetricsLog::~MetricsLog() {
+  if (file_) std::fclose(file_);
+}
+
+void MetricsLog::write_line(const std::string& line) {
+  if (std::fputs((line + "\n").c_str(), file_) < 0 || std::fflush(file_) != 0) {
+    throw Error(ErrorCategory::kFile, fmt::format("cannot write to metrics log '{}': {}", path_, std::strerror(errno)));
+  }
+}
+
+void MetricsLog::on_stage_begin(const Stage& stage, const StepInfo& step) {
+  write_line(fmt::format(R"({{"event":"stage_begin","stage":{},"global_step":{}}})", json_quote(stage.name()),
+                         step.global_step));
+}
+
+void MetricsLog::on_stage_end(const Stage& stage, const StepInfo& step) {
+  write_line(fmt::format(R"({{"event":"stage_end","stage":{},"global_step":{}}})", json_quote(stage.name()),
+                         step.global_step));
+}
+
+void MetricsLog::on_step_end(const StepReport& r) {
+  std::string parts;
+  for (const auto& [name, v] : r.loss.parts) {
+    parts += fmt::format("{}{}:{}", parts.empty() ? "" : ",", json_quote(name), json_number(v.item<double>()));
+  }
+  write_line(fmt::format(
+      R"({{"event":"step","global_step":{},"stage_step":{},"epoch":{},"progress":{},"loss":{},"parts":{{{}}},"lr":{},"grad_norm":{},"samples_per_s":{}}})",
+      r.step.global_step, r.step.stage_step, r.step.epoch, json_number(r.step.progress),
+      json_number(r.loss.total.defined() ? r.loss.total.item<double>() : NAN), parts, json_number(r.lr),
+      json_number(r.grad_norm), json_number(r.samples_per_s)));
+}
+
+void MetricsLog::on_eval(const EvalResult& result) {
+  std::string metrics;
+  for (const auto& [name, v] : result.metrics) {
+    metrics += fmt::format("{}{}:{}", metrics.empty() ? "" : ",", json_quote(name), json_number(v));
+  }
+  write_line(fmt::format(R"({{"event":"eval","stage":{},"global_step":{},"metrics":{{{}}}}})", json_quote(result.stage),
+                         result.global_step, metrics));
+}
+
+}  // namespace kd
