@@ -111,6 +111,12 @@ EvalResult StagedTrainer::evaluate(const data::TensorDataset& dataset, const std
 TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::TensorDataset* validation, bool resume) {
   const auto& o = options_;
   if (train.size() == 0) throw Error(ErrorCategory::kValue, "StagedTrainer::fit: the training set is empty");
+  if (o.teacher_cache() && o.teacher_cache()->size() != train.size()) {
+    throw Error(ErrorCategory::kState,
+                fmt::format("the teacher cache holds {} examples but the training set has {}; build the cache over "
+                            "this training set",
+                            o.teacher_cache()->size(), train.size()));
+  }
   const int64_t n = train.size();
   const int64_t micro_per_epoch = (n + o.batch_size() - 1) / o.batch_size();
   const int64_t steps_per_epoch = (micro_per_epoch + o.accumulation() - 1) / o.accumulation();
@@ -212,7 +218,8 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
         batch.inputs = train.inputs.index_select(0, idx).to(device);
         batch.targets = train.targets.index_select(0, idx).to(device);
         batch.step = info;
-        if (teacher_) batch.teacher = (*teacher_)->forward(batch.inputs);
+        if (o.teacher_cache()) batch.teacher = o.teacher_cache()->lookup(idx).to(device);
+        else if (teacher_) batch.teacher = (*teacher_)->forward(batch.inputs);
         batch.student = student_->forward(batch.inputs);
         LossResult r = stage.loss().forward<LossResult>(batch);
         if (!r.total.defined() || r.total.dim() != 0) {

@@ -11,6 +11,7 @@
 
 #include "kd/core/student.h"
 #include "kd/core/teacher.h"
+#include "kd/data/teacher_cache.h"
 #include "kd/data/tensor_dataset.h"
 #include "kd/train/callback.h"
 #include "kd/train/stage.h"
@@ -45,6 +46,9 @@ struct StagedTrainerOptions {
   /// Must equal the one in the checkpoint to resume from it (e.g. a hash of the config).
   TORCH_ARG(std::string, fingerprint) = "";
   TORCH_ARG(int64_t, num_classes) = 0;      ///< > 0 enables classification evaluation
+  /// Teacher outputs read from this cache (built over the same training set,
+  /// in the same order) instead of running the teacher: no teacher forward at all.
+  TORCH_ARG(std::shared_ptr<data::TeacherCache>, teacher_cache) = nullptr;
 };
 
 /// What fit() returns.

@@ -1,0 +1,283 @@
+#include "kd/data/teacher_cache.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <torch/torch.h>
+#include <zlib.h>
+
+#include "kd/core/atomic_file.h"
+#include "kd/core/device.h"
+#include "kd/core/error.h"
+
+namespace kd::data {
+namespace {
+
+constexpr const char* kMagic = "KDTCACHE";
+constexpr size_t kAlign = 4096;
+
+uint32_t crc_tensor(uLong crc, const torch::Tensor& t) {
+  const auto c = t.detach().to(torch::kCPU).contiguous();
+  const auto shape = c.sizes().vec();
+  crc = crc32(crc, reinterpret_cast<const Bytef*>(shape.data()), static_cast<uInt>(shape.size() * sizeof(int64_t)));
+  const auto* p = static_cast<const Bytef*>(c.data_ptr());
+  size_t left = c.numel() * c.element_size();
+  while (left > 0) {
+    const auto n = static_cast<uInt>(std::min<size_t>(left, 1u << 30));
+    crc = crc32(crc, p, n);
+    p += n;
+    left -= n;
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+std::string storage_name(torch::Dtype d) { return d == torch::kInt32 ? "int32" : dtype_name(d); }
+torch::Dtype storage_dtype(const std::string& s) { return s == "int32" ? torch::kInt32 : parse_dtype(s); }
+
+size_t row_bytes(torch::Dtype dtype, const std::vector<int64_t>& shape) {
+  size_t n = c10::elementSize(dtype);
+  for (auto d : shape) n *= static_cast<size_t>(d);
+  return n;
+}
+
+}  // namespace
+
+uint32_t module_fingerprint(const torch::nn::Module& module) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (const auto& p : module.named_parameters()) {
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(p.key().data()), static_cast<uInt>(p.key().size()));
+    crc = crc_tensor(crc, p.value());
+  }
+  for (const auto& b : module.named_buffers()) {
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(b.key().data()), static_cast<uInt>(b.key().size()));
+    crc = crc_tensor(crc, b.value());
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+uint32_t dataset_fingerprint(const TensorDataset& dataset) {
+  return crc_tensor(crc32(0L, Z_NULL, 0), dataset.inputs);
+}
+
+void TeacherCache::build(const std::string& path, Teacher& teacher, const TensorDataset& dataset,
+                         const TeacherCacheOptions& options) {
+  const int64_t n = dataset.size();
+  if (n == 0) throw Error(ErrorCategory::kValue, "TeacherCache::build: the dataset is empty");
+  if (options.top_k() < 0 || options.batch_size() <= 0) {
+    throw Error(ErrorCategory::kValue, fmt::format("TeacherCacheOptions: top_k must be >= 0 (got {}) and batch_size > 0 (got {})",
+                                                   options.top_k(), options.batch_size()));
+  }
+  const auto dtype = options.dtype();
+  if (dtype != torch::kFloat32 && dtype != torch::kFloat16 && dtype != torch::kBFloat16) {
+    throw Error(ErrorCategory::kValue, "TeacherCacheOptions.dtype must be float32, float16 or bfloat16");
+  }
+  const auto params = teacher->parameters();
+  const auto device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  const uint32_t teacher_fp = module_fingerprint(*teacher->model());
+  const uint32_t data_fp = dataset_fingerprint(dataset);
+
+  // Outputs for one batch, as the entries to store.
+  size_t layer_count = 0;
+  auto entries_of = [&](const ModelOutput& out, std::vector<std::pair<std::string, torch::Tensor>>& rows) {
+    rows.clear();
+    layer_count = out.hidden_states.size();
+    if (!out.logits.defined()) throw Error(ErrorCategory::kModel, "TeacherCache: the teacher returned no logits");
+    if (options.top_k() > 0) {
+      if (options.top_k() > out.logits.size(-1)) {
+        throw Error(ErrorCategory::kValue, fmt::format("TeacherCache: top_k {} exceeds the {} classes", options.top_k(),
+                                                       out.logits.size(-1)));
+      }
+      auto [values, indices] = out.logits.topk(options.top_k(), -1);
+      rows.emplace_back("topk_logits", values.to(torch::kCPU, dtype));
+      rows.emplace_back("topk_indices", indices.to(torch::kCPU, torch::kInt32));
+    } else {
+      rows.emplace_back("logits", out.logits.to(torch::kCPU, dtype));
+    }
+    for (int64_t i : options.hidden_states()) {
+      const int64_t count = static_cast<int64_t>(out.hidden_states.size());
+      const int64_t r = i < 0 ? count + i : i;
+      if (r < 0 || r >= count) {
+        throw Error(ErrorCategory::kValue, fmt::format("TeacherCache: hidden_states index {} is out of range: the teacher "
+                                                       "exposes {} layer(s)", i, count));
+      }
+      rows.emplace_back(fmt::format("hidden_states.{}", r), out.hidden_states[r].to(torch::kCPU, dtype));
+    }
+  };
+
+  write_atomically(path, [&](const std::string& tmp) {
+    std::fstream file(tmp, std::ios::out | std::ios::binary | std::ios::trunc);
+    if (!file) throw Error(ErrorCategory::kFile, fmt::format("cannot create '{}'", tmp));
+    std::vector<Entry> layout;
+    std::vector<std::pair<std::string, torch::Tensor>> rows;
+    size_t data_start = 0;
+    for (int64_t start = 0; start < n; start += options.batch_size()) {
+      const int64_t end = std::min(n, start + options.batch_size());
+      entries_of(teacher->forward(dataset.inputs.slice(0, start, end).to(device)), rows);
+      if (layout.empty()) {
+        std::ostringstream header;
+        header << kMagic << "\nversion 1\n"
+               << fmt::format("teacher {:08x}\ndata {:08x}\nsize {}\ntop_k {}\nlayers {}\n", teacher_fp, data_fp, n,
+                              options.top_k(), layer_count);
+        for (const auto& [name, t] : rows) {
+          Entry e{name, t.scalar_type(), t.sizes().slice(1).vec(), 0};
+          header << "entry " << name << " " << storage_name(e.dtype);
+          for (auto d : e.shape) header << " " << d;
+          header << "\n";
+          layout.push_back(e);
+        }
+        header << "end\n";
+        const std::string h = header.str();
+        data_start = (h.size() + kAlign - 1) / kAlign * kAlign;
+        size_t offset = data_start;
+        for (auto& e : layout) {
+          e.offset = offset;
+          offset = (offset + row_bytes(e.dtype, e.shape) * n + kAlign - 1) / kAlign * kAlign;
+        }
+        file.write(h.data(), static_cast<std::streamsize>(h.size()));
+        // Size the file up front so a short file is recognisably truncated.
+        file.seekp(static_cast<std::streamoff>(offset - 1));
+        file.put('\0');
+      }
+      for (size_t k = 0; k < rows.size(); ++k) {
+        const auto t = rows[k].second.contiguous();
+        const size_t rb = row_bytes(layout[k].dtype, layout[k].shape);
+        file.seekp(static_cast<std::streamoff>(layout[k].offset + rb * start));
+        file.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(rb * (end - start)));
+      }
+    }
+    file.flush();
+    if (!file) throw Error(ErrorCategory::kFile, fmt::format("writing '{}' failed (disk full?)", tmp));
+  });
+}
+
+std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32_t teacher_fp, uint32_t data_fp) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw Error(ErrorCategory::kFile, fmt::format("teacher cache '{}' cannot be opened: {}", path, std::strerror(errno)));
+  struct stat st {};
+  ::fstat(fd, &st);
+  const size_t length = static_cast<size_t>(st.st_size);
+  void* map = length > 0 ? ::mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+  ::close(fd);
+  if (map == MAP_FAILED) throw Error(ErrorCategory::kFormat, fmt::format("teacher cache '{}' is empty or cannot be mapped", path));
+  std::unique_ptr<TeacherCache> cache(new TeacherCache());
+  cache->path_ = path;
+  cache->map_ = map;
+  cache->length_ = length;
+
+  auto bad = [&](const std::string& why) {
+    return Error(ErrorCategory::kFormat,
+                 fmt::format("teacher cache '{}' is not usable: {}; delete it and it will be rebuilt", path, why));
+  };
+  const char* base = static_cast<const char*>(map);
+  const std::string head(base, std::min<size_t>(length, 1 << 16));
+  const auto end_pos = head.find("\nend\n");
+  if (head.rfind(kMagic, 0) != 0 || end_pos == std::string::npos) throw bad("no kdistill cache header");
+  std::istringstream in(head.substr(0, end_pos + 1));
+  std::string line, word;
+  std::getline(in, line);  // magic
+  uint32_t file_teacher = 0, file_data = 0;
+  std::vector<Entry> entries;
+  {
+    while (std::getline(in, line)) {
+      std::istringstream ls(line);
+      ls >> word;
+      if (word == "version") {
+        int v = 0;
+        ls >> v;
+        if (v != 1) throw bad(fmt::format("version {} (this build reads 1)", v));
+      } else if (word == "teacher") {
+        ls >> std::hex >> file_teacher;
+      } else if (word == "data") {
+        ls >> std::hex >> file_data;
+      } else if (word == "size") {
+        ls >> cache->size_;
+      } else if (word == "top_k") {
+        ls >> cache->top_k_;
+      } else if (word == "layers") {
+        ls >> cache->layers_;
+      } else if (word == "entry") {
+        Entry e;
+        std::string dtype;
+        ls >> e.name >> dtype;
+        e.dtype = storage_dtype(dtype);
+        for (int64_t d; ls >> d;) e.shape.push_back(d);
+        entries.push_back(e);
+      }
+    }
+  }
+  if (cache->size_ <= 0 || entries.empty()) throw bad("the header lists no examples or no entries");
+  size_t offset = (end_pos + 5 + kAlign - 1) / kAlign * kAlign;
+  for (auto& e : entries) {
+    e.offset = offset;
+    offset = (offset + row_bytes(e.dtype, e.shape) * cache->size_ + kAlign - 1) / kAlign * kAlign;
+  }
+  if (offset != length) throw bad(fmt::format("{} bytes instead of {} (truncated or corrupt)", length, offset));
+  if (file_teacher != teacher_fp || file_data != data_fp) {
+    throw Error(ErrorCategory::kState,
+                fmt::format("teacher cache '{}' was written for teacher {:08x} and data {:08x}, but the current teacher is "
+                            "{:08x} and the data {:08x}; delete the cache (or use open_or_build, which rebuilds it)",
+                            path, file_teacher, file_data, teacher_fp, data_fp));
+  }
+  cache->entries_ = std::move(entries);
+  return cache;
+}
+
+std::unique_ptr<TeacherCache> TeacherCache::open_or_build(const std::string& path, Teacher& teacher,
+                                                          const TensorDataset& dataset,
+                                                          const TeacherCacheOptions& options) {
+  if (std::filesystem::exists(path)) {
+    try {
+      return open(path, module_fingerprint(*teacher->model()), dataset_fingerprint(dataset));
+    } catch (const Error& e) {
+      if (e.category() != ErrorCategory::kState && e.category() != ErrorCategory::kFormat) throw;
+      // stale or damaged: rebuilt below
+    }
+  }
+  build(path, teacher, dataset, options);
+  return open(path, module_fingerprint(*teacher->model()), dataset_fingerprint(dataset));
+}
+
+TeacherCache::~TeacherCache() {
+  if (map_) ::munmap(map_, length_);
+}
+
+torch::Tensor TeacherCache::entry_rows(const Entry& e, const torch::Tensor& indices) const {
+  std::vector<int64_t> shape = {size_};
+  shape.insert(shape.end(), e.shape.begin(), e.shape.end());
+  // from_blob wants a mutable pointer; the map is read-only and index_select only reads it.
+  auto all = torch::from_blob(static_cast<char*>(map_) + e.offset, shape, torch::TensorOptions().dtype(e.dtype));
+  auto rows = all.index_select(0, indices);
+  return e.dtype == torch::kInt32 ? rows.to(torch::kInt64) : rows.to(torch::kFloat32);
+}
+
+ModelOutput TeacherCache::lookup(const torch::Tensor& indices) const {
+  const auto idx = indices.to(torch::kCPU, torch::kInt64);
+  if (idx.numel() > 0 && (idx.min().item<int64_t>() < 0 || idx.max().item<int64_t>() >= size_)) {
+    throw Error(ErrorCategory::kValue, fmt::format("teacher cache '{}' holds examples 0..{}; asked for {}..{}", path_,
+                                                   size_ - 1, idx.min().item<int64_t>(), idx.max().item<int64_t>()));
+  }
+  ModelOutput out;
+  std::map<int64_t, torch::Tensor> hidden;
+  for (const auto& e : entries_) {
+    auto t = entry_rows(e, idx);
+    if (e.name == "logits") out.logits = t;
+    else if (e.name.rfind("hidden_states.", 0) == 0) hidden[std::stoll(e.name.substr(14))] = t;
+    else out.extras[e.name] = t;
+  }
+  // Layers keep their teacher positions (so negative indices still count from the
+  // teacher's last layer); layers that were not stored stay undefined.
+  if (!hidden.empty()) out.hidden_states.resize(static_cast<size_t>(layers_));
+  for (auto& [layer, t] : hidden) out.hidden_states[static_cast<size_t>(layer)] = t;
+  return out;
+}
+
+}  // namespace kd::data

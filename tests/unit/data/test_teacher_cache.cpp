@@ -1,0 +1,150 @@
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "kd/kd.h"
+#include "kd/data/teacher_cache.h"
+#include "kd/train/staged_trainer.h"
+#include "reference.h"
+
+namespace {
+namespace fs = std::filesystem;
+using kd::data::TeacherCache;
+using kd::data::TeacherCacheOptions;
+
+struct NetImpl : kd::Model {
+  explicit NetImpl(int64_t hidden) {
+    fc1 = register_module("fc1", torch::nn::Linear(6, hidden));
+    fc2 = register_module("fc2", torch::nn::Linear(hidden, hidden));
+    fc3 = register_module("fc3", torch::nn::Linear(hidden, 5));
+  }
+  kd::ModelOutput forward(const torch::Tensor& x) override {
+    kd::ModelOutput out;
+    out.hidden_states.push_back(torch::tanh(fc1->forward(x)));
+    out.hidden_states.push_back(torch::tanh(fc2->forward(out.hidden_states.back())));
+    out.logits = fc3->forward(out.hidden_states.back());
+    return out;
+  }
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr}, fc3{nullptr};
+};
+
+kd::data::TensorDataset data(int64_t n) {
+  torch::manual_seed(9);
+  return {torch::randn({n, 6}), torch::randint(0, 5, {n}, torch::kLong)};
+}
+
+TEST(TeacherCache, LookupReturnsTheTeachersOutputsForAnyIndices) {
+  torch::manual_seed(1);
+  kd::Teacher teacher(std::make_shared<NetImpl>(8));
+  auto ds = data(37);
+  const auto path = kd::testing::temp_dir("tcache") + "/t.cache";
+  TeacherCache::build(path, teacher, ds, TeacherCacheOptions().hidden_states({-1}).batch_size(10));
+  auto cache = TeacherCache::open(path, kd::data::module_fingerprint(*teacher->model()), kd::data::dataset_fingerprint(ds));
+  EXPECT_EQ(cache->size(), 37);
+  auto idx = torch::tensor({36, 0, 17, 17, 9}, torch::kLong);
+  auto got = cache->lookup(idx);
+  auto want = teacher->forward(ds.inputs.index_select(0, idx));
+  EXPECT_LT((got.logits - want.logits).abs().max().item<double>(), 1e-6);
+  ASSERT_EQ(got.hidden_states.size(), 2u);
+  EXPECT_FALSE(got.hidden_states[0].defined());  // not stored
+  EXPECT_LT((got.hidden_states[1] - want.hidden_states[1]).abs().max().item<double>(), 1e-6);
+}
+
+TEST(TeacherCache, TopKAndHalfPrecisionStorage) {
+  torch::manual_seed(2);
+  kd::Teacher teacher(std::make_shared<NetImpl>(8));
+  auto ds = data(2000);
+  const auto dir = kd::testing::temp_dir("tcache");
+  TeacherCache::build(dir + "/full.cache", teacher, ds);
+  TeacherCache::build(dir + "/top2.cache", teacher, ds, TeacherCacheOptions().top_k(2).dtype(torch::kFloat16));
+  const auto tfp = kd::data::module_fingerprint(*teacher->model());
+  const auto dfp = kd::data::dataset_fingerprint(ds);
+  auto full = TeacherCache::open(dir + "/full.cache", tfp, dfp);
+  auto top = TeacherCache::open(dir + "/top2.cache", tfp, dfp);
+  // 2000 x 5 float32 logits = 40000 bytes vs 2000 x 2 x (fp16 value + int32 index) = 24000, page-rounded.
+  EXPECT_LT(top->bytes(), full->bytes());
+  auto idx = torch::arange(2000, torch::kLong);
+  auto o = top->lookup(idx);
+  EXPECT_FALSE(o.logits.defined());
+  auto [values, indices] = teacher->forward(ds.inputs).logits.topk(2, -1);
+  EXPECT_TRUE(torch::equal(o.extras.at("topk_indices"), indices));
+  EXPECT_LT((o.extras.at("topk_logits") - values).abs().max().item<double>(), 1e-2);  // fp16 rounding
+}
+
+TEST(TeacherCache, StaleTruncatedAndForeignFilesAreRefusedOrRebuilt) {
+  torch::manual_seed(3);
+  auto net = std::make_shared<NetImpl>(8);
+  kd::Teacher teacher(net);
+  auto ds = data(16);
+  const auto dir = kd::testing::temp_dir("tcache");
+  const auto path = dir + "/t.cache";
+  TeacherCache::build(path, teacher, ds);
+  const auto dfp = kd::data::dataset_fingerprint(ds);
+  const auto old_fp = kd::data::module_fingerprint(*net);
+  {
+    torch::NoGradGuard no_grad;
+    net->fc3->bias.add_(1.0);  // a changed teacher
+  }
+  const auto new_fp = kd::data::module_fingerprint(*net);
+  EXPECT_NE(old_fp, new_fp);
+  try {
+    TeacherCache::open(path, new_fp, dfp);
+    FAIL();
+  } catch (const kd::Error& e) {
+    EXPECT_EQ(e.category(), kd::ErrorCategory::kState);
+    char hex[16];
+    std::snprintf(hex, sizeof hex, "%08x", new_fp);
+    EXPECT_NE(std::string(e.what()).find(hex), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(TeacherCache::open(path, old_fp, dfp ^ 1u), kd::Error);  // other data
+  auto rebuilt = TeacherCache::open_or_build(path, teacher, ds);
+  auto o = rebuilt->lookup(torch::tensor({3}, torch::kLong));
+  EXPECT_LT((o.logits - teacher->forward(ds.inputs.slice(0, 3, 4)).logits).abs().max().item<double>(), 1e-6);
+
+  fs::resize_file(path, fs::file_size(path) - 100);
+  try {
+    TeacherCache::open(path, new_fp, dfp);
+    FAIL();
+  } catch (const kd::Error& e) {
+    EXPECT_EQ(e.category(), kd::ErrorCategory::kFormat);
+    EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+  }
+  std::ofstream(dir + "/foreign.cache") << "not a cache at all";
+  EXPECT_THROW(TeacherCache::open(dir + "/foreign.cache", new_fp, dfp), kd::Error);
+  EXPECT_THROW(rebuilt->lookup(torch::tensor({16}, torch::kLong)), kd::Error);
+}
+
+TEST(TeacherCache, CachedTrainingEqualsOnlineTrainingStepForStep) {
+  torch::manual_seed(4);
+  kd::Teacher teacher(std::make_shared<NetImpl>(16));
+  auto ds = data(64);
+  const auto path = kd::testing::temp_dir("tcache") + "/t.cache";
+  auto cache = std::shared_ptr<TeacherCache>(TeacherCache::open_or_build(path, teacher, ds, TeacherCacheOptions().hidden_states({0, 1})));
+  auto run = [&](bool cached, std::vector<double>& losses) {
+    torch::manual_seed(5);
+    auto net = std::make_shared<NetImpl>(4);
+    struct Rec : kd::Callback {
+      explicit Rec(std::vector<double>& l) : l(l) {}
+      void on_step_end(const kd::StepReport& r) override { l.push_back(r.loss.total.item<double>()); }
+      std::vector<double>& l;
+    };
+    kd::StagedTrainer t(kd::Student(net), cached ? std::nullopt : std::optional<kd::Teacher>(teacher),
+                        {kd::Stage("kl", torch::nn::AnyModule(kd::TemperatureKL())).epochs(3).lr(0.01)},
+                        kd::StagedTrainerOptions().batch_size(16).teacher_cache(cached ? cache : nullptr));
+    t.add_callback(std::make_shared<Rec>(losses));
+    t.fit(ds);
+    return net;
+  };
+  std::vector<double> online_losses, cached_losses;
+  auto a = run(false, online_losses);
+  auto b = run(true, cached_losses);
+  ASSERT_EQ(online_losses.size(), 12u);
+  for (size_t i = 0; i < online_losses.size(); ++i) EXPECT_NEAR(online_losses[i], cached_losses[i], 1e-6) << i;
+  auto pa = a->parameters(), pb = b->parameters();
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_LT((pa[i] - pb[i]).abs().max().item<double>(), 1e-5);
+}
+
+}  // namespace
