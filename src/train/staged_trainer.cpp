@@ -80,6 +80,11 @@ StagedTrainer::StagedTrainer(Student student, std::optional<Teacher> teacher, st
                             o.batch_size(), o.accumulation(), o.clip_norm(), o.warmup_steps(), o.ema_decay(),
                             o.min_lr_factor()));
   }
+  if (o.self_distillation() && (o.ema_decay() <= 0 || teacher_ || o.teacher_cache())) {
+    throw Error(ErrorCategory::kValue,
+                "self_distillation uses the student's own EMA as the teacher: set ema_decay > 0 and give no "
+                "teacher and no teacher_cache");
+  }
   for (const auto& s : stages_) {
     if (s.loss().is_empty()) throw Error(ErrorCategory::kValue, fmt::format("stage '{}' has no loss", s.name()));
     if (s.steps() < 0 || s.epochs() < 0 || (s.steps() == 0 && s.epochs() == 0) || !(s.lr() > 0)) {
@@ -88,6 +93,21 @@ StagedTrainer::StagedTrainer(Student student, std::optional<Teacher> teacher, st
                               s.name(), s.steps(), s.epochs(), s.lr()));
     }
   }
+}
+
+template <typename Fn>
+auto StagedTrainer::with_ema_weights(Ema& ema, Fn fn) {
+  std::vector<torch::Tensor> trained;
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : student_->parameters()) trained.push_back(p.detach().clone());
+    ema.copy_to(*student_);
+  }
+  auto result = fn();
+  torch::NoGradGuard no_grad;
+  auto params = student_->parameters();
+  for (size_t i = 0; i < params.size(); ++i) params[i].copy_(trained[i]);
+  return result;
 }
 
 int64_t StagedTrainer::stage_length(const Stage& stage, int64_t steps_per_epoch) const {
@@ -218,7 +238,15 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
         batch.inputs = train.inputs.index_select(0, idx).to(device);
         batch.targets = train.targets.index_select(0, idx).to(device);
         batch.step = info;
-        if (o.teacher_cache()) batch.teacher = o.teacher_cache()->lookup(idx).to(device);
+        if (o.self_distillation()) {
+          batch.teacher = with_ema_weights(*ema, [&] {
+            torch::NoGradGuard no_grad;
+            student_->eval();
+            auto out = student_->forward(batch.inputs).detach();
+            student_->train();
+            return out;
+          });
+        } else if (o.teacher_cache()) batch.teacher = o.teacher_cache()->lookup(idx).to(device);
         else if (teacher_) batch.teacher = (*teacher_)->forward(batch.inputs);
         batch.student = student_->forward(batch.inputs);
         LossResult r = stage.loss().forward<LossResult>(batch);
@@ -279,17 +307,9 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
       }
       const bool eval_now = validation && (stage_done || (stage.eval_every() > 0 && state.stage_step % stage.eval_every() == 0));
       if (eval_now && o.num_classes() > 0) {
-        std::vector<torch::Tensor> saved_weights;
-        if (ema && o.eval_on_ema()) {
-          for (auto& p : student_->parameters()) saved_weights.push_back(p.detach().clone());
-          ema->copy_to(*student_);
-        }
-        auto result = evaluate(*validation, stage.name(), state.global_step);
-        if (!saved_weights.empty()) {
-          torch::NoGradGuard no_grad;
-          auto params = student_->parameters();
-          for (size_t i = 0; i < params.size(); ++i) params[i].copy_(saved_weights[i]);
-        }
+        auto result = ema && o.eval_on_ema()
+                          ? with_ema_weights(*ema, [&] { return evaluate(*validation, stage.name(), state.global_step); })
+                          : evaluate(*validation, stage.name(), state.global_step);
         for (auto& cb : callbacks_) cb->on_eval(result);
         summary.evaluations.push_back(result);
       }

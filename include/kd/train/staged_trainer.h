@@ -18,6 +18,7 @@
 
 namespace kd {
 
+class Ema;
 enum class OptimizerKind { kAdamW, kSgd };
 
 /// Options shared by all stages.
@@ -38,6 +39,10 @@ struct StagedTrainerOptions {
   /// EMA decay of the student's weights (0: off); evaluate on the EMA weights if eval_on_ema.
   TORCH_ARG(double, ema_decay) = 0.0;
   TORCH_ARG(bool, eval_on_ema) = false;
+  /// Self-distillation: the teacher is the EMA of the student itself (needs
+  /// ema_decay > 0 and no teacher or cache). Each micro-batch runs the student
+  /// once with the EMA weights swapped in (eval mode, no grad) and once as itself.
+  TORCH_ARG(bool, self_distillation) = false;
   TORCH_ARG(uint64_t, seed) = 0;
   /// Folder for checkpoints ("" = none); written every checkpoint_every steps and at each stage end.
   TORCH_ARG(std::string, checkpoint_dir) = "";
@@ -93,6 +98,9 @@ class StagedTrainer {
 
  private:
   int64_t stage_length(const Stage& stage, int64_t steps_per_epoch) const;
+  /// Runs `fn` with the EMA weights in the student, then puts the trained weights back.
+  template <typename Fn>
+  auto with_ema_weights(Ema& ema, Fn fn);
 
   Student student_;
   std::optional<Teacher> teacher_;

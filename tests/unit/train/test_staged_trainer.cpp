@@ -184,3 +184,31 @@ TEST(StagedTrainer, BadStagesAreRejected) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(StagedTrainer, SelfDistillationUsesTheStudentsOwnEma) {
+  auto data = synthetic(64, 6);
+  auto losses_for = [&](double decay) {
+    torch::manual_seed(3);
+    kd::StagedTrainer t(kd::Student(std::make_shared<MlpImpl>()), std::nullopt,
+                        {kd::Stage("self", torch::nn::AnyModule(kd::TemperatureKL())).steps(6).lr(0.05)},
+                        kd::StagedTrainerOptions().batch_size(16).ema_decay(decay).self_distillation(true));
+    auto rec = std::make_shared<Recorder>();
+    t.add_callback(rec);
+    t.fit(data);
+    return rec->losses;
+  };
+  // Decay → 0: the EMA is the current student, so the KL to itself is 0 at every step.
+  for (double l : losses_for(1e-12)) EXPECT_NEAR(l, 0.0, 1e-9);
+  // A slow EMA lags behind the student: zero at the first step (EMA = initial weights), positive after.
+  auto slow = losses_for(0.9);
+  EXPECT_NEAR(slow[0], 0.0, 1e-9);
+  EXPECT_GT(slow[3], 1e-6);
+  kd::Student s(std::make_shared<MlpImpl>());
+  EXPECT_THROW(kd::StagedTrainer(s, std::nullopt, {kd::Stage("x", torch::nn::AnyModule(kd::TemperatureKL()))},
+                                 kd::StagedTrainerOptions().self_distillation(true)),
+               kd::Error);
+}
+
+}  // namespace
