@@ -7,6 +7,7 @@
 #include "kd/core/error.h"
 #include "kd/core/model.h"
 #include "kd/core/model_output.h"
+#include "kd/core/multi_teacher.h"
 #include "kd/core/script_model.h"
 #include "kd/core/student.h"
 #include "kd/core/teacher.h"
