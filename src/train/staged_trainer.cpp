@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "kd/core/error.h"
+#include "kd/data/hard_example_sampler.h"
 #include "kd/train/checkpoint.h"
 #include "kd/train/ema.h"
 #include "kd/train/lr_schedule.h"
@@ -80,6 +81,12 @@ StagedTrainer::StagedTrainer(Student student, std::optional<Teacher> teacher, st
                             o.batch_size(), o.accumulation(), o.clip_norm(), o.warmup_steps(), o.ema_decay(),
                             o.min_lr_factor()));
   }
+  if (!(o.hard_example_mix() >= 0 && o.hard_example_mix() <= 1) ||
+      (o.hard_example_mix() > 0 && !teacher_ && !o.teacher_cache())) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("hard_example_mix must be in [0, 1] (got {}) and needs a teacher or a teacher cache",
+                            o.hard_example_mix()));
+  }
   if (o.self_distillation() && (o.ema_decay() <= 0 || teacher_ || o.teacher_cache())) {
     throw Error(ErrorCategory::kValue,
                 "self_distillation uses the student's own EMA as the teacher: set ema_decay > 0 and give no "
@@ -108,6 +115,44 @@ auto StagedTrainer::with_ema_weights(Ema& ema, Fn fn) {
   auto params = student_->parameters();
   for (size_t i = 0; i < params.size(); ++i) params[i].copy_(trained[i]);
   return result;
+}
+
+torch::Tensor StagedTrainer::all_logits(const data::TensorDataset& train, bool student) {
+  const auto& cache = options_.teacher_cache();
+  if (!student && cache) {
+    auto out = cache->lookup(torch::arange(train.size(), torch::kLong));
+    if (!out.logits.defined()) {
+      throw Error(ErrorCategory::kValue, "hard-example mining needs full teacher logits; the cache holds only top-k");
+    }
+    return out.logits;
+  }
+  torch::NoGradGuard no_grad;
+  auto& model = student ? *student_->model() : *(*teacher_)->model();
+  const bool was_training = model.is_training();
+  model.eval();
+  const auto params = model.parameters();
+  const auto device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  std::vector<torch::Tensor> chunks;
+  for (int64_t start = 0; start < train.size(); start += 512) {
+    const auto end = std::min(train.size(), start + 512);
+    chunks.push_back(model.forward(train.inputs.slice(0, start, end).to(device)).logits.cpu());
+  }
+  model.train(was_training);
+  return torch::cat(chunks);
+}
+
+std::vector<int64_t> StagedTrainer::epoch_order(const data::TensorDataset& train, int64_t stage_index, int64_t epoch) {
+  const auto& o = options_;
+  const uint64_t seed = o.seed() * 1000003 + static_cast<uint64_t>(stage_index);
+  if (o.hard_example_mix() <= 0) return data::epoch_order(train.size(), seed, epoch);
+  data::HardExampleSampler sampler(train.size(), data::HardExampleSamplerOptions().mix(o.hard_example_mix()).seed(seed));
+  if (o.hardness() == Hardness::kTeacherEntropy) {
+    if (!teacher_entropy_.defined()) teacher_entropy_ = data::predictive_entropy(all_logits(train, false));
+    sampler.set_scores(teacher_entropy_);
+  } else {
+    sampler.set_scores(data::disagreement(all_logits(train, true), all_logits(train, false)).clamp_min(0));
+  }
+  return sampler.epoch_order(epoch);
 }
 
 int64_t StagedTrainer::stage_length(const Stage& stage, int64_t steps_per_epoch) const {
@@ -156,6 +201,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
   for (size_t i = 0; i < stages_.size(); ++i) all_losses->register_module(fmt::format("stage{}", i), stages_[i].loss().ptr());
   all_losses->to(device);
 
+  teacher_entropy_ = torch::Tensor();
   TrainSummary summary;
   TrainingState state;
   std::optional<std::string> resume_path;
@@ -205,8 +251,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
                  steps_per_epoch, n);
 
     student_->train();
-    auto order = torch::tensor(data::epoch_order(n, o.seed() * 1000003 + static_cast<uint64_t>(si), state.epoch),
-                               torch::kInt64);
+    auto order = torch::tensor(epoch_order(train, si, state.epoch), torch::kInt64);
     while (state.stage_step < total) {
       const auto start = Clock::now();
       info.global_step = state.global_step;
@@ -221,8 +266,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
         if (state.batch_in_epoch == micro_per_epoch) {
           ++state.epoch;
           state.batch_in_epoch = 0;
-          order = torch::tensor(data::epoch_order(n, o.seed() * 1000003 + static_cast<uint64_t>(si), state.epoch),
-                                torch::kInt64);
+          order = torch::tensor(epoch_order(train, si, state.epoch), torch::kInt64);
           if (a > 0) break;  // an optimizer step never spans two epochs
         }
         const int64_t b = state.batch_in_epoch++;

@@ -21,6 +21,12 @@ namespace kd {
 class Ema;
 enum class OptimizerKind { kAdamW, kSgd };
 
+/// What makes an example "hard" for hard-example mining.
+enum class Hardness {
+  kTeacherEntropy,  ///< predictive entropy of the teacher (computed once per stage: the teacher is frozen)
+  kDisagreement,    ///< KL(teacher ‖ student), refreshed at the start of every epoch
+};
+
 /// Options shared by all stages.
 struct StagedTrainerOptions {
   TORCH_ARG(OptimizerKind, optimizer) = OptimizerKind::kAdamW;
@@ -43,6 +49,13 @@ struct StagedTrainerOptions {
   /// ema_decay > 0 and no teacher or cache). Each micro-batch runs the student
   /// once with the EMA weights swapped in (eval mode, no grad) and once as itself.
   TORCH_ARG(bool, self_distillation) = false;
+  /// Hard-example mining: this fraction of each epoch is drawn in proportion
+  /// to hardness, the rest uniformly (0 = off; see data::HardExampleSampler).
+  /// Needs a teacher or a cache with full logits. Exact resume holds for
+  /// kTeacherEntropy; with kDisagreement an interrupted epoch is re-drawn from
+  /// the restored student.
+  TORCH_ARG(double, hard_example_mix) = 0.0;
+  TORCH_ARG(Hardness, hardness) = Hardness::kTeacherEntropy;
   TORCH_ARG(uint64_t, seed) = 0;
   /// Folder for checkpoints ("" = none); written every checkpoint_every steps and at each stage end.
   TORCH_ARG(std::string, checkpoint_dir) = "";
@@ -98,6 +111,12 @@ class StagedTrainer {
 
  private:
   int64_t stage_length(const Stage& stage, int64_t steps_per_epoch) const;
+  /// Example order of epoch `epoch` of stage `stage_index` (uniform, or hardness-weighted).
+  std::vector<int64_t> epoch_order(const data::TensorDataset& train, int64_t stage_index, int64_t epoch);
+  /// Logits of `model_fn` over the whole training set, in eval mode, no grad.
+  torch::Tensor all_logits(const data::TensorDataset& train, bool student);
+  torch::Tensor teacher_entropy_;  // per example, computed once per fit()
+
   /// Runs `fn` with the EMA weights in the student, then puts the trained weights back.
   template <typename Fn>
   auto with_ema_weights(Ema& ema, Fn fn);

@@ -212,3 +212,56 @@ TEST(StagedTrainer, SelfDistillationUsesTheStudentsOwnEma) {
 }
 
 }  // namespace
+
+namespace {
+
+// Logits from inputs[:, 1:5]: a "hard" example has all zeros there (uniform teacher, maximal entropy).
+struct SliceTeacherImpl : kd::Model {
+  SliceTeacherImpl() { dummy = register_parameter("dummy", torch::zeros({1})); }
+  kd::ModelOutput forward(const torch::Tensor& x) override {
+    kd::ModelOutput out;
+    out.logits = x.slice(1, 1, 5) + dummy;
+    return out;
+  }
+  torch::Tensor dummy;
+};
+
+// Records which examples (inputs[:, 0] holds the index) the trainer fed it.
+struct RecordingLossImpl : torch::nn::Cloneable<RecordingLossImpl> {
+  void reset() override {}
+  kd::LossResult forward(const kd::DistillBatch& b) {
+    auto ids = b.inputs.select(1, 0).to(torch::kLong);
+    for (int64_t i = 0; i < ids.numel(); ++i) seen.push_back(ids[i].item<int64_t>());
+    kd::LossResult r;
+    r.total = (b.student.logits * 0).sum();
+    return r;
+  }
+  std::vector<int64_t> seen;
+};
+TORCH_MODULE(RecordingLoss);
+
+TEST(StagedTrainer, HardExampleMiningFavoursHighEntropyTeacherExamples) {
+  const int64_t n = 400;
+  auto x = torch::zeros({n, 8});
+  x.select(1, 0).copy_(torch::arange(n));
+  for (int64_t i = 40; i < n; ++i) x[i][1 + i % 4] = 20.0;  // confident teacher; examples 0..39 stay uniform
+  kd::data::TensorDataset data{x, torch::zeros({n}, torch::kLong)};
+  kd::Teacher teacher(std::make_shared<SliceTeacherImpl>());
+  RecordingLoss rec;
+  kd::StagedTrainer t(kd::Student(std::make_shared<MlpImpl>()), teacher,
+                      {kd::Stage("mine", torch::nn::AnyModule(rec)).epochs(2).lr(1e-3)},
+                      kd::StagedTrainerOptions().batch_size(50).hard_example_mix(0.5));
+  t.fit(data);
+  ASSERT_EQ(rec->seen.size(), static_cast<size_t>(2 * n));
+  int64_t hard = 0;
+  for (auto i : rec->seen) hard += i < 40;
+  // Uniform half: 10% hard. Entropy half: 40·ln4 / (40·ln4 + 360·H_conf), H_conf ≈ 0 → nearly all hard.
+  // Expected ≈ 2·(20 + 200) = 440 of 800, against 80 without mining.
+  EXPECT_GT(hard, 350);
+  EXPECT_THROW(kd::StagedTrainer(kd::Student(std::make_shared<MlpImpl>()), std::nullopt,
+                                 {kd::Stage("x", torch::nn::AnyModule(kd::HardLabelCE()))},
+                                 kd::StagedTrainerOptions().hard_example_mix(0.5)),
+               kd::Error);
+}
+
+}  // namespace
