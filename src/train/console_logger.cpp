@@ -1,5 +1,9 @@
 #include "kd/train/console_logger.h"
 
+#include <unistd.h>
+
+#include <cstdio>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
@@ -8,14 +12,38 @@
 
 namespace kd {
 
+ConsoleLogger::ConsoleLogger(int64_t every) : every_(every), tty_(::isatty(::fileno(stdout)) == 1) {}
+
 void ConsoleLogger::on_stage_begin(const Stage& stage, const StepInfo& step) {
   stage_ = stage.name();
   first_step_ = step.stage_step;
   stage_start_ = std::chrono::steady_clock::now();
 }
 
+void ConsoleLogger::on_stage_end(const Stage&, const StepInfo&) {
+  if (mid_line_) std::fputs("\n", stdout);
+  mid_line_ = false;
+}
+
 void ConsoleLogger::on_step_end(const StepReport& r) {
   const int64_t done = r.step.stage_step + 1;
+  const auto now = std::chrono::steady_clock::now();
+  if (tty_) {
+    if (done != r.step.stage_steps && now - last_draw_ < std::chrono::milliseconds(100)) return;
+    last_draw_ = now;
+    const double elapsed = std::chrono::duration<double>(now - stage_start_).count();
+    const double eta = elapsed / double(std::max<int64_t>(1, done - first_step_)) * double(r.step.stage_steps - done);
+    const int width = 30;
+    const int filled = static_cast<int>(width * double(done) / double(std::max<int64_t>(1, r.step.stage_steps)));
+    std::string bar(static_cast<size_t>(filled), '#');
+    bar.resize(width, '.');
+    std::fprintf(stdout, "\r[%s] %s %lld/%lld  loss %.4f  %.0f samples/s  ETA %.0f s   ", stage_.c_str(), bar.c_str(),
+                 static_cast<long long>(done), static_cast<long long>(r.step.stage_steps), r.loss.total.item<double>(),
+                 r.samples_per_s, eta);
+    std::fflush(stdout);
+    mid_line_ = true;
+    return;
+  }
   if (every_ <= 0 || (done % every_ != 0 && done != r.step.stage_steps)) return;
   std::string parts;
   for (const auto& [name, v] : r.loss.parts) parts += fmt::format(" {}={:.4f}", name, v.item<double>());
@@ -31,6 +59,8 @@ void ConsoleLogger::on_eval(const EvalResult& result) {
   for (const auto& key : {"accuracy", "macro_f1"}) {
     if (auto it = result.metrics.find(key); it != result.metrics.end()) metrics += fmt::format(" {} {:.4f}", key, it->second);
   }
+  if (mid_line_) std::fputs("\n", stdout);
+  mid_line_ = false;
   spdlog::info("[{}] evaluation at step {}:{}", result.stage, result.global_step, metrics);
 }
 

@@ -8,23 +8,28 @@
 
 namespace kd {
 
-/// Logs through spdlog every `every` optimizer steps (and at each stage's
-/// last step): stage, step/total, loss and its parts, lr, samples/s, ETA of
-/// the stage. Evaluations are logged as they come.
+/// Shows training progress. When stdout is a terminal: a progress bar redrawn
+/// in place (at most 10 times a second) with step/total, loss, speed and ETA.
+/// Otherwise (logs, CI): a spdlog line every `every` optimizer steps and at
+/// each stage's last step, with the loss parts and lr as well. Evaluations are
+/// logged as they come.
 ///
 /// Example: `trainer.add_callback(std::make_shared<kd::ConsoleLogger>(100));`
 class ConsoleLogger : public Callback {
  public:
-  explicit ConsoleLogger(int64_t every = 100) : every_(every) {}
+  explicit ConsoleLogger(int64_t every = 100);
   void on_stage_begin(const Stage& stage, const StepInfo& step) override;
   void on_step_end(const StepReport& report) override;
+  void on_stage_end(const Stage& stage, const StepInfo& step) override;
   void on_eval(const EvalResult& result) override;
 
  private:
   int64_t every_;
   std::string stage_;
   int64_t first_step_ = 0;
-  std::chrono::steady_clock::time_point stage_start_;
+  bool tty_;
+  bool mid_line_ = false;  // a progress bar is on screen without its newline
+  std::chrono::steady_clock::time_point stage_start_, last_draw_;
 };
 
 }  // namespace kd
