@@ -36,7 +36,7 @@ ModelOutput TeacherImpl::forward(const torch::Tensor& inputs) {
 }
 
 ModelOutput TeacherImpl::forward_with_input_grad(const torch::Tensor& inputs) {
-  if (!inputs.requires_grad()) {
+  if (inputs.is_floating_point() && !inputs.requires_grad()) {
     throw Error(ErrorCategory::kState,
                 "Teacher::forward_with_input_grad: inputs do not require grad; call "
                 "inputs.requires_grad_(true) first (or use forward())");

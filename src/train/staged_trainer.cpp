@@ -9,6 +9,7 @@
 
 #include "kd/core/error.h"
 #include "kd/data/hard_example_sampler.h"
+#include "kd/losses/loss_traits.h"
 #include "kd/train/checkpoint.h"
 #include "kd/train/ema.h"
 #include "kd/train/lr_schedule.h"
@@ -222,6 +223,13 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
     Stage& stage = stages_[si];
     auto loss_module = stage.loss().ptr();
     loss_module->train();
+    const bool input_grad = needs_input_grad(*loss_module);
+    if (input_grad && (!teacher_ || o.teacher_cache() || o.self_distillation())) {
+      throw Error(ErrorCategory::kValue,
+                  fmt::format("stage '{}': its loss needs input gradients of the teacher (R1), so it needs a live "
+                              "teacher: no teacher cache and no self-distillation",
+                              stage.name()));
+    }
     std::vector<torch::Tensor> loss_params;
     for (auto& p : loss_module->parameters()) if (p.requires_grad()) loss_params.push_back(p);
     std::vector<double> base_lrs;
@@ -282,7 +290,16 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
         batch.inputs = train.inputs.index_select(0, idx).to(device);
         batch.targets = train.targets.index_select(0, idx).to(device);
         batch.step = info;
-        if (o.self_distillation()) {
+        if (input_grad) {
+          // R1-style losses differentiate the task loss w.r.t. the inputs: the student's inputs and a
+          // separate teacher copy become leaves that require grad (token ids stay as they are; such
+          // models expose differentiable embeddings in extras).
+          if (batch.inputs.is_floating_point()) batch.inputs.requires_grad_(true);
+          batch.teacher_inputs = batch.inputs.is_floating_point()
+                                     ? batch.inputs.detach().clone().requires_grad_(true)
+                                     : batch.inputs;
+          batch.teacher = (*teacher_)->forward_with_input_grad(batch.teacher_inputs);
+        } else if (o.self_distillation()) {
           batch.teacher = with_ema_weights(*ema, [&] {
             torch::NoGradGuard no_grad;
             student_->eval();

@@ -34,7 +34,9 @@ class TeacherImpl : public torch::nn::Module {
   /// Forward under no-grad and in eval mode.
   ModelOutput forward(const torch::Tensor& inputs);
   /// Forward with autograd on, so a loss can differentiate with respect to
-  /// `inputs` (which must require grad); parameters stay frozen.
+  /// `inputs` (floating-point inputs must require grad); parameters stay
+  /// frozen. Integer token ids are accepted as they are: such a model puts a
+  /// differentiable embedding in its extras for the loss to use.
   ModelOutput forward_with_input_grad(const torch::Tensor& inputs);
 
   /// Ignores `on`: a teacher is never put in training mode.

@@ -1,0 +1,93 @@
+#pragma once
+/// \file
+/// Attention transfer: MSE between teacher and student attention maps.
+
+#include <vector>
+
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+
+#include "kd/losses/distill_batch.h"
+#include "kd/losses/layer_pair.h"
+
+namespace kd {
+
+/// A (teacher layer, student layer, weight) match over `ModelOutput::attentions`;
+/// the same struct as FeatureL2's (its widths are ignored here).
+using AttentionPair = LayerPair;
+
+/// How heads are matched when the models have different head counts.
+enum class HeadMapping {
+  kMean,     ///< average all heads of each model: [B, H, L, L] → [B, 1, L, L]; any head counts
+  kGrouped,  ///< teacher heads split into H_s contiguous groups of H_t/H_s, each group averaged to
+             ///< match student head h; needs H_t % H_s == 0. Equal counts: head-by-head comparison.
+};
+
+/// Options for AttentionMSE.
+struct AttentionMSEOptions {
+  AttentionMSEOptions() = default;
+  /* implicit */ AttentionMSEOptions(std::vector<LayerPair> pairs) : pairs_(std::move(pairs)) {}
+
+  /// Layer pairs over `ModelOutput::attentions`; default: last teacher layer vs last student layer.
+  TORCH_ARG(std::vector<LayerPair>, pairs) = {LayerPair{-1, -1}};
+  /// Head matching; default grouped (head by head when the counts are equal).
+  TORCH_ARG(HeadMapping, heads) = HeadMapping::kGrouped;
+  /// Compare log-probabilities log(max(p, eps)) instead of probabilities. The
+  /// log spreads out small attention weights; the clamp makes probabilities
+  /// below `eps` compare equal (a causal mask's zeros give 0, not log 0), and
+  /// gives them no gradient.
+  TORCH_ARG(bool, log_space) = false;
+  /// Clamp for log_space (> 0).
+  TORCH_ARG(double, eps) = 1e-8;
+};
+
+namespace functional {
+
+/// Masked MSE between attention maps `student` [B, H_s, L, L] and `teacher`
+/// [B, H_t, L, L] after head mapping (and the log when `options.log_space()`):
+///
+///   L = Σ_{b,h,q,k} v(b,q,k) · (a_s − a_t)² / (H · Σ_{b,q,k} v(b,q,k)),
+///
+/// H the compared head count (1 for kMean, H_s for kGrouped). With a [B, L]
+/// `mask` m, v(b,q,k) = m(b,q)·m(b,k): only real query rows and real key
+/// columns count, so values at padded positions (even NaN) do not matter;
+/// a [B] mask keeps or drops whole examples; undefined mask: v ≡ 1.
+/// Probabilities are head-averaged before the log. Errors: kd::Error kShape
+/// (both shapes named) for maps that are not [B, H, L, L] with equal B and L,
+/// for a mask of the wrong shape, and for H_t % H_s != 0 under kGrouped.
+///
+/// Example: `auto l = kd::functional::attention_mse(a_s, a_t.detach(), mask, kd::AttentionMSEOptions().heads(kd::HeadMapping::kMean));`
+torch::Tensor attention_mse(const torch::Tensor& student, const torch::Tensor& teacher, const torch::Tensor& mask,
+                            const AttentionMSEOptions& options = {});
+
+}  // namespace functional
+
+/// Attention-transfer loss over matched layers:
+///
+///   L = Σ_i weight_i · attention_mse(A_s[student_i], A_t[teacher_i], batch.mask)
+///
+/// over `batch.student.attentions` / `batch.teacher.attentions` (attention
+/// probabilities, [B, H, L, L]); see functional::attention_mse. Teacher maps
+/// are detached. Parts: "attn" (the total) and "attn.<i>" (pair i's
+/// unweighted MSE). A layer index out of range throws kd::Error (kValue)
+/// naming the index and the number of attention maps; non-finite values at
+/// counted positions throw kd::Error (kValue).
+///
+/// Example:
+/// ```
+/// kd::AttentionMSE attn(kd::AttentionMSEOptions({{/*teacher=*/5, /*student=*/1}, {-1, -1, /*weight=*/2.0}})
+///                           .heads(kd::HeadMapping::kGrouped));
+/// kd::LossResult r = attn->forward(batch);   // r.parts["attn"], r.parts["attn.0"], ...
+/// ```
+class AttentionMSEImpl : public torch::nn::Cloneable<AttentionMSEImpl> {
+ public:
+  explicit AttentionMSEImpl(AttentionMSEOptions options = {});
+  void reset() override;
+  LossResult forward(const DistillBatch& batch);
+
+  AttentionMSEOptions options;
+};
+TORCH_MODULE(AttentionMSE);
+
+}  // namespace kd

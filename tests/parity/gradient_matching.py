@@ -1,0 +1,104 @@
+"""GradientMatching (R1) references in float64, written with plain torch ops.
+
+Tiny models with fixed random weights, defined identically in the C++ test:
+
+image case   student: x[3,1,5,5] -> conv(1->2, 3x3, pad 1) -> tanh -> flatten -> linear(50->4)
+             teacher: x          -> conv(1->3, 3x3, pad 1) -> tanh -> flatten -> linear(75->4)
+             L = lam * mse(g_s, g_t) + (1 - lam) * KL_T(p_t || p_s) * T^2 (batchmean),
+             lam = 0.8 + (0.3 - 0.8) * 0.25 (default schedule at progress 0.25), T = 2,
+             g = d/dx of the SUMMED cross-entropy (create_graph on the student side only).
+token case   emb = E[tokens]; h_l = tanh(W1 (mean_{j<=l} emb_j) + b1); logits_l = W2 h_l + b2
+             student width 3 (hidden 4), teacher width 5 (hidden 6), 3 classes, B=2, L=4,
+             the last token of example 1 is padding (target -100, mask 0);
+             g w.r.t. the embeddings, compared as per-token norms over real tokens; lam = 1.
+Saved: weights, inputs, targets, expected loss and parts, and the gradients of the loss
+w.r.t. every student parameter.
+"""
+import os
+
+import torch
+import torch.nn.functional as F
+import kdref
+
+out = kdref.out_dir()
+torch.manual_seed(2)
+dt = torch.float64
+res = {}
+
+# ---- image case
+x = torch.randn(3, 1, 5, 5, dtype=dt)
+y = torch.tensor([0, 3, 1])
+S = {"conv_w": torch.randn(2, 1, 3, 3, dtype=dt) * 0.5, "conv_b": torch.randn(2, dtype=dt) * 0.1,
+     "fc_w": torch.randn(4, 50, dtype=dt) * 0.3, "fc_b": torch.randn(4, dtype=dt) * 0.1}
+Tw = {"conv_w": torch.randn(3, 1, 3, 3, dtype=dt) * 0.5, "conv_b": torch.randn(3, dtype=dt) * 0.1,
+      "fc_w": torch.randn(4, 75, dtype=dt) * 0.3, "fc_b": torch.randn(4, dtype=dt) * 0.1}
+
+
+def image_model(p, inp):
+    h = torch.tanh(F.conv2d(inp, p["conv_w"], p["conv_b"], padding=1))
+    return F.linear(h.flatten(1), p["fc_w"], p["fc_b"])
+
+
+Sp = {k: v.clone().requires_grad_() for k, v in S.items()}
+xs = x.clone().requires_grad_()
+xt = x.clone().requires_grad_()
+zs = image_model(Sp, xs)
+zt = image_model(Tw, xt)
+g_s, = torch.autograd.grad(F.cross_entropy(zs, y, reduction="sum"), xs, create_graph=True)
+g_t, = torch.autograd.grad(F.cross_entropy(zt, y, reduction="sum"), xt)
+lam = 0.8 + (0.3 - 0.8) * 0.25
+T = 2.0
+grad_mse = F.mse_loss(g_s, g_t.detach())
+kl = F.kl_div(F.log_softmax(zs / T, -1), F.log_softmax(zt.detach() / T, -1), reduction="batchmean",
+              log_target=True) * T * T
+loss = lam * grad_mse + (1 - lam) * kl
+names = list(S)
+grads = torch.autograd.grad(loss, [Sp[n] for n in names])
+res.update(img_x=x, img_y=y, img_lambda=torch.tensor(lam, dtype=dt), img_loss=loss, img_grad_mse=grad_mse, img_kl=kl,
+           img_g_s=g_s, img_g_t=g_t)
+for n in names:
+    res["img_s_" + n] = S[n]
+    res["img_t_" + n] = Tw[n]
+for n, g in zip(names, grads):
+    res["img_grad_" + n] = g
+
+# ---- token case
+V, B, L, C = 7, 2, 4, 3
+tokens = torch.randint(0, V, (B, L))
+targets = torch.randint(0, C, (B, L))
+targets[1, 3] = -100
+mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=dt)
+St = {"emb": torch.randn(V, 3, dtype=dt), "w1": torch.randn(4, 3, dtype=dt) * 0.5, "b1": torch.randn(4, dtype=dt) * 0.1,
+      "w2": torch.randn(C, 4, dtype=dt) * 0.5, "b2": torch.randn(C, dtype=dt) * 0.1}
+Tt = {"emb": torch.randn(V, 5, dtype=dt), "w1": torch.randn(6, 5, dtype=dt) * 0.5, "b1": torch.randn(6, dtype=dt) * 0.1,
+      "w2": torch.randn(C, 6, dtype=dt) * 0.5, "b2": torch.randn(C, dtype=dt) * 0.1}
+
+
+def token_model(p, emb):
+    counts = torch.arange(1, L + 1, dtype=dt).view(1, L, 1)
+    h = torch.tanh(F.linear(emb.cumsum(1) / counts, p["w1"], p["b1"]))
+    return F.linear(h, p["w2"], p["b2"])
+
+
+Sp = {k: v.clone().requires_grad_() for k, v in St.items()}
+emb_s = Sp["emb"][tokens]
+emb_t = Tt["emb"][tokens].clone().requires_grad_()
+zs = token_model(Sp, emb_s)
+zt = token_model(Tt, emb_t)
+ce = lambda z: F.cross_entropy(z.reshape(-1, C), targets.reshape(-1), reduction="sum", ignore_index=-100)
+g_s, = torch.autograd.grad(ce(zs), emb_s, create_graph=True)
+g_t, = torch.autograd.grad(ce(zt), emb_t)
+n_s = torch.linalg.vector_norm(g_s, dim=-1)
+n_t = torch.linalg.vector_norm(g_t, dim=-1)
+keep = mask.bool()
+loss = ((n_s - n_t)[keep] ** 2).mean()
+names = list(St)
+grads = torch.autograd.grad(loss, [Sp[n] for n in names])
+res.update(tok_tokens=tokens, tok_targets=targets, tok_mask=mask, tok_loss=loss)
+for n in names:
+    res["tok_s_" + n] = St[n]
+    res["tok_t_" + n] = Tt[n]
+for n, g in zip(names, grads):
+    res["tok_grad_" + n] = g
+
+kdref.save(os.path.join(out, "gradient_matching.json"), **res)
