@@ -39,21 +39,6 @@ const std::map<std::string, Range>& ranges() {
   return r;
 }
 
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
 std::string type_name(const json& v) {
   if (v.is_boolean()) return "a boolean";
   if (v.is_number_integer() || v.is_number_unsigned()) return "an integer";
@@ -77,18 +62,11 @@ void check(const json& schema, const json& value, const std::string& path, const
   for (const auto& [key, v] : value.items()) {
     const std::string here = path.empty() ? key : path + "." + key;
     if (!schema.contains(key)) {
-      std::string best;
-      size_t best_d = std::numeric_limits<size_t>::max();
       std::vector<std::string> allowed;
-      for (const auto& [k, _] : schema.items()) {
-        allowed.push_back(k);
-        const size_t d = edit_distance(key, k);
-        if (d < best_d) best_d = d, best = k;
-      }
+      for (const auto& [k, _] : schema.items()) allowed.push_back(k);
+      const std::string best = closest_name(key, allowed);
       const std::string hint =
-          best_d <= std::max<size_t>(2, key.size() / 3)
-              ? fmt::format("did you mean '{}'? ", path.empty() ? best : path + "." + best)
-              : "";
+          best.empty() ? "" : fmt::format("did you mean '{}'? ", path.empty() ? best : path + "." + best);
       throw Error(ErrorCategory::kConfig,
                   fmt::format("{}: unknown key '{}'; {}allowed keys{}: {}", origin, here, hint,
                               path.empty() ? "" : " under '" + path + "'", fmt::join(allowed, ", ")));

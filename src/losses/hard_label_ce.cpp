@@ -3,15 +3,33 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "kd/core/error.h"
 
 namespace kd {
+namespace {
+
+void check_smoothing(double eps) {
+  if (!(eps >= 0.0 && eps < 1.0)) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("HardLabelCEOptions.label_smoothing must be in [0, 1), got {}", eps));
+  }
+}
+
+}  // namespace
+
 namespace functional {
 
 torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& targets,
                             const HardLabelCEOptions& options) {
+  check_smoothing(options.label_smoothing());
   if (!targets.defined()) {
     throw Error(ErrorCategory::kValue, "HardLabelCE needs batch.targets (class indices), got none");
+  }
+  if (!logits.defined()) {
+    throw Error(ErrorCategory::kModel, "HardLabelCE: the student output has no logits; make the model return logits");
   }
   if (logits.dim() < 2 || logits.sizes().slice(0, logits.dim() - 1) != targets.sizes()) {
     throw Error(ErrorCategory::kShape,
@@ -19,33 +37,61 @@ torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& ta
                             "logits' shape without the class dimension",
                             shape_string(logits), shape_string(targets)));
   }
-  const auto flat_logits = logits.reshape({-1, logits.size(-1)});
-  const auto flat_targets = targets.reshape({-1}).to(torch::kLong);
+  if (targets.is_floating_point() || targets.scalar_type() == torch::kBool) {
+    throw Error(ErrorCategory::kValue, fmt::format("HardLabelCE: targets {} must be integer class indices, got {}",
+                                                   shape_string(targets), toString(targets.scalar_type())));
+  }
+  const int64_t C = logits.size(-1);
+  const auto flat_logits = logits.reshape({-1, C});
+  const auto flat_targets = targets.reshape({-1}).to(logits.device(), torch::kLong);
   const auto keep = flat_targets != options.ignore_index();
-  const auto log_p = torch::log_softmax(flat_logits, -1);
-  const auto safe_targets = flat_targets.masked_fill(~keep, 0);
-  auto nll = -log_p.gather(1, safe_targets.unsqueeze(1)).squeeze(1);
+  const int64_t counted = keep.sum().item<int64_t>();
+  if (counted > 0) {
+    const auto kept = flat_targets.masked_select(keep);
+    const int64_t lo = kept.min().item<int64_t>(), hi = kept.max().item<int64_t>();
+    if (lo < 0 || hi >= C) {
+      throw Error(ErrorCategory::kValue,
+                  fmt::format("HardLabelCE: targets range over [{}, {}] but the logits {} have classes [0, {}]; "
+                              "mark padding with ignore_index ({})",
+                              lo, hi, shape_string(logits), C - 1, options.ignore_index()));
+    }
+  }
+  // Only counted rows enter the softmax: padding logits may be non-finite, and a
+  // NaN row would leak into the gradient even with a zero weight.
+  auto rows = flat_logits;
+  auto rows_targets = flat_targets;
+  if (counted < flat_targets.size(0)) {
+    const auto idx = keep.nonzero().squeeze(1);
+    rows = flat_logits.index_select(0, idx);
+    rows_targets = flat_targets.index_select(0, idx);
+  }
+  const auto log_p = torch::log_softmax(rows, -1);
+  auto nll = -log_p.gather(1, rows_targets.unsqueeze(1)).squeeze(1);
   const double eps = options.label_smoothing();
   if (eps > 0) nll = (1 - eps) * nll - eps * log_p.mean(-1);
-  const auto w = keep.to(nll.scalar_type());
-  return (nll * w).sum() / w.sum().clamp_min(1.0);
+  auto loss = nll.sum() / static_cast<double>(std::max<int64_t>(counted, 1));
+  if (!std::isfinite(loss.item<double>())) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("HardLabelCE: the loss is not finite: logits {} contain NaN or ±inf at counted "
+                            "positions; fix the model's output (or ignore those positions)",
+                            shape_string(logits)));
+  }
+  return loss;
 }
 
 }  // namespace functional
 
 HardLabelCEImpl::HardLabelCEImpl(HardLabelCEOptions options_) : options(options_) { reset(); }
 
-void HardLabelCEImpl::reset() {
-  const double eps = options.label_smoothing();
-  if (!(eps >= 0.0 && eps < 1.0)) {
-    throw Error(ErrorCategory::kValue,
-                fmt::format("HardLabelCEOptions.label_smoothing must be in [0, 1), got {}", eps));
-  }
-}
+void HardLabelCEImpl::reset() { check_smoothing(options.label_smoothing()); }
 
 LossResult HardLabelCEImpl::forward(const DistillBatch& batch) {
+  auto targets = batch.targets;
+  if (targets.defined() && batch.mask.defined() && batch.mask.sizes() == targets.sizes()) {
+    targets = targets.masked_fill(batch.mask.to(targets.device()) == 0, options.ignore_index());
+  }
   LossResult r;
-  r.total = functional::hard_label_ce(batch.student.logits, batch.targets, options);
+  r.total = functional::hard_label_ce(batch.student.logits, targets, options);
   r.parts["ce"] = r.total.detach();
   return r;
 }

@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace kd {
 
@@ -34,9 +35,19 @@ class Error : public std::runtime_error {
  public:
   Error(ErrorCategory category, const std::string& message);
   ErrorCategory category() const noexcept { return category_; }
+  /// The message without the "<category> error: " prefix of what(), for
+  /// re-throwing with added context: `throw kd::Error(e.category(), "loss 'kl': " + e.message());`
+  const std::string& message() const noexcept { return message_; }
 
  private:
   ErrorCategory category_;
+  std::string message_;
 };
+
+/// The name in `candidates` closest to `name` by Levenshtein distance, if within
+/// max(2, |name|/3) edits; "" otherwise. Used for "did you mean" hints.
+///
+/// Example: `kd::closest_name("hard_label", {"hard_label_ce", "temperature_kl"}) == "hard_label_ce"`
+std::string closest_name(const std::string& name, const std::vector<std::string>& candidates);
 
 }  // namespace kd

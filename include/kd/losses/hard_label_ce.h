@@ -12,28 +12,45 @@ namespace kd {
 
 /// Options for HardLabelCE.
 struct HardLabelCEOptions {
-  /// Mass spread uniformly over all classes, in [0, 1).
+  /// Mass ε spread uniformly over all classes, in [0, 1); default 0.
   TORCH_ARG(double, label_smoothing) = 0.0;
-  /// Targets equal to this are ignored (padding in sequence models).
+  /// Targets equal to this are ignored (padding in sequence models); default -100.
   TORCH_ARG(int64_t, ignore_index) = -100;
 };
 
 namespace functional {
 
-/// Mean cross-entropy over non-ignored targets:
-///   L = −1/N Σ_i [(1−ε)·log p(y_i) + ε/C · Σ_c log p(c)],  p = softmax(z).
-/// Logits [B, C] with targets [B], or [B, L, C] with targets [B, L].
+/// Mean cross-entropy over the N non-ignored targets, as torch.nn.functional.cross_entropy
+/// with `label_smoothing` and `ignore_index` (reduction "mean"):
+///
+///   L = −1/N Σ_i [(1−ε)·log p_i(y_i) + ε/C · Σ_c log p_i(c)],  p_i = softmax(z_i).
+///
+/// Logits [B, C] with targets [B], or [B, L, C] with targets [B, L] (classes last,
+/// unlike torch's [B, C, L]). With no counted target the loss is 0 (torch gives NaN).
+///
+/// Throws kd::Error: kValue for missing targets, a counted target outside [0, C),
+/// or non-finite logits at counted positions; kShape naming both shapes when the
+/// targets are not the logits' shape without the class dimension.
+///
+/// Example: `auto l = kd::functional::hard_label_ce(logits, labels, kd::HardLabelCEOptions().label_smoothing(0.1));`
 torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& targets,
                             const HardLabelCEOptions& options = {});
 
 }  // namespace functional
 
-/// Cross-entropy of `batch.student.logits` against `batch.targets`. Part reported: "ce".
+/// Cross-entropy of `batch.student.logits` against `batch.targets` (see
+/// functional::hard_label_ce). When `batch.mask` has the targets' shape, its
+/// zeros are ignored too (padding of sequence models). Part reported: "ce".
 ///
-/// Example: `kd::HardLabelCE ce(kd::HardLabelCEOptions().label_smoothing(0.1));`
+/// Example:
+/// ```
+/// kd::HardLabelCE ce(kd::HardLabelCEOptions().label_smoothing(0.1));
+/// kd::LossResult r = ce->forward(batch);   // r.parts["ce"]
+/// ```
 class HardLabelCEImpl : public torch::nn::Cloneable<HardLabelCEImpl> {
  public:
   explicit HardLabelCEImpl(HardLabelCEOptions options = {});
+  /// Validates the options (label_smoothing ∈ [0, 1)).
   void reset() override;
   LossResult forward(const DistillBatch& batch);
 
