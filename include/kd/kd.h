@@ -41,5 +41,7 @@
 #include "kd/train/lr_schedule.h"
 #include "kd/train/metrics.h"
 #include "kd/train/metrics_log.h"
+#include "kd/train/recipes.h"
 #include "kd/train/stage.h"
+#include "kd/train/stage_spec.h"
 #include "kd/train/staged_trainer.h"

@@ -9,6 +9,8 @@
 #include <fmt/ranges.h>
 
 #include "kd/core/error.h"
+#include "kd/train/recipes.h"
+#include "stage_config.h"
 
 namespace kd::app {
 namespace {
@@ -26,17 +28,23 @@ const std::map<std::string, Range>& ranges() {
       {"data.limit", {0, 1e9}},
       {"data.validation_size", {0, 59999}},
       {"teacher.epochs", {0, 1000}},
-      {"student.epochs", {1, 1000}},
-      {"loss.temperature", {0, 100, /*lo_open=*/true}},
-      {"loss.kl_weight", {0, 1}},
       {"train.batch_size", {1, 65536}},
       {"train.lr", {0, 10, true}},
       {"train.weight_decay", {0, 10}},
       {"train.threads", {0, 1024}},
       {"train.seed", {0, 9.007199254740992e15}},
       {"train.log_every", {0, 1e9}},
+      {"train.checkpoint_every", {0, 1e9}},
   };
   return r;
+}
+
+// String keys with a fixed set of values.
+const std::map<std::string, std::vector<std::string>>& choices() {
+  static const std::map<std::string, std::vector<std::string>> c = {
+      {"train.precision", {"fp32", "bf16"}},
+  };
+  return c;
 }
 
 std::string type_name(const json& v) {
@@ -61,6 +69,10 @@ bool same_type(const json& schema, const json& v) {
 void check(const json& schema, const json& value, const std::string& path, const std::string& origin) {
   for (const auto& [key, v] : value.items()) {
     const std::string here = path.empty() ? key : path + "." + key;
+    if (here == "stages" && schema.contains(key)) {
+      stages_from_json(v, origin);  // its own schema: stage keys and registered losses
+      continue;
+    }
     if (!schema.contains(key)) {
       std::vector<std::string> allowed;
       for (const auto& [k, _] : schema.items()) allowed.push_back(k);
@@ -87,6 +99,13 @@ void check(const json& schema, const json& value, const std::string& path, const
       throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' must be {} (like {}), got {} ({})", origin, here,
                                                       type_name(s), s.dump(), type_name(v), v.dump()));
     }
+    if (auto it = choices().find(here); it != choices().end()) {
+      const auto& allowed = it->second;
+      if (std::find(allowed.begin(), allowed.end(), v.get<std::string>()) == allowed.end()) {
+        throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' = {} is not allowed; use one of: {}", origin, here,
+                                                        v.dump(), fmt::join(allowed, ", ")));
+      }
+    }
     if (auto it = ranges().find(here); it != ranges().end()) {
       const double x = v.get<double>();
       const Range& r = it->second;
@@ -106,6 +125,35 @@ json parse_value(const std::string& text) {
   }
 }
 
+// `config` with the value at "a.b.2.c" replaced; numeric parts index arrays
+// (stages.2.epochs), other parts name object keys (created when absent, so the
+// validator can name an unknown one with a suggestion).
+json with_override(json config, const std::string& path, const json& value, const std::string& origin) {
+  json* node = &config;
+  std::string walked;
+  for (size_t start = 0, dot; start <= path.size(); start = dot + 1) {
+    dot = path.find('.', start);
+    if (dot == std::string::npos) dot = path.size();
+    const std::string key = path.substr(start, dot - start);
+    if (key.empty()) throw Error(ErrorCategory::kConfig, fmt::format("{}: empty key in '{}'", origin, path));
+    if (node->is_array()) {
+      const bool numeric = key.find_first_not_of("0123456789") == std::string::npos;
+      if (!numeric || std::stoull(key) >= node->size()) {
+        throw Error(ErrorCategory::kConfig,
+                    fmt::format("{}: '{}' is a list of {} entries; index it with 0..{} (e.g. {}.0), not '{}'", origin,
+                                walked, node->size(), node->size() == 0 ? 0 : node->size() - 1, walked, key));
+      }
+      node = &(*node)[std::stoull(key)];
+    } else {
+      if (!node->is_object()) *node = json::object();
+      node = &(*node)[key];
+    }
+    walked = walked.empty() ? key : walked + "." + key;
+  }
+  *node = value;
+  return config;
+}
+
 }  // namespace
 
 const nlohmann::json& distill_defaults() {
@@ -114,8 +162,7 @@ const nlohmann::json& distill_defaults() {
       {"data",
        {{"root", "/usr/share/datasets/fashion-mnist"}, {"limit", 0}, {"validation_size", 5000}, {"split_seed", 0}}},
       {"teacher", {{"epochs", 2}}},
-      {"student", {{"epochs", 3}}},
-      {"loss", {{"temperature", 4.0}, {"kl_weight", 0.9}}},
+      {"stages", stages_to_json(progressive3())},
       {"train",
        {{"batch_size", 128},
         {"lr", 1e-3},
@@ -123,7 +170,9 @@ const nlohmann::json& distill_defaults() {
         {"seed", 0},
         {"threads", 0},
         {"device", "cpu"},
-        {"log_every", 100}}},
+        {"log_every", 100},
+        {"checkpoint_every", 500},
+        {"precision", "fp32"}}},
   };
   return defaults;
 }
@@ -156,19 +205,10 @@ nlohmann::json resolve_config(const std::vector<std::string>& files, const std::
     const auto eq = o.find('=');
     if (eq == std::string::npos || eq == 0) {
       throw Error(ErrorCategory::kConfig,
-                  fmt::format("--set '{}': expected key.path=value, e.g. --set student.epochs=5", o));
+                  fmt::format("--set '{}': expected key.path=value, e.g. --set stages.2.epochs=3", o));
     }
-    const std::string path = o.substr(0, eq);
-    std::vector<std::string> keys;
-    for (size_t start = 0, dot; start <= path.size(); start = dot + 1) {
-      dot = path.find('.', start);
-      if (dot == std::string::npos) dot = path.size();
-      keys.push_back(path.substr(start, dot - start));
-    }
-    json patch = parse_value(o.substr(eq + 1));
-    for (auto it = keys.rbegin(); it != keys.rend(); ++it) patch = json{{*it, patch}};
-    validate_config(patch, "--set " + o);
-    config.merge_patch(patch);
+    config = with_override(config, o.substr(0, eq), parse_value(o.substr(eq + 1)), "--set " + o);
+    validate_config(config, "--set " + o);
   }
   return config;
 }

@@ -1,5 +1,7 @@
 #include "kd/models/cnn.h"
 
+#include <cmath>
+
 #include <fmt/format.h>
 #include <torch/torch.h>
 
@@ -27,7 +29,21 @@ void check_size(int64_t image_size) {
   }
 }
 
+void add_attention_maps(ModelOutput& out) {
+  for (const auto& h : out.hidden_states) out.attentions.push_back(spatial_attention(h));
+}
+
 }  // namespace
+
+torch::Tensor spatial_attention(const torch::Tensor& features) {
+  if (features.dim() != 4) {
+    throw Error(ErrorCategory::kShape,
+                fmt::format("spatial_attention expects features [B, C, H, W], got {}", shape_string(features)));
+  }
+  const auto f = features.flatten(2);  // [B, C, N]
+  const double scale = 1.0 / std::sqrt(static_cast<double>(features.size(1)));
+  return torch::softmax(torch::bmm(f.transpose(1, 2), f) * scale, -1).unsqueeze(1);
+}
 
 CnnTeacherImpl::CnnTeacherImpl(CnnTeacherOptions options_) : options(options_) {
   check_size(options.image_size());
@@ -55,6 +71,7 @@ ModelOutput CnnTeacherImpl::forward(const torch::Tensor& inputs) {
   x = torch::max_pool2d(torch::relu(bn4->forward(conv4->forward(x))), 2);
   out.hidden_states.push_back(x);
   out.logits = fc2->forward(torch::relu(fc1->forward(x.flatten(1))));
+  if (options.attention_maps()) add_attention_maps(out);
   return out;
 }
 
@@ -78,6 +95,7 @@ ModelOutput DepthwiseCnnStudentImpl::forward(const torch::Tensor& inputs) {
   x = torch::max_pool2d(torch::relu(bn2->forward(pointwise->forward(depthwise->forward(x)))), 2);
   out.hidden_states.push_back(x);
   out.logits = fc->forward(x.flatten(1));
+  if (options.attention_maps()) add_attention_maps(out);
   return out;
 }
 

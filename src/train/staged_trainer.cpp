@@ -290,27 +290,31 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
         batch.inputs = train.inputs.index_select(0, idx).to(device);
         batch.targets = train.targets.index_select(0, idx).to(device);
         batch.step = info;
-        if (input_grad) {
-          // R1-style losses differentiate the task loss w.r.t. the inputs: the student's inputs and a
-          // separate teacher copy become leaves that require grad (token ids stay as they are; such
-          // models expose differentiable embeddings in extras).
-          if (batch.inputs.is_floating_point()) batch.inputs.requires_grad_(true);
-          batch.teacher_inputs = batch.inputs.is_floating_point()
-                                     ? batch.inputs.detach().clone().requires_grad_(true)
-                                     : batch.inputs;
-          batch.teacher = (*teacher_)->forward_with_input_grad(batch.teacher_inputs);
-        } else if (o.self_distillation()) {
-          batch.teacher = with_ema_weights(*ema, [&] {
-            torch::NoGradGuard no_grad;
-            student_->eval();
-            auto out = student_->forward(batch.inputs).detach();
-            student_->train();
-            return out;
-          });
-        } else if (o.teacher_cache()) batch.teacher = o.teacher_cache()->lookup(idx).to(device);
-        else if (teacher_) batch.teacher = (*teacher_)->forward(batch.inputs);
-        batch.student = student_->forward(batch.inputs);
-        LossResult r = stage.loss().forward<LossResult>(batch);
+        LossResult r;
+        {
+          AutocastGuard autocast(device, o.precision());
+          if (input_grad) {
+            // R1-style losses differentiate the task loss w.r.t. the inputs: the student's inputs and a
+            // separate teacher copy become leaves that require grad (token ids stay as they are; such
+            // models expose differentiable embeddings in extras).
+            if (batch.inputs.is_floating_point()) batch.inputs.requires_grad_(true);
+            batch.teacher_inputs = batch.inputs.is_floating_point()
+                                       ? batch.inputs.detach().clone().requires_grad_(true)
+                                       : batch.inputs;
+            batch.teacher = (*teacher_)->forward_with_input_grad(batch.teacher_inputs);
+          } else if (o.self_distillation()) {
+            batch.teacher = with_ema_weights(*ema, [&] {
+              torch::NoGradGuard no_grad;
+              student_->eval();
+              auto out = student_->forward(batch.inputs).detach();
+              student_->train();
+              return out;
+            });
+          } else if (o.teacher_cache()) batch.teacher = o.teacher_cache()->lookup(idx).to(device);
+          else if (teacher_) batch.teacher = (*teacher_)->forward(batch.inputs);
+          batch.student = student_->forward(batch.inputs);
+          r = stage.loss().forward<LossResult>(batch);
+        }  // backward runs outside autocast, as PyTorch recommends
         if (!r.total.defined() || r.total.dim() != 0) {
           throw Error(ErrorCategory::kValue,
                       fmt::format("stage '{}': the loss returned a total of shape {}, expected a scalar", stage.name(),

@@ -34,4 +34,10 @@ using ModelPtr = std::shared_ptr<Model>;
 /// Number of elements in all parameters of `module` (trainable or not).
 int64_t parameter_count(const torch::nn::Module& module);
 
+/// Bytes the weights occupy in memory: Σ numel·element_size over parameters and
+/// buffers (BatchNorm running statistics count: they ship with the model).
+///
+/// Example: a float32 Linear(10, 2) has 22 parameters, 88 bytes.
+int64_t parameter_bytes(const torch::nn::Module& module);
+
 }  // namespace kd

@@ -79,8 +79,8 @@ torch::Tensor gradient_matching(const torch::Tensor& student_logits, const torch
 ///
 /// Cost: g_s needs a backward pass with create_graph, the final backward goes
 /// through that graph again (double backward), and the teacher runs with
-/// autograd on plus a backward to its inputs. Measured with the test
-/// `GradientMatching.CostRelativeToPlainKL` (CPU, Debian LibTorch 1.13.1, one
+/// autograd on plus a backward to its inputs. Measured with
+/// `build/bench/bench_r1_cost` (bench/r1_cost.cpp; CPU, Debian LibTorch 1.13.1, one
 /// intra-op thread, float32, 32 random 28×28 images, kd::models::DepthwiseCnnStudent
 /// in training mode; a step = teacher and student forward, loss, backward; the
 /// fastest of 5 steps after a warm-up, ratio to the same step with plain

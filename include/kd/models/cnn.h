@@ -13,6 +13,16 @@
 
 namespace kd::models {
 
+/// Spatial self-attention of a feature map, so attention transfer
+/// (kd::AttentionMSE) applies to CNNs whose channel counts differ:
+///
+///   A = softmax_j( f_iᵀ f_j / √C ),   f = x.flatten(2) ∈ [B, C, N], N = H·W,
+///
+/// returned as one "head" [B, 1, N, N]; row i is where position i attends.
+///
+/// Example: `auto a = kd::models::spatial_attention(torch::randn({2, 16, 7, 7}));   // [2, 1, 49, 49]`
+torch::Tensor spatial_attention(const torch::Tensor& features);
+
 /// Options for CnnTeacher.
 struct CnnTeacherOptions {
   TORCH_ARG(int64_t, in_channels) = 1;
@@ -21,6 +31,8 @@ struct CnnTeacherOptions {
   TORCH_ARG(int64_t, width2) = 64;       ///< channels of the last two convs
   TORCH_ARG(int64_t, hidden) = 256;      ///< width of the fully connected layer
   TORCH_ARG(int64_t, num_classes) = 10;
+  /// Also return spatial_attention() of each hidden state in `attentions`.
+  TORCH_ARG(bool, attention_maps) = true;
 };
 
 /// conv(in→w1)-BN-ReLU, conv(w1→w1)-BN-ReLU, maxpool2, conv(w1→w2)-BN-ReLU,
@@ -28,7 +40,8 @@ struct CnnTeacherOptions {
 /// all convs 3×3, padding 1. With defaults: 0.87 M parameters.
 ///
 /// hidden_states: [0] after the first pool [B, w1, S/2, S/2], [1] after the
-/// second pool [B, w2, S/4, S/4].
+/// second pool [B, w2, S/4, S/4]; attentions (when `attention_maps`): their
+/// spatial_attention(), [B, 1, S²/4, S²/4] and [B, 1, S²/16, S²/16].
 ///
 /// Example: `kd::models::CnnTeacher t(kd::models::CnnTeacherOptions().num_classes(10));`
 class CnnTeacherImpl : public Model {
@@ -52,6 +65,8 @@ struct DepthwiseCnnStudentOptions {
   TORCH_ARG(int64_t, width1) = 16;   ///< channels of the first conv (and the depthwise conv)
   TORCH_ARG(int64_t, width2) = 32;   ///< channels after the pointwise conv
   TORCH_ARG(int64_t, num_classes) = 10;
+  /// Also return spatial_attention() of each hidden state in `attentions`.
+  TORCH_ARG(bool, attention_maps) = true;
 };
 
 /// conv(in→w1)-BN-ReLU, maxpool2, depthwise 3×3 (w1, groups w1) + pointwise
@@ -59,7 +74,8 @@ struct DepthwiseCnnStudentOptions {
 /// With defaults: 16.9 K parameters (about 2% of the default teacher).
 ///
 /// hidden_states: [0] after the first pool [B, w1, S/2, S/2], [1] after the
-/// second pool [B, w2, S/4, S/4].
+/// second pool [B, w2, S/4, S/4]; attentions (when `attention_maps`): their
+/// spatial_attention(), [B, 1, S²/4, S²/4] and [B, 1, S²/16, S²/16].
 class DepthwiseCnnStudentImpl : public Model {
  public:
   explicit DepthwiseCnnStudentImpl(DepthwiseCnnStudentOptions options = {});

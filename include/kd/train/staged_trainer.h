@@ -13,6 +13,7 @@
 #include "kd/core/teacher.h"
 #include "kd/data/teacher_cache.h"
 #include "kd/data/tensor_dataset.h"
+#include "kd/train/autocast.h"
 #include "kd/train/callback.h"
 #include "kd/train/stage.h"
 
@@ -34,6 +35,9 @@ struct StagedTrainerOptions {
   TORCH_ARG(double, momentum) = 0.9;        ///< SGD only
   TORCH_ARG(bool, nesterov) = false;        ///< SGD only
   TORCH_ARG(int64_t, batch_size) = 128;     ///< examples per micro-batch
+  /// Forward passes (teacher, student, loss) in bf16 autocast on the student's
+  /// device, weights and optimizer in float32 (see kd::AutocastGuard).
+  TORCH_ARG(Precision, precision) = Precision::kFloat32;
   /// Micro-batches per optimizer step; each micro-batch's loss is divided by
   /// this, so the step's gradient is the mean over the accumulated examples.
   TORCH_ARG(int64_t, accumulation) = 1;

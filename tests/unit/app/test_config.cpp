@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include "config.h"
+#include "kd/train/recipes.h"
+#include "stage_config.h"
 #include "kd/core/error.h"
 #include "reference.h"
 
@@ -29,15 +31,37 @@ std::string error_of(const std::vector<std::string>& files, const std::vector<st
 
 TEST(Config, DefaultsThenFilesInOrderThenSetOverrides) {
   const auto dir = kd::testing::temp_dir("config");
-  const auto a = write(dir, "a.json", R"({"student": {"epochs": 7}, "loss": {"temperature": 2.0}})");
-  const auto b = write(dir, "b.json", R"({"student": {"epochs": 9}})");
-  auto c = resolve_config({a, b}, {"loss.temperature=5", "train.device=auto", "out=\"x/y\""});
-  EXPECT_EQ(c["student"]["epochs"], 9);        // b after a
-  EXPECT_EQ(c["loss"]["temperature"], 5);      // --set after files
+  const auto a = write(dir, "a.json", R"({"teacher": {"epochs": 7}, "train": {"lr": 0.01}})");
+  const auto b = write(dir, "b.json", R"({"teacher": {"epochs": 9}})");
+  auto c = resolve_config({a, b}, {"train.lr=0.005", "train.device=auto", "out=\"x/y\"", "stages.2.epochs=5"});
+  EXPECT_EQ(c["teacher"]["epochs"], 9);        // b after a
+  EXPECT_EQ(c["train"]["lr"], 0.005);          // --set after files
   EXPECT_EQ(c["train"]["device"], "auto");     // bare word -> string
   EXPECT_EQ(c["out"], "x/y");
-  EXPECT_EQ(c["teacher"]["epochs"], 2);        // untouched default
-  EXPECT_EQ(c["loss"]["kl_weight"], 0.9);
+  EXPECT_EQ(c["stages"][2]["epochs"], 5);      // numeric path parts index arrays
+  EXPECT_EQ(c["stages"][1]["epochs"], 1);      // untouched default
+  EXPECT_EQ(c["train"]["batch_size"], 128);
+}
+
+TEST(Config, DefaultStagesAreTheProgressive3Recipe) {
+  const auto specs = kd::app::stages_from_json(kd::app::distill_defaults()["stages"], "defaults");
+  const auto recipe = kd::progressive3();
+  ASSERT_EQ(specs.size(), recipe.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    EXPECT_EQ(specs[i].name(), recipe[i].name());
+    EXPECT_EQ(specs[i].epochs(), recipe[i].epochs());
+    ASSERT_EQ(specs[i].losses().size(), recipe[i].losses().size());
+    for (size_t k = 0; k < specs[i].losses().size(); ++k) {
+      EXPECT_EQ(specs[i].losses()[k].type(), recipe[i].losses()[k].type());
+      EXPECT_EQ(specs[i].losses()[k].term_name(), recipe[i].losses()[k].term_name());
+      EXPECT_EQ(specs[i].losses()[k].weight()(0.5), recipe[i].losses()[k].weight()(0.5));
+      EXPECT_EQ(specs[i].losses()[k].values(), recipe[i].losses()[k].values());
+    }
+  }
+  // The shipped full config spells out the same stages.
+  const auto shipped = resolve_config({std::string(KD_SOURCE_DIR) + "/configs/fashion_mnist.json"}, {});
+  EXPECT_EQ(kd::app::stages_to_json(kd::app::stages_from_json(shipped["stages"], "shipped")),
+            kd::app::distill_defaults()["stages"]);
 }
 
 TEST(Config, UnknownKeyNamesThePathAndSuggestsTheCloseMatch) {
@@ -47,21 +71,51 @@ TEST(Config, UnknownKeyNamesThePathAndSuggestsTheCloseMatch) {
   EXPECT_NE(msg.find("typo.json"), std::string::npos) << msg;
   EXPECT_NE(msg.find("'train.batchsize'"), std::string::npos) << msg;
   EXPECT_NE(msg.find("did you mean 'train.batch_size'"), std::string::npos) << msg;
-  const auto top = error_of({}, {"studnet.epochs=3"});
-  EXPECT_NE(top.find("did you mean 'student'"), std::string::npos) << top;
+  const auto top = error_of({}, {"teachr.epochs=3"});
+  EXPECT_NE(top.find("did you mean 'teacher'"), std::string::npos) << top;
+  const auto stage = error_of({}, {"stages.1.epoch=3"});
+  EXPECT_NE(stage.find("'stages[1].epoch' is not a stage key; did you mean 'epochs'?"), std::string::npos) << stage;
+}
+
+TEST(Config, StageAndLossErrorsNameTheirJsonPath) {
+  auto msg = error_of({}, {"stages.2.losses.2.temperature=0"});
+  EXPECT_NE(msg.find("'stages[2].losses[2]'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("temperature"), std::string::npos) << msg;
+  msg = error_of({}, {"stages.2.losses.2.temprature=2"});
+  EXPECT_NE(msg.find("'stages[2].losses[2]'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("temperature"), std::string::npos) << msg;  // the allowed key it meant
+  msg = error_of({}, {"stages.0.losses.0.type=feature_l3"});
+  EXPECT_NE(msg.find("'stages[0].losses[0]'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("feature_l2"), std::string::npos) << msg;
+  msg = error_of({}, {"stages.0.losses.0.weight=\"high\""});
+  EXPECT_NE(msg.find("'stages[0].losses[0].weight' must be a number or"), std::string::npos) << msg;
+  msg = error_of({}, {"stages.1.epochs=-1"});
+  EXPECT_NE(msg.find("'stages[1].epochs' must be an integer >= 0, got -1"), std::string::npos) << msg;
+  msg = error_of({}, {"stages.7.epochs=1"});
+  EXPECT_NE(msg.find("'stages' is a list of 3 entries; index it with 0..2"), std::string::npos) << msg;
+  msg = error_of({}, {"stages=[]"});
+  EXPECT_NE(msg.find("'stages' must be a non-empty array"), std::string::npos) << msg;
+  msg = error_of({}, {"stages.0.losses=[]"});
+  EXPECT_NE(msg.find("'stages[0].losses' must be a non-empty list"), std::string::npos) << msg;
+  msg = error_of({}, {"stages.0.losses.0={\"weight\": 1}"});
+  EXPECT_NE(msg.find("'stages[0].losses[0].type' is missing"), std::string::npos) << msg;
+  msg = error_of({}, {"stages.2.losses.3.name=\"kl\""});
+  EXPECT_NE(msg.find("two terms are named 'kl'"), std::string::npos) << msg;
 }
 
 TEST(Config, WrongTypeAndOutOfRangeNameValueAndWhatIsAllowed) {
   auto msg = error_of({}, {"train.batch_size=\"big\""});
   EXPECT_NE(msg.find("'train.batch_size' must be an integer"), std::string::npos) << msg;
   EXPECT_NE(msg.find("\"big\""), std::string::npos) << msg;
-  msg = error_of({}, {"loss.kl_weight=1.5"});
-  EXPECT_NE(msg.find("'loss.kl_weight' = 1.5 is out of range"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("[0, 1]"), std::string::npos) << msg;
-  msg = error_of({}, {"loss.temperature=0"});
-  EXPECT_NE(msg.find("(0, 100]"), std::string::npos) << msg;
-  msg = error_of({}, {"loss=3"});
-  EXPECT_NE(msg.find("'loss' must be an object"), std::string::npos) << msg;
+  msg = error_of({}, {"data.validation_size=70000"});
+  EXPECT_NE(msg.find("'data.validation_size' = 70000 is out of range"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[0, 59999]"), std::string::npos) << msg;
+  msg = error_of({}, {"train.lr=0"});
+  EXPECT_NE(msg.find("(0, 10]"), std::string::npos) << msg;
+  msg = error_of({}, {"train.precision=fp16"});
+  EXPECT_NE(msg.find("'train.precision' = \"fp16\" is not allowed; use one of: fp32, bf16"), std::string::npos) << msg;
+  msg = error_of({}, {"train=3"});
+  EXPECT_NE(msg.find("'train' must be an object"), std::string::npos) << msg;
   msg = error_of({}, {"nothing"});
   EXPECT_NE(msg.find("key.path=value"), std::string::npos) << msg;
 }

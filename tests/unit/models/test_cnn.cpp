@@ -2,6 +2,7 @@
 
 #include "kd/kd.h"
 #include "kd/models/cnn.h"
+#include "reference.h"
 
 namespace {
 using namespace kd::models;
@@ -27,6 +28,29 @@ TEST(DepthwiseCnnStudent, ShapesAndParameterCount) {
   const int64_t expected = (9 * 16 + 16) + 32 + (16 * 9 + 16) + (16 * 32 + 32) + 64 + (1568 * 10 + 10);
   EXPECT_EQ(kd::parameter_count(*s), expected);
   EXPECT_LT(double(expected) / kd::parameter_count(*CnnTeacher()), 0.05);
+  // float32 weights + BN running mean/var (16 + 32 channels each) + two int64 batch counters.
+  EXPECT_EQ(kd::parameter_bytes(*s), 4 * expected + 4 * 2 * (16 + 32) + 8 * 2);
+}
+
+TEST(Cnn, SpatialAttentionMatchesPyTorch) {
+  const kd::testing::Reference ref(kd::testing::run_python("spatial_attention.py") + "/spatial_attention.json");
+  const auto a = spatial_attention(ref["x"]);
+  EXPECT_EQ(a.sizes(), torch::IntArrayRef({2, 1, 12, 12}));
+  EXPECT_LT(kd::testing::max_rel_error(a, ref["attention"]), 1e-12);
+  EXPECT_THROW(spatial_attention(torch::randn({2, 3, 4})), kd::Error);
+}
+
+TEST(Cnn, AttentionMapsFollowHiddenStatesAndCanBeTurnedOff) {
+  CnnTeacher t;
+  auto out = t->forward(torch::randn({2, 1, 28, 28}));
+  ASSERT_EQ(out.attentions.size(), 2u);
+  EXPECT_EQ(out.attentions[0].sizes(), torch::IntArrayRef({2, 1, 196, 196}));
+  EXPECT_EQ(out.attentions[1].sizes(), torch::IntArrayRef({2, 1, 49, 49}));
+  EXPECT_TRUE(torch::allclose(out.attentions[1], spatial_attention(out.hidden_states[1])));
+  DepthwiseCnnStudent s(DepthwiseCnnStudentOptions().attention_maps(false));
+  EXPECT_TRUE(s->forward(torch::randn({2, 1, 28, 28})).attentions.empty());
+  EXPECT_EQ(DepthwiseCnnStudent()->forward(torch::randn({2, 1, 28, 28})).attentions[1].sizes(),
+            torch::IntArrayRef({2, 1, 49, 49}));
 }
 
 TEST(Cnn, WrongInputShapeIsAShapeError) {

@@ -104,6 +104,50 @@ TEST(StagedTrainer, LossFallsOverEpochs) {
   EXPECT_LT(last, 0.5 * first);
 }
 
+// Records the dtypes the loss sees, then defers to cross-entropy.
+struct DtypeProbeImpl : torch::nn::Module {
+  kd::LossResult forward(const kd::DistillBatch& b) {
+    student_dtypes.push_back(b.student.logits.scalar_type());
+    teacher_dtypes.push_back(b.teacher.logits.scalar_type());
+    return ce->forward(b);
+  }
+  kd::HardLabelCE ce;
+  std::vector<torch::ScalarType> student_dtypes, teacher_dtypes;
+};
+TORCH_MODULE(DtypeProbe);
+
+TEST(StagedTrainer, Bf16AutocastRunsForwardsInBf16WithFloat32MasterWeights) {
+  auto data = synthetic(256, 2);
+  torch::manual_seed(0);
+  auto snet = std::make_shared<MlpImpl>();
+  kd::Teacher teacher(std::make_shared<MlpImpl>(32));
+  DtypeProbe probe;
+  kd::StagedTrainer trainer(kd::Student(snet), teacher, {kd::Stage("ce", torch::nn::AnyModule(probe)).epochs(8).lr(0.02)},
+                            kd::StagedTrainerOptions().batch_size(32).precision(kd::Precision::kBFloat16));
+  auto rec = std::make_shared<Recorder>();
+  trainer.add_callback(rec);
+  trainer.fit(data);
+  ASSERT_EQ(probe->student_dtypes.size(), 64u);
+  for (auto t : probe->student_dtypes) EXPECT_EQ(t, torch::kBFloat16);  // Linear ran in bf16
+  for (auto t : probe->teacher_dtypes) EXPECT_EQ(t, torch::kBFloat16);
+  for (const auto& p : snet->parameters()) {
+    EXPECT_EQ(p.scalar_type(), torch::kFloat32);  // master weights
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_EQ(p.grad().scalar_type(), torch::kFloat32);
+  }
+  const double first = (rec->losses[0] + rec->losses[1] + rec->losses[2]) / 3;
+  const double last = (rec->losses[61] + rec->losses[62] + rec->losses[63]) / 3;
+  EXPECT_LT(last, 0.5 * first);
+  // The guard restored the previous state: outside fit() a Linear is float32 again.
+  EXPECT_EQ(snet->forward(torch::randn({2, 8})).logits.scalar_type(), torch::kFloat32);
+  // Without the option nothing changes.
+  DtypeProbe fp32;
+  kd::StagedTrainer(kd::Student(snet), teacher, {kd::Stage("ce", torch::nn::AnyModule(fp32)).steps(2)},
+                    kd::StagedTrainerOptions().batch_size(32))
+      .fit(data);
+  EXPECT_EQ(fp32->student_dtypes.at(0), torch::kFloat32);
+}
+
 TEST(StagedTrainer, AccumulatedMicroBatchesEqualOneBigBatch) {
   auto data = synthetic(96, 3);
   auto run = [&](int64_t batch, int64_t accumulation) {

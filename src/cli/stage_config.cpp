@@ -1,0 +1,194 @@
+#include "stage_config.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "kd/core/error.h"
+
+namespace kd::app {
+namespace {
+
+using json = nlohmann::json;
+
+[[noreturn]] void fail(const std::string& origin, const std::string& path, const std::string& problem) {
+  throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' {}", origin, path, problem));
+}
+
+Schedule weight_from_json(const json& w, const std::string& origin, const std::string& path) {
+  if (w.is_number()) return Schedule::constant(w.get<double>());
+  const char* expected =
+      "must be a number or {\"schedule\": \"linear\" or \"cosine\", \"start\": number, \"end\": number}";
+  if (!w.is_object()) fail(origin, path, fmt::format("{}, got {}", expected, w.dump()));
+  for (const auto& [k, v] : w.items()) {
+    if (k != "schedule" && k != "start" && k != "end") fail(origin, path + "." + k, "is not a key of a weight schedule; " + std::string(expected));
+  }
+  if (!w.contains("schedule") || !w["schedule"].is_string() || !w.contains("start") || !w["start"].is_number() ||
+      !w.contains("end") || !w["end"].is_number()) {
+    fail(origin, path, fmt::format("{}, got {}", expected, w.dump()));
+  }
+  const auto kind = w["schedule"].get<std::string>();
+  const double a = w["start"], b = w["end"];
+  if (kind == "linear") return Schedule::linear(a, b);
+  if (kind == "cosine") return Schedule::cosine(a, b);
+  if (kind == "constant" && a == b) return Schedule::constant(a);
+  fail(origin, path + ".schedule", fmt::format("must be \"linear\" or \"cosine\", got {}", w["schedule"].dump()));
+}
+
+json weight_to_json(const Schedule& s) {
+  switch (s.kind()) {
+    case Schedule::Kind::kConstant: return s.start();
+    case Schedule::Kind::kLinear: return {{"schedule", "linear"}, {"start", s.start()}, {"end", s.end()}};
+    case Schedule::Kind::kCosine: return {{"schedule", "cosine"}, {"start", s.start()}, {"end", s.end()}};
+    case Schedule::Kind::kStep: break;
+  }
+  throw Error(ErrorCategory::kConfig, "a step schedule weight cannot be written to a config; use linear or cosine");
+}
+
+LossSpec loss_from_json(const json& j, const std::string& origin, const std::string& path) {
+  if (!j.is_object()) fail(origin, path, fmt::format("must be an object with a \"type\", got {}", j.dump()));
+  if (!j.contains("type") || !j["type"].is_string()) {
+    fail(origin, path + ".type", "is missing: name the loss, e.g. \"type\": \"temperature_kl\" (kd-train list shows all)");
+  }
+  LossSpec spec(j["type"].get<std::string>());
+  for (const auto& [key, v] : j.items()) {
+    const std::string here = path + "." + key;
+    if (key == "type") continue;
+    if (key == "name") {
+      if (!v.is_string()) fail(origin, here, fmt::format("must be a string, got {}", v.dump()));
+      spec.name(v.get<std::string>());
+    } else if (key == "weight") {
+      spec.weight(weight_from_json(v, origin, here));
+    } else if (v.is_boolean()) {
+      spec.set(key, v.get<bool>());
+    } else if (v.is_number()) {
+      spec.set(key, v.get<double>());
+    } else if (v.is_string()) {
+      spec.set(key, v.get<std::string>());
+    } else if (v.is_array() && std::all_of(v.begin(), v.end(), [](const json& x) { return x.is_number(); })) {
+      spec.set(key, v.get<std::vector<double>>());
+    } else {
+      fail(origin, here, fmt::format("must be a number, a boolean, a string or a list of numbers, got {}", v.dump()));
+    }
+  }
+  return spec;
+}
+
+json loss_to_json(const LossSpec& s) {
+  json j = {{"type", s.type()}};
+  if (!s.name().empty()) j["name"] = s.name();
+  j["weight"] = weight_to_json(s.weight());
+  for (const auto& [key, value] : s.values()) {
+    if (const auto* list = std::get_if<std::vector<double>>(&value)) {
+      // Layer indices and widths read better as integers.
+      json a = json::array();
+      for (double x : *list) a.push_back(x == static_cast<double>(static_cast<int64_t>(x)) ? json(static_cast<int64_t>(x)) : json(x));
+      j[key] = a;
+    } else {
+      std::visit([&, k = key](const auto& x) { j[k] = x; }, value);
+    }
+  }
+  return j;
+}
+
+}  // namespace
+
+const nlohmann::json& stage_defaults() {
+  static const json d = {{"name", ""},   {"epochs", 1},        {"steps", 0},      {"lr", 1e-3},
+                         {"loss_lr", -1.0}, {"trainable", json::array()}, {"eval_every", 0}, {"losses", json::array()}};
+  return d;
+}
+
+std::vector<StageSpec> stages_from_json(const json& stages, const std::string& origin) {
+  if (!stages.is_array() || stages.empty()) {
+    fail(origin, "stages", fmt::format("must be a non-empty array of stage objects, got {}", stages.dump()));
+  }
+  std::vector<StageSpec> specs;
+  for (size_t i = 0; i < stages.size(); ++i) {
+    const json& s = stages[i];
+    const std::string path = fmt::format("stages[{}]", i);
+    std::vector<std::string> keys;
+    for (const auto& [k, _] : stage_defaults().items()) keys.push_back(k);
+    if (!s.is_object()) fail(origin, path, fmt::format("must be an object with keys {}, got {}", fmt::join(keys, ", "), s.dump()));
+    for (const auto& [k, v] : s.items()) {
+      if (!stage_defaults().contains(k)) {
+        const auto best = closest_name(k, keys);
+        fail(origin, path + "." + k,
+             fmt::format("is not a stage key; {}allowed: {}", best.empty() ? "" : "did you mean '" + best + "'? ",
+                         fmt::join(keys, ", ")));
+      }
+    }
+    auto get_int = [&](const char* key, int64_t lo) {
+      const json v = s.value(key, stage_defaults()[key]);
+      if (!v.is_number_integer() || v.get<int64_t>() < lo) {
+        fail(origin, path + "." + key, fmt::format("must be an integer >= {}, got {}", lo, v.dump()));
+      }
+      return v.get<int64_t>();
+    };
+    auto get_lr = [&](const char* key, bool allow_default) {
+      const json v = s.value(key, stage_defaults()[key]);
+      if (!v.is_number() || !((v.get<double>() > 0 && v.get<double>() <= 10) || (allow_default && v.get<double>() == -1))) {
+        fail(origin, path + "." + key,
+             fmt::format("must be a number in (0, 10]{}, got {}", allow_default ? " (or -1: same as lr)" : "", v.dump()));
+      }
+      return v.get<double>();
+    };
+    StageSpec spec;
+    const json name = s.value("name", json(""));
+    if (!name.is_string() || name.get<std::string>().empty()) {
+      fail(origin, path + ".name", fmt::format("must be a non-empty string, got {}", name.dump()));
+    }
+    spec.name(name.get<std::string>());
+    spec.epochs(get_int("epochs", 0)).steps(get_int("steps", 0)).eval_every(get_int("eval_every", 0));
+    if (spec.epochs() == 0 && spec.steps() == 0) fail(origin, path, "needs epochs >= 1 or steps >= 1");
+    spec.lr(get_lr("lr", false)).loss_lr(get_lr("loss_lr", true));
+    const json trainable = s.value("trainable", json::array());
+    if (!trainable.is_array() || !std::all_of(trainable.begin(), trainable.end(), [](const json& x) { return x.is_string(); })) {
+      fail(origin, path + ".trainable",
+           fmt::format("must be a list of regexes over parameter names (empty: all), got {}", trainable.dump()));
+    }
+    spec.trainable(trainable.get<std::vector<std::string>>());
+    const json losses = s.value("losses", json::array());
+    if (!losses.is_array() || losses.empty()) {
+      fail(origin, path + ".losses",
+           fmt::format("must be a non-empty list of loss terms like {{\"type\": \"temperature_kl\", \"weight\": 0.8}}, "
+                       "got {}", losses.dump()));
+    }
+    std::vector<LossSpec> terms;
+    for (size_t k = 0; k < losses.size(); ++k) {
+      const std::string lpath = fmt::format("{}.losses[{}]", path, k);
+      terms.push_back(loss_from_json(losses[k], origin, lpath));
+      try {  // the registry knows each loss's keys and values
+        LossRegistry::global().create(terms.back());
+      } catch (const Error& e) {
+        throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}': {}", origin, lpath, e.message()));
+      }
+    }
+    spec.losses(std::move(terms));
+    specs.push_back(std::move(spec));
+  }
+  try {  // what spans stages and terms: duplicate term names
+    build_stages(specs);
+  } catch (const Error& e) {
+    throw Error(ErrorCategory::kConfig, fmt::format("{}: {}", origin, e.message()));
+  }
+  return specs;
+}
+
+json stages_to_json(const std::vector<StageSpec>& stages) {
+  json out = json::array();
+  for (const auto& s : stages) {
+    json losses = json::array();
+    for (const auto& l : s.losses()) losses.push_back(loss_to_json(l));
+    out.push_back({{"name", s.name()},
+                   {"epochs", s.epochs()},
+                   {"steps", s.steps()},
+                   {"lr", s.lr()},
+                   {"loss_lr", s.loss_lr()},
+                   {"trainable", s.trainable()},
+                   {"eval_every", s.eval_every()},
+                   {"losses", losses}});
+  }
+  return out;
+}
+
+}  // namespace kd::app

@@ -1,0 +1,35 @@
+#pragma once
+// The "stages" array of a kd-train config <-> kd::StageSpec.
+//
+//   "stages": [
+//     {"name": "logits", "epochs": 2, "lr": 0.001,
+//      "losses": [{"type": "temperature_kl", "name": "kl", "weight": 0.8, "temperature": 3},
+//                 {"type": "hard_label_ce", "name": "ce", "weight": {"schedule": "linear", "start": 0.2, "end": 0}}]}
+//   ]
+//
+// A loss term: "type" (a registered loss, see `kd-train list`), optional "name"
+// and "weight" (a number, or {"schedule": "linear"|"cosine", "start", "end"}
+// over the stage's progress); every other key is that loss's option.
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kd/train/stage_spec.h"
+
+namespace kd::app {
+
+/// The keys a stage object may have, with their defaults (the schema).
+const nlohmann::json& stage_defaults();
+
+/// Parses and validates `stages` (a JSON array): every key, type and range,
+/// and every loss term by building it with the global kd::LossRegistry.
+/// Throws kd::Error (kConfig) naming `origin` and the JSON path, e.g.
+/// "stages[2].losses[0].temperature".
+std::vector<StageSpec> stages_from_json(const nlohmann::json& stages, const std::string& origin);
+
+/// The inverse, for defaults and the saved config.
+nlohmann::json stages_to_json(const std::vector<StageSpec>& stages);
+
+}  // namespace kd::app
