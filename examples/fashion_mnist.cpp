@@ -28,13 +28,13 @@ int main(int argc, char** argv) try {
                     {kd::Stage("teacher", torch::nn::AnyModule(kd::HardLabelCE())).epochs(1)})
       .fit(train);
 
-  // 2. Freeze it and distil: soft targets at T = 4, then evaluate both on the test set.
+  // 2. Freeze it and distil with the progressive three-stage recipe: feature alignment, then
+  //    + attention transfer, then + soft targets at T = 3 and hard labels
+  //    (L = L_feat + 0.5·L_attn + 0.8·L_kl + 0.2·L_ce in the last stage).
   kd::Teacher teacher(teacher_net.ptr());
   kd::models::DepthwiseCnnStudent student_net;
-  kd::StagedTrainer trainer(kd::Student(student_net.ptr()), teacher,
-                            {kd::Stage("kl", torch::nn::AnyModule(kd::TemperatureKL(kd::TemperatureKLOptions().temperature(4.0))))
-                                 .epochs(2)},
-                            kd::StagedTrainerOptions().num_classes(10));
+  auto stages = kd::build_stages(kd::progressive3(kd::Progressive3Options().epochs({1, 1, 2})));
+  kd::StagedTrainer trainer(kd::Student(student_net.ptr()), teacher, stages, kd::StagedTrainerOptions().num_classes(10));
   trainer.add_callback(std::make_shared<kd::ConsoleLogger>(100));
   trainer.fit(train, &val);
 

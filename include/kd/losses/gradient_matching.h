@@ -80,19 +80,18 @@ torch::Tensor gradient_matching(const torch::Tensor& student_logits, const torch
 /// Cost: g_s needs a backward pass with create_graph, the final backward goes
 /// through that graph again (double backward), and the teacher runs with
 /// autograd on plus a backward to its inputs. Measured with
-/// `build/bench/bench_r1_cost` (bench/r1_cost.cpp; CPU, Debian LibTorch 1.13.1, one
-/// intra-op thread, float32, 32 random 28×28 images, kd::models::DepthwiseCnnStudent
+/// `build/bench/bench_r1_cost 10` (bench/r1_cost.cpp; CPU, Debian LibTorch 1.13.1,
+/// one intra-op thread, float32, 32 random 28×28 images, kd::models::DepthwiseCnnStudent
 /// in training mode; a step = teacher and student forward, loss, backward; the
-/// fastest of 5 steps after a warm-up, ratio to the same step with plain
-/// TemperatureKL and a no-grad teacher), 10 runs on a 2-core machine shared
-/// with compilers:
-/// - with a kd::models::CnnTeacher of widths 16/32, hidden 64: median 3.6× (3.3–3.7×);
-/// - with a teacher as small as the student: median 4.0× (3.6–4.3×), ≈ the student-side cost.
-/// Single runs under heavier load (e.g. right after a build) ranged from 2.0× to 6.7×.
-/// A one-off timing at batch 64 (student-sized teacher, same setup) gave ≈ 7×;
-/// the autograd profiler puts most of the final backward in BatchNorm's double
+/// fastest of 10 steps after a warm-up, ratio to the same step with plain
+/// TemperatureKL and a no-grad teacher), 3 runs on an otherwise idle 2-core machine
+/// (bench/RESULTS.md):
+/// - with a kd::models::CnnTeacher of widths 16/32, hidden 64: 7.8–8.0× (10.0 ms → 79.8 ms);
+/// - with a teacher as small as the student: 7.7–7.8× (8.1 ms → 62 ms), ≈ the student-side cost.
+/// Runs on the same machine while compilers ran gave anywhere from 2× to 12×.
+/// The autograd profiler puts most of the final backward in BatchNorm's double
 /// backward (a composite of elementwise ops in LibTorch 1.13) and the
-/// convolutions' double backward. Budget 3–8× a plain KD step.
+/// convolutions' double backward. Budget about 8× a plain KD step.
 ///
 /// Parts: "r1" (the total), "r1.grad_mse", "r1.kl", "r1.lambda".
 ///
