@@ -1,5 +1,6 @@
 // kd-train: the command-line front end of kdistill.
 //
+//   kd-train list
 //   kd-train distill [--config FILE]... [--set key.path=value]... [--out DIR] [--device D] [--seed N] [--threads N] [--resume]
 //
 // With no arguments `distill` runs the default recipe on Fashion-MNIST: train a
@@ -233,6 +234,23 @@ int run_distill(const json& config, bool resume) {
   return 0;
 }
 
+int run_list() {
+  const auto& registry = kd::LossRegistry::global();
+  fmt::print("losses (a stage's \"losses\": [{{\"type\": ..., \"weight\": ..., options}}]):\n");
+  for (const auto& name : registry.names()) {
+    fmt::print("  {:<20} {}\n", name, registry.description(name));
+    if (!registry.keys(name).empty()) fmt::print("  {:<20} options: {}\n", "", fmt::join(registry.keys(name), ", "));
+  }
+  fmt::print("\nmodels:\n");
+  fmt::print("  {:<20} {}\n", "CnnTeacher", "kd::models::CnnTeacher: 4 conv + 2 linear, 871 018 parameters (the teacher)");
+  fmt::print("  {:<20} {}\n", "DepthwiseCnnStudent",
+             "kd::models::DepthwiseCnnStudent: depthwise-separable, 16 650 parameters (the student)");
+  fmt::print("\ndata sets:\n");
+  fmt::print("  {:<20} {}\n", "fashion_mnist",
+             "Fashion-MNIST IDX .gz files (Debian package dataset-fashion-mnist; data.root)");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -254,6 +272,7 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   distill->add_flag("--resume", resume,
                     "continue from the newest checkpoint in OUT/checkpoints (same config; the teacher is reloaded)");
+  auto* list = app.add_subcommand("list", "list the registered losses (with their option keys), models and data sets");
   distill->footer("Defaults (every key a config may set):\n" + kd::app::distill_defaults().dump(2));
 
   try {
@@ -262,6 +281,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
+    if (*list) return run_list();
     if (*distill) {
       // Named flags are shorthands for --set and win over it, as the command line's last word.
       if (!out.empty()) sets.push_back("out=" + nlohmann::json(out).dump());
