@@ -2,6 +2,8 @@
 /// \file
 /// Umbrella header: everything a distillation program needs.
 
+#include "kd/adapters/lora.h"
+#include "kd/adapters/lora_hook.h"
 #include "kd/core/atomic_file.h"
 #include "kd/core/device.h"
 #include "kd/core/error.h"
@@ -34,6 +36,11 @@
 #include "kd/losses/weighting/reward.h"
 #include "kd/losses/weighting/uncertainty.h"
 #include "kd/models/cnn.h"
+#include "kd/quant/fake_quantize.h"
+#include "kd/quant/int8_export.h"
+#include "kd/quant/qat.h"
+#include "kd/quant/qat_hook.h"
+#include "kd/train/autocast.h"
 #include "kd/train/callback.h"
 #include "kd/train/checkpoint.h"
 #include "kd/train/console_logger.h"
@@ -43,5 +50,6 @@
 #include "kd/train/metrics_log.h"
 #include "kd/train/recipes.h"
 #include "kd/train/stage.h"
+#include "kd/train/stage_hook.h"
 #include "kd/train/stage_spec.h"
 #include "kd/train/staged_trainer.h"

@@ -35,6 +35,13 @@ const std::map<std::string, Range>& ranges() {
       {"train.seed", {0, 9.007199254740992e15}},
       {"train.log_every", {0, 1e9}},
       {"train.checkpoint_every", {0, 1e9}},
+      {"student.width1", {1, 4096}},
+      {"student.width2", {1, 4096}},
+      {"student.hidden", {1, 65536}},
+      {"lora.rank", {1, 4096}},
+      {"lora.alpha", {0, 1e6, true}},
+      {"qat.averaging_constant", {0, 1, true}},
+      {"qat.freeze_observers_at", {0, 1}},
   };
   return r;
 }
@@ -43,6 +50,9 @@ const std::map<std::string, Range>& ranges() {
 const std::map<std::string, std::vector<std::string>>& choices() {
   static const std::map<std::string, std::vector<std::string>> c = {
       {"train.precision", {"fp32", "bf16"}},
+      {"student.model", {"depthwise_cnn", "cnn"}},
+      {"qat.weight_observer", {"moving_average", "minmax"}},
+      {"qat.activation_observer", {"moving_average", "minmax"}},
   };
   return c;
 }
@@ -162,7 +172,21 @@ const nlohmann::json& distill_defaults() {
       {"data",
        {{"root", "/usr/share/datasets/fashion-mnist"}, {"limit", 0}, {"validation_size", 5000}, {"split_seed", 0}}},
       {"teacher", {{"epochs", 2}}},
+      // width1/width2 as in DepthwiseCnnStudentOptions; hidden is used by "cnn" (the teacher's architecture) only.
+      {"student", {{"model", "depthwise_cnn"}, {"width1", 16}, {"width2", 32}, {"hidden", 256}}},
       {"stages", stages_to_json(progressive3())},
+      // Used by stages that list "lora" in their "hooks" (see kd::lora::Options, kd::lora::HookOptions).
+      {"lora", {{"rank", 8}, {"alpha", 16.0}, {"rslora", false}, {"targets", json::array()}, {"merge_at_end", true}}},
+      // Used by stages that list "qat" (see kd::qat::Options, kd::qat::HookOptions); int8 only.
+      {"qat",
+       {{"per_channel", true},
+        {"narrow_range", true},
+        {"weight_observer", "moving_average"},
+        {"activations", true},
+        {"activation_observer", "moving_average"},
+        {"averaging_constant", 0.01},
+        {"exclude", json::array()},
+        {"freeze_observers_at", 0.5}}},
       {"train",
        {{"batch_size", 128},
         {"lr", 1e-3},

@@ -1,5 +1,7 @@
 #include "stage_config.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -92,9 +94,36 @@ json loss_to_json(const LossSpec& s) {
 
 }  // namespace
 
+const std::vector<std::string>& known_hooks() {
+  static const std::vector<std::string> names = {"lora", "qat"};
+  return names;
+}
+
+std::vector<std::string> stage_hook_names(const json& stage, const std::string& origin, const std::string& path) {
+  const json hooks = stage.value("hooks", json::array());
+  const std::string expected = fmt::format("must be a list of hook names ({}), got ", fmt::join(known_hooks(), ", "));
+  if (!hooks.is_array()) fail(origin, path + ".hooks", expected + hooks.dump());
+  std::vector<std::string> out;
+  for (size_t i = 0; i < hooks.size(); ++i) {
+    const auto& h = hooks[i];
+    if (!h.is_string() || std::find(known_hooks().begin(), known_hooks().end(), h.get<std::string>()) == known_hooks().end()) {
+      const auto best = h.is_string() ? closest_name(h.get<std::string>(), known_hooks()) : "";
+      fail(origin, fmt::format("{}.hooks[{}]", path, i),
+           fmt::format("is {}; {}a stage hook is one of: {} (configured by the top-level key of that name)", h.dump(),
+                       best.empty() ? "" : "did you mean '" + best + "'? ", fmt::join(known_hooks(), ", ")));
+    }
+    if (std::find(out.begin(), out.end(), h.get<std::string>()) != out.end()) {
+      fail(origin, fmt::format("{}.hooks[{}]", path, i), fmt::format("repeats {}", h.dump()));
+    }
+    out.push_back(h.get<std::string>());
+  }
+  return out;
+}
+
 const nlohmann::json& stage_defaults() {
   static const json d = {{"name", ""},   {"epochs", 1},        {"steps", 0},      {"lr", 1e-3},
-                         {"loss_lr", -1.0}, {"trainable", json::array()}, {"eval_every", 0}, {"losses", json::array()}};
+                         {"loss_lr", -1.0}, {"trainable", json::array()}, {"eval_every", 0}, {"losses", json::array()},
+                         {"hooks", json::array()}};
   return d;
 }
 
@@ -147,6 +176,7 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
            fmt::format("must be a list of regexes over parameter names (empty: all), got {}", trainable.dump()));
     }
     spec.trainable(trainable.get<std::vector<std::string>>());
+    stage_hook_names(s, origin, path);  // checked here, made by the caller (hooks need the student)
     const json losses = s.value("losses", json::array());
     if (!losses.is_array() || losses.empty()) {
       fail(origin, path + ".losses",
@@ -179,6 +209,8 @@ json stages_to_json(const std::vector<StageSpec>& stages) {
   for (const auto& s : stages) {
     json losses = json::array();
     for (const auto& l : s.losses()) losses.push_back(loss_to_json(l));
+    json hooks = json::array();
+    for (const auto& h : s.hooks()) hooks.push_back(h->name());
     out.push_back({{"name", s.name()},
                    {"epochs", s.epochs()},
                    {"steps", s.steps()},
@@ -186,7 +218,8 @@ json stages_to_json(const std::vector<StageSpec>& stages) {
                    {"loss_lr", s.loss_lr()},
                    {"trainable", s.trainable()},
                    {"eval_every", s.eval_every()},
-                   {"losses", losses}});
+                   {"losses", losses},
+                   {"hooks", hooks}});
   }
   return out;
 }

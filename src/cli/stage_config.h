@@ -10,6 +10,8 @@
 // A loss term: "type" (a registered loss, see `kd-train list`), optional "name"
 // and "weight" (a number, or {"schedule": "linear"|"cosine", "start", "end"}
 // over the stage's progress); every other key is that loss's option.
+// A stage may list "hooks": ["lora"] or ["qat"], switched on for that stage and
+// configured by the config's top-level "lora" / "qat" objects.
 
 #include <string>
 #include <vector>
@@ -28,6 +30,12 @@ const nlohmann::json& stage_defaults();
 /// Throws kd::Error (kConfig) naming `origin` and the JSON path, e.g.
 /// "stages[2].losses[0].temperature".
 std::vector<StageSpec> stages_from_json(const nlohmann::json& stages, const std::string& origin);
+
+/// The hook names a stage may list in "hooks" ("lora", "qat").
+const std::vector<std::string>& known_hooks();
+
+/// The validated "hooks" list of one stage object (at JSON path `path`, e.g. "stages[2]").
+std::vector<std::string> stage_hook_names(const nlohmann::json& stage, const std::string& origin, const std::string& path);
 
 /// The inverse, for defaults and the saved config.
 nlohmann::json stages_to_json(const std::vector<StageSpec>& stages);

@@ -29,6 +29,13 @@ void check_size(int64_t image_size) {
   }
 }
 
+// A quantization point: the placeholder when the model has one, else the identity.
+torch::Tensor point(qat::FakeQuantize& q, const torch::Tensor& x) { return q ? q->forward(x) : x; }
+
+qat::FakeQuantize add_point(torch::nn::Module& m, bool enabled, const std::string& name) {
+  return enabled ? m.register_module(name, qat::FakeQuantize()) : qat::FakeQuantize(nullptr);
+}
+
 void add_attention_maps(ModelOutput& out) {
   for (const auto& h : out.hidden_states) out.attentions.push_back(spatial_attention(h));
 }
@@ -59,18 +66,25 @@ CnnTeacherImpl::CnnTeacherImpl(CnnTeacherOptions options_) : options(options_) {
   const int64_t s = options.image_size() / 4;
   fc1 = register_module("fc1", torch::nn::Linear(w2 * s * s, options.hidden()));
   fc2 = register_module("fc2", torch::nn::Linear(options.hidden(), options.num_classes()));
+  const bool q = options.activation_quant();
+  act_in = add_point(*this, q, "act_in");
+  act_conv2 = add_point(*this, q, "act_conv2");
+  act_conv3 = add_point(*this, q, "act_conv3");
+  act_conv4 = add_point(*this, q, "act_conv4");
+  act_fc1 = add_point(*this, q, "act_fc1");
+  act_fc2 = add_point(*this, q, "act_fc2");
 }
 
 ModelOutput CnnTeacherImpl::forward(const torch::Tensor& inputs) {
   check_input(inputs, options.in_channels(), options.image_size(), "CnnTeacher");
   ModelOutput out;
-  auto x = torch::relu(bn1->forward(conv1->forward(inputs)));
-  x = torch::max_pool2d(torch::relu(bn2->forward(conv2->forward(x))), 2);
+  auto x = torch::relu(bn1->forward(conv1->forward(point(act_in, inputs))));
+  x = torch::max_pool2d(torch::relu(bn2->forward(conv2->forward(point(act_conv2, x)))), 2);
   out.hidden_states.push_back(x);
-  x = torch::relu(bn3->forward(conv3->forward(x)));
-  x = torch::max_pool2d(torch::relu(bn4->forward(conv4->forward(x))), 2);
+  x = torch::relu(bn3->forward(conv3->forward(point(act_conv3, x))));
+  x = torch::max_pool2d(torch::relu(bn4->forward(conv4->forward(point(act_conv4, x)))), 2);
   out.hidden_states.push_back(x);
-  out.logits = fc2->forward(torch::relu(fc1->forward(x.flatten(1))));
+  out.logits = fc2->forward(point(act_fc2, torch::relu(fc1->forward(point(act_fc1, x.flatten(1))))));
   if (options.attention_maps()) add_attention_maps(out);
   return out;
 }
@@ -85,16 +99,22 @@ DepthwiseCnnStudentImpl::DepthwiseCnnStudentImpl(DepthwiseCnnStudentOptions opti
   bn2 = register_module("bn2", torch::nn::BatchNorm2d(w2));
   const int64_t s = options.image_size() / 4;
   fc = register_module("fc", torch::nn::Linear(w2 * s * s, options.num_classes()));
+  const bool q = options.activation_quant();
+  act_in = add_point(*this, q, "act_in");
+  act_depthwise = add_point(*this, q, "act_depthwise");
+  act_pointwise = add_point(*this, q, "act_pointwise");
+  act_fc = add_point(*this, q, "act_fc");
 }
 
 ModelOutput DepthwiseCnnStudentImpl::forward(const torch::Tensor& inputs) {
   check_input(inputs, options.in_channels(), options.image_size(), "DepthwiseCnnStudent");
   ModelOutput out;
-  auto x = torch::max_pool2d(torch::relu(bn1->forward(conv1->forward(inputs))), 2);
+  auto x = torch::max_pool2d(torch::relu(bn1->forward(conv1->forward(point(act_in, inputs)))), 2);
   out.hidden_states.push_back(x);
-  x = torch::max_pool2d(torch::relu(bn2->forward(pointwise->forward(depthwise->forward(x)))), 2);
+  x = point(act_pointwise, depthwise->forward(point(act_depthwise, x)));
+  x = torch::max_pool2d(torch::relu(bn2->forward(pointwise->forward(x))), 2);
   out.hidden_states.push_back(x);
-  out.logits = fc->forward(x.flatten(1));
+  out.logits = fc->forward(point(act_fc, x.flatten(1)));
   if (options.attention_maps()) add_attention_maps(out);
   return out;
 }

@@ -46,7 +46,8 @@ std::vector<Stage> build_stages(const std::vector<StageSpec>& specs, const LossR
                          .lr(spec.lr())
                          .loss_lr(spec.loss_lr())
                          .trainable(spec.trainable())
-                         .eval_every(spec.eval_every()));
+                         .eval_every(spec.eval_every())
+                         .hooks(spec.hooks()));
   }
   return stages;
 }

@@ -1,5 +1,6 @@
 #include "kd/train/staged_trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <regex>
 
@@ -93,12 +94,52 @@ StagedTrainer::StagedTrainer(Student student, std::optional<Teacher> teacher, st
                 "self_distillation uses the student's own EMA as the teacher: set ema_decay > 0 and give no "
                 "teacher and no teacher_cache");
   }
+  validate_hooks();
   for (const auto& s : stages_) {
     if (s.loss().is_empty()) throw Error(ErrorCategory::kValue, fmt::format("stage '{}' has no loss", s.name()));
     if (s.steps() < 0 || s.epochs() < 0 || (s.steps() == 0 && s.epochs() == 0) || !(s.lr() > 0)) {
       throw Error(ErrorCategory::kValue,
                   fmt::format("stage '{}': needs steps > 0 or epochs > 0 and lr > 0 (got steps {}, epochs {}, lr {})",
                               s.name(), s.steps(), s.epochs(), s.lr()));
+    }
+  }
+}
+
+void StagedTrainer::validate_hooks() const {
+  std::vector<std::shared_ptr<StageHook>> persisting;  // hooks the model still depends on
+  for (const auto& s : stages_) {
+    const StageHook* rewriter = nullptr;
+    for (const auto& h : s.hooks()) {
+      if (!h) throw Error(ErrorCategory::kValue, fmt::format("stage '{}' lists a null hook", s.name()));
+      if (!h->rewrites_weights()) continue;
+      if (rewriter) {
+        throw Error(ErrorCategory::kConfig,
+                    fmt::format("stage '{}' enables both '{}' and '{}', which both rewrite layer weights before each "
+                                "forward and would overwrite each other; use them in different stages (e.g. LoRA "
+                                "merged at the end of one stage, QAT in the next)",
+                                s.name(), rewriter->name(), h->name()));
+      }
+      rewriter = h.get();
+      if (options_.ema_decay() > 0) {
+        throw Error(ErrorCategory::kConfig,
+                    fmt::format("stage '{}' enables '{}', which rewrites layer weights, but EMA (ema_decay {}) averages "
+                                "the registered weights only and would not see it; set ema_decay 0",
+                                s.name(), h->name(), options_.ema_decay()));
+      }
+    }
+    for (const auto& p : persisting) {
+      if (std::find(s.hooks().begin(), s.hooks().end(), p) == s.hooks().end()) {
+        throw Error(ErrorCategory::kConfig,
+                    fmt::format("stage '{}' does not enable '{}', but an earlier stage did and the model still depends "
+                                "on it (QAT stays on once started; LoRA unless merged at the end of its stage): "
+                                "enable it in every later stage",
+                                s.name(), p->name()));
+      }
+    }
+    for (const auto& h : s.hooks()) {
+      if (h->persists_after_stage() && std::find(persisting.begin(), persisting.end(), h) == persisting.end()) {
+        persisting.push_back(h);
+      }
     }
   }
 }
@@ -200,6 +241,15 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
   // (a projection reused from stage 1 in stage 2) resumes with its trained state.
   auto all_losses = std::make_shared<torch::nn::Module>("StageLosses");
   for (size_t i = 0; i < stages_.size(); ++i) all_losses->register_module(fmt::format("stage{}", i), stages_[i].loss().ptr());
+  // Hook state (LoRA adapters, QAT observers) travels in the same checkpoint entry.
+  std::vector<StageHook*> seen_hooks;
+  for (const auto& s : stages_) {
+    for (const auto& h : s.hooks()) {
+      if (std::find(seen_hooks.begin(), seen_hooks.end(), h.get()) != seen_hooks.end()) continue;
+      if (auto st = h->state()) all_losses->register_module(fmt::format("hook{}_{}", seen_hooks.size(), h->name()), st);
+      seen_hooks.push_back(h.get());
+    }
+  }
   all_losses->to(device);
 
   teacher_entropy_ = torch::Tensor();
@@ -233,7 +283,25 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
     std::vector<torch::Tensor> loss_params;
     for (auto& p : loss_module->parameters()) if (p.requires_grad()) loss_params.push_back(p);
     std::vector<double> base_lrs;
-    auto optimizer = make_optimizer(o, stage, select_trainable(*student_, stage), loss_params, base_lrs);
+    select_trainable(*student_, stage);
+    std::vector<torch::Tensor> hook_params;
+    for (auto& h : stage.hooks()) {
+      for (auto& p : h->on_stage_begin(*student_, stage)) hook_params.push_back(p);
+    }
+    // The student's trainable set after the hooks (LoRA freezes the base model).
+    std::vector<torch::Tensor> student_params;
+    for (auto& p : student_->parameters()) if (p.requires_grad()) student_params.push_back(p);
+    for (auto& p : hook_params) student_params.push_back(p);
+    if (student_params.empty()) {
+      throw Error(ErrorCategory::kValue, fmt::format("stage '{}': nothing left to train after its hooks", stage.name()));
+    }
+    const auto before_forward = [&](const StepInfo& step) {
+      for (auto& h : stage.hooks()) h->before_forward(step);
+    };
+    const auto sync_hooks = [&] {
+      for (auto& h : stage.hooks()) h->sync_weights();
+    };
+    auto optimizer = make_optimizer(o, stage, student_params, loss_params, base_lrs);
     const int64_t total = stage_length(stage, steps_per_epoch);
     WarmupCosine schedule(WarmupCosineOptions(1.0, total)
                               .warmup_steps(std::min(o.warmup_steps(), total - 1))
@@ -259,6 +327,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
                  steps_per_epoch, n);
 
     student_->train();
+    sync_hooks();
     auto order = torch::tensor(epoch_order(train, si, state.epoch), torch::kInt64);
     while (state.stage_step < total) {
       const auto start = Clock::now();
@@ -274,6 +343,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
         if (state.batch_in_epoch == micro_per_epoch) {
           ++state.epoch;
           state.batch_in_epoch = 0;
+          sync_hooks();
           order = torch::tensor(epoch_order(train, si, state.epoch), torch::kInt64);
           if (a > 0) break;  // an optimizer step never spans two epochs
         }
@@ -291,6 +361,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
         batch.targets = train.targets.index_select(0, idx).to(device);
         batch.step = info;
         LossResult r;
+        before_forward(info);
         {
           AutocastGuard autocast(device, o.precision());
           if (input_grad) {
@@ -360,6 +431,10 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
       for (auto& cb : callbacks_) cb->on_step_end(report);
 
       const bool stage_done = state.stage_step == total;
+      if (stage_done) {
+        // Before the stage-end checkpoint, so a resume never redoes what the hook finishes (LoRA's merge).
+        for (auto& h : stage.hooks()) h->on_stage_end(*student_, stage);
+      }
       if (ckpt && (stage_done || (o.checkpoint_every() > 0 && state.global_step % o.checkpoint_every() == 0))) {
         // A finished stage is saved as the start of the next one, so a resume never repeats it.
         TrainingState saved = state;
@@ -372,9 +447,12 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
       }
       const bool eval_now = validation && (stage_done || (stage.eval_every() > 0 && state.stage_step % stage.eval_every() == 0));
       if (eval_now && o.num_classes() > 0) {
+        sync_hooks();  // weights as the optimizer just left them
+        for (auto& h : stage.hooks()) h->on_eval_begin();
         auto result = ema && o.eval_on_ema()
                           ? with_ema_weights(*ema, [&] { return evaluate(*validation, stage.name(), state.global_step); })
                           : evaluate(*validation, stage.name(), state.global_step);
+        for (auto& h : stage.hooks()) h->on_eval_end();
         for (auto& cb : callbacks_) cb->on_eval(result);
         summary.evaluations.push_back(result);
       }

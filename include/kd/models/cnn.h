@@ -10,6 +10,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "kd/core/model.h"
+#include "kd/quant/fake_quantize.h"
 
 namespace kd::models {
 
@@ -33,6 +34,11 @@ struct CnnTeacherOptions {
   TORCH_ARG(int64_t, num_classes) = 10;
   /// Also return spatial_attention() of each hidden state in `attentions`.
   TORCH_ARG(bool, attention_maps) = true;
+  /// Register activation quantization points (kd::qat::FakeQuantize placeholders, identities
+  /// until kd::qat::prepare() enables them) at the input of every conv and linear layer:
+  /// "act_in", "act_conv2", "act_conv3", "act_conv4", "act_fc1", "act_fc2". Off by default, so
+  /// the state dict stays that of the plain model.
+  TORCH_ARG(bool, activation_quant) = false;
 };
 
 /// conv(in→w1)-BN-ReLU, conv(w1→w1)-BN-ReLU, maxpool2, conv(w1→w2)-BN-ReLU,
@@ -55,6 +61,9 @@ class CnnTeacherImpl : public Model {
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr}, conv4{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr}, bn4{nullptr};
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  // Activation quantization points (options.activation_quant); identities when null.
+  qat::FakeQuantize act_in{nullptr}, act_conv2{nullptr}, act_conv3{nullptr}, act_conv4{nullptr}, act_fc1{nullptr},
+      act_fc2{nullptr};
 };
 TORCH_MODULE(CnnTeacher);
 
@@ -67,6 +76,9 @@ struct DepthwiseCnnStudentOptions {
   TORCH_ARG(int64_t, num_classes) = 10;
   /// Also return spatial_attention() of each hidden state in `attentions`.
   TORCH_ARG(bool, attention_maps) = true;
+  /// Register activation quantization points at the input of every conv and linear layer:
+  /// "act_in", "act_depthwise", "act_pointwise", "act_fc" (see CnnTeacherOptions::activation_quant).
+  TORCH_ARG(bool, activation_quant) = false;
 };
 
 /// conv(in→w1)-BN-ReLU, maxpool2, depthwise 3×3 (w1, groups w1) + pointwise
@@ -87,6 +99,7 @@ class DepthwiseCnnStudentImpl : public Model {
   torch::nn::Conv2d conv1{nullptr}, depthwise{nullptr}, pointwise{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
   torch::nn::Linear fc{nullptr};
+  qat::FakeQuantize act_in{nullptr}, act_depthwise{nullptr}, act_pointwise{nullptr}, act_fc{nullptr};
 };
 TORCH_MODULE(DepthwiseCnnStudent);
 

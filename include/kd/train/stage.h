@@ -2,11 +2,14 @@
 /// \file
 /// One stage of a staged distillation run.
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <torch/arg.h>
 #include <torch/nn/modules/container/any.h>
+
+#include "kd/train/stage_hook.h"
 
 namespace kd {
 
@@ -37,6 +40,9 @@ struct Stage {
   TORCH_ARG(std::vector<std::string>, trainable) = {};
   /// Evaluate every this many optimizer steps (0: only at the end of the stage).
   TORCH_ARG(int64_t, eval_every) = 0;
+  /// Hooks enabled for this stage (kd::lora::Hook, kd::qat::Hook, your own);
+  /// one hook object may be listed by several stages.
+  TORCH_ARG(std::vector<std::shared_ptr<StageHook>>, hooks) = {};
 };
 
 }  // namespace kd

@@ -2,6 +2,7 @@
 /// \file
 /// Stages described as data (loss specs by registered name), and their construction.
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,8 @@ struct StageSpec {
   TORCH_ARG(double, loss_lr) = -1.0;
   TORCH_ARG(std::vector<std::string>, trainable) = {};
   TORCH_ARG(int64_t, eval_every) = 0;
+  /// As kd::Stage::hooks (the app layer makes them, since they need the student).
+  TORCH_ARG(std::vector<std::shared_ptr<StageHook>>, hooks) = {};
 };
 
 /// Makes the stages, each loss a kd::WeightedSum of its terms created by `registry`.

@@ -85,7 +85,9 @@ struct TrainSummary {
 /// any) and the student run, the stage's loss gets both, gradients accumulate,
 /// then (clip, schedule, step, EMA). Each stage builds a fresh optimizer over
 /// its trainable student parameters and its loss's parameters; parameters
-/// outside the stage's trainable set are frozen for that stage.
+/// outside the stage's trainable set are frozen for that stage. A stage's hooks
+/// (kd::StageHook: LoRA, QAT) run around it: they may freeze more of the student
+/// and add their own parameters, and rewrite layer weights before each forward.
 ///
 /// Resume: with `resume` true and a checkpoint in checkpoint_dir, training
 /// continues from its stage, step and data position with the saved weights,
@@ -115,6 +117,8 @@ class StagedTrainer {
 
  private:
   int64_t stage_length(const Stage& stage, int64_t steps_per_epoch) const;
+  /// At most one weight-rewriting hook per stage; persisting hooks listed by every later stage; no EMA with them.
+  void validate_hooks() const;
   /// Example order of epoch `epoch` of stage `stage_index` (uniform, or hardness-weighted).
   std::vector<int64_t> epoch_order(const data::TensorDataset& train, int64_t stage_index, int64_t epoch);
   /// Logits of `model_fn` over the whole training set, in eval mode, no grad.

@@ -1,6 +1,7 @@
 // kd-train's config tree: layering order and errors that name the JSON path.
 #include <fstream>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "config.h"
@@ -11,6 +12,7 @@
 
 namespace {
 using kd::app::resolve_config;
+using ::testing::HasSubstr;
 
 std::string write(const std::string& dir, const std::string& name, const std::string& text) {
   const std::string path = dir + "/" + name;
@@ -132,8 +134,23 @@ TEST(Config, MissingAndMalformedFiles) {
   EXPECT_NE(msg.find("must be a JSON object"), std::string::npos) << msg;
 }
 
+TEST(Config, StageHooksAreCheckedByName) {
+  auto msg = error_of({}, {"stages.2.hooks=[\"lorra\"]"});
+  EXPECT_THAT(msg, HasSubstr("'stages[2].hooks[0]' is \"lorra\"; did you mean 'lora'? a stage hook is one of: lora, qat"));
+  msg = error_of({}, {"stages.2.hooks=[\"lora\", \"lora\"]"});
+  EXPECT_THAT(msg, HasSubstr("'stages[2].hooks[1]' repeats \"lora\""));
+  msg = error_of({}, {"lora.rank=0"});
+  EXPECT_THAT(msg, HasSubstr("'lora.rank' = 0 is out of range"));
+  EXPECT_NO_THROW(resolve_config({}, {"stages.2.hooks=[\"lora\"]"}));
+  msg = error_of({}, {"qat.weight_observer=\"min_max\""});
+  EXPECT_THAT(msg, HasSubstr("'qat.weight_observer'"));
+  EXPECT_THAT(msg, HasSubstr("minmax"));
+  msg = error_of({}, {"qat.freeze_observers_at=1.5"});
+  EXPECT_THAT(msg, HasSubstr("'qat.freeze_observers_at' = 1.5 is out of range"));
+}
+
 TEST(Config, ShippedConfigsAreValid) {
-  for (const char* name : {"fashion_mnist.json", "quick.json"}) {
+  for (const char* name : {"fashion_mnist.json", "quick.json", "lora.json", "qat.json"}) {
     SCOPED_TRACE(name);
     EXPECT_NO_THROW(resolve_config({std::string(KD_SOURCE_DIR) + "/configs/" + name}, {}));
   }

@@ -1,0 +1,271 @@
+#include "kd/adapters/lora.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <regex>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <torch/torch.h>
+
+#include "kd/core/atomic_file.h"
+#include "kd/core/error.h"
+#include "kd/core/script_model.h"
+
+namespace kd::lora {
+namespace {
+
+constexpr const char* kFormatTag = "kdistill-lora-adapter";
+constexpr int64_t kFormatVersion = 1;
+
+std::string with_thousands(int64_t n) {
+  std::string digits = std::to_string(n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+// A plain target matches the name or its trailing dotted parts; "re:..." is a regex.
+struct Matcher {
+  std::vector<std::string> plain;
+  std::vector<std::regex> regexes;
+
+  explicit Matcher(const std::vector<std::string>& targets) {
+    for (const auto& t : targets) {
+      if (t.rfind("re:", 0) == 0) {
+        try {
+          regexes.emplace_back(t.substr(3), std::regex::ECMAScript);
+        } catch (const std::regex_error& e) {
+          throw Error(ErrorCategory::kConfig, fmt::format("LoRA: target '{}' is not a valid regex: {}", t, e.what()));
+        }
+      } else {
+        plain.push_back(t);
+      }
+    }
+  }
+  bool empty() const { return plain.empty() && regexes.empty(); }
+  bool operator()(const std::string& name) const {
+    if (empty()) return true;
+    for (const auto& t : plain) {
+      if (name == t) return true;
+      if (name.size() > t.size() && name.compare(name.size() - t.size(), t.size(), t) == 0 &&
+          name[name.size() - t.size() - 1] == '.') {
+        return true;
+      }
+    }
+    return std::any_of(regexes.begin(), regexes.end(), [&](const std::regex& re) { return std::regex_search(name, re); });
+  }
+};
+
+}  // namespace
+
+std::string ParameterReport::to_string() const {
+  return fmt::format("trainable {} of {} parameters ({:.2f} %)", with_thousands(trainable), with_thousands(total),
+                     100.0 * fraction());
+}
+
+LoRAImpl::LoRAImpl(std::shared_ptr<torch::nn::Module> model, Options options) : options_(std::move(options)) {
+  if (!model) throw Error(ErrorCategory::kValue, "LoRA: the model is null");
+  if (options_.rank() <= 0) throw Error(ErrorCategory::kValue, fmt::format("LoRA: rank must be > 0, got {}", options_.rank()));
+  if (!(options_.alpha() > 0)) {
+    throw Error(ErrorCategory::kValue, fmt::format("LoRA: alpha must be > 0, got {}", options_.alpha()));
+  }
+  if (options_.dropout() != 0.0) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("LoRA: dropout {} is not supported: the adapter reaches a LibTorch Linear only through its "
+                            "weight (W0 + s*B*A), never its input, so B(A(dropout(x))) cannot be formed; use dropout 0 "
+                            "(regularise with weight decay on the adapters instead)",
+                            options_.dropout()));
+  }
+  if (std::dynamic_pointer_cast<ScriptModel>(model)) {
+    throw Error(ErrorCategory::kModel,
+                "LoRA: TorchScript models are not supported (their layers are not torch::nn::Linear modules that "
+                "LibTorch can re-parametrise); build the student as a C++ module (kd::Model) to use LoRA");
+  }
+  const Matcher wanted(options_.targets());
+  std::vector<std::string> linears;
+  for (const auto& item : model->named_modules("", /*include_self=*/false)) {
+    auto linear = std::dynamic_pointer_cast<torch::nn::LinearImpl>(item.value());
+    if (!linear) continue;
+    linears.push_back(item.key());
+    if (!wanted(item.key())) continue;
+    const int64_t out = linear->weight.size(0), in = linear->weight.size(1);
+    if (options_.rank() > std::min(in, out)) {
+      throw Error(ErrorCategory::kValue, fmt::format("LoRA: rank {} exceeds min(in, out) = {} of Linear '{}' [{}, {}]",
+                                                     options_.rank(), std::min(in, out), item.key(), out, in));
+    }
+    Site site;
+    site.name = item.key();
+    site.linear = linear;
+    site.base = linear->named_parameters(/*recurse=*/false)["weight"];
+    std::string key = item.key();
+    std::replace(key.begin(), key.end(), '.', '_');
+    const auto opts = site.base.options().requires_grad(false);
+    auto a = torch::empty({options_.rank(), in}, opts);
+    torch::nn::init::kaiming_uniform_(a, std::sqrt(5.0));
+    auto adapter = register_module(key, std::make_shared<torch::nn::Module>("LoRAAdapter"));
+    site.a = adapter->register_parameter("lora_A", a);
+    site.b = adapter->register_parameter("lora_B", torch::zeros({out, options_.rank()}, opts));
+    sites_.push_back(std::move(site));
+  }
+  if (sites_.empty()) {
+    throw Error(ErrorCategory::kConfig,
+                fmt::format("LoRA: no Linear layer matches targets [{}]; the model's Linear layers are: {}",
+                            fmt::join(options_.targets(), ", "),
+                            linears.empty() ? "(none)" : fmt::format("{}", fmt::join(linears, ", "))));
+  }
+  for (auto& p : model->parameters()) p.requires_grad_(false);
+  model_ = std::move(model);
+  merged_ = register_buffer("merged", torch::zeros({}, torch::kInt64));
+}
+
+bool LoRAImpl::merged() const { return merged_.item<int64_t>() != 0; }
+
+double LoRAImpl::scale() const {
+  const double r = static_cast<double>(options_.rank());
+  return options_.alpha() / (options_.rslora() ? std::sqrt(r) : r);
+}
+
+void LoRAImpl::refresh() {
+  const double s = scale();
+  const bool is_merged = merged();
+  for (auto& site : sites_) {
+    site.linear->weight = is_merged ? site.base : site.base + torch::mm(site.b, site.a) * s;
+  }
+}
+
+void LoRAImpl::merge() {
+  if (merged()) return;
+  torch::NoGradGuard no_grad;
+  for (auto& site : sites_) {
+    site.base.add_(torch::mm(site.b, site.a) * scale());
+    site.linear->weight = site.base;
+  }
+  merged_.fill_(1);
+}
+
+void LoRAImpl::unmerge() {
+  if (!merged()) return;
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& site : sites_) site.base.sub_(torch::mm(site.b, site.a) * scale());
+    merged_.fill_(0);
+  }
+  refresh();
+}
+
+std::vector<std::string> LoRAImpl::targets() const {
+  std::vector<std::string> out;
+  for (const auto& s : sites_) out.push_back(s.name);
+  return out;
+}
+
+std::vector<torch::Tensor> LoRAImpl::base_parameters() const {
+  std::vector<torch::Tensor> out;
+  for (const auto& s : sites_) {
+    out.push_back(s.base);
+    if (s.linear->bias.defined()) out.push_back(s.linear->bias);
+  }
+  return out;
+}
+
+ParameterReport LoRAImpl::report() const {
+  ParameterReport r;
+  for (const auto& p : model_->parameters()) {
+    r.total += p.numel();
+    if (p.requires_grad()) r.trainable += p.numel();
+  }
+  for (const auto& p : parameters()) {
+    r.total += p.numel();
+    if (p.requires_grad()) r.trainable += p.numel();
+  }
+  return r;
+}
+
+void LoRAImpl::save_adapter(const std::string& path) const {
+  torch::serialize::OutputArchive archive;
+  archive.write("format", c10::IValue(std::string(kFormatTag)));
+  archive.write("version", c10::IValue(kFormatVersion));
+  archive.write("rank", c10::IValue(options_.rank()));
+  archive.write("alpha", c10::IValue(options_.alpha()));
+  archive.write("rslora", c10::IValue(options_.rslora()));
+  c10::List<std::string> names;
+  for (size_t i = 0; i < sites_.size(); ++i) {
+    names.push_back(sites_[i].name);
+    archive.write(fmt::format("A.{}", i), sites_[i].a.detach().cpu());
+    archive.write(fmt::format("B.{}", i), sites_[i].b.detach().cpu());
+  }
+  archive.write("sites", c10::IValue(names));
+  write_atomically(path, [&](const std::string& tmp) { archive.save_to(tmp); });
+}
+
+void LoRAImpl::load_adapter(const std::string& path) {
+  if (!std::filesystem::exists(path)) {
+    throw Error(ErrorCategory::kFile, fmt::format("LoRA adapter file '{}' does not exist", path));
+  }
+  torch::serialize::InputArchive archive;
+  c10::IValue format, rank, alpha, rslora, sites;
+  try {
+    archive.load_from(path);
+  } catch (const c10::Error&) {
+    throw Error(ErrorCategory::kFormat, fmt::format("'{}' is not a LoRA adapter file (it could not be read as a "
+                                                    "LibTorch archive; is it truncated?)",
+                                                    path));
+  }
+  if (!archive.try_read("format", format) || !format.isString() || format.toStringRef() != kFormatTag ||
+      !archive.try_read("rank", rank) || !archive.try_read("alpha", alpha) || !archive.try_read("rslora", rslora) ||
+      !archive.try_read("sites", sites)) {
+    throw Error(ErrorCategory::kFormat,
+                fmt::format("'{}' is a LibTorch archive but not a kdistill LoRA adapter (written by save_adapter)", path));
+  }
+  const auto names = sites.toList();
+  std::vector<std::string> saved;
+  for (const auto& n : names) saved.push_back(n.get().toStringRef());
+  if (saved != targets()) {
+    throw Error(ErrorCategory::kShape, fmt::format("LoRA adapter '{}' has sites [{}] but this model's adapters are [{}]",
+                                                   path, fmt::join(saved, ", "), fmt::join(targets(), ", ")));
+  }
+  if (rank.toInt() != options_.rank()) {
+    throw Error(ErrorCategory::kShape, fmt::format("LoRA adapter '{}' has rank {} but this LoRA has rank {}; apply "
+                                                   "with Options().rank({})",
+                                                   path, rank.toInt(), options_.rank(), rank.toInt()));
+  }
+  if (alpha.toDouble() != options_.alpha() || rslora.toBool() != options_.rslora()) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("LoRA adapter '{}' was trained with alpha {} rslora {}, this LoRA has alpha {} rslora {}",
+                            path, alpha.toDouble(), rslora.toBool(), options_.alpha(), options_.rslora()));
+  }
+  // Read and check everything before touching the model, so a bad file changes nothing.
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> loaded;  // (file, destination)
+  for (size_t i = 0; i < sites_.size(); ++i) {
+    for (auto [key, dst] : {std::pair{fmt::format("A.{}", i), sites_[i].a}, std::pair{fmt::format("B.{}", i), sites_[i].b}}) {
+      torch::Tensor t;
+      if (!archive.try_read(key, t)) {
+        throw Error(ErrorCategory::kFormat, fmt::format("LoRA adapter '{}' lacks tensor '{}'", path, key));
+      }
+      if (t.sizes() != dst.sizes()) {
+        throw Error(ErrorCategory::kShape,
+                    fmt::format("LoRA adapter '{}': {} of site '{}' is [{}] in the file but [{}] here", path,
+                                key.substr(0, 1), sites_[i].name, fmt::join(t.sizes(), ", "), fmt::join(dst.sizes(), ", ")));
+      }
+      loaded.emplace_back(t, dst);
+    }
+  }
+  const bool was_merged = merged();
+  unmerge();  // the loaded update replaces the old one inside W0 too
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [t, dst] : loaded) dst.copy_(t);
+  }
+  if (was_merged) merge();
+  else refresh();
+}
+
+LoRA apply(std::shared_ptr<torch::nn::Module> model, Options options) {
+  return LoRA(std::move(model), std::move(options));
+}
+
+}  // namespace kd::lora

@@ -1,0 +1,198 @@
+// kd-train distill: the teacher (trained or loaded), then the config's stages on the student.
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
+
+#include "commands.h"
+#include "run_context.h"
+#include "stage_config.h"
+
+namespace kd::app {
+namespace {
+
+// Wall time per stage, for the summary.
+struct StageTimer : kd::Callback {
+  void on_stage_begin(const kd::Stage& s, const kd::StepInfo& i) override {
+    start = std::chrono::steady_clock::now();
+    first_step = i.global_step;
+  }
+  void on_stage_end(const kd::Stage& s, const kd::StepInfo& i) override {
+    rows.push_back({s.name(), i.global_step - first_step,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()});
+  }
+  struct Row {
+    std::string name;
+    int64_t steps;
+    double seconds;
+  };
+  std::chrono::steady_clock::time_point start;
+  int64_t first_step = 0;
+  std::vector<Row> rows;
+};
+
+
+// Test metrics of the student at the end of the stage before the first QAT stage: the float
+// model the int8 file is compared with.
+struct FloatBeforeQat : kd::Callback {
+  FloatBeforeQat(std::string stage, kd::Model& student, const kd::data::TensorDataset& test)
+      : stage(std::move(stage)), student(student), test(test) {}
+  void on_stage_end(const kd::Stage& s, const kd::StepInfo&) override {
+    if (s.name() != stage) return;
+    metrics = kd::evaluate_classifier(student, test, 10);
+    measured = true;
+    spdlog::info("float student before QAT: test accuracy {:.2f}%", 100 * metrics.accuracy());
+  }
+  std::string stage;
+  kd::Model& student;
+  const kd::data::TensorDataset& test;
+  kd::ClassificationMetrics metrics{10};
+  bool measured = false;
+};
+
+}  // namespace
+
+int run_distill(const json& config, bool resume) {
+  const RunArgs a(config);
+  const torch::Device device = set_up_process(a);
+  const auto specs = stages_from_json(config["stages"], "config");
+  const fs::path out(a.out);
+  // Hooks that do not fit the student (a LoRA target it lacks) fail now, not after the teacher trained.
+  with_rng_restored([&] { build_student(config, specs, out); });
+  fs::create_directories(out);
+  save_text(out / "config.json", config.dump(2) + "\n");
+
+  const Splits data = load_splits(a, device);
+  const auto& train = data.train;
+  const auto& val = data.validation;
+  const auto& test = data.test;
+  double teacher_seconds = 0;
+  auto teacher_model = train_or_load_teacher(a, device, data, teacher_seconds);
+  kd::Teacher teacher(teacher_model.ptr());
+
+  auto [student_model, student_name, specs_with_hooks, lora_hook, qat_hook] = build_student(config, specs, out);
+  student_model->to(device);
+  std::vector<std::string> plan;
+  for (const auto& s : specs) {
+    std::vector<std::string> terms;
+    for (const auto& l : s.losses()) terms.push_back(fmt::format("{}·{}", l.weight().describe(), l.term_name()));
+    plan.push_back(fmt::format("{} ({}: {})", s.name(),
+                               s.steps() > 0 ? fmt::format("{} steps", s.steps()) : fmt::format("{} ep", s.epochs()),
+                               fmt::join(terms, " + ")));
+  }
+  spdlog::info("student: distilling {} ({} parameters) in {} stage(s): {}", student_name,
+               kd::parameter_count(*student_model), specs.size(), fmt::join(plan, " -> "));
+  auto timer = std::make_shared<StageTimer>();
+  kd::StagedTrainer trainer(kd::Student(student_model), teacher, kd::build_stages(specs_with_hooks),
+                            trainer_options(a)
+                                .checkpoint_dir((out / "checkpoints").string())
+                                .checkpoint_every(a.checkpoint_every)
+                                .fingerprint(config_fingerprint(config)));
+  trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
+  if (!resume) fs::remove(out / "metrics.jsonl");  // a fresh run starts a fresh log; a resumed one appends
+  trainer.add_callback(std::make_shared<kd::MetricsLog>((out / "metrics.jsonl").string()));
+  trainer.add_callback(timer);
+  std::shared_ptr<FloatBeforeQat> float_before_qat;
+  for (size_t i = 1; i < specs_with_hooks.size() && qat_hook; ++i) {
+    const auto& h = specs_with_hooks[i].hooks();
+    if (std::find(h.begin(), h.end(), qat_hook) != h.end()) {
+      float_before_qat = std::make_shared<FloatBeforeQat>(specs_with_hooks[i - 1].name(), *student_model, test);
+      trainer.add_callback(float_before_qat);
+      break;
+    }
+  }
+  const auto fit = trainer.fit(train, &val, resume);
+  if (fit.resumed) spdlog::info("resumed from step {}", fit.resumed_from_step);
+  save_module(student_model, out / "student.pt");
+
+  const auto tm = kd::evaluate_classifier(*teacher_model, test, 10);
+  const auto sm = kd::evaluate_classifier(*student_model, test, 10);
+  const std::string student_label = qat_hook ? student_name + " (fake-quant)" : student_name;
+  json summary = {{"models", {model_row("CnnTeacher", *teacher_model, tm), model_row(student_label, *student_model, sm)}},
+                  {"retained_accuracy", sm.accuracy() / tm.accuracy()},
+                  {"teacher_seconds", teacher_seconds},
+                  {"seed", a.seed},
+                  {"test_images", test.size()},
+                  {"resumed_from_step", fit.resumed ? json(fit.resumed_from_step) : json(nullptr)},
+                  {"stages", json::array()}};
+  if (qat_hook) {
+    // The int8 file is the deliverable: its accuracy is measured by loading it into a fresh student.
+    const fs::path int8_path = out / "student.int8.pt";
+    const auto written = kd::qat::export_int8(*student_model, *qat_hook->qat().ptr(), int8_path.string());
+    auto fresh = make_student_model(config, /*activation_quant=*/true);
+    fresh->to(device);
+    kd::qat::load_int8(*fresh, int8_path.string());
+    const auto im = kd::evaluate_classifier(*fresh, test, 10);
+    auto row = model_row(student_name + " (int8 file)", *fresh, im);
+    row["file_bytes"] = written.file_bytes;
+    summary["models"].push_back(row);
+    json& int8 = summary["int8"];
+    int8["file"] = int8_path.string();
+    int8["file_bytes"] = written.file_bytes;
+    int8["float32_bytes"] = written.float32_bytes;
+    int8["ratio"] = written.ratio();
+    int8["test_accuracy"] = im.accuracy();
+    int8["float_test_accuracy_before_qat"] = nullptr;
+    if (float_before_qat && float_before_qat->measured) {
+      int8["float_test_accuracy_before_qat"] = float_before_qat->metrics.accuracy();
+    }
+    int8["exclude"] = config["qat"]["exclude"];
+    spdlog::info("{} -> {}", written.to_string(), int8_path.string());
+    if (float_before_qat && float_before_qat->measured) {
+      summary["models"].push_back(model_row(student_name + " (float, before QAT)", *student_model, float_before_qat->metrics));
+    }
+    // The same trained weights with quantization off: the loss due to int8 alone, free of the extra
+    // training the QAT stage gave. Last, because it leaves the student in float.
+    qat_hook->qat().ptr()->restore();
+    const auto fm = kd::evaluate_classifier(*student_model, test, 10);
+    int8["float_test_accuracy_same_weights"] = fm.accuracy();
+    summary["models"].push_back(model_row(student_name + " (float, QAT weights)", *student_model, fm));
+  }
+  for (size_t i = 0; i < timer->rows.size(); ++i) {
+    const auto& r = timer->rows[i];
+    json row = {{"stage", r.name}, {"steps", r.steps}, {"seconds", r.seconds}};
+    for (const auto& e : fit.evaluations) {
+      if (e.stage == r.name) row["validation_accuracy"] = e.metrics.at("accuracy"), row["validation_macro_f1"] = e.metrics.at("macro_f1");
+    }
+    summary["stages"].push_back(row);
+  }
+  if (lora_hook) {
+    const auto& r = lora_hook->stage_report();
+    summary["lora"] = {{"rank", lora_hook->lora()->options().rank()},
+                       {"targets", lora_hook->lora()->targets()},
+                       {"trainable_parameters", r.trainable},
+                       {"total_parameters", r.total},
+                       {"trainable_fraction", r.fraction()}};
+  }
+  save_text(out / "summary.json", summary.dump(2) + "\n");
+
+  fmt::print("\nStages (validation set, {} images)\n", val.size());
+  fmt::print("  {:<12} {:>7} {:>9} {:>10} {:>9}\n", "stage", "steps", "seconds", "accuracy", "macro-F1");
+  for (const auto& row : summary["stages"]) {
+    fmt::print("  {:<12} {:>7} {:>9.1f} {:>9.2f}% {:>9.4f}\n", row["stage"].get<std::string>(), row["steps"].get<int64_t>(),
+               row["seconds"].get<double>(), 100 * row.value("validation_accuracy", 0.0), row.value("validation_macro_f1", 0.0));
+  }
+  fmt::print("\nResult (Fashion-MNIST test set, {} images)\n", test.size());
+  // KiB: float32 parameters, or the file for the int8 row.
+  fmt::print("  {:<40} {:>10} {:>10} {:>9} {:>9}\n", "model", "params", "KiB", "accuracy", "macro-F1");
+  for (const auto& row : summary["models"]) {
+    const int64_t bytes = row.contains("file_bytes") ? row["file_bytes"].get<int64_t>() : row["parameter_bytes"].get<int64_t>();
+    fmt::print("  {:<40} {:>10} {:>10.1f} {:>8.2f}% {:>9.4f}\n", row["model"].get<std::string>(),
+               row["parameters"].get<int64_t>(), bytes / 1024.0, 100 * row["test_accuracy"].get<double>(),
+               row["test_macro_f1"].get<double>());
+  }
+  if (lora_hook) fmt::print("  LoRA stage(s): {}\n", lora_hook->stage_report().to_string());
+  const double tp = kd::parameter_count(*teacher_model), sp = kd::parameter_count(*student_model);
+  fmt::print("  student: {:.1f}% of the teacher's parameters, {:.1f}% of its accuracy\n", 100 * sp / tp,
+             100 * sm.accuracy() / tm.accuracy());
+  if (qat_hook) {
+    fmt::print("  int8 file: {} bytes = {:.2f} x the float32 state\n", summary["int8"]["file_bytes"].get<int64_t>(),
+               summary["int8"]["ratio"].get<double>());
+  }
+  fmt::print("  written: {}/{{teacher.pt, student.pt{}{}, summary.json, config.json, metrics.jsonl, checkpoints/}}\n",
+             a.out, qat_hook ? ", student.int8.pt" : "", lora_hook ? ", lora_adapter.pt" : "");
+  return 0;
+}
+
+}  // namespace kd::app

@@ -1,0 +1,36 @@
+// kd-train teacher: train the CnnTeacher from scratch (no pretrained weights can be downloaded here).
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "run_context.h"
+
+namespace kd::app {
+
+int run_teacher(const json& config) {
+  const RunArgs a(config);
+  const torch::Device device = set_up_process(a);
+  const fs::path out(a.out);
+  fs::create_directories(out);
+  save_text(out / "teacher_config.json", config.dump(2) + "\n");
+  const Splits data = load_splits(a, device);
+  if (fs::exists(out / "teacher.pt")) {
+    // A fresh teacher replaces the old one only once it is fully trained (save_module is atomic).
+    fs::rename(out / "teacher.pt", out / "teacher.previous.pt");
+  }
+  double seconds = 0;
+  models::CnnTeacher teacher{nullptr};
+  try {
+    teacher = train_or_load_teacher(a, device, data, seconds);
+  } catch (...) {
+    if (fs::exists(out / "teacher.previous.pt")) fs::rename(out / "teacher.previous.pt", out / "teacher.pt");
+    throw;
+  }
+  fs::remove(out / "teacher.previous.pt");
+  const auto m = evaluate_classifier(*teacher, data.test, 10);
+  fmt::print("\nCnnTeacher: {} parameters, test accuracy {:.2f}%, macro-F1 {:.4f} ({} images), {:.0f} s\n",
+             parameter_count(*teacher), 100 * m.accuracy(), m.macro_f1(), data.test.size(), seconds);
+  fmt::print("  written: {}/teacher.pt (kd-train distill --out {} uses it)\n", a.out, a.out);
+  return 0;
+}
+
+}  // namespace kd::app

@@ -1,0 +1,193 @@
+#include "run_context.h"
+
+#include <fstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <zlib.h>
+
+#include "hook_config.h"
+#include "stage_config.h"
+
+namespace kd::app {
+
+RunArgs::RunArgs(const json& c)
+    : out(c["out"]), data_root(c["data"]["root"]), device(c["train"]["device"]),
+      teacher_epochs(c["teacher"]["epochs"]), batch_size(c["train"]["batch_size"]), limit(c["data"]["limit"]),
+      validation_size(c["data"]["validation_size"]), split_seed(c["data"]["split_seed"]),
+      threads(c["train"]["threads"]), log_every(c["train"]["log_every"]),
+      checkpoint_every(c["train"]["checkpoint_every"]), seed(c["train"]["seed"]), lr(c["train"]["lr"]),
+      weight_decay(c["train"]["weight_decay"]),
+      precision(c["train"]["precision"] == "bf16" ? Precision::kBFloat16 : Precision::kFloat32) {}
+
+torch::Device set_up_process(const RunArgs& a) {
+  // LibTorch's own default here is sometimes 1 thread; use every core unless told otherwise.
+  torch::set_num_threads(a.threads > 0 ? a.threads : std::max(1u, std::thread::hardware_concurrency()));
+  torch::manual_seed(a.seed);
+  return resolve_device(a.device);
+}
+
+Splits load_splits(const RunArgs& a, const torch::Device& device) {
+  auto opts = data::FashionMnistOptions()
+                  .root(a.data_root)
+                  .limit(a.limit)
+                  .validation_size(a.validation_size)
+                  .split_seed(a.split_seed);
+  Splits s{data::load_fashion_mnist(data::Split::kTrain, opts), data::load_fashion_mnist(data::Split::kValidation, opts),
+           data::load_fashion_mnist(data::Split::kTest, opts)};
+  spdlog::info("Fashion-MNIST: {} train, {} validation, {} test images; device {}; {} threads", s.train.size(),
+               s.validation.size(), s.test.size(), device.str(), torch::get_num_threads());
+  return s;
+}
+
+void save_module(const std::shared_ptr<torch::nn::Module>& module, const fs::path& path) {
+  write_atomically(path.string(), [&](const std::string& tmp) {
+    torch::serialize::OutputArchive archive;
+    module->save(archive);
+    archive.save_to(tmp);
+  });
+}
+
+void save_text(const fs::path& path, const std::string& text) {
+  write_atomically(path.string(), [&](const std::string& tmp) {
+    std::ofstream out(tmp);
+    out << text;
+    if (!out.flush()) throw std::runtime_error("write failed");
+  });
+}
+
+void load_module(torch::nn::Module& module, const fs::path& path, const torch::Device& device, const std::string& what) {
+  if (!fs::exists(path)) {
+    throw Error(ErrorCategory::kFile, fmt::format("{} '{}' does not exist", what, path.string()));
+  }
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path.string(), device);
+    module.load(archive);
+  } catch (const c10::Error& e) {
+    throw Error(ErrorCategory::kFormat,
+                fmt::format("{} '{}' cannot be loaded into {}: {} (was it saved from another architecture? the "
+                            "config's \"student\" section must match the run that wrote it)",
+                            what, path.string(), module.name(), e.what_without_backtrace()));
+  }
+}
+
+std::string config_fingerprint(json config) {
+  config.erase("out");
+  for (const char* k : {"threads", "device", "log_every", "checkpoint_every"}) config["train"].erase(k);
+  const std::string text = config.dump();
+  return fmt::format("{:08x}", crc32(0L, reinterpret_cast<const Bytef*>(text.data()), static_cast<uInt>(text.size())));
+}
+
+StagedTrainerOptions trainer_options(const RunArgs& a) {
+  return StagedTrainerOptions()
+      .batch_size(a.batch_size)
+      .weight_decay(a.weight_decay)
+      .clip_norm(0)
+      .seed(a.seed)
+      .precision(a.precision)
+      .num_classes(10);
+}
+
+json model_row(const std::string& name, const torch::nn::Module& m, const ClassificationMetrics& test) {
+  return {{"model", name},
+          {"parameters", parameter_count(m)},
+          {"parameter_bytes", parameter_bytes(m)},
+          {"test_accuracy", test.accuracy()},
+          {"test_macro_f1", test.macro_f1()}};
+}
+
+models::CnnTeacher train_or_load_teacher(const RunArgs& a, const torch::Device& device, const Splits& data,
+                                         double& seconds) {
+  const fs::path out(a.out);
+  auto teacher = models::CnnTeacher(models::CnnTeacherOptions());
+  teacher->to(device);
+  const fs::path path = out / "teacher.pt";
+  const auto t0 = std::chrono::steady_clock::now();
+  if (fs::exists(path)) {
+    load_module(*teacher, path, device, "teacher");
+    spdlog::info("teacher: loaded {} (delete it to train a new one)", path.string());
+  } else {
+    spdlog::info("teacher: training CnnTeacher ({} parameters) from scratch for {} epoch(s)", parameter_count(*teacher),
+                 a.teacher_epochs);
+    StagedTrainer trainer(Student(teacher.ptr()), std::nullopt,
+                          {Stage("teacher", torch::nn::AnyModule(HardLabelCE())).epochs(a.teacher_epochs).lr(a.lr)},
+                          trainer_options(a));
+    trainer.add_callback(std::make_shared<ConsoleLogger>(a.log_every));
+    fs::remove(out / "teacher_metrics.jsonl");
+    trainer.add_callback(std::make_shared<MetricsLog>((out / "teacher_metrics.jsonl").string()));
+    teacher->options.attention_maps(false);  // cross-entropy needs logits only
+    trainer.fit(data.train, &data.validation);
+    teacher->options.attention_maps(true);
+    save_module(teacher.ptr(), path);
+  }
+  seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return teacher;
+}
+
+bool config_uses_hook(const json& config, const std::string& hook) {
+  for (size_t i = 0; i < config["stages"].size(); ++i) {
+    const auto names = stage_hook_names(config["stages"][i], "config", fmt::format("stages[{}]", i));
+    if (std::find(names.begin(), names.end(), hook) != names.end()) return true;
+  }
+  return false;
+}
+
+std::shared_ptr<Model> make_student_model(const json& config, bool activation_quant, std::string* name) {
+  const json& sc = config["student"];
+  if (sc["model"] == "cnn") {
+    if (name) {
+      *name = fmt::format("Cnn({}/{}/{})", sc["width1"].get<int64_t>(), sc["width2"].get<int64_t>(),
+                          sc["hidden"].get<int64_t>());
+    }
+    return models::CnnTeacher(models::CnnTeacherOptions()
+                                  .width1(sc["width1"])
+                                  .width2(sc["width2"])
+                                  .hidden(sc["hidden"])
+                                  .activation_quant(activation_quant))
+        .ptr();
+  }
+  if (name) *name = "DepthwiseCnnStudent";
+  return models::DepthwiseCnnStudent(models::DepthwiseCnnStudentOptions()
+                                         .width1(sc["width1"])
+                                         .width2(sc["width2"])
+                                         .activation_quant(activation_quant))
+      .ptr();
+}
+
+StudentSetup build_student(const json& config, const std::vector<StageSpec>& specs, const fs::path& out) {
+  StudentSetup setup;
+  setup.model = make_student_model(config, config_uses_hook(config, "qat"), &setup.name);
+  setup.specs = specs;
+  // One hook object per kind, made when a stage first lists it.
+  auto hook_for = [&](const std::string& name) -> std::shared_ptr<StageHook> {
+    try {
+      if (name == "lora") {
+        if (!setup.lora_hook) {
+          auto lora = lora::apply(setup.model, lora_options_from_json(config["lora"], "config"));
+          setup.lora_hook = std::make_shared<lora::Hook>(
+              lora, lora_hook_options_from_json(config["lora"]).save_adapter_to((out / "lora_adapter.pt").string()));
+        }
+        return setup.lora_hook;
+      }
+      if (!setup.qat_hook) {
+        setup.qat_hook = std::make_shared<qat::Hook>(qat::prepare(setup.model, qat_options_from_json(config["qat"], "config")),
+                                                     qat_hook_options_from_json(config["qat"]));
+      }
+      return setup.qat_hook;
+    } catch (const Error& e) {
+      throw Error(e.category(), fmt::format("config: '{}' on {}: {}", name, setup.name, e.message()));
+    }
+  };
+  for (size_t i = 0; i < specs.size(); ++i) {
+    std::vector<std::shared_ptr<StageHook>> hooks;
+    for (const auto& name : stage_hook_names(config["stages"][i], "config", fmt::format("stages[{}]", i))) {
+      hooks.push_back(hook_for(name));
+    }
+    setup.specs[i].hooks(hooks);
+  }
+  return setup;
+}
+
+}  // namespace kd::app

@@ -1,0 +1,90 @@
+#pragma once
+// What kd-train's subcommands share: the typed settings of a resolved config,
+// the data splits, the teacher (trained or loaded) and the student with its stage hooks.
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "kd/kd.h"
+
+namespace kd::app {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+/// The resolved configuration's scalar settings, typed (see config.cpp for the schema and defaults).
+struct RunArgs {
+  explicit RunArgs(const json& c);
+  std::string out, data_root, device;
+  int64_t teacher_epochs, batch_size, limit, validation_size;
+  uint64_t split_seed;
+  int threads;
+  int64_t log_every, checkpoint_every;
+  uint64_t seed;
+  double lr, weight_decay;
+  Precision precision;
+};
+
+/// Threads (0 = every core) and the seed; returns the resolved device.
+torch::Device set_up_process(const RunArgs& a);
+
+struct Splits {
+  data::TensorDataset train, validation, test;
+};
+/// Fashion-MNIST train/validation/test as the config's data section says; logs their sizes.
+Splits load_splits(const RunArgs& a, const torch::Device& device);
+
+/// Atomic writes of a module's state and of a text file.
+void save_module(const std::shared_ptr<torch::nn::Module>& module, const fs::path& path);
+void save_text(const fs::path& path, const std::string& text);
+/// Loads a module state written by save_module; kd::Error (kFile) if missing, (kFormat) if not loadable,
+/// naming the file and what `what` it should have held.
+void load_module(torch::nn::Module& module, const fs::path& path, const torch::Device& device, const std::string& what);
+
+/// What decides the training result: everything but where it goes and how it is shown or scheduled.
+std::string config_fingerprint(json config);
+StagedTrainerOptions trainer_options(const RunArgs& a);
+json model_row(const std::string& name, const torch::nn::Module& m, const ClassificationMetrics& test);
+
+/// OUT/teacher.pt if it exists, else a CnnTeacher trained from scratch for teacher.epochs and saved there.
+/// `seconds` receives the time spent (loading or training).
+models::CnnTeacher train_or_load_teacher(const RunArgs& a, const torch::Device& device, const Splits& data,
+                                         double& seconds);
+
+/// The student the config names, with its stage hooks (one object per kind, shared by every stage listing it).
+struct StudentSetup {
+  std::shared_ptr<Model> model;
+  std::string name;
+  std::vector<StageSpec> specs;  // with hooks
+  std::shared_ptr<lora::Hook> lora_hook;
+  std::shared_ptr<qat::Hook> qat_hook;
+};
+/// With `activation_quant` (set when a stage lists "qat", and for loading an int8 file) the model
+/// has its activation quantization points.
+StudentSetup build_student(const json& config, const std::vector<StageSpec>& specs, const fs::path& out);
+std::shared_ptr<Model> make_student_model(const json& config, bool activation_quant, std::string* name = nullptr);
+/// Whether any stage of the config lists `hook`.
+bool config_uses_hook(const json& config, const std::string& hook);
+
+/// Runs `fn` and puts the global CPU RNG back as it was, so a dry run changes no later random draw.
+template <typename Fn>
+void with_rng_restored(Fn fn) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  const auto state = gen.get_state();
+  try {
+    fn();
+  } catch (...) {
+    gen.set_state(state);
+    throw;
+  }
+  gen.set_state(state);
+}
+
+}  // namespace kd::app
