@@ -7,6 +7,7 @@
 #include "kd/core/atomic_file.h"
 #include "kd/core/device.h"
 #include "kd/core/error.h"
+#include "kd/core/format.h"
 #include "kd/core/model.h"
 #include "kd/core/model_output.h"
 #include "kd/core/multi_teacher.h"

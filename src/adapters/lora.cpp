@@ -11,6 +11,7 @@
 
 #include "kd/core/atomic_file.h"
 #include "kd/core/error.h"
+#include "kd/core/format.h"
 #include "kd/core/script_model.h"
 
 namespace kd::lora {
@@ -18,15 +19,6 @@ namespace {
 
 constexpr const char* kFormatTag = "kdistill-lora-adapter";
 constexpr int64_t kFormatVersion = 1;
-
-std::string with_thousands(int64_t n) {
-  std::string digits = std::to_string(n), out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return out;
-}
 
 // A plain target matches the name or its trailing dotted parts; "re:..." is a regex.
 struct Matcher {

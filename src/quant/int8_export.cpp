@@ -12,23 +12,14 @@
 
 #include "kd/core/atomic_file.h"
 #include "kd/core/error.h"
+#include "kd/core/format.h"
+#include "kd/core/model_output.h"
 
 namespace kd::qat {
 namespace {
 
 constexpr const char* kFormatTag = "kdistill-int8";
 constexpr int64_t kFormatVersion = 1;
-
-std::string with_thousands(int64_t n) {
-  std::string digits = std::to_string(n), out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return out;
-}
-
-std::string shape_of(const torch::Tensor& t) { return fmt::format("[{}]", fmt::join(t.sizes(), ", ")); }
 
 // The `weight` member of a quantizable layer, or nullptr.
 torch::Tensor* weight_member(const std::shared_ptr<torch::nn::Module>& m) {
@@ -256,7 +247,7 @@ Int8Report load_int8(torch::nn::Module& model, const std::string& path) {
   const auto mismatch = [&](const std::string& name, const torch::Tensor& file, const torch::Tensor& here) {
     return Error(ErrorCategory::kShape, fmt::format("int8 file '{}': tensor '{}' is {} in the file but {} in the model; "
                                                     "load it into a model of the architecture it was exported from",
-                                                    path, name, shape_of(file), shape_of(here)));
+                                                    path, name, shape_string(file), shape_string(here)));
   };
   const auto missing_here = [&](const std::string& what) {
     return Error(ErrorCategory::kShape, fmt::format("int8 file '{}' has {} but the model does not; load it into a model "
@@ -293,7 +284,7 @@ Int8Report load_int8(torch::nn::Module& model, const std::string& path) {
     const int64_t channels = axis >= 0 ? (axis < q.dim() ? q.size(axis) : -1) : 1;
     if (channels < 0 || scale.numel() != channels || zero_point.numel() != channels) {
       throw not_ours(fmt::format("the scales of '{}' ({}) do not fit its int8 weight {} along axis {}", name,
-                                 scale.numel(), shape_of(q), axis));
+                                 scale.numel(), shape_string(q), axis));
     }
     const auto dt = param.scalar_type();
     const auto bshape = channel_shape(channels, axis, q.dim());
@@ -335,8 +326,8 @@ Int8Report load_int8(torch::nn::Module& model, const std::string& path) {
       throw not_ours(fmt::format("activation point '{}': {}", name, e.message()));
     }
     if (scale.dim() != 1 || scale.sizes() != zero_point.sizes() || (axis < 0 && scale.numel() != 1)) {
-      throw not_ours(fmt::format("activation point '{}' has scale {} and zero point {}", name, shape_of(scale),
-                                 shape_of(zero_point)));
+      throw not_ours(fmt::format("activation point '{}' has scale {} and zero point {}", name, shape_string(scale),
+                                 shape_string(zero_point)));
     }
     activations.push_back({FakeQuantize(fq), options, scale, zero_point});
   }
@@ -348,7 +339,7 @@ Int8Report load_int8(torch::nn::Module& model, const std::string& path) {
     const auto& name = float_names[i];
     const auto t = read_tensor(fmt::format("float.{}", i));
     const auto it = state.find(name);
-    if (it == state.end() || covered.count(name)) throw missing_here(fmt::format("tensor '{}' {}", name, shape_of(t)));
+    if (it == state.end() || covered.count(name)) throw missing_here(fmt::format("tensor '{}' {}", name, shape_string(t)));
     if (t.sizes() != it->second.sizes()) throw mismatch(name, t, it->second);
     floats.emplace_back(t, it->second);
     covered.insert(name);
@@ -359,7 +350,7 @@ Int8Report load_int8(torch::nn::Module& model, const std::string& path) {
       throw Error(ErrorCategory::kShape,
                   fmt::format("int8 file '{}' lacks the model's tensor '{}' {}; load it into a model of the "
                               "architecture it was exported from",
-                              path, name, shape_of(t)));
+                              path, name, shape_string(t)));
     }
   }
 

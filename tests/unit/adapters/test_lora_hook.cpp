@@ -6,30 +6,12 @@
 
 #include "kd/kd.h"
 #include "reference.h"
+#include "training_fixtures.h"
 
 namespace {
+using kd::testing::synthetic;
+using kd::testing::MlpImpl;
 using ::testing::HasSubstr;
-
-struct MlpImpl : kd::Model {
-  explicit MlpImpl(int64_t hidden = 16) {
-    fc1 = register_module("fc1", torch::nn::Linear(8, hidden));
-    fc2 = register_module("fc2", torch::nn::Linear(hidden, 4));
-  }
-  kd::ModelOutput forward(const torch::Tensor& x) override {
-    kd::ModelOutput out;
-    out.hidden_states.push_back(torch::tanh(fc1->forward(x)));
-    out.logits = fc2->forward(out.hidden_states.back());
-    return out;
-  }
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
-};
-
-kd::data::TensorDataset synthetic(int64_t n, uint64_t seed) {
-  torch::manual_seed(seed);
-  auto x = torch::randn({n, 8});
-  auto w = torch::randn({8, 4});
-  return {x, torch::matmul(x, w).argmax(1)};
-}
 
 std::map<std::string, torch::Tensor> snapshot(torch::nn::Module& m) {
   std::map<std::string, torch::Tensor> out;
@@ -112,17 +94,10 @@ TEST(LoRAHook, InterruptedAndResumedInsideTheLoRAStageIsBitIdentical) {
   for (int64_t crash_after : {3, 6}) {  // at the boundary into the LoRA stage, inside it
     SCOPED_TRACE(crash_after);
     const auto dir = kd::testing::temp_dir("resume");
-    struct Crash : kd::Callback {
-      explicit Crash(int64_t at) : at(at) {}
-      void on_step_end(const kd::StepReport& r) override {
-        if (r.step.global_step + 1 == at) throw std::runtime_error("simulated crash");
-      }
-      int64_t at;
-    };
     torch::manual_seed(7);
     auto net = std::make_shared<MlpImpl>();
     kd::StagedTrainer crashing(kd::Student(net), teacher, stages(net).first, options(dir));
-    crashing.add_callback(std::make_shared<Crash>(crash_after));
+    crashing.add_callback(std::make_shared<kd::testing::CrashAt>(crash_after));
     EXPECT_THROW(crashing.fit(data), std::runtime_error);
 
     torch::manual_seed(12345);  // a new process: other weights, other adapters, other RNG

@@ -7,8 +7,10 @@
 
 #include "kd/kd.h"
 #include "reference.h"
+#include "training_fixtures.h"
 
 namespace {
+using kd::testing::synthetic;
 using ::testing::HasSubstr;
 
 // Linear layers with an activation point in front of each, as the reference CNNs declare them.
@@ -28,13 +30,6 @@ struct MlpImpl : kd::Model {
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
   kd::qat::FakeQuantize act1{nullptr}, act2{nullptr};
 };
-
-kd::data::TensorDataset synthetic(int64_t n, uint64_t seed) {
-  torch::manual_seed(seed);
-  auto x = torch::randn({n, 8});
-  auto w = torch::randn({8, 4});
-  return {x, torch::matmul(x, w).argmax(1)};
-}
 
 // Records fc1's weight quantizer scale after every step, and the switches.
 struct Probe : kd::Callback {
@@ -126,17 +121,10 @@ TEST(QATHook, InterruptedAndResumedInsideTheQATStageIsBitIdentical) {
   for (int64_t crash_after : {3, 5, 9}) {  // at the boundary, while observing, after the freeze
     SCOPED_TRACE(crash_after);
     const auto dir = kd::testing::temp_dir("resume");
-    struct Crash : kd::Callback {
-      explicit Crash(int64_t at) : at(at) {}
-      void on_step_end(const kd::StepReport& r) override {
-        if (r.step.global_step + 1 == at) throw std::runtime_error("simulated crash");
-      }
-      int64_t at;
-    };
     torch::manual_seed(7);
     auto net = std::make_shared<MlpImpl>();
     kd::StagedTrainer crashing(kd::Student(net), std::nullopt, make(net).first, options(dir));
-    crashing.add_callback(std::make_shared<Crash>(crash_after));
+    crashing.add_callback(std::make_shared<kd::testing::CrashAt>(crash_after));
     EXPECT_THROW(crashing.fit(data), std::runtime_error);
 
     torch::manual_seed(12345);

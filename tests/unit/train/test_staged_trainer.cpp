@@ -4,30 +4,11 @@
 #include "kd/kd.h"
 #include "kd/train/staged_trainer.h"
 #include "reference.h"
+#include "training_fixtures.h"
 
 namespace {
-
-// No BatchNorm or dropout: micro-batching must not change the maths.
-struct MlpImpl : kd::Model {
-  explicit MlpImpl(int64_t hidden = 16) {
-    fc1 = register_module("fc1", torch::nn::Linear(8, hidden));
-    fc2 = register_module("fc2", torch::nn::Linear(hidden, 4));
-  }
-  kd::ModelOutput forward(const torch::Tensor& x) override {
-    kd::ModelOutput out;
-    out.hidden_states.push_back(torch::tanh(fc1->forward(x)));
-    out.logits = fc2->forward(out.hidden_states.back());
-    return out;
-  }
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
-};
-
-kd::data::TensorDataset synthetic(int64_t n, uint64_t seed) {
-  torch::manual_seed(seed);
-  auto x = torch::randn({n, 8});
-  auto w = torch::randn({8, 4});
-  return {x, torch::matmul(x, w).argmax(1)};
-}
+using kd::testing::synthetic;
+using kd::testing::MlpImpl;
 
 struct Recorder : kd::Callback {
   void on_stage_begin(const kd::Stage& s, const kd::StepInfo&) override { begins.push_back(s.name()); }
@@ -188,18 +169,11 @@ TEST(StagedTrainer, InterruptedAndResumedRunIsBitIdentical) {
   for (int64_t crash_after : {3, 5, 8}) {  // inside stage a, at the boundary, inside stage b
     SCOPED_TRACE(crash_after);
     const auto dir = kd::testing::temp_dir("resume");
-    struct Crash : kd::Callback {
-      explicit Crash(int64_t at) : at(at) {}
-      void on_step_end(const kd::StepReport& r) override {
-        if (r.step.global_step + 1 == at) throw std::runtime_error("simulated crash");
-      }
-      int64_t at;
-    };
     torch::manual_seed(7);
     auto net = std::make_shared<MlpImpl>();
     torch::manual_seed(100);
     kd::StagedTrainer crashing(kd::Student(net), teacher, make_stages(), options(dir));
-    crashing.add_callback(std::make_shared<Crash>(crash_after));
+    crashing.add_callback(std::make_shared<kd::testing::CrashAt>(crash_after));
     EXPECT_THROW(crashing.fit(data), std::runtime_error);
 
     torch::manual_seed(12345);  // a new process: other weights, other RNG

@@ -1,0 +1,35 @@
+#pragma once
+// Test support: a tiny model, a learnable synthetic data set and a crash injector, shared by the
+// trainer and hook tests.
+
+#include <cstdint>
+#include <stdexcept>
+
+#include <torch/torch.h>
+
+#include "kd/kd.h"
+
+namespace kd::testing {
+
+/// Linear(8, hidden) - tanh - Linear(hidden, 4), the tanh output as hidden_states[0].
+/// No BatchNorm or dropout: micro-batching must not change the maths.
+struct MlpImpl : kd::Model {
+  explicit MlpImpl(int64_t hidden = 16);
+  kd::ModelOutput forward(const torch::Tensor& x) override;
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+};
+
+/// n examples x ~ N(0, 1)^8 labelled by argmax(x·W) for a random W [8, 4]: learnable by MlpImpl.
+kd::data::TensorDataset synthetic(int64_t n, uint64_t seed);
+
+/// Throws std::runtime_error("simulated crash") when the `at`-th optimizer step of the run ends,
+/// before that step's checkpoint is written: a process killed there resumes from step at - 1.
+struct CrashAt : kd::Callback {
+  explicit CrashAt(int64_t at) : at(at) {}
+  void on_step_end(const kd::StepReport& r) override {
+    if (r.step.global_step + 1 == at) throw std::runtime_error("simulated crash");
+  }
+  int64_t at;
+};
+
+}  // namespace kd::testing
