@@ -54,3 +54,4 @@
 #include "kd/train/stage_hook.h"
 #include "kd/train/stage_spec.h"
 #include "kd/train/staged_trainer.h"
+#include "kd/train/stop_signal.h"

@@ -103,6 +103,12 @@ int run_distill(const json& config, bool resume) {
     }
   }
   const auto fit = trainer.fit(train, &val, resume);
+  if (fit.stopped_by_signal) {
+    throw Stopped(fit.stopped_by_signal,
+                  fmt::format("stopped by signal {} after step {}; the checkpoint in {} holds it: continue with the "
+                              "same command and --resume",
+                              fit.stopped_by_signal, fit.steps, (out / "checkpoints").string()));
+  }
   if (fit.resumed) spdlog::info("resumed from step {}", fit.resumed_from_step);
   save_module(student_model, out / "student.pt");
 

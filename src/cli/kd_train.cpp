@@ -7,6 +7,9 @@
 //
 // common options: [--config FILE]... [--set key.path=value]... [--out DIR] [--device D] [--seed N] [--threads N]
 //
+// SIGINT / SIGTERM: the step in progress finishes, a checkpoint is written, and kd-train exits with
+// 130 / 143 (128 + the signal); `distill --resume` continues from there. A second Ctrl-C kills at once.
+//
 // With no arguments `distill` runs the default recipe on Fashion-MNIST: train a
 // CNN teacher from scratch (no pretrained weights can be downloaded), then
 // distill a depthwise-separable student with the progressive three-stage recipe
@@ -19,6 +22,8 @@
 #include "commands.h"
 #include "config.h"
 #include "kd/core/error.h"
+#include "kd/train/stop_signal.h"
+#include "run_context.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"kd-train: knowledge distillation with kdistill"};
@@ -66,9 +71,13 @@ int main(int argc, char** argv) {
     if (seed >= 0) sets.push_back("train.seed=" + std::to_string(seed));
     if (threads >= 0) sets.push_back("train.threads=" + std::to_string(threads));
     const auto config = kd::app::resolve_config(configs, sets);
+    kd::StopSignal::install();  // Ctrl-C / SIGTERM: finish the step, checkpoint, exit 130 / 143
     if (*teacher) return kd::app::run_teacher(config);
     if (*distill) return kd::app::run_distill(config, resume);
     if (*eval) return kd::app::run_eval(config, which, model_file);
+  } catch (const kd::app::Stopped& e) {
+    spdlog::warn("{}", e.what());
+    return kd::StopSignal::exit_code(e.signal);
   } catch (const kd::Error& e) {
     spdlog::error("{}", e.what());
     return 2;

@@ -118,7 +118,12 @@ models::CnnTeacher train_or_load_teacher(const RunArgs& a, const torch::Device& 
     fs::remove(out / "teacher_metrics.jsonl");
     trainer.add_callback(std::make_shared<MetricsLog>((out / "teacher_metrics.jsonl").string()));
     teacher->options.attention_maps(false);  // cross-entropy needs logits only
-    trainer.fit(data.train, &data.validation);
+    const auto fit = trainer.fit(data.train, &data.validation);
+    if (fit.stopped_by_signal) {
+      throw Stopped(fit.stopped_by_signal, fmt::format("stopped by signal {} while training the teacher (step {}); "
+                                                       "{} was not written: run the command again to train it",
+                                                       fit.stopped_by_signal, fit.steps, path.string()));
+    }
     teacher->options.attention_maps(true);
     save_module(teacher.ptr(), path);
   }

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,13 @@ namespace kd::app {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+
+/// Thrown when SIGINT/SIGTERM stopped training (kd::StopSignal): kd-train prints `what()` and exits
+/// with kd::StopSignal::exit_code(signal).
+struct Stopped : std::runtime_error {
+  Stopped(int signal, const std::string& what) : std::runtime_error(what), signal(signal) {}
+  int signal;
+};
 
 /// The resolved configuration's scalar settings, typed (see config.cpp for the schema and defaults).
 struct RunArgs {

@@ -1,4 +1,5 @@
 #include "kd/train/staged_trainer.h"
+#include "kd/train/stop_signal.h"
 
 #include <algorithm>
 #include <chrono>
@@ -435,7 +436,9 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
         // Before the stage-end checkpoint, so a resume never redoes what the hook finishes (LoRA's merge).
         for (auto& h : stage.hooks()) h->on_stage_end(*student_, stage);
       }
-      if (ckpt && (stage_done || (o.checkpoint_every() > 0 && state.global_step % o.checkpoint_every() == 0))) {
+      // A stop at a stage's last step waits for the stage's end (evaluation, callbacks) and comes one step later.
+      const int stop_signal = stage_done ? 0 : StopSignal::requested();
+      if (ckpt && (stage_done || stop_signal || (o.checkpoint_every() > 0 && state.global_step % o.checkpoint_every() == 0))) {
         // A finished stage is saved as the start of the next one, so a resume never repeats it.
         TrainingState saved = state;
         saved.config_fingerprint = o.fingerprint();
@@ -443,7 +446,16 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
           saved.stage_index = si + 1;
           saved.stage_step = saved.epoch = saved.batch_in_epoch = 0;
         }
-        ckpt->save(saved, {student_.get(), all_losses.get(), stage_done ? nullptr : optimizer.get(), ema.get()});
+        const auto path = ckpt->save(saved, {student_.get(), all_losses.get(), stage_done ? nullptr : optimizer.get(), ema.get()});
+        if (stop_signal) spdlog::warn("stop requested (signal {}): checkpoint {} written", stop_signal, path);
+      }
+      if (stop_signal) {
+        spdlog::warn("stopped after step {} (stage '{}', step {}/{})", state.global_step, stage.name(), state.stage_step,
+                     total);
+        for (auto& p : student_->parameters()) p.requires_grad_(true);
+        summary.steps = state.global_step;
+        summary.stopped_by_signal = stop_signal;
+        return summary;
       }
       const bool eval_now = validation && (stage_done || (stage.eval_every() > 0 && state.stage_step % stage.eval_every() == 0));
       if (eval_now && o.num_classes() > 0) {

@@ -79,6 +79,9 @@ struct TrainSummary {
   std::vector<EvalResult> evaluations;
   bool resumed = false;
   int64_t resumed_from_step = 0;
+  /// Non-zero when a stop request (kd::StopSignal) ended the run early: the signal's number. The
+  /// run stopped after optimizer step `steps` and, with a checkpoint_dir, saved a checkpoint there.
+  int stopped_by_signal = 0;
 };
 
 /// Runs `stages` in order over `train`: per micro-batch the frozen teacher (if
@@ -88,6 +91,10 @@ struct TrainSummary {
 /// outside the stage's trainable set are frozen for that stage. A stage's hooks
 /// (kd::StageHook: LoRA, QAT) run around it: they may freeze more of the student
 /// and add their own parameters, and rewrite layer weights before each forward.
+///
+/// Stop: after every optimizer step the trainer checks kd::StopSignal; when a stop was requested
+/// (SIGINT/SIGTERM in a program that installed the handlers) it writes a checkpoint and returns
+/// early with `stopped_by_signal` set, so at most the step in progress is redone.
 ///
 /// Resume: with `resume` true and a checkpoint in checkpoint_dir, training
 /// continues from its stage, step and data position with the saved weights,
