@@ -8,7 +8,8 @@
 namespace kd::data {
 
 TensorDataset TensorDataset::select(const torch::Tensor& indices) const {
-  return {inputs.index_select(0, indices), targets.index_select(0, indices)};
+  return {inputs.index_select(0, indices), targets.index_select(0, indices),
+          mask.defined() ? mask.index_select(0, indices) : torch::Tensor()};
 }
 
 std::vector<int64_t> permutation(int64_t n, uint64_t seed) {

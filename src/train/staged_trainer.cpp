@@ -360,6 +360,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
         DistillBatch batch;
         batch.inputs = train.inputs.index_select(0, idx).to(device);
         batch.targets = train.targets.index_select(0, idx).to(device);
+        if (train.mask.defined()) batch.mask = train.mask.index_select(0, idx).to(device);
         batch.step = info;
         LossResult r;
         before_forward(info);

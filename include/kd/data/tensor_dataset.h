@@ -9,10 +9,13 @@
 
 namespace kd::data {
 
-/// Inputs [N, ...] and targets [N] (or [N, ...]) held in memory.
+/// Inputs [N, ...] and targets [N] (or [N, ...]) held in memory, and for padded
+/// sequences a mask [N, L] (1 = real token, 0 = padding; undefined = all real)
+/// that the trainer hands to the losses as DistillBatch::mask.
 struct TensorDataset {
   torch::Tensor inputs;
   torch::Tensor targets;
+  torch::Tensor mask;
 
   int64_t size() const { return inputs.defined() ? inputs.size(0) : 0; }
   /// The examples at `indices` (int64 [n]).
