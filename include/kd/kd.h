@@ -4,6 +4,7 @@
 
 #include "kd/adapters/lora.h"
 #include "kd/adapters/lora_hook.h"
+#include "kd/core/archive_file.h"
 #include "kd/core/atomic_file.h"
 #include "kd/core/device.h"
 #include "kd/core/error.h"
@@ -14,6 +15,7 @@
 #include "kd/core/script_model.h"
 #include "kd/core/student.h"
 #include "kd/core/teacher.h"
+#include "kd/data/augmentation.h"
 #include "kd/data/fashion_mnist.h"
 #include "kd/data/hard_example_sampler.h"
 #include "kd/data/idx.h"
@@ -29,6 +31,7 @@
 #include "kd/losses/loss_traits.h"
 #include "kd/losses/registry.h"
 #include "kd/losses/schedule.h"
+#include "kd/losses/teacher_mixture_kl.h"
 #include "kd/losses/temperature_kl.h"
 #include "kd/losses/weighted_sum.h"
 #include "kd/losses/weighting/layer_similarity.h"

@@ -9,6 +9,7 @@
 #include <fmt/ranges.h>
 #include <torch/torch.h>
 
+#include "kd/core/archive_file.h"
 #include "kd/core/atomic_file.h"
 #include "kd/core/error.h"
 #include "kd/core/format.h"
@@ -191,7 +192,7 @@ void LoRAImpl::save_adapter(const std::string& path) const {
     archive.write(fmt::format("B.{}", i), sites_[i].b.detach().cpu());
   }
   archive.write("sites", c10::IValue(names));
-  write_atomically(path, [&](const std::string& tmp) { archive.save_to(tmp); });
+  save_archive_atomically(archive, path);
 }
 
 void LoRAImpl::load_adapter(const std::string& path) {

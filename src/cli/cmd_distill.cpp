@@ -1,5 +1,6 @@
 // kd-train distill: the teacher (trained or loaded), then the config's stages on the student.
 #include <algorithm>
+#include <set>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -51,6 +52,22 @@ struct FloatBeforeQat : kd::Callback {
   bool measured = false;
 };
 
+// The teacher outputs the stages read: logits, and the layers their feature / attention terms name.
+data::TeacherCacheOptions cache_options(const json& c, const std::vector<StageSpec>& specs) {
+  std::set<int64_t> hidden, attention;
+  for (const auto& s : specs) {
+    for (const auto& l : s.losses()) {
+      if (l.type() != "feature_l2" && l.type() != "attention_mse") continue;
+      for (double v : l.numbers("teacher_layers", {})) (l.type() == "feature_l2" ? hidden : attention).insert(int64_t(v));
+    }
+  }
+  return data::TeacherCacheOptions()
+      .top_k(c["top_k"])
+      .dtype(parse_dtype(c["dtype"].get<std::string>()))
+      .hidden_states({hidden.begin(), hidden.end()})
+      .attentions({attention.begin(), attention.end()});
+}
+
 }  // namespace
 
 int run_distill(const json& config, bool resume) {
@@ -59,8 +76,13 @@ int run_distill(const json& config, bool resume) {
   const auto specs = stages_from_json(config["stages"], "config");
   const fs::path out(a.out);
   // Hooks that do not fit the student (a LoRA target it lacks) fail now, not after the teacher trained.
-  with_rng_restored([&] { build_student(config, specs, out); });
-  fs::create_directories(out);
+  int64_t student_bytes = 0;
+  with_rng_restored([&] { student_bytes = parameter_bytes(*build_student(config, specs, out).model); });
+  refuse_stale_checkpoints(out / "checkpoints", resume);
+  ensure_output_folder(out);
+  // Checkpoints hold the student, two AdamW moments and the EMA; keep_last + 1 exist while one is written.
+  require_free_space(out, (4 * (a.trainer.keep_last() + 1) + 2) * student_bytes + (1 << 20),
+                     "distilling the student (its checkpoints and student.pt)");
   save_text(out / "config.json", config.dump(2) + "\n");
 
   const Splits data = load_splits(a, device);
@@ -68,7 +90,7 @@ int run_distill(const json& config, bool resume) {
   const auto& val = data.validation;
   const auto& test = data.test;
   double teacher_seconds = 0;
-  auto teacher_model = train_or_load_teacher(a, device, data, teacher_seconds);
+  auto teacher_model = train_or_load_teacher(a, device, data, teacher_seconds, resume, config);
   kd::Teacher teacher(teacher_model.ptr());
 
   auto [student_model, student_name, specs_with_hooks, lora_hook, qat_hook] = build_student(config, specs, out);
@@ -84,11 +106,31 @@ int run_distill(const json& config, bool resume) {
   spdlog::info("student: distilling {} ({} parameters) in {} stage(s): {}", student_name,
                kd::parameter_count(*student_model), specs.size(), fmt::join(plan, " -> "));
   auto timer = std::make_shared<StageTimer>();
-  kd::StagedTrainer trainer(kd::Student(student_model), teacher, kd::build_stages(specs_with_hooks),
-                            trainer_options(a)
-                                .checkpoint_dir((out / "checkpoints").string())
-                                .checkpoint_every(a.checkpoint_every)
-                                .fingerprint(config_fingerprint(config)));
+  auto options = trainer_options(a)
+                     .checkpoint_dir((out / "checkpoints").string())
+                     .checkpoint_every(a.checkpoint_every)
+                     .fingerprint(config_fingerprint(config));
+  if (config["teacher"]["cache"]["enabled"].get<bool>()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto copts = cache_options(config["teacher"]["cache"], specs);
+    const std::string given = config["teacher"]["cache"]["path"];
+    const std::string cache_path = given.empty() ? (out / "teacher.cache").string() : given;
+    if (given.empty()) {
+      options.teacher_cache(data::TeacherCache::open_or_build(cache_path, teacher, train, copts));
+    } else {  // a cache made elsewhere is used as it is: it must fit this teacher, data and options
+      if (!fs::exists(given)) {
+        throw Error(ErrorCategory::kFile,
+                    fmt::format("teacher.cache.path '{}' does not exist; leave it empty to build OUT/teacher.cache", given));
+      }
+      options.teacher_cache(data::TeacherCache::open(given, data::module_fingerprint(*teacher->model()),
+                                                     data::dataset_fingerprint(train), copts));
+    }
+    spdlog::info("teacher cache {}: {:.1f} MiB ({:.1f} s); top_k {}, hidden states [{}], attention maps [{}]",
+                 cache_path, options.teacher_cache()->bytes() / 1048576.0,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), copts.top_k(),
+                 fmt::join(copts.hidden_states(), ", "), fmt::join(copts.attentions(), ", "));
+  }
+  kd::StagedTrainer trainer(kd::Student(student_model), teacher, kd::build_stages(specs_with_hooks), options);
   trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
   if (!resume) fs::remove(out / "metrics.jsonl");  // a fresh run starts a fresh log; a resumed one appends
   trainer.add_callback(std::make_shared<kd::MetricsLog>((out / "metrics.jsonl").string()));
@@ -102,13 +144,7 @@ int run_distill(const json& config, bool resume) {
       break;
     }
   }
-  const auto fit = trainer.fit(train, &val, resume);
-  if (fit.stopped_by_signal) {
-    throw Stopped(fit.stopped_by_signal,
-                  fmt::format("stopped by signal {} after step {}; the checkpoint in {} holds it: continue with the "
-                              "same command and --resume",
-                              fit.stopped_by_signal, fit.steps, (out / "checkpoints").string()));
-  }
+  const auto fit = fit_stoppable(trainer, train, val, resume, "student.pt and summary.json were not written");
   if (fit.resumed) spdlog::info("resumed from step {}", fit.resumed_from_step);
   save_module(student_model, out / "student.pt");
 

@@ -6,21 +6,22 @@
 
 namespace kd::app {
 
-int run_teacher(const json& config) {
-  const RunArgs a(config);
+int run_teacher(const json& config, bool resume) {
+  RunArgs a(config);
+  a.teacher_path.clear();  // this command trains the teacher into OUT, whatever teacher.path says
   const torch::Device device = set_up_process(a);
   const fs::path out(a.out);
-  fs::create_directories(out);
+  ensure_output_folder(out);
   save_text(out / "teacher_config.json", config.dump(2) + "\n");
   const Splits data = load_splits(a, device);
-  if (fs::exists(out / "teacher.pt")) {
+  if (!resume && fs::exists(out / "teacher.pt")) {
     // A fresh teacher replaces the old one only once it is fully trained (save_module is atomic).
     fs::rename(out / "teacher.pt", out / "teacher.previous.pt");
   }
   double seconds = 0;
   models::CnnTeacher teacher{nullptr};
   try {
-    teacher = train_or_load_teacher(a, device, data, seconds);
+    teacher = train_or_load_teacher(a, device, data, seconds, resume, config);
   } catch (...) {
     if (fs::exists(out / "teacher.previous.pt")) fs::rename(out / "teacher.previous.pt", out / "teacher.pt");
     throw;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <map>
 
@@ -28,6 +29,7 @@ const std::map<std::string, Range>& ranges() {
       {"data.limit", {0, 1e9}},
       {"data.validation_size", {0, 59999}},
       {"teacher.epochs", {0, 1000}},
+      {"teacher.cache.top_k", {0, 1e6}},
       {"train.batch_size", {1, 65536}},
       {"train.lr", {0, 10, true}},
       {"train.weight_decay", {0, 10}},
@@ -35,6 +37,16 @@ const std::map<std::string, Range>& ranges() {
       {"train.seed", {0, 9.007199254740992e15}},
       {"train.log_every", {0, 1e9}},
       {"train.checkpoint_every", {0, 1e9}},
+      {"train.keep_last", {1, 1000}},
+      {"train.momentum", {0, 1}},
+      {"train.accumulation", {1, 65536}},
+      {"train.clip_norm", {0, 1e6}},
+      {"train.warmup_steps", {0, 1e9}},
+      {"train.min_lr_factor", {0, 1}},
+      {"train.ema_decay", {0, 0.999999999}},
+      {"train.hard_example_mix", {0, 1}},
+      {"train.lr_backoff", {0, 1, true}},
+      {"train.max_consecutive_nonfinite", {1, 1e6}},
       {"student.width1", {1, 4096}},
       {"student.width2", {1, 4096}},
       {"student.hidden", {1, 65536}},
@@ -50,6 +62,11 @@ const std::map<std::string, Range>& ranges() {
 const std::map<std::string, std::vector<std::string>>& choices() {
   static const std::map<std::string, std::vector<std::string>> c = {
       {"train.precision", {"fp32", "bf16"}},
+      {"teacher.cache.dtype", {"float32", "float16", "bfloat16"}},
+      {"train.optimizer", {"adamw", "sgd"}},
+      {"train.hardness", {"teacher_entropy", "disagreement"}},
+      {"train.augment", {"none", "shift_flip"}},
+      {"train.nonfinite", {"skip", "lower_lr", "rollback", "stop"}},
       {"student.model", {"depthwise_cnn", "cnn"}},
       {"qat.weight_observer", {"moving_average", "minmax"}},
       {"qat.activation_observer", {"moving_average", "minmax"}},
@@ -171,7 +188,15 @@ const nlohmann::json& distill_defaults() {
       {"out", "runs/default"},
       {"data",
        {{"root", "/usr/share/datasets/fashion-mnist"}, {"limit", 0}, {"validation_size", 5000}, {"split_seed", 0}}},
-      {"teacher", {{"epochs", 2}}},
+      // cache.enabled: the teacher runs once over the training set; its logits (all, or the top_k) and the
+      // hidden states / attention maps the stages' losses name are read from OUT/teacher.cache afterwards.
+      // path: a teacher state written by `kd-train teacher` to use instead of OUT/teacher.pt ("" = OUT's,
+      // trained there when missing). cache.path: a cache built earlier to read ("" = OUT/teacher.cache, rebuilt
+      // when stale); a given one must match this teacher, data and options.
+      {"teacher",
+       {{"epochs", 2},
+        {"path", ""},
+        {"cache", {{"enabled", false}, {"top_k", 0}, {"dtype", "float16"}, {"path", ""}}}}},
       // width1/width2 as in DepthwiseCnnStudentOptions; hidden is used by "cnn" (the teacher's architecture) only.
       {"student", {{"model", "depthwise_cnn"}, {"width1", 16}, {"width2", 32}, {"hidden", 256}}},
       {"stages", stages_to_json(progressive3())},
@@ -196,7 +221,25 @@ const nlohmann::json& distill_defaults() {
         {"device", "cpu"},
         {"log_every", 100},
         {"checkpoint_every", 500},
-        {"precision", "fp32"}}},
+        {"keep_last", 3},
+        {"precision", "fp32"},
+        {"optimizer", "adamw"},
+        {"momentum", 0.9},
+        {"nesterov", false},
+        {"accumulation", 1},
+        {"clip_norm", 1.0},
+        {"warmup_steps", 0},
+        {"min_lr_factor", 0.0},
+        {"ema_decay", 0.0},
+        {"eval_on_ema", false},
+        {"hard_example_mix", 0.0},
+        {"hardness", "teacher_entropy"},
+        {"augment", "none"},
+        // NaN/Inf loss or gradient: "skip" the update, "lower_lr" (skip and x lr_backoff), "rollback" to the
+        // newest checkpoint (and x lr_backoff), or "stop"; max_consecutive_nonfinite in a row always stop.
+        {"nonfinite", "skip"},
+        {"lr_backoff", 0.5},
+        {"max_consecutive_nonfinite", 5}}},
   };
   return defaults;
 }
@@ -209,6 +252,17 @@ void validate_config(const nlohmann::json& config, const std::string& origin) {
   check(distill_defaults(), config, "", origin);
 }
 
+nlohmann::json parse_config_text(const std::string& text, const std::string& origin) {
+  json layer;
+  try {
+    layer = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw Error(ErrorCategory::kConfig, fmt::format("{}: not valid JSON: {}", origin, e.what()));
+  }
+  validate_config(layer, origin);
+  return layer;
+}
+
 nlohmann::json resolve_config(const std::vector<std::string>& files, const std::vector<std::string>& overrides) {
   json config = distill_defaults();
   for (const auto& file : files) {
@@ -216,14 +270,8 @@ nlohmann::json resolve_config(const std::vector<std::string>& files, const std::
     if (!in) {
       throw Error(ErrorCategory::kFile, fmt::format("config file '{}' cannot be opened; check the path", file));
     }
-    json layer;
-    try {
-      layer = json::parse(in);
-    } catch (const json::parse_error& e) {
-      throw Error(ErrorCategory::kConfig, fmt::format("{}: not valid JSON: {}", file, e.what()));
-    }
-    validate_config(layer, file);
-    config.merge_patch(layer);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    config.merge_patch(parse_config_text(text, file));
   }
   for (const auto& o : overrides) {
     const auto eq = o.find('=');

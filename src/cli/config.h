@@ -22,6 +22,10 @@ const nlohmann::json& distill_defaults();
 /// with a close-match suggestion for misspelt keys.
 nlohmann::json resolve_config(const std::vector<std::string>& files, const std::vector<std::string>& overrides);
 
+/// Parses one config layer (a --config file's text) and validates it on its own; `origin` names it
+/// in messages. Throws kd::Error (kConfig) for text that is not JSON or not a valid layer.
+nlohmann::json parse_config_text(const std::string& text, const std::string& origin);
+
 /// Checks `config` against the schema in distill_defaults() and the value ranges.
 /// `origin` names where the values came from, for messages.
 void validate_config(const nlohmann::json& config, const std::string& origin);

@@ -7,8 +7,9 @@
 //
 // common options: [--config FILE]... [--set key.path=value]... [--out DIR] [--device D] [--seed N] [--threads N]
 //
-// SIGINT / SIGTERM: the step in progress finishes, a checkpoint is written, and kd-train exits with
-// 130 / 143 (128 + the signal); `distill --resume` continues from there. A second Ctrl-C kills at once.
+// SIGINT / SIGTERM while training: the step in progress finishes, a checkpoint is written, and kd-train
+// ends by the same signal (the shell shows 130 / 143); `--resume` continues from there. A second
+// Ctrl-C or SIGTERM kills at once.
 //
 // With no arguments `distill` runs the default recipe on Fashion-MNIST: train a
 // CNN teacher from scratch (no pretrained weights can be downloaded), then
@@ -51,6 +52,7 @@ int main(int argc, char** argv) {
   add_common(distill);
   distill->add_flag("--resume", resume,
                     "continue from the newest checkpoint in OUT/checkpoints (same config; the teacher is reloaded)");
+  teacher->add_flag("--resume", resume, "continue from the newest checkpoint in OUT/teacher_checkpoints");
   auto* eval = app.add_subcommand("eval", "test-set accuracy, macro-F1 and per-class F1 of a saved model");
   add_common(eval);
   eval->add_option("--which", which, "the architecture to load: student (the config's) or teacher")
@@ -71,13 +73,13 @@ int main(int argc, char** argv) {
     if (seed >= 0) sets.push_back("train.seed=" + std::to_string(seed));
     if (threads >= 0) sets.push_back("train.threads=" + std::to_string(threads));
     const auto config = kd::app::resolve_config(configs, sets);
-    kd::StopSignal::install();  // Ctrl-C / SIGTERM: finish the step, checkpoint, exit 130 / 143
-    if (*teacher) return kd::app::run_teacher(config);
+    if (*teacher) return kd::app::run_teacher(config, resume);
     if (*distill) return kd::app::run_distill(config, resume);
     if (*eval) return kd::app::run_eval(config, which, model_file);
   } catch (const kd::app::Stopped& e) {
     spdlog::warn("{}", e.what());
-    return kd::StopSignal::exit_code(e.signal);
+    spdlog::default_logger()->flush();
+    return kd::StopSignal::exit_by(e.signal);
   } catch (const kd::Error& e) {
     spdlog::error("{}", e.what());
     return 2;

@@ -8,18 +8,78 @@
 #include <zlib.h>
 
 #include "hook_config.h"
+#include "kd/core/archive_file.h"
+#include "kd/core/atomic_file.h"
+#include "kd/train/stop_signal.h"
 #include "stage_config.h"
 
 namespace kd::app {
 
 RunArgs::RunArgs(const json& c)
-    : out(c["out"]), data_root(c["data"]["root"]), device(c["train"]["device"]),
+    : out(c["out"]), data_root(c["data"]["root"]), device(c["train"]["device"]), teacher_path(c["teacher"]["path"]),
       teacher_epochs(c["teacher"]["epochs"]), batch_size(c["train"]["batch_size"]), limit(c["data"]["limit"]),
       validation_size(c["data"]["validation_size"]), split_seed(c["data"]["split_seed"]),
       threads(c["train"]["threads"]), log_every(c["train"]["log_every"]),
       checkpoint_every(c["train"]["checkpoint_every"]), seed(c["train"]["seed"]), lr(c["train"]["lr"]),
       weight_decay(c["train"]["weight_decay"]),
-      precision(c["train"]["precision"] == "bf16" ? Precision::kBFloat16 : Precision::kFloat32) {}
+      precision(c["train"]["precision"] == "bf16" ? Precision::kBFloat16 : Precision::kFloat32) {
+  const json& t = c["train"];
+  const std::string nonfinite = t["nonfinite"];
+  trainer.optimizer(t["optimizer"] == "sgd" ? OptimizerKind::kSgd : OptimizerKind::kAdamW)
+      .momentum(t["momentum"])
+      .nesterov(t["nesterov"])
+      .accumulation(t["accumulation"])
+      .clip_norm(t["clip_norm"])
+      .warmup_steps(t["warmup_steps"])
+      .min_lr_factor(t["min_lr_factor"])
+      .ema_decay(t["ema_decay"])
+      .eval_on_ema(t["eval_on_ema"])
+      .keep_last(t["keep_last"])
+      .hard_example_mix(t["hard_example_mix"])
+      .hardness(t["hardness"] == "disagreement" ? Hardness::kDisagreement : Hardness::kTeacherEntropy)
+      .nonfinite(nonfinite == "stop"       ? NonFinitePolicy::kStop
+                 : nonfinite == "lower_lr" ? NonFinitePolicy::kLowerLr
+                 : nonfinite == "rollback" ? NonFinitePolicy::kRollback
+                                           : NonFinitePolicy::kSkipStep)
+      .lr_backoff(t["lr_backoff"])
+      .max_consecutive_nonfinite(t["max_consecutive_nonfinite"]);
+  if (t["augment"] == "shift_flip") trainer.augmentation(std::make_shared<data::RandomShiftFlip>());
+}
+
+void ensure_output_folder(const fs::path& out) {
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  if (ec || !fs::is_directory(out)) {
+    throw Error(ErrorCategory::kFile,
+                fmt::format("cannot create the output folder '{}': {}; choose another --out", out.string(),
+                            ec ? ec.message() : "a file of that name is in the way"));
+  }
+  const fs::path probe = out / ".kd-write-probe";
+  try {
+    write_atomically(probe.string(), [](const std::string& tmp) {
+      std::ofstream f(tmp);
+      f << "probe\n";
+      if (!f.flush()) throw std::runtime_error("write failed");
+    });
+  } catch (const Error& e) {
+    throw Error(ErrorCategory::kFile, fmt::format("the output folder '{}' is not writable ({}); choose another --out or "
+                                                  "fix its permissions or free space",
+                                                  out.string(), e.message()));
+  }
+  fs::remove(probe, ec);
+}
+
+void require_free_space(const fs::path& folder, int64_t bytes, const std::string& what) {
+  std::error_code ec;
+  const auto space = fs::space(folder, ec);
+  if (ec) return;  // unknown: the atomic writes still fail cleanly
+  if (static_cast<int64_t>(space.available) < bytes) {
+    throw Error(ErrorCategory::kFile,
+                fmt::format("'{}' has {:.1f} MiB free, but {} needs about {:.1f} MiB; free some space, choose another "
+                            "--out, or lower train.keep_last",
+                            folder.string(), space.available / 1048576.0, what, bytes / 1048576.0));
+  }
+}
 
 torch::Device set_up_process(const RunArgs& a) {
   // LibTorch's own default here is sometimes 1 thread; use every core unless told otherwise.
@@ -42,11 +102,9 @@ Splits load_splits(const RunArgs& a, const torch::Device& device) {
 }
 
 void save_module(const std::shared_ptr<torch::nn::Module>& module, const fs::path& path) {
-  write_atomically(path.string(), [&](const std::string& tmp) {
-    torch::serialize::OutputArchive archive;
-    module->save(archive);
-    archive.save_to(tmp);
-  });
+  torch::serialize::OutputArchive archive;
+  module->save(archive);
+  save_archive_atomically(archive, path.string());
 }
 
 void save_text(const fs::path& path, const std::string& text) {
@@ -75,16 +133,17 @@ void load_module(torch::nn::Module& module, const fs::path& path, const torch::D
 
 std::string config_fingerprint(json config) {
   config.erase("out");
-  for (const char* k : {"threads", "device", "log_every", "checkpoint_every"}) config["train"].erase(k);
+  for (const char* k : {"threads", "device", "log_every", "checkpoint_every", "keep_last"}) {
+    if (config.contains("train")) config["train"].erase(k);
+  }
   const std::string text = config.dump();
   return fmt::format("{:08x}", crc32(0L, reinterpret_cast<const Bytef*>(text.data()), static_cast<uInt>(text.size())));
 }
 
 StagedTrainerOptions trainer_options(const RunArgs& a) {
-  return StagedTrainerOptions()
+  return StagedTrainerOptions(a.trainer)
       .batch_size(a.batch_size)
       .weight_decay(a.weight_decay)
-      .clip_norm(0)
       .seed(a.seed)
       .precision(a.precision)
       .num_classes(10);
@@ -98,34 +157,76 @@ json model_row(const std::string& name, const torch::nn::Module& m, const Classi
           {"test_macro_f1", test.macro_f1()}};
 }
 
+void refuse_stale_checkpoints(const fs::path& dir, bool resume) {
+  if (resume || !fs::is_directory(dir)) return;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto name = e.path().filename().string();
+    if (name.rfind("ckpt-", 0) == 0) {
+      throw Error(ErrorCategory::kState,
+                  fmt::format("'{}' holds checkpoints of an earlier run (e.g. {}); continue that run with --resume, or "
+                              "start this one in another --out folder (or delete the old checkpoints first)",
+                              dir.string(), name));
+    }
+  }
+}
+
+TrainSummary fit_stoppable(StagedTrainer& trainer, const data::TensorDataset& train,
+                           const data::TensorDataset& validation, bool resume, const std::string& what_is_lost) {
+  TrainSummary fit;
+  {
+    StopSignal::Scope stop_on_signal;  // Ctrl-C / SIGTERM: finish the step, checkpoint, return
+    fit = trainer.fit(train, &validation, resume);
+  }
+  // A request during the last step of the last stage ends a complete run: still a stop, not a success.
+  const int signal = fit.stopped_by_signal ? fit.stopped_by_signal : StopSignal::requested();
+  if (signal) {
+    throw Stopped(signal, fmt::format("stopped by signal {} after step {}; {}; the checkpoints hold the training so "
+                                      "far: run the same command with --resume to continue",
+                                      signal, fit.steps, what_is_lost));
+  }
+  return fit;
+}
+
 models::CnnTeacher train_or_load_teacher(const RunArgs& a, const torch::Device& device, const Splits& data,
-                                         double& seconds) {
+                                         double& seconds, bool resume, const json& config) {
   const fs::path out(a.out);
   auto teacher = models::CnnTeacher(models::CnnTeacherOptions());
   teacher->to(device);
-  const fs::path path = out / "teacher.pt";
+  const fs::path path = a.teacher_path.empty() ? out / "teacher.pt" : fs::path(a.teacher_path);
   const auto t0 = std::chrono::steady_clock::now();
+  if (!a.teacher_path.empty() && !fs::exists(path)) {
+    throw Error(ErrorCategory::kFile,
+                fmt::format("teacher.path '{}' does not exist; train one with `kd-train teacher --out DIR` (it writes "
+                            "DIR/teacher.pt), or leave teacher.path empty to train the teacher into {}",
+                            path.string(), out.string()));
+  }
   if (fs::exists(path)) {
     load_module(*teacher, path, device, "teacher");
-    spdlog::info("teacher: loaded {} (delete it to train a new one)", path.string());
+    spdlog::info("teacher: loaded {}{}", path.string(), a.teacher_path.empty() ? " (delete it to train a new one)" : "");
   } else {
+    // Checkpoints (weights, two AdamW moments, EMA) for keep_last + 1 files at once, and the teacher file.
+    require_free_space(out, (4 * (a.trainer.keep_last() + 1) + 1) * parameter_bytes(*teacher) + (1 << 20),
+                       "training the teacher (its checkpoints and teacher.pt)");
+    const fs::path ckpt_dir = out / "teacher_checkpoints";
+    refuse_stale_checkpoints(ckpt_dir, resume);
     spdlog::info("teacher: training CnnTeacher ({} parameters) from scratch for {} epoch(s)", parameter_count(*teacher),
                  a.teacher_epochs);
+    // What decides the teacher: its data, epochs and the train section, not the student's stages.
+    json teacher_part = {{"data", config["data"]}, {"teacher", config["teacher"]}, {"train", config["train"]}};
     StagedTrainer trainer(Student(teacher.ptr()), std::nullopt,
                           {Stage("teacher", torch::nn::AnyModule(HardLabelCE())).epochs(a.teacher_epochs).lr(a.lr)},
-                          trainer_options(a));
+                          trainer_options(a)
+                              .checkpoint_dir(ckpt_dir.string())
+                              .checkpoint_every(a.checkpoint_every)
+                              .fingerprint(config_fingerprint(teacher_part)));
     trainer.add_callback(std::make_shared<ConsoleLogger>(a.log_every));
-    fs::remove(out / "teacher_metrics.jsonl");
+    if (!resume) fs::remove(out / "teacher_metrics.jsonl");
     trainer.add_callback(std::make_shared<MetricsLog>((out / "teacher_metrics.jsonl").string()));
     teacher->options.attention_maps(false);  // cross-entropy needs logits only
-    const auto fit = trainer.fit(data.train, &data.validation);
-    if (fit.stopped_by_signal) {
-      throw Stopped(fit.stopped_by_signal, fmt::format("stopped by signal {} while training the teacher (step {}); "
-                                                       "{} was not written: run the command again to train it",
-                                                       fit.stopped_by_signal, fit.steps, path.string()));
-    }
+    fit_stoppable(trainer, data.train, data.validation, resume, fmt::format("{} was not written", path.string()));
     teacher->options.attention_maps(true);
     save_module(teacher.ptr(), path);
+    fs::remove_all(ckpt_dir);  // teacher.pt is the finished product; its checkpoints would only block a new run
   }
   seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return teacher;

@@ -20,8 +20,8 @@ namespace kd::app {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-/// Thrown when SIGINT/SIGTERM stopped training (kd::StopSignal): kd-train prints `what()` and exits
-/// with kd::StopSignal::exit_code(signal).
+/// Thrown when SIGINT/SIGTERM stopped training (kd::StopSignal): kd-train prints `what()` and ends by
+/// the same signal (kd::StopSignal::exit_by), so the shell reports 130 / 143.
 struct Stopped : std::runtime_error {
   Stopped(int signal, const std::string& what) : std::runtime_error(what), signal(signal) {}
   int signal;
@@ -30,7 +30,7 @@ struct Stopped : std::runtime_error {
 /// The resolved configuration's scalar settings, typed (see config.cpp for the schema and defaults).
 struct RunArgs {
   explicit RunArgs(const json& c);
-  std::string out, data_root, device;
+  std::string out, data_root, device, teacher_path;
   int64_t teacher_epochs, batch_size, limit, validation_size;
   uint64_t split_seed;
   int threads;
@@ -38,7 +38,16 @@ struct RunArgs {
   uint64_t seed;
   double lr, weight_decay;
   Precision precision;
+  StagedTrainerOptions trainer;  // the train section's optimizer, schedule, EMA, mining and fault settings
 };
+
+/// Creates the output folder and proves it writable (a probe file written atomically, then removed);
+/// kd::Error (kFile) naming the folder, the reason and the fix otherwise.
+void ensure_output_folder(const fs::path& out);
+
+/// kd::Error (kFile) when the file system of `folder` has less than `bytes` available, naming both
+/// and what needs the space — before training starts, rather than failing at a checkpoint hours in.
+void require_free_space(const fs::path& folder, int64_t bytes, const std::string& what);
 
 /// Threads (0 = every core) and the seed; returns the resolved device.
 torch::Device set_up_process(const RunArgs& a);
@@ -61,10 +70,19 @@ std::string config_fingerprint(json config);
 StagedTrainerOptions trainer_options(const RunArgs& a);
 json model_row(const std::string& name, const torch::nn::Module& m, const ClassificationMetrics& test);
 
-/// OUT/teacher.pt if it exists, else a CnnTeacher trained from scratch for teacher.epochs and saved there.
-/// `seconds` receives the time spent (loading or training).
+/// OUT/teacher.pt if it exists, else a CnnTeacher trained from scratch for teacher.epochs and saved there,
+/// with checkpoints in OUT/teacher_checkpoints (continued when `resume`). `seconds` receives the time spent.
 models::CnnTeacher train_or_load_teacher(const RunArgs& a, const torch::Device& device, const Splits& data,
-                                         double& seconds);
+                                         double& seconds, bool resume, const json& config);
+
+/// Refuses to start a fresh run (not `resume`) over checkpoints of an earlier one in `dir`: resuming would
+/// later mix the two, and pruning would delete the new run's checkpoints (kd::Error naming the folder).
+void refuse_stale_checkpoints(const fs::path& dir, bool resume);
+
+/// trainer.fit inside a kd::StopSignal::Scope; throws Stopped (saying what `what_is_lost` and how to go on)
+/// when SIGINT/SIGTERM ended it, also when the signal came during the very last step.
+TrainSummary fit_stoppable(StagedTrainer& trainer, const data::TensorDataset& train,
+                           const data::TensorDataset& validation, bool resume, const std::string& what_is_lost);
 
 /// The student the config names, with its stage hooks (one object per kind, shared by every stage listing it).
 struct StudentSetup {

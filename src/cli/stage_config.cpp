@@ -92,6 +92,49 @@ json loss_to_json(const LossSpec& s) {
   return j;
 }
 
+// [{"patterns": ["^fc\\."], "lr": 3e-3, "weight_decay": 0}, ...]; weight_decay optional.
+std::vector<ParamGroup> param_groups_from_json(const json& groups, const std::string& origin, const std::string& path) {
+  const char* expected = "must be a list of {\"patterns\": [regex, ...], \"lr\": number, \"weight_decay\": number (optional)}";
+  if (!groups.is_array()) fail(origin, path, fmt::format("{}, got {}", expected, groups.dump()));
+  std::vector<ParamGroup> out;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const json& g = groups[i];
+    const std::string here = fmt::format("{}[{}]", path, i);
+    if (!g.is_object()) fail(origin, here, fmt::format("{}, got {}", expected, g.dump()));
+    for (const auto& [k, v] : g.items()) {
+      if (k != "patterns" && k != "lr" && k != "weight_decay") {
+        const auto best = closest_name(k, {"patterns", "lr", "weight_decay"});
+        fail(origin, here + "." + k,
+             fmt::format("is not a parameter-group key; {}allowed: patterns, lr, weight_decay",
+                         best.empty() ? "" : "did you mean '" + best + "'? "));
+      }
+    }
+    const json patterns = g.value("patterns", json());
+    if (!patterns.is_array() || patterns.empty() ||
+        !std::all_of(patterns.begin(), patterns.end(), [](const json& x) { return x.is_string(); })) {
+      fail(origin, here + ".patterns",
+           fmt::format("must be a non-empty list of regexes over parameter names, got {}", patterns.dump()));
+    }
+    const json lr = g.value("lr", json());
+    if (!lr.is_number() || !(lr.get<double>() > 0 && lr.get<double>() <= 10)) {
+      fail(origin, here + ".lr", fmt::format("must be a number in (0, 10], got {}", lr.dump()));
+    }
+    const json wd = g.value("weight_decay", json(-1.0));
+    if (!wd.is_number() || !(wd.get<double>() >= 0 || wd.get<double>() == -1) || wd.get<double>() > 10) {
+      fail(origin, here + ".weight_decay",
+           fmt::format("must be a number in [0, 10] (or -1: train.weight_decay), got {}", wd.dump()));
+    }
+    out.push_back(ParamGroup{patterns.get<std::vector<std::string>>(), lr.get<double>(), wd.get<double>()});
+  }
+  return out;
+}
+
+json param_groups_to_json(const std::vector<ParamGroup>& groups) {
+  json out = json::array();
+  for (const auto& g : groups) out.push_back({{"patterns", g.patterns}, {"lr", g.lr}, {"weight_decay", g.weight_decay}});
+  return out;
+}
+
 }  // namespace
 
 const std::vector<std::string>& known_hooks() {
@@ -123,7 +166,7 @@ std::vector<std::string> stage_hook_names(const json& stage, const std::string& 
 const nlohmann::json& stage_defaults() {
   static const json d = {{"name", ""},   {"epochs", 1},        {"steps", 0},      {"lr", 1e-3},
                          {"loss_lr", -1.0}, {"trainable", json::array()}, {"eval_every", 0}, {"losses", json::array()},
-                         {"hooks", json::array()}};
+                         {"hooks", json::array()}, {"param_groups", json::array()}, {"ema", true}};
   return d;
 }
 
@@ -176,6 +219,10 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
            fmt::format("must be a list of regexes over parameter names (empty: all), got {}", trainable.dump()));
     }
     spec.trainable(trainable.get<std::vector<std::string>>());
+    spec.param_groups(param_groups_from_json(s.value("param_groups", json::array()), origin, path + ".param_groups"));
+    const json ema = s.value("ema", json(true));
+    if (!ema.is_boolean()) fail(origin, path + ".ema", fmt::format("must be true or false, got {}", ema.dump()));
+    spec.ema(ema.get<bool>());
     stage_hook_names(s, origin, path);  // checked here, made by the caller (hooks need the student)
     const json losses = s.value("losses", json::array());
     if (!losses.is_array() || losses.empty()) {
@@ -219,7 +266,9 @@ json stages_to_json(const std::vector<StageSpec>& stages) {
                    {"trainable", s.trainable()},
                    {"eval_every", s.eval_every()},
                    {"losses", losses},
-                   {"hooks", hooks}});
+                   {"hooks", hooks},
+                   {"param_groups", param_groups_to_json(s.param_groups())},
+                   {"ema", s.ema()}});
   }
   return out;
 }

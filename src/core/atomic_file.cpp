@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -28,6 +29,23 @@ void fsync_path(const std::string& path, int flags, const std::string& what) {
 }
 
 }  // namespace
+
+void write_bytes_atomically(const std::string& path, const std::string& bytes) {
+  write_atomically(path, [&](const std::string& tmp) {
+    std::FILE* f = std::fopen(tmp.c_str(), "wb");
+    if (!f) throw Error(ErrorCategory::kFile, fmt::format("cannot create '{}': {}", tmp, std::strerror(errno)));
+    const size_t written = std::fwrite(bytes.data(), 1, bytes.size(), f);
+    const int flushed = std::fflush(f);
+    const std::string cause = std::strerror(errno);
+    std::fclose(f);
+    if (written != bytes.size() || flushed != 0) {
+      throw Error(ErrorCategory::kFile, fmt::format("cannot write '{}' ({} of {} bytes written): {}", path, written,
+                                                    bytes.size(), cause));
+    }
+  });
+}
+
+void fsync_directory(const std::string& path) { fsync_path(path, O_RDONLY | O_DIRECTORY, "folder"); }
 
 void write_atomically(const std::string& path, const std::function<void(const std::string&)>& write) {
   const fs::path target(path);

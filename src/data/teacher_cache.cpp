@@ -27,8 +27,14 @@ constexpr size_t kAlign = 4096;
 
 uint32_t crc_tensor(uLong crc, const torch::Tensor& t) {
   const auto c = t.detach().to(torch::kCPU).contiguous();
+  // The rank, then the sizes: a 0-dim tensor has no sizes, and zlib's crc32 given a null buffer
+  // returns the initial value instead of the running one, so it must never see one.
   const auto shape = c.sizes().vec();
-  crc = crc32(crc, reinterpret_cast<const Bytef*>(shape.data()), static_cast<uInt>(shape.size() * sizeof(int64_t)));
+  const int64_t rank = static_cast<int64_t>(shape.size());
+  crc = crc32(crc, reinterpret_cast<const Bytef*>(&rank), sizeof(rank));
+  if (!shape.empty()) {
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(shape.data()), static_cast<uInt>(shape.size() * sizeof(int64_t)));
+  }
   const auto* p = static_cast<const Bytef*>(c.data_ptr());
   size_t left = c.numel() * c.element_size();
   while (left > 0) {
@@ -47,6 +53,12 @@ size_t row_bytes(torch::Dtype dtype, const std::vector<int64_t>& shape) {
   size_t n = c10::elementSize(dtype);
   for (auto d : shape) n *= static_cast<size_t>(d);
   return n;
+}
+
+// What a cache stores, as one header line; two caches with the same line hold the same kind of outputs.
+std::string describe(const TeacherCacheOptions& o) {
+  return fmt::format("top_k={} dtype={} hidden_states={} attentions={}", o.top_k(), dtype_name(o.dtype()),
+                     fmt::join(o.hidden_states(), ","), fmt::join(o.attentions(), ","));
 }
 
 }  // namespace
@@ -86,10 +98,11 @@ void TeacherCache::build(const std::string& path, Teacher& teacher, const Tensor
   const uint32_t data_fp = dataset_fingerprint(dataset);
 
   // Outputs for one batch, as the entries to store.
-  size_t layer_count = 0;
+  size_t layer_count = 0, attention_count = 0;
   auto entries_of = [&](const ModelOutput& out, std::vector<std::pair<std::string, torch::Tensor>>& rows) {
     rows.clear();
     layer_count = out.hidden_states.size();
+    attention_count = out.attentions.size();
     if (!out.logits.defined()) throw Error(ErrorCategory::kModel, "TeacherCache: the teacher returned no logits");
     if (options.top_k() > 0) {
       if (options.top_k() > out.logits.size(-1)) {
@@ -111,6 +124,15 @@ void TeacherCache::build(const std::string& path, Teacher& teacher, const Tensor
       }
       rows.emplace_back(fmt::format("hidden_states.{}", r), out.hidden_states[r].to(torch::kCPU, dtype));
     }
+    for (int64_t i : options.attentions()) {
+      const int64_t count = static_cast<int64_t>(out.attentions.size());
+      const int64_t r = i < 0 ? count + i : i;
+      if (r < 0 || r >= count) {
+        throw Error(ErrorCategory::kValue, fmt::format("TeacherCache: attentions index {} is out of range: the teacher "
+                                                       "exposes {} attention map(s)", i, count));
+      }
+      rows.emplace_back(fmt::format("attentions.{}", r), out.attentions[r].to(torch::kCPU, dtype));
+    }
   };
 
   write_atomically(path, [&](const std::string& tmp) {
@@ -124,9 +146,9 @@ void TeacherCache::build(const std::string& path, Teacher& teacher, const Tensor
       entries_of(teacher->forward(dataset.inputs.slice(0, start, end).to(device)), rows);
       if (layout.empty()) {
         std::ostringstream header;
-        header << kMagic << "\nversion 1\n"
-               << fmt::format("teacher {:08x}\ndata {:08x}\nsize {}\ntop_k {}\nlayers {}\n", teacher_fp, data_fp, n,
-                              options.top_k(), layer_count);
+        header << kMagic << "\nversion 2\n"
+               << fmt::format("teacher {:08x}\ndata {:08x}\noptions {}\nsize {}\ntop_k {}\nlayers {}\nattention_layers {}\n",
+                              teacher_fp, data_fp, describe(options), n, options.top_k(), layer_count, attention_count);
         for (const auto& [name, t] : rows) {
           Entry e{name, t.scalar_type(), t.sizes().slice(1).vec(), 0};
           header << "entry " << name << " " << storage_name(e.dtype);
@@ -159,7 +181,8 @@ void TeacherCache::build(const std::string& path, Teacher& teacher, const Tensor
   });
 }
 
-std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32_t teacher_fp, uint32_t data_fp) {
+std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32_t teacher_fp, uint32_t data_fp,
+                                                 const std::optional<TeacherCacheOptions>& expected) {
   const int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) throw Error(ErrorCategory::kFile, fmt::format("teacher cache '{}' cannot be opened: {}", path, std::strerror(errno)));
   struct stat st {};
@@ -185,6 +208,7 @@ std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32
   std::string line, word;
   std::getline(in, line);  // magic
   uint32_t file_teacher = 0, file_data = 0;
+  std::string file_options;
   std::vector<Entry> entries;
   {
     while (std::getline(in, line)) {
@@ -193,7 +217,7 @@ std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32
       if (word == "version") {
         int v = 0;
         ls >> v;
-        if (v != 1) throw bad(fmt::format("version {} (this build reads 1)", v));
+        if (v != 2) throw bad(fmt::format("version {} (this build reads 2)", v));
       } else if (word == "teacher") {
         ls >> std::hex >> file_teacher;
       } else if (word == "data") {
@@ -202,8 +226,12 @@ std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32
         ls >> cache->size_;
       } else if (word == "top_k") {
         ls >> cache->top_k_;
+      } else if (word == "options") {
+        std::getline(ls >> std::ws, file_options);
       } else if (word == "layers") {
         ls >> cache->layers_;
+      } else if (word == "attention_layers") {
+        ls >> cache->attention_layers_;
       } else if (word == "entry") {
         Entry e;
         std::string dtype;
@@ -227,6 +255,12 @@ std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32
                             "{:08x} and the data {:08x}; delete the cache (or use open_or_build, which rebuilds it)",
                             path, file_teacher, file_data, teacher_fp, data_fp));
   }
+  if (expected && describe(*expected) != file_options) {
+    throw Error(ErrorCategory::kState,
+                fmt::format("teacher cache '{}' stores {}, but {} is wanted; delete the cache (or use open_or_build, "
+                            "which rebuilds it)",
+                            path, file_options, describe(*expected)));
+  }
   cache->entries_ = std::move(entries);
   return cache;
 }
@@ -236,14 +270,14 @@ std::unique_ptr<TeacherCache> TeacherCache::open_or_build(const std::string& pat
                                                           const TeacherCacheOptions& options) {
   if (std::filesystem::exists(path)) {
     try {
-      return open(path, module_fingerprint(*teacher->model()), dataset_fingerprint(dataset));
+      return open(path, module_fingerprint(*teacher->model()), dataset_fingerprint(dataset), options);
     } catch (const Error& e) {
       if (e.category() != ErrorCategory::kState && e.category() != ErrorCategory::kFormat) throw;
       // stale or damaged: rebuilt below
     }
   }
   build(path, teacher, dataset, options);
-  return open(path, module_fingerprint(*teacher->model()), dataset_fingerprint(dataset));
+  return open(path, module_fingerprint(*teacher->model()), dataset_fingerprint(dataset), options);
 }
 
 TeacherCache::~TeacherCache() {
@@ -266,17 +300,20 @@ ModelOutput TeacherCache::lookup(const torch::Tensor& indices) const {
                                                    size_ - 1, idx.min().item<int64_t>(), idx.max().item<int64_t>()));
   }
   ModelOutput out;
-  std::map<int64_t, torch::Tensor> hidden;
+  std::map<int64_t, torch::Tensor> hidden, attention;
   for (const auto& e : entries_) {
     auto t = entry_rows(e, idx);
     if (e.name == "logits") out.logits = t;
     else if (e.name.rfind("hidden_states.", 0) == 0) hidden[std::stoll(e.name.substr(14))] = t;
+    else if (e.name.rfind("attentions.", 0) == 0) attention[std::stoll(e.name.substr(11))] = t;
     else out.extras[e.name] = t;
   }
   // Layers keep their teacher positions (so negative indices still count from the
   // teacher's last layer); layers that were not stored stay undefined.
   if (!hidden.empty()) out.hidden_states.resize(static_cast<size_t>(layers_));
   for (auto& [layer, t] : hidden) out.hidden_states[static_cast<size_t>(layer)] = t;
+  if (!attention.empty()) out.attentions.resize(static_cast<size_t>(attention_layers_));
+  for (auto& [layer, t] : attention) out.attentions[static_cast<size_t>(layer)] = t;
   return out;
 }
 

@@ -5,9 +5,11 @@
 #include <regex>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "kd/core/archive_file.h"
 #include "kd/core/atomic_file.h"
 #include "kd/core/error.h"
 
@@ -31,6 +33,16 @@ std::string tensor_string(const torch::Tensor& t) {
   return std::string(reinterpret_cast<const char*>(c.data_ptr<uint8_t>()), static_cast<size_t>(c.numel()));
 }
 
+// CUDA generators, one per device (none on a CPU-only build or machine).
+std::vector<at::Generator> cuda_generators() {
+  std::vector<at::Generator> out;
+  if (!torch::cuda::is_available()) return out;
+  for (int64_t d = 0; d < static_cast<int64_t>(torch::cuda::device_count()); ++d) {
+    out.push_back(at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(d))));
+  }
+  return out;
+}
+
 }  // namespace
 
 CheckpointManager::CheckpointManager(CheckpointOptions options) : options_(std::move(options)) {
@@ -43,19 +55,30 @@ CheckpointManager::CheckpointManager(CheckpointOptions options) : options_(std::
     throw Error(ErrorCategory::kFile, fmt::format("cannot create checkpoint folder '{}': {}", options_.dir(),
                                                   ec ? ec.message() : "not a folder"));
   }
+  // A save that a crash interrupted leaves a staging file (or its temporary): never a checkpoint.
+  for (const auto& e : fs::directory_iterator(options_.dir(), ec)) {
+    if (e.path().filename().string().rfind(".staging-", 0) == 0) fs::remove(e.path(), ec);
+  }
 }
 
 std::string CheckpointManager::save(const TrainingState& state, const CheckpointContents& contents) {
   torch::serialize::OutputArchive archive;
   const auto meta = torch::tensor({state.global_step, state.stage_index, state.stage_step, state.epoch,
-                                   state.batch_in_epoch},
+                                   state.batch_in_epoch, state.nonfinite_steps, state.rollbacks},
                                   torch::kInt64);
   archive.write("meta", meta);
+  archive.write("lr_scale", torch::tensor({state.lr_scale}, torch::kFloat64));
   archive.write("fingerprint", string_tensor(state.config_fingerprint));
   {
     auto gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
     archive.write("rng_cpu", gen.get_state());
+  }
+  const auto cuda = cuda_generators();
+  for (size_t d = 0; d < cuda.size(); ++d) {
+    auto gen = cuda[d];
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    archive.write(fmt::format("rng_cuda{}", d), gen.get_state());
   }
   auto sub = [&](const char* key, auto save_into) {
     torch::serialize::OutputArchive a;
@@ -70,7 +93,7 @@ std::string CheckpointManager::save(const TrainingState& state, const Checkpoint
   // The checksum goes into the final name, so it is computed on the temporary file first.
   const fs::path staging = fs::path(options_.dir()) / fmt::format(".staging-{}.pt", state.global_step);
   std::string final_path;
-  write_atomically(staging.string(), [&](const std::string& tmp) { archive.save_to(tmp); });
+  save_archive_atomically(archive, staging.string());
   final_path = (fs::path(options_.dir()) /
                 fmt::format("ckpt-{:010d}-{:08x}.pt", state.global_step, file_crc32(staging.string())))
                    .string();
@@ -80,6 +103,7 @@ std::string CheckpointManager::save(const TrainingState& state, const Checkpoint
     fs::remove(staging, ec);
     throw Error(ErrorCategory::kFile, fmt::format("cannot move checkpoint into place at '{}'", final_path));
   }
+  fsync_directory(options_.dir());  // the rename itself must survive a power cut
 
   auto all = list();
   while (static_cast<int64_t>(all.size()) > options_.keep_last()) {
@@ -147,12 +171,18 @@ TrainingState CheckpointManager::load(const std::string& path, const CheckpointC
     archive.read("meta", meta);
     archive.read("fingerprint", fp);
     archive.read("rng_cpu", rng);
-    if (meta.numel() != 5) throw refuse("its metadata has the wrong size");
+    if (meta.numel() != 5 && meta.numel() != 7) throw refuse("its metadata has the wrong size");
     state.global_step = meta[0].item<int64_t>();
     state.stage_index = meta[1].item<int64_t>();
     state.stage_step = meta[2].item<int64_t>();
     state.epoch = meta[3].item<int64_t>();
     state.batch_in_epoch = meta[4].item<int64_t>();
+    if (meta.numel() == 7) {  // older checkpoints have no non-finite counters and no lr scale
+      state.nonfinite_steps = meta[5].item<int64_t>();
+      state.rollbacks = meta[6].item<int64_t>();
+    }
+    torch::Tensor lr_scale;
+    if (archive.try_read("lr_scale", lr_scale)) state.lr_scale = lr_scale.item<double>();
     state.config_fingerprint = tensor_string(fp);
     if (!expected_fingerprint.empty() && state.config_fingerprint != expected_fingerprint) {
       throw Error(ErrorCategory::kConfig,
@@ -169,9 +199,19 @@ TrainingState CheckpointManager::load(const std::string& path, const CheckpointC
     if (contents.loss) sub("loss", [&](auto& a) { contents.loss->load(a); });
     if (contents.optimizer) sub("optimizer", [&](auto& a) { contents.optimizer->load(a); });
     if (contents.ema) sub("ema", [&](auto& a) { contents.ema->load(a); });
-    auto gen = at::detail::getDefaultCPUGenerator();
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_state(rng);
+    {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(rng);
+    }
+    const auto cuda = cuda_generators();
+    for (size_t d = 0; d < cuda.size(); ++d) {
+      torch::Tensor state_d;
+      if (!archive.try_read(fmt::format("rng_cuda{}", d), state_d)) continue;  // saved without CUDA
+      auto gen = cuda[d];
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(state_d);
+    }
   } catch (const c10::Error& e) {
     std::string what = e.what_without_backtrace();
     throw refuse(fmt::format("it does not match the model being restored ({})", what.substr(0, what.find('\n'))));

@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+
+#include "kd/core/format.h"
 #include <torch/torch.h>
 
 #include "kd/train/stage.h"
@@ -54,9 +56,31 @@ void ConsoleLogger::on_step_end(const StepReport& r) {
                r.step.stage_steps, r.loss.total.item<double>(), parts, r.lr, r.samples_per_s, eta);
 }
 
+void ConsoleLogger::on_fit_begin(const FitInfo& info) {
+  const auto size = [](int64_t params, int64_t bytes) {
+    return fmt::format("{} parameters, {:.1f} KiB", with_thousands(params), bytes / 1024.0);
+  };
+  spdlog::info("student: {}{}; {} training examples, {} stage(s){}", size(info.student_parameters, info.student_bytes),
+               info.teacher_parameters > 0 ? "; teacher: " + size(info.teacher_parameters, info.teacher_bytes)
+                                           : std::string(),
+               with_thousands(info.train_examples), info.stages,
+               info.resumed ? fmt::format(", resumed at step {}", info.resumed_from_step) : std::string());
+}
+
+void ConsoleLogger::on_fit_end(const TrainSummary& summary) {
+  if (mid_line_) std::fputs("\n", stdout);
+  mid_line_ = false;
+  std::fflush(stdout);
+  if (summary.nonfinite_steps > 0) {
+    spdlog::warn("{} step(s) had a non-finite loss or gradient and were not applied; {} rollback(s); learning rates "
+                 "x{:.4g}",
+                 summary.nonfinite_steps, summary.rollbacks, summary.lr_scale);
+  }
+}
+
 void ConsoleLogger::on_eval(const EvalResult& result) {
   std::string metrics;
-  for (const auto& key : {"accuracy", "macro_f1"}) {
+  for (const auto& key : {"accuracy", "macro_f1", "nll", "perplexity", "bits_per_byte", "token_accuracy"}) {
     if (auto it = result.metrics.find(key); it != result.metrics.end()) metrics += fmt::format(" {} {:.4f}", key, it->second);
   }
   if (mid_line_) std::fputs("\n", stdout);

@@ -93,6 +93,48 @@ ClassificationMetrics evaluate_classifier(Model& model, const data::TensorDatase
   return metrics;
 }
 
+double LanguageModelMetrics::nll() const {
+  if (tokens <= 0) throw Error(ErrorCategory::kValue, "language-model metrics: no tokens were scored");
+  return nll_sum / double(tokens);
+}
+double LanguageModelMetrics::perplexity() const { return kd::perplexity(nll_sum, tokens); }
+double LanguageModelMetrics::bits_per_byte() const { return kd::bits_per_byte(nll_sum, tokens); }
+double LanguageModelMetrics::token_accuracy() const {
+  if (tokens <= 0) throw Error(ErrorCategory::kValue, "language-model metrics: no tokens were scored");
+  return token_correct / double(tokens);
+}
+
+LanguageModelMetrics evaluate_language_model(Model& model, const data::TensorDataset& dataset, int64_t ignore_index,
+                                             int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  model.eval();
+  const auto params = model.parameters();
+  const auto device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  LanguageModelMetrics m;
+  for (int64_t start = 0; start < dataset.size(); start += batch_size) {
+    const auto end = std::min(dataset.size(), start + batch_size);
+    const auto logits = model.forward(dataset.inputs.slice(0, start, end).to(device)).logits.to(torch::kCPU, torch::kDouble);
+    const auto targets = dataset.targets.slice(0, start, end);
+    if (logits.dim() != 3 || targets.dim() != 2 || logits.size(0) != targets.size(0) || logits.size(1) != targets.size(1)) {
+      model.train(was_training);
+      throw Error(ErrorCategory::kShape,
+                  fmt::format("evaluate_language_model: logits {} and targets {} do not line up; expected [B, L, V] "
+                              "and [B, L]",
+                              shape_string(logits), shape_string(targets)));
+    }
+    auto counted = targets != ignore_index;
+    if (dataset.mask.defined()) counted = counted & (dataset.mask.slice(0, start, end) != 0);
+    const auto safe = targets.masked_fill(~counted, 0);
+    const auto logp = torch::log_softmax(logits, -1).gather(-1, safe.unsqueeze(-1)).squeeze(-1);
+    m.nll_sum -= logp.masked_select(counted).sum().item<double>();
+    m.token_correct += (logits.argmax(-1) == targets).masked_select(counted).sum().item<double>();
+    m.tokens += counted.sum().item<int64_t>();
+  }
+  model.train(was_training);
+  return m;
+}
+
 double bits_per_byte(double nll_sum_nats, int64_t n_bytes) {
   if (n_bytes <= 0) throw Error(ErrorCategory::kValue, "bits_per_byte: no bytes were scored");
   return nll_sum_nats / (double(n_bytes) * std::log(2.0));

@@ -3,6 +3,8 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -31,7 +33,29 @@ std::string json_quote(const std::string& s) {
 
 std::string json_number(double x) { return std::isfinite(x) ? fmt::format("{}", x) : "null"; }
 
+namespace {
+
+// A process killed while writing a line leaves it without its newline; a resumed run appending after it
+// would glue two objects together. Cut the file back to its last complete line.
+void drop_partial_last_line(const std::string& path) {
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec || size == 0) return;
+  std::ifstream in(path, std::ios::binary);
+  uintmax_t keep = size;
+  for (uintmax_t pos = size; pos > 0; --pos) {
+    in.seekg(static_cast<std::streamoff>(pos - 1));
+    if (in.get() == '\n') break;
+    keep = pos - 1;
+  }
+  in.close();
+  if (keep != size) std::filesystem::resize_file(path, keep, ec);
+}
+
+}  // namespace
+
 MetricsLog::MetricsLog(const std::string& path) : path_(path) {
+  drop_partial_last_line(path);
   file_ = std::fopen(path.c_str(), "a");
   if (!file_) {
     throw Error(ErrorCategory::kFile, fmt::format("cannot open metrics log '{}' for writing: {}", path, std::strerror(errno)));
@@ -64,10 +88,24 @@ void MetricsLog::on_step_end(const StepReport& r) {
     parts += fmt::format("{}{}:{}", parts.empty() ? "" : ",", json_quote(name), json_number(v.item<double>()));
   }
   write_line(fmt::format(
-      R"({{"event":"step","global_step":{},"stage_step":{},"epoch":{},"progress":{},"loss":{},"parts":{{{}}},"lr":{},"grad_norm":{},"samples_per_s":{}}})",
+      R"({{"event":"step","global_step":{},"stage_step":{},"epoch":{},"progress":{},"loss":{},"parts":{{{}}},"lr":{},"grad_norm":{},"samples_per_s":{},"skipped_nonfinite":{},"nonfinite_total":{}}})",
       r.step.global_step, r.step.stage_step, r.step.epoch, json_number(r.step.progress),
       json_number(r.loss.total.defined() ? r.loss.total.item<double>() : NAN), parts, json_number(r.lr),
-      json_number(r.grad_norm), json_number(r.samples_per_s)));
+      json_number(r.grad_norm), json_number(r.samples_per_s), r.skipped_nonfinite ? "true" : "false",
+      r.nonfinite_total));
+}
+
+void MetricsLog::on_fit_begin(const FitInfo& i) {
+  write_line(fmt::format(
+      R"({{"event":"fit_begin","student_parameters":{},"student_bytes":{},"teacher_parameters":{},"teacher_bytes":{},"train_examples":{},"stages":{},"resumed_from_step":{}}})",
+      i.student_parameters, i.student_bytes, i.teacher_parameters, i.teacher_bytes, i.train_examples, i.stages,
+      i.resumed ? std::to_string(i.resumed_from_step) : "null"));
+}
+
+void MetricsLog::on_fit_end(const TrainSummary& s) {
+  write_line(fmt::format(
+      R"({{"event":"fit_end","global_step":{},"stopped_by_signal":{},"nonfinite_steps":{},"rollbacks":{},"lr_scale":{}}})",
+      s.steps, s.stopped_by_signal, s.nonfinite_steps, s.rollbacks, json_number(s.lr_scale)));
 }
 
 void MetricsLog::on_eval(const EvalResult& result) {

@@ -47,6 +47,8 @@ std::vector<Stage> build_stages(const std::vector<StageSpec>& specs, const LossR
                          .loss_lr(spec.loss_lr())
                          .trainable(spec.trainable())
                          .eval_every(spec.eval_every())
+                         .param_groups(spec.param_groups())
+                         .ema(spec.ema())
                          .hooks(spec.hooks()));
   }
   return stages;

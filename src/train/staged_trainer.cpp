@@ -22,17 +22,23 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Marks the student's parameters trainable by the stage's patterns; returns the trainable ones.
-std::vector<torch::Tensor> select_trainable(torch::nn::Module& student, const Stage& stage) {
-  std::vector<std::regex> patterns;
-  for (const auto& p : stage.trainable()) {
+std::vector<std::regex> compile_patterns(const Stage& stage, const std::vector<std::string>& patterns,
+                                         const std::string& what) {
+  std::vector<std::regex> out;
+  for (const auto& p : patterns) {
     try {
-      patterns.emplace_back(p);
+      out.emplace_back(p);
     } catch (const std::regex_error& e) {
       throw Error(ErrorCategory::kValue,
-                  fmt::format("stage '{}': trainable pattern '{}' is not a valid regex ({})", stage.name(), p, e.what()));
+                  fmt::format("stage '{}': {} pattern '{}' is not a valid regex ({})", stage.name(), what, p, e.what()));
     }
   }
+  return out;
+}
+
+// Marks the student's parameters trainable by the stage's patterns; returns the trainable ones.
+std::vector<torch::Tensor> select_trainable(torch::nn::Module& student, const Stage& stage) {
+  const auto patterns = compile_patterns(stage, stage.trainable(), "trainable");
   std::vector<torch::Tensor> out;
   for (auto& item : student.named_parameters()) {
     bool on = patterns.empty();
@@ -48,25 +54,76 @@ std::vector<torch::Tensor> select_trainable(torch::nn::Module& student, const St
   return out;
 }
 
+// One optimizer group per ParamGroup (student parameters matching its patterns, first match wins),
+// then the stage's default group (the other trainable student parameters and the hooks' own), then
+// the loss's parameters at loss_lr. `base_lrs` gets each group's lr, in the same order.
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const StagedTrainerOptions& o, const Stage& stage,
-                                                        std::vector<torch::Tensor> student_params,
+                                                        torch::nn::Module& student,
+                                                        const std::vector<torch::Tensor>& hook_params,
                                                         std::vector<torch::Tensor> loss_params,
                                                         std::vector<double>& base_lrs) {
-  const double loss_lr = stage.loss_lr() < 0 ? stage.lr() : stage.loss_lr();
-  base_lrs = {stage.lr()};
+  const auto& specs = stage.param_groups();
+  std::vector<std::vector<std::regex>> patterns;
+  for (size_t g = 0; g < specs.size(); ++g) {
+    if (!(specs[g].lr > 0)) {
+      throw Error(ErrorCategory::kValue, fmt::format("stage '{}': param_groups[{}] needs lr > 0 (got {})", stage.name(),
+                                                     g, specs[g].lr));
+    }
+    patterns.push_back(compile_patterns(stage, specs[g].patterns, fmt::format("param_groups[{}]", g)));
+  }
+  std::vector<std::vector<torch::Tensor>> grouped(specs.size());
+  std::vector<torch::Tensor> rest;
+  for (auto& item : student.named_parameters()) {
+    if (!item.value().requires_grad()) continue;
+    size_t g = 0;
+    for (; g < specs.size(); ++g) {
+      if (std::any_of(patterns[g].begin(), patterns[g].end(),
+                      [&](const std::regex& re) { return std::regex_search(item.key(), re); })) {
+        break;
+      }
+    }
+    (g < specs.size() ? grouped[g] : rest).push_back(item.value());
+  }
+  for (const auto& p : hook_params) rest.push_back(p);
+  if (rest.empty() && std::all_of(grouped.begin(), grouped.end(), [](const auto& v) { return v.empty(); })) {
+    throw Error(ErrorCategory::kValue, fmt::format("stage '{}': nothing left to train after its hooks", stage.name()));
+  }
+
+  const bool sgd = o.optimizer() == OptimizerKind::kSgd;
+  auto options_for = [&](double lr, double weight_decay) -> std::unique_ptr<torch::optim::OptimizerOptions> {
+    if (sgd) {
+      return std::make_unique<torch::optim::SGDOptions>(
+          torch::optim::SGDOptions(lr).momentum(o.momentum()).nesterov(o.nesterov()).weight_decay(weight_decay));
+    }
+    return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(lr).weight_decay(weight_decay));
+  };
+  base_lrs.clear();
   std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(std::move(student_params));
+  for (size_t g = 0; g < specs.size(); ++g) {
+    if (grouped[g].empty()) {
+      throw Error(ErrorCategory::kValue,
+                  fmt::format("stage '{}': param_groups[{}] matches no trainable student parameter", stage.name(), g));
+    }
+    groups.emplace_back(std::move(grouped[g]),
+                        options_for(specs[g].lr, specs[g].weight_decay < 0 ? o.weight_decay() : specs[g].weight_decay));
+    base_lrs.push_back(specs[g].lr);
+  }
+  if (!rest.empty()) {
+    groups.emplace_back(std::move(rest), options_for(stage.lr(), o.weight_decay()));
+    base_lrs.push_back(stage.lr());
+  }
   if (!loss_params.empty()) {
-    groups.emplace_back(std::move(loss_params));
+    const double loss_lr = stage.loss_lr() < 0 ? stage.lr() : stage.loss_lr();
+    groups.emplace_back(std::move(loss_params), options_for(loss_lr, o.weight_decay()));
     base_lrs.push_back(loss_lr);
   }
-  if (o.optimizer() == OptimizerKind::kSgd) {
-    auto opt = std::make_unique<torch::optim::SGD>(
-        groups, torch::optim::SGDOptions(stage.lr()).momentum(o.momentum()).nesterov(o.nesterov()).weight_decay(o.weight_decay()));
-    return opt;
+  if (sgd) {
+    if (o.nesterov() && !(o.momentum() > 0)) {
+      throw Error(ErrorCategory::kValue, fmt::format("SGD with Nesterov momentum needs momentum > 0 (got {})", o.momentum()));
+    }
+    return std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(stage.lr()).momentum(o.momentum()));
   }
-  return std::make_unique<torch::optim::AdamW>(groups,
-                                               torch::optim::AdamWOptions(stage.lr()).weight_decay(o.weight_decay()));
+  return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(stage.lr()));
 }
 
 }  // namespace
@@ -95,6 +152,24 @@ StagedTrainer::StagedTrainer(Student student, std::optional<Teacher> teacher, st
                 "self_distillation uses the student's own EMA as the teacher: set ema_decay > 0 and give no "
                 "teacher and no teacher_cache");
   }
+  if (!(o.lr_backoff() > 0 && o.lr_backoff() <= 1) || o.max_consecutive_nonfinite() < 1) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("StagedTrainerOptions out of range: lr_backoff {} ((0, 1]), max_consecutive_nonfinite {} "
+                            "(>= 1)",
+                            o.lr_backoff(), o.max_consecutive_nonfinite()));
+  }
+  if (o.nonfinite() == NonFinitePolicy::kRollback && o.checkpoint_dir().empty()) {
+    throw Error(ErrorCategory::kConfig,
+                "the 'rollback' non-finite policy returns to the newest checkpoint, but no checkpoint_dir is set; set "
+                "one (and checkpoint_every), or choose 'skip', 'lower_lr' or 'stop'");
+  }
+  if (o.augmentation() && o.augmentation()->stochastic() && o.teacher_cache()) {
+    throw Error(ErrorCategory::kConfig,
+                fmt::format("augmentation '{}' changes the inputs every epoch, so teacher outputs cached for the "
+                            "un-augmented inputs would be stale: run the teacher online (no teacher_cache) or turn the "
+                            "augmentation off",
+                            o.augmentation()->name()));
+  }
   validate_hooks();
   for (const auto& s : stages_) {
     if (s.loss().is_empty()) throw Error(ErrorCategory::kValue, fmt::format("stage '{}' has no loss", s.name()));
@@ -121,10 +196,11 @@ void StagedTrainer::validate_hooks() const {
                                 s.name(), rewriter->name(), h->name()));
       }
       rewriter = h.get();
-      if (options_.ema_decay() > 0) {
+      if (options_.ema_decay() > 0 && s.ema()) {
         throw Error(ErrorCategory::kConfig,
                     fmt::format("stage '{}' enables '{}', which rewrites layer weights, but EMA (ema_decay {}) averages "
-                                "the registered weights only and would not see it; set ema_decay 0",
+                                "the registered weights only and would not see it; turn EMA off for this stage "
+                                "(Stage::ema(false), \"ema\": false in a config) or set ema_decay 0",
                                 s.name(), h->name(), options_.ema_decay()));
       }
     }
@@ -147,16 +223,20 @@ void StagedTrainer::validate_hooks() const {
 
 template <typename Fn>
 auto StagedTrainer::with_ema_weights(Ema& ema, Fn fn) {
-  std::vector<torch::Tensor> trained;
+  // Buffers too: the EMA carries BatchNorm statistics, and the trained model's own must come back.
+  std::vector<torch::Tensor> trained, trained_buffers;
   {
     torch::NoGradGuard no_grad;
     for (auto& p : student_->parameters()) trained.push_back(p.detach().clone());
+    for (auto& b : student_->buffers()) trained_buffers.push_back(b.detach().clone());
     ema.copy_to(*student_);
   }
   auto result = fn();
   torch::NoGradGuard no_grad;
   auto params = student_->parameters();
   for (size_t i = 0; i < params.size(); ++i) params[i].copy_(trained[i]);
+  auto buffers = student_->buffers();
+  for (size_t i = 0; i < buffers.size(); ++i) buffers[i].copy_(trained_buffers[i]);
   return result;
 }
 
@@ -202,19 +282,63 @@ int64_t StagedTrainer::stage_length(const Stage& stage, int64_t steps_per_epoch)
   return stage.steps() > 0 ? stage.steps() : stage.epochs() * steps_per_epoch;
 }
 
+EvalTask StagedTrainer::eval_task_for(const data::TensorDataset& dataset) const {
+  if (options_.eval_task() != EvalTask::kAuto) return options_.eval_task();
+  if (options_.num_classes() > 0) return EvalTask::kClassification;
+  return dataset.targets.defined() && dataset.targets.dim() == 2 ? EvalTask::kLanguageModel : EvalTask::kNone;
+}
+
 EvalResult StagedTrainer::evaluate(const data::TensorDataset& dataset, const std::string& stage_name,
                                    int64_t global_step) {
   EvalResult r;
   r.stage = stage_name;
   r.global_step = global_step;
-  if (options_.num_classes() <= 0 || dataset.size() == 0) return r;
-  const auto metrics = evaluate_classifier(*student_->model(), dataset, options_.num_classes());
-  r.metrics["accuracy"] = metrics.accuracy();
-  r.metrics["macro_f1"] = metrics.macro_f1();
-  const auto f1 = metrics.per_class_f1();
-  for (size_t c = 0; c < f1.size(); ++c) r.metrics[fmt::format("f1.{}", c)] = f1[c];
+  if (dataset.size() == 0) return r;
+  const EvalTask task = eval_task_for(dataset);
+  if (task == EvalTask::kClassification) {
+    if (options_.num_classes() <= 0) {
+      throw Error(ErrorCategory::kValue, "eval_task kClassification needs num_classes > 0 in StagedTrainerOptions");
+    }
+    const auto metrics = evaluate_classifier(*student_->model(), dataset, options_.num_classes());
+    r.metrics["accuracy"] = metrics.accuracy();
+    r.metrics["macro_f1"] = metrics.macro_f1();
+    const auto f1 = metrics.per_class_f1();
+    for (size_t c = 0; c < f1.size(); ++c) r.metrics[fmt::format("f1.{}", c)] = f1[c];
+  } else if (task == EvalTask::kLanguageModel) {
+    const auto m = evaluate_language_model(*student_->model(), dataset, options_.ignore_index());
+    r.metrics["nll"] = m.nll();
+    r.metrics["perplexity"] = m.perplexity();
+    r.metrics["bits_per_byte"] = m.bits_per_byte();
+    r.metrics["token_accuracy"] = m.token_accuracy();
+  }
   return r;
 }
+
+namespace {
+
+// Thrown inside fit() to go back to the newest checkpoint (NonFinitePolicy::kRollback).
+struct Rollback {};
+
+const char* policy_name(NonFinitePolicy p) {
+  switch (p) {
+    case NonFinitePolicy::kStop: return "stop";
+    case NonFinitePolicy::kSkipStep: return "skip";
+    case NonFinitePolicy::kLowerLr: return "lower_lr";
+    case NonFinitePolicy::kRollback: return "rollback";
+  }
+  return "?";
+}
+
+std::string describe_parts(const LossResult& r) {
+  std::string out;
+  for (const auto& [name, v] : r.parts) {
+    if (name.rfind("w.", 0) == 0) continue;
+    out += fmt::format("{}{} {:.4g}", out.empty() ? "" : ", ", name, v.defined() ? v.item<double>() : NAN);
+  }
+  return out.empty() ? "no parts" : out;
+}
+
+}  // namespace
 
 TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::TensorDataset* validation, bool resume) {
   const auto& o = options_;
@@ -254,231 +378,319 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
   all_losses->to(device);
 
   teacher_entropy_ = torch::Tensor();
+  const bool can_eval = validation && validation->size() > 0 && eval_task_for(*validation) != EvalTask::kNone;
   TrainSummary summary;
   TrainingState state;
-  std::optional<std::string> resume_path;
-  if (resume) {
-    if (!ckpt) throw Error(ErrorCategory::kState, "resume asked for, but no checkpoint_dir is set");
-    resume_path = ckpt->latest();
-    if (resume_path) {
-      state = ckpt->load(*resume_path, {student_.get(), all_losses.get(), nullptr, ema.get()}, o.fingerprint());
-      summary.resumed = true;
-      summary.resumed_from_step = state.global_step;
-      spdlog::info("resuming from {} (stage {}, step {})", *resume_path, state.stage_index + 1, state.global_step);
-    } else {
-      spdlog::info("no checkpoint in {}; starting from scratch", o.checkpoint_dir());
-    }
-  }
+  int64_t consecutive_nonfinite = 0;
+  bool fit_began = false;
+  bool restore = resume;
+  if (resume && !ckpt) throw Error(ErrorCategory::kState, "resume asked for, but no checkpoint_dir is set");
 
-  for (int64_t si = state.stage_index; si < static_cast<int64_t>(stages_.size()); ++si) {
-    Stage& stage = stages_[si];
-    auto loss_module = stage.loss().ptr();
-    loss_module->train();
-    const bool input_grad = needs_input_grad(*loss_module);
-    if (input_grad && (!teacher_ || o.teacher_cache() || o.self_distillation())) {
-      throw Error(ErrorCategory::kValue,
-                  fmt::format("stage '{}': its loss needs input gradients of the teacher (R1), so it needs a live "
-                              "teacher: no teacher cache and no self-distillation",
-                              stage.name()));
+  const auto finish = [&](int stop_signal) {
+    // Every parameter trains again after the run, whatever the last stage froze.
+    for (auto& p : student_->parameters()) p.requires_grad_(true);
+    summary.steps = state.global_step;
+    summary.stopped_by_signal = stop_signal;
+    summary.nonfinite_steps = state.nonfinite_steps;
+    summary.rollbacks = state.rollbacks;
+    summary.lr_scale = state.lr_scale;
+    for (auto& cb : callbacks_) cb->on_fit_end(summary);
+    if (stop_signal) {
+      spdlog::warn("stopped by signal {} after step {}{}", stop_signal, state.global_step,
+                   ckpt ? fmt::format("; continue with resume from {}", o.checkpoint_dir()) : std::string());
     }
-    std::vector<torch::Tensor> loss_params;
-    for (auto& p : loss_module->parameters()) if (p.requires_grad()) loss_params.push_back(p);
-    std::vector<double> base_lrs;
-    select_trainable(*student_, stage);
-    std::vector<torch::Tensor> hook_params;
-    for (auto& h : stage.hooks()) {
-      for (auto& p : h->on_stage_begin(*student_, stage)) hook_params.push_back(p);
-    }
-    // The student's trainable set after the hooks (LoRA freezes the base model).
-    std::vector<torch::Tensor> student_params;
-    for (auto& p : student_->parameters()) if (p.requires_grad()) student_params.push_back(p);
-    for (auto& p : hook_params) student_params.push_back(p);
-    if (student_params.empty()) {
-      throw Error(ErrorCategory::kValue, fmt::format("stage '{}': nothing left to train after its hooks", stage.name()));
-    }
-    const auto before_forward = [&](const StepInfo& step) {
-      for (auto& h : stage.hooks()) h->before_forward(step);
-    };
-    const auto sync_hooks = [&] {
-      for (auto& h : stage.hooks()) h->sync_weights();
-    };
-    auto optimizer = make_optimizer(o, stage, student_params, loss_params, base_lrs);
-    const int64_t total = stage_length(stage, steps_per_epoch);
-    WarmupCosine schedule(WarmupCosineOptions(1.0, total)
-                              .warmup_steps(std::min(o.warmup_steps(), total - 1))
-                              .min_lr(o.min_lr_factor()));
+    return summary;
+  };
 
-    if (resume_path && si == state.stage_index && state.stage_step > 0) {
-      // Mid-stage: the optimizer's moments are part of the exact state.
-      ckpt->load(*resume_path, {student_.get(), all_losses.get(), optimizer.get(), ema.get()}, o.fingerprint());
-    } else if (!(resume_path && si == state.stage_index)) {
-      state.stage_index = si;
-      state.stage_step = 0;
-      state.epoch = 0;
-      state.batch_in_epoch = 0;
-    }
-    resume_path.reset();
-
-    StepInfo info;
-    info.stage_steps = total;
-    info.global_step = state.global_step;
-    info.stage_step = state.stage_step;
-    for (auto& cb : callbacks_) cb->on_stage_begin(stage, info);
-    spdlog::info("stage {}/{} '{}': {} steps ({} per epoch of {} examples)", si + 1, stages_.size(), stage.name(), total,
-                 steps_per_epoch, n);
-
-    student_->train();
-    sync_hooks();
-    auto order = torch::tensor(epoch_order(train, si, state.epoch), torch::kInt64);
-    while (state.stage_step < total) {
-      const auto start = Clock::now();
-      info.global_step = state.global_step;
-      info.stage_step = state.stage_step;
-      info.epoch = state.epoch;
-      info.progress = double(state.stage_step) / double(total);
-
-      // Gather this step's micro-batches first, so each is weighted by its share of the step's examples.
-      std::vector<torch::Tensor> micro;
-      int64_t examples = 0;
-      for (int64_t a = 0; a < o.accumulation(); ++a) {
-        if (state.batch_in_epoch == micro_per_epoch) {
-          ++state.epoch;
-          state.batch_in_epoch = 0;
-          sync_hooks();
-          order = torch::tensor(epoch_order(train, si, state.epoch), torch::kInt64);
-          if (a > 0) break;  // an optimizer step never spans two epochs
+  for (;;) {  // once, plus once per rollback
+    std::optional<std::string> resume_path;
+    if (restore) {
+      resume_path = ckpt->latest();
+      if (resume_path) {
+        const TrainingState before = state;
+        state = ckpt->load(*resume_path, {student_.get(), all_losses.get(), nullptr, ema.get()}, o.fingerprint());
+        if (fit_began) {  // a rollback: keep the run's counters, lower the learning rates again
+          state.nonfinite_steps = before.nonfinite_steps;
+          state.rollbacks = before.rollbacks + 1;
+          state.lr_scale = std::min(before.lr_scale, state.lr_scale) * o.lr_backoff();
+          spdlog::warn("rolled back to {} (step {}); learning rates now x{:.4g}", *resume_path, state.global_step,
+                       state.lr_scale);
+        } else {
+          summary.resumed = true;
+          summary.resumed_from_step = state.global_step;
+          spdlog::info("resuming from {} (stage {}, step {})", *resume_path, state.stage_index + 1, state.global_step);
         }
-        const int64_t b = state.batch_in_epoch++;
-        micro.push_back(order.slice(0, b * o.batch_size(), std::min(n, (b + 1) * o.batch_size())));
-        examples += micro.back().numel();
-        if (state.batch_in_epoch == micro_per_epoch) break;
+      } else if (!fit_began) {
+        spdlog::info("no checkpoint in {}; starting from scratch", o.checkpoint_dir());
       }
+    }
+    if (!fit_began) {
+      FitInfo info;
+      info.student_parameters = parameter_count(*student_);
+      info.student_bytes = parameter_bytes(*student_);
+      if (teacher_) {
+        info.teacher_parameters = parameter_count(**teacher_);
+        info.teacher_bytes = parameter_bytes(**teacher_);
+      }
+      info.train_examples = n;
+      info.stages = static_cast<int64_t>(stages_.size());
+      info.resumed = summary.resumed;
+      info.resumed_from_step = summary.resumed_from_step;
+      for (auto& cb : callbacks_) cb->on_fit_begin(info);
+      fit_began = true;
+    }
 
-      optimizer->zero_grad();
-      LossResult step_result;
-      for (const auto& idx : micro) {
-        DistillBatch batch;
-        batch.inputs = train.inputs.index_select(0, idx).to(device);
-        batch.targets = train.targets.index_select(0, idx).to(device);
-        if (train.mask.defined()) batch.mask = train.mask.index_select(0, idx).to(device);
-        batch.step = info;
-        LossResult r;
-        before_forward(info);
-        {
-          AutocastGuard autocast(device, o.precision());
-          if (input_grad) {
-            // R1-style losses differentiate the task loss w.r.t. the inputs: the student's inputs and a
-            // separate teacher copy become leaves that require grad (token ids stay as they are; such
-            // models expose differentiable embeddings in extras).
-            if (batch.inputs.is_floating_point()) batch.inputs.requires_grad_(true);
-            batch.teacher_inputs = batch.inputs.is_floating_point()
-                                       ? batch.inputs.detach().clone().requires_grad_(true)
-                                       : batch.inputs;
-            batch.teacher = (*teacher_)->forward_with_input_grad(batch.teacher_inputs);
-          } else if (o.self_distillation()) {
-            batch.teacher = with_ema_weights(*ema, [&] {
-              torch::NoGradGuard no_grad;
-              student_->eval();
-              auto out = student_->forward(batch.inputs).detach();
-              student_->train();
-              return out;
-            });
-          } else if (o.teacher_cache()) batch.teacher = o.teacher_cache()->lookup(idx).to(device);
-          else if (teacher_) batch.teacher = (*teacher_)->forward(batch.inputs);
-          batch.student = student_->forward(batch.inputs);
-          r = stage.loss().forward<LossResult>(batch);
-        }  // backward runs outside autocast, as PyTorch recommends
-        if (!r.total.defined() || r.total.dim() != 0) {
+    try {
+      for (int64_t si = state.stage_index; si < static_cast<int64_t>(stages_.size()); ++si) {
+        Stage& stage = stages_[si];
+        auto loss_module = stage.loss().ptr();
+        loss_module->train();
+        const bool input_grad = needs_input_grad(*loss_module);
+        if (input_grad && (!teacher_ || o.teacher_cache() || o.self_distillation())) {
           throw Error(ErrorCategory::kValue,
-                      fmt::format("stage '{}': the loss returned a total of shape {}, expected a scalar", stage.name(),
-                                  shape_string(r.total)));
+                      fmt::format("stage '{}': its loss needs input gradients of the teacher (R1), so it needs a live "
+                                  "teacher: no teacher cache and no self-distillation",
+                                  stage.name()));
         }
-        const double share = double(idx.numel()) / double(examples);
-        (r.total * share).backward();
-        step_result.total = step_result.total.defined() ? step_result.total + r.total.detach() * share
-                                                        : r.total.detach() * share;
-        for (const auto& [name, v] : r.parts) {
-          auto d = v.detach() * share;
-          auto it = step_result.parts.find(name);
-          if (it == step_result.parts.end()) step_result.parts[name] = d;
-          else it->second = it->second + d;
+        std::vector<torch::Tensor> loss_params;
+        for (auto& p : loss_module->parameters()) if (p.requires_grad()) loss_params.push_back(p);
+        std::vector<double> base_lrs;
+        select_trainable(*student_, stage);
+        std::vector<torch::Tensor> hook_params;
+        for (auto& h : stage.hooks()) {
+          for (auto& p : h->on_stage_begin(*student_, stage)) hook_params.push_back(p);
+        }
+        if (student_->parameters().empty()) {
+          throw Error(ErrorCategory::kValue, fmt::format("stage '{}': the student has no parameters", stage.name()));
+        }
+        auto optimizer = make_optimizer(o, stage, *student_, hook_params, loss_params, base_lrs);
+        const auto before_forward = [&](const StepInfo& step) {
+          for (auto& h : stage.hooks()) h->before_forward(step);
+        };
+        const auto sync_hooks = [&] {
+          for (auto& h : stage.hooks()) h->sync_weights();
+        };
+        const int64_t total = stage_length(stage, steps_per_epoch);
+        WarmupCosine schedule(WarmupCosineOptions(1.0, total)
+                                  .warmup_steps(std::min(o.warmup_steps(), total - 1))
+                                  .min_lr(o.min_lr_factor()));
+        Ema* stage_ema = stage.ema() ? ema.get() : nullptr;
+
+        if (resume_path && si == state.stage_index && state.stage_step > 0) {
+          // Mid-stage: the optimizer's moments are part of the exact state.
+          ckpt->load(*resume_path, {student_.get(), all_losses.get(), optimizer.get(), ema.get()}, o.fingerprint());
+        } else if (!(resume_path && si == state.stage_index)) {
+          state.stage_index = si;
+          state.stage_step = 0;
+          state.epoch = 0;
+          state.batch_in_epoch = 0;
+        }
+        resume_path.reset();
+
+        StepInfo info;
+        info.stage_steps = total;
+        info.global_step = state.global_step;
+        info.stage_step = state.stage_step;
+        for (auto& cb : callbacks_) cb->on_stage_begin(stage, info);
+        spdlog::info("stage {}/{} '{}': {} steps ({} per epoch of {} examples)", si + 1, stages_.size(), stage.name(),
+                     total, steps_per_epoch, n);
+
+        student_->train();
+        sync_hooks();
+        auto order = torch::tensor(epoch_order(train, si, state.epoch), torch::kInt64);
+        while (state.stage_step < total) {
+          const auto start = Clock::now();
+          info.global_step = state.global_step;
+          info.stage_step = state.stage_step;
+          info.epoch = state.epoch;
+          info.progress = double(state.stage_step) / double(total);
+
+          // Gather this step's micro-batches first, so each is weighted by its share of the step's examples.
+          std::vector<torch::Tensor> micro;
+          int64_t examples = 0;
+          for (int64_t a = 0; a < o.accumulation(); ++a) {
+            if (state.batch_in_epoch == micro_per_epoch) {
+              ++state.epoch;
+              state.batch_in_epoch = 0;
+              sync_hooks();
+              order = torch::tensor(epoch_order(train, si, state.epoch), torch::kInt64);
+              if (a > 0) break;  // an optimizer step never spans two epochs
+            }
+            const int64_t b = state.batch_in_epoch++;
+            micro.push_back(order.slice(0, b * o.batch_size(), std::min(n, (b + 1) * o.batch_size())));
+            examples += micro.back().numel();
+            if (state.batch_in_epoch == micro_per_epoch) break;
+          }
+
+          optimizer->zero_grad();
+          LossResult step_result;
+          for (const auto& idx : micro) {
+            DistillBatch batch;
+            batch.inputs = train.inputs.index_select(0, idx).to(device);
+            batch.targets = train.targets.index_select(0, idx).to(device);
+            if (train.mask.defined()) batch.mask = train.mask.index_select(0, idx).to(device);
+            if (o.augmentation()) o.augmentation()->apply(batch.inputs, batch.targets);
+            batch.step = info;
+            LossResult r;
+            before_forward(info);
+            {
+              AutocastGuard autocast(device, o.precision());
+              if (input_grad) {
+                // R1-style losses differentiate the task loss w.r.t. the inputs: the student's inputs and a
+                // separate teacher copy become leaves that require grad (token ids stay as they are; such
+                // models expose differentiable embeddings in extras).
+                if (batch.inputs.is_floating_point()) batch.inputs.requires_grad_(true);
+                batch.teacher_inputs = batch.inputs.is_floating_point()
+                                           ? batch.inputs.detach().clone().requires_grad_(true)
+                                           : batch.inputs;
+                batch.teacher = (*teacher_)->forward_with_input_grad(batch.teacher_inputs);
+              } else if (o.self_distillation()) {
+                batch.teacher = with_ema_weights(*ema, [&] {
+                  torch::NoGradGuard no_grad;
+                  student_->eval();
+                  auto out = student_->forward(batch.inputs).detach();
+                  student_->train();
+                  return out;
+                });
+              } else if (o.teacher_cache()) batch.teacher = o.teacher_cache()->lookup(idx).to(device);
+              else if (teacher_) batch.teacher = (*teacher_)->forward(batch.inputs);
+              batch.student = student_->forward(batch.inputs);
+              r = stage.loss().forward<LossResult>(batch);
+            }  // backward runs outside autocast, as PyTorch recommends
+            if (!r.total.defined() || r.total.dim() != 0) {
+              throw Error(ErrorCategory::kValue,
+                          fmt::format("stage '{}': the loss returned a total of shape {}, expected a scalar",
+                                      stage.name(), shape_string(r.total)));
+            }
+            const double share = double(idx.numel()) / double(examples);
+            (r.total * share).backward();
+            step_result.total = step_result.total.defined() ? step_result.total + r.total.detach() * share
+                                                            : r.total.detach() * share;
+            for (const auto& [name, v] : r.parts) {
+              auto d = v.detach() * share;
+              auto it = step_result.parts.find(name);
+              if (it == step_result.parts.end()) step_result.parts[name] = d;
+              else it->second = it->second + d;
+            }
+          }
+
+          std::vector<torch::Tensor> all_params;
+          for (auto& group : optimizer->param_groups()) {
+            for (auto& p : group.params()) all_params.push_back(p);
+          }
+          std::vector<torch::Tensor> norms;
+          for (auto& p : all_params) if (p.grad().defined()) norms.push_back(p.grad().detach().norm().to(torch::kDouble));
+          const double grad_norm = norms.empty() ? 0.0 : torch::stack(norms).norm().item<double>();
+          const double loss_value = step_result.total.item<double>();
+          const bool finite = std::isfinite(loss_value) && std::isfinite(grad_norm);
+          schedule.apply(*optimizer, state.stage_step, base_lrs);
+          if (state.lr_scale != 1.0) {
+            for (auto& group : optimizer->param_groups()) group.options().set_lr(group.options().get_lr() * state.lr_scale);
+          }
+          const double lr = optimizer->param_groups()[0].options().get_lr();
+          if (finite) {
+            consecutive_nonfinite = 0;
+            if (o.clip_norm() > 0) torch::nn::utils::clip_grad_norm_(all_params, o.clip_norm());
+            optimizer->step();
+            if (stage_ema) stage_ema->update(*student_);
+          } else {
+            ++state.nonfinite_steps;
+            ++consecutive_nonfinite;
+            const std::string what =
+                fmt::format("non-finite {} at step {} (stage '{}', step {}/{}): loss {}, gradient norm {} ({})",
+                            std::isfinite(loss_value) ? "gradient" : "loss", state.global_step + 1, stage.name(),
+                            state.stage_step + 1, total, loss_value, grad_norm, describe_parts(step_result));
+            const auto last = ckpt ? ckpt->latest() : std::nullopt;
+            const std::string where = last ? fmt::format("the newest checkpoint is {}", *last)
+                                           : std::string("no checkpoint has been written");
+            if (o.nonfinite() == NonFinitePolicy::kStop) {
+              throw Error(ErrorCategory::kValue,
+                          fmt::format("{}; stopping (nonfinite policy 'stop'; the update was not applied; {}). Lower "
+                                      "the learning rate, or choose the 'skip', 'lower_lr' or 'rollback' policy",
+                                      what, where));
+            }
+            if (consecutive_nonfinite >= o.max_consecutive_nonfinite()) {
+              throw Error(ErrorCategory::kValue,
+                          fmt::format("{}; {} steps in a row were non-finite, stopping (policy '{}'; {}). Check the "
+                                      "data and lower the learning rate",
+                                      what, consecutive_nonfinite, policy_name(o.nonfinite()), where));
+            }
+            optimizer->zero_grad();
+            if (o.nonfinite() == NonFinitePolicy::kRollback && last) {
+              spdlog::warn("{}: rolling back", what);
+              throw Rollback{};
+            }
+            if (o.nonfinite() != NonFinitePolicy::kSkipStep) state.lr_scale *= o.lr_backoff();
+            spdlog::warn("{}: update skipped{}", what,
+                         o.nonfinite() == NonFinitePolicy::kSkipStep
+                             ? std::string()
+                             : fmt::format(", learning rates now x{:.4g}", state.lr_scale));
+          }
+          ++state.stage_step;
+          ++state.global_step;
+
+          StepReport report;
+          report.step = info;
+          report.loss = step_result;
+          report.lr = lr;
+          report.grad_norm = grad_norm;
+          report.samples_per_s = examples / std::max(1e-9, std::chrono::duration<double>(Clock::now() - start).count());
+          report.skipped_nonfinite = !finite;
+          report.nonfinite_total = state.nonfinite_steps;
+          for (auto& cb : callbacks_) cb->on_step_end(report);
+
+          const bool stage_done = state.stage_step == total;
+          if (stage_done) {
+            // Before the stage-end checkpoint, so a resume never redoes what the hook finishes (LoRA's merge).
+            for (auto& h : stage.hooks()) h->on_stage_end(*student_, stage);
+          }
+          // A stop during a stage's last step comes after the stage's end (evaluation, callbacks).
+          const int stop_signal = stage_done ? 0 : StopSignal::requested();
+          if (ckpt &&
+              (stage_done || stop_signal || (o.checkpoint_every() > 0 && state.global_step % o.checkpoint_every() == 0))) {
+            // A finished stage is saved as the start of the next one, so a resume never repeats it.
+            TrainingState saved = state;
+            saved.config_fingerprint = o.fingerprint();
+            if (stage_done) {
+              saved.stage_index = si + 1;
+              saved.stage_step = saved.epoch = saved.batch_in_epoch = 0;
+            }
+            const auto path =
+                ckpt->save(saved, {student_.get(), all_losses.get(), stage_done ? nullptr : optimizer.get(), ema.get()});
+            if (stop_signal) spdlog::info("stop requested (signal {}): checkpoint {} written", stop_signal, path);
+          }
+          const bool eval_now = can_eval &&
+                                (stage_done || (stage.eval_every() > 0 && state.stage_step % stage.eval_every() == 0));
+          if (eval_now) {
+            sync_hooks();  // weights as the optimizer just left them
+            for (auto& h : stage.hooks()) h->on_eval_begin();
+            auto result = ema && o.eval_on_ema()
+                              ? with_ema_weights(*ema, [&] { return evaluate(*validation, stage.name(), state.global_step); })
+                              : evaluate(*validation, stage.name(), state.global_step);
+            for (auto& h : stage.hooks()) h->on_eval_end();
+            if (!result.metrics.empty()) {
+              for (auto& cb : callbacks_) cb->on_eval(result);
+              summary.evaluations.push_back(result);
+            }
+          }
+          if (stop_signal) return finish(stop_signal);
+        }
+        info.global_step = state.global_step;
+        info.stage_step = state.stage_step;
+        info.progress = 1.0;
+        for (auto& cb : callbacks_) cb->on_stage_end(stage, info);
+        // The stage-end checkpoint holds everything up to here.
+        if (const int stop_signal = StopSignal::requested(); stop_signal && si + 1 < static_cast<int64_t>(stages_.size())) {
+          return finish(stop_signal);
         }
       }
-
-      std::vector<torch::Tensor> all_params;
-      for (auto& group : optimizer->param_groups()) {
-        for (auto& p : group.params()) all_params.push_back(p);
-      }
-      double grad_norm = 0;
-      if (o.clip_norm() > 0) {
-        grad_norm = torch::nn::utils::clip_grad_norm_(all_params, o.clip_norm());
-      } else {
-        double sq = 0;
-        for (auto& p : all_params) if (p.grad().defined()) sq += p.grad().pow(2).sum().item<double>();
-        grad_norm = std::sqrt(sq);
-      }
-      schedule.apply(*optimizer, state.stage_step, base_lrs);
-      const double lr = optimizer->param_groups()[0].options().get_lr();
-      optimizer->step();
-      if (ema) ema->update(*student_);
-      ++state.stage_step;
-      ++state.global_step;
-
-      StepReport report;
-      report.step = info;
-      report.loss = step_result;
-      report.lr = lr;
-      report.grad_norm = grad_norm;
-      report.samples_per_s = examples / std::max(1e-9, std::chrono::duration<double>(Clock::now() - start).count());
-      for (auto& cb : callbacks_) cb->on_step_end(report);
-
-      const bool stage_done = state.stage_step == total;
-      if (stage_done) {
-        // Before the stage-end checkpoint, so a resume never redoes what the hook finishes (LoRA's merge).
-        for (auto& h : stage.hooks()) h->on_stage_end(*student_, stage);
-      }
-      // A stop at a stage's last step waits for the stage's end (evaluation, callbacks) and comes one step later.
-      const int stop_signal = stage_done ? 0 : StopSignal::requested();
-      if (ckpt && (stage_done || stop_signal || (o.checkpoint_every() > 0 && state.global_step % o.checkpoint_every() == 0))) {
-        // A finished stage is saved as the start of the next one, so a resume never repeats it.
-        TrainingState saved = state;
-        saved.config_fingerprint = o.fingerprint();
-        if (stage_done) {
-          saved.stage_index = si + 1;
-          saved.stage_step = saved.epoch = saved.batch_in_epoch = 0;
-        }
-        const auto path = ckpt->save(saved, {student_.get(), all_losses.get(), stage_done ? nullptr : optimizer.get(), ema.get()});
-        if (stop_signal) spdlog::warn("stop requested (signal {}): checkpoint {} written", stop_signal, path);
-      }
-      if (stop_signal) {
-        spdlog::warn("stopped after step {} (stage '{}', step {}/{})", state.global_step, stage.name(), state.stage_step,
-                     total);
-        for (auto& p : student_->parameters()) p.requires_grad_(true);
-        summary.steps = state.global_step;
-        summary.stopped_by_signal = stop_signal;
-        return summary;
-      }
-      const bool eval_now = validation && (stage_done || (stage.eval_every() > 0 && state.stage_step % stage.eval_every() == 0));
-      if (eval_now && o.num_classes() > 0) {
-        sync_hooks();  // weights as the optimizer just left them
-        for (auto& h : stage.hooks()) h->on_eval_begin();
-        auto result = ema && o.eval_on_ema()
-                          ? with_ema_weights(*ema, [&] { return evaluate(*validation, stage.name(), state.global_step); })
-                          : evaluate(*validation, stage.name(), state.global_step);
-        for (auto& h : stage.hooks()) h->on_eval_end();
-        for (auto& cb : callbacks_) cb->on_eval(result);
-        summary.evaluations.push_back(result);
-      }
+    } catch (const Rollback&) {
+      restore = true;
+      continue;
     }
-    info.global_step = state.global_step;
-    info.stage_step = state.stage_step;
-    info.progress = 1.0;
-    for (auto& cb : callbacks_) cb->on_stage_end(stage, info);
+    break;
   }
-  // Every parameter trains again after the run, whatever the last stage froze.
-  for (auto& p : student_->parameters()) p.requires_grad_(true);
-  summary.steps = state.global_step;
-  return summary;
+  return finish(0);
 }
 
 }  // namespace kd

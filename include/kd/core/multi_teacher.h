@@ -27,6 +27,9 @@ struct MultiTeacherOptions {
 /// so that softmax(logits / T) is exactly the mixture p̄ and any KL loss at
 /// temperature T distils the ensemble. Each teacher's own logits are kept in
 /// extras as "teacher<i>.logits". Wrap it in kd::Teacher to freeze all of them.
+/// The weights here are fixed (or set between epochs by set_weights); to learn
+/// them from the labels while distilling, train with kd::TeacherMixtureKL,
+/// which reads those per-teacher logits.
 ///
 /// Example:
 /// ```

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,8 @@ struct TeacherCacheOptions {
   TORCH_ARG(int64_t, top_k) = 0;
   /// Indices into the teacher's hidden_states to store (negative from the end).
   TORCH_ARG(std::vector<int64_t>, hidden_states) = {};
+  /// Indices into the teacher's attentions to store (negative from the end), for attention transfer.
+  TORCH_ARG(std::vector<int64_t>, attentions) = {};
   /// Storage type of floating-point entries: float32, float16 or bfloat16.
   TORCH_ARG(torch::Dtype, dtype) = torch::kFloat32;
   /// Examples per teacher forward while building.
@@ -36,10 +39,13 @@ uint32_t dataset_fingerprint(const TensorDataset& dataset);
 
 /// A memory-mapped, read-only file of teacher outputs keyed by example index.
 ///
-/// File layout: "KDTCACHE" magic, a text header (version, fingerprints,
-/// example count, one line per entry: name, dtype, per-example shape), then
-/// each entry's [N, ...] array contiguously. Built with kd::write_atomically,
-/// so a half-built cache never exists under the final name.
+/// File layout: "KDTCACHE" magic, a text header (version, fingerprints of the
+/// teacher and the data, what was stored — top_k, dtype, layers —, example
+/// count, one line per entry: name, dtype, per-example shape), then each
+/// entry's [N, ...] array contiguously. Built with kd::write_atomically, so a
+/// half-built cache never exists under the final name. A cache built for
+/// another teacher, other data or other options (a different top_k, dtype or
+/// set of layers) is refused by open(), and rebuilt by open_or_build().
 ///
 /// Example:
 /// ```
@@ -56,16 +62,19 @@ class TeacherCache {
   static void build(const std::string& path, Teacher& teacher, const TensorDataset& dataset,
                     const TeacherCacheOptions& options = {});
   /// Opens `path`; kd::Error (kFormat) for a truncated or foreign file, and
-  /// (kState) when it was written for another teacher or dataset, naming both fingerprints.
+  /// (kState) when it was written for another teacher or dataset, naming both
+  /// fingerprints, or — when `expected` is given — with other options, naming both.
   static std::unique_ptr<TeacherCache> open(const std::string& path, uint32_t teacher_fingerprint,
-                                            uint32_t data_fingerprint);
+                                            uint32_t data_fingerprint,
+                                            const std::optional<TeacherCacheOptions>& expected = std::nullopt);
   /// open() if the file exists and matches; otherwise (missing or stale) build() first.
   static std::unique_ptr<TeacherCache> open_or_build(const std::string& path, Teacher& teacher,
                                                      const TensorDataset& dataset,
                                                      const TeacherCacheOptions& options = {});
 
   /// The teacher's outputs for examples `indices` (int64 [B]), as float32 on the CPU.
-  /// Stored hidden states sit at their teacher positions; the others are undefined tensors.
+  /// Stored hidden states and attention maps sit at their teacher positions; the
+  /// others are undefined tensors.
   ModelOutput lookup(const torch::Tensor& indices) const;
 
   int64_t size() const { return size_; }
@@ -74,7 +83,7 @@ class TeacherCache {
 
  private:
   struct Entry {
-    std::string name;          // "logits", "topk_logits", "topk_indices", "hidden_states.<i>"
+    std::string name;          // "logits", "topk_logits", "topk_indices", "hidden_states.<i>", "attentions.<i>"
     torch::Dtype dtype;
     std::vector<int64_t> shape;  // per example
     size_t offset = 0;           // from the file start
@@ -87,7 +96,8 @@ class TeacherCache {
   size_t length_ = 0;
   int64_t size_ = 0;
   int64_t top_k_ = 0;
-  int64_t layers_ = 0;  // the teacher's hidden_states count
+  int64_t layers_ = 0;            // the teacher's hidden_states count
+  int64_t attention_layers_ = 0;  // the teacher's attentions count
   std::vector<Entry> entries_;
 };
 

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "kd/losses/distill_batch.h"
 
@@ -25,6 +26,35 @@ struct StepReport {
   double lr = 0.0;
   double grad_norm = 0.0;   ///< global L2 norm before clipping
   double samples_per_s = 0.0;
+  /// The loss or a gradient was NaN/Inf, so the optimizer did not step (see NonFinitePolicy).
+  bool skipped_nonfinite = false;
+  int64_t nonfinite_total = 0;  ///< steps with a non-finite loss or gradient so far in the run
+};
+
+/// Sizes of the models taking part, given to callbacks before the first step.
+struct FitInfo {
+  int64_t student_parameters = 0;
+  int64_t student_bytes = 0;       ///< parameters + buffers, as kd::parameter_bytes counts them
+  int64_t teacher_parameters = 0;  ///< 0 without a live teacher (cache, self-distillation)
+  int64_t teacher_bytes = 0;
+  int64_t train_examples = 0;
+  int64_t stages = 0;
+  bool resumed = false;
+  int64_t resumed_from_step = 0;
+};
+
+/// What fit() returns, and what callbacks see when it ends.
+struct TrainSummary {
+  int64_t steps = 0;
+  std::vector<EvalResult> evaluations;
+  bool resumed = false;
+  int64_t resumed_from_step = 0;
+  /// Non-zero when a stop request (kd::StopSignal) ended the run early: the signal's number. The
+  /// run stopped after optimizer step `steps` and, with a checkpoint_dir, saved a checkpoint there.
+  int stopped_by_signal = 0;
+  int64_t nonfinite_steps = 0;  ///< steps whose update was dropped for a NaN/Inf loss or gradient
+  int64_t rollbacks = 0;        ///< returns to the last checkpoint (NonFinitePolicy::kRollback)
+  double lr_scale = 1.0;        ///< what non-finite steps left of the configured learning rates
 };
 
 /// Override what you need; every hook does nothing by default. Callbacks run
@@ -44,6 +74,10 @@ class Callback {
   virtual void on_stage_end(const Stage& stage, const StepInfo& step) {}
   virtual void on_step_end(const StepReport& report) {}
   virtual void on_eval(const EvalResult& result) {}
+  /// Before the first step (after a resume has restored its checkpoint).
+  virtual void on_fit_begin(const FitInfo& info) {}
+  /// When fit() returns, normally or stopped by a signal (not when it throws).
+  virtual void on_fit_end(const TrainSummary& summary) {}
 };
 
 }  // namespace kd

@@ -21,6 +21,9 @@ struct TrainingState {
   int64_t stage_step = 0;
   int64_t epoch = 0;
   int64_t batch_in_epoch = 0;       ///< data position: batches of `epoch` already consumed
+  double lr_scale = 1.0;            ///< what non-finite steps left of the configured learning rates
+  int64_t nonfinite_steps = 0;      ///< steps dropped for a NaN/Inf loss or gradient so far
+  int64_t rollbacks = 0;            ///< returns to an earlier checkpoint after non-finite steps
   std::string config_fingerprint;   ///< refuses a resume under a different configuration
 };
 
@@ -46,7 +49,9 @@ struct CheckpointOptions {
 /// kd::write_atomically (temporary file, fsync, rename). Its CRC-32 is in its
 /// name, so the file and its checksum appear together or not at all. It holds
 /// the student, the loss's parameters, the optimizer state, the CPU RNG state
-/// and the TrainingState.
+/// (and each CUDA device's, when CUDA is available) and the TrainingState.
+/// Leftovers of a save that a crash interrupted (`.staging-*` files, never
+/// valid checkpoints) are removed when a manager opens the folder.
 ///
 /// Example:
 /// ```

@@ -22,6 +22,8 @@ class ConsoleLogger : public Callback {
   void on_step_end(const StepReport& report) override;
   void on_stage_end(const Stage& stage, const StepInfo& step) override;
   void on_eval(const EvalResult& result) override;
+  void on_fit_begin(const FitInfo& info) override;
+  void on_fit_end(const TrainSummary& summary) override;
 
  private:
   int64_t every_;

@@ -53,6 +53,30 @@ class ClassificationMetrics {
 ClassificationMetrics evaluate_classifier(Model& model, const data::TensorDataset& dataset, int64_t num_classes,
                                           int64_t batch_size = 512);
 
+/// What a language model scored over a dataset of next-token targets.
+///
+///   nll            = Σ_t −log p(y_t | y_<t) / T     (natural log, T scored tokens)
+///   perplexity     = exp(nll)
+///   bits_per_byte  = Σ_t −log p(y_t | y_<t) / (T · ln 2)   (one byte per token, as in byte-level models)
+///   token_accuracy = #{t : argmax p(· | y_<t) = y_t} / T
+struct LanguageModelMetrics {
+  int64_t tokens = 0;
+  double nll_sum = 0.0;
+  double token_correct = 0.0;
+  double nll() const;
+  double perplexity() const;
+  double bits_per_byte() const;
+  double token_accuracy() const;
+};
+
+/// Runs `model` (logits [B, L, V]) over `dataset` (targets [N, L]) in eval mode under no-grad and
+/// scores every position whose target is not `ignore_index` and whose mask (if the dataset has
+/// one) is 1. Throws kd::Error (kShape) when logits and targets do not line up, naming both shapes.
+///
+/// Example: `double bpb = kd::evaluate_language_model(*lm, validation).bits_per_byte();`
+LanguageModelMetrics evaluate_language_model(Model& model, const data::TensorDataset& dataset,
+                                             int64_t ignore_index = -100, int64_t batch_size = 64);
+
 /// Language-model scores from a summed natural-log loss over predicted bytes:
 /// bits per byte = nll_sum / (n_bytes · ln 2), perplexity = exp(nll_sum / n_tokens).
 double bits_per_byte(double nll_sum_nats, int64_t n_bytes);

@@ -10,12 +10,19 @@
 namespace kd {
 
 /// Appends to `path`, one line per event, flushed as written so a crash loses
-/// at most the line being written:
+/// at most the line being written (a line left without its newline by a killed
+/// process is cut off when the log is opened again, so resumed runs append
+/// whole lines; the steps after the last checkpoint then appear twice, the
+/// later lines being the ones the resumed run kept):
 ///
 ///   {"event":"step","stage":"kl","global_step":12,"stage_step":3,"progress":0.25,"loss":0.41,
 ///    "parts":{"kl":0.39,"w.kl":1.0},"lr":0.001,"grad_norm":0.8,"samples_per_s":2100.0}
 ///   {"event":"eval","stage":"kl","global_step":40,"metrics":{"accuracy":0.88,"macro_f1":0.87}}
 ///   {"event":"stage_begin"|"stage_end","stage":"kl","global_step":40}
+///   {"event":"fit_begin","student_parameters":16650,"student_bytes":67032,"teacher_parameters":871018,...}
+///   {"event":"fit_end","global_step":900,"stopped_by_signal":0,"nonfinite_steps":0,"rollbacks":0,"lr_scale":1}
+///
+/// Step lines also carry "skipped_nonfinite" (the update was dropped) and "nonfinite_total".
 ///
 /// Non-finite numbers are written as null (JSON has no NaN).
 ///
@@ -31,6 +38,8 @@ class MetricsLog : public Callback {
   void on_stage_end(const Stage& stage, const StepInfo& step) override;
   void on_step_end(const StepReport& report) override;
   void on_eval(const EvalResult& result) override;
+  void on_fit_begin(const FitInfo& info) override;
+  void on_fit_end(const TrainSummary& summary) override;
 
  private:
   void write_line(const std::string& line);

@@ -13,6 +13,19 @@
 
 namespace kd {
 
+/// Optimizer settings for the trainable student parameters whose names match
+/// `patterns` (ECMAScript regexes, any match): e.g. a head that learns faster
+/// than the backbone. A parameter goes to the first group that matches; the
+/// rest use the stage's `lr` and the trainer's weight decay.
+///
+/// Example: `kd::ParamGroup{{"^fc\\."}, 3e-3, 0.0}` (the classifier at 3e-3, no weight decay).
+struct ParamGroup {
+  std::vector<std::string> patterns;
+  double lr = 1e-3;
+  /// Weight decay of this group; < 0 means the trainer's weight_decay.
+  double weight_decay = -1.0;
+};
+
 /// A stage: what is trained, on which loss, for how long.
 ///
 /// Example (stage 2 of the progressive recipe):
@@ -38,6 +51,11 @@ struct Stage {
   /// ECMAScript regexes over student parameter names (as named_parameters()
   /// gives them); a parameter trains if any matches. Empty: all parameters.
   TORCH_ARG(std::vector<std::string>, trainable) = {};
+  /// Parameter groups with their own lr / weight decay (see ParamGroup); empty: one group at `lr`.
+  TORCH_ARG(std::vector<ParamGroup>, param_groups) = {};
+  /// Update the EMA of the student's weights in this stage (when the trainer's ema_decay > 0).
+  /// Off in a stage that rewrites weights (LoRA, QAT), whose effective weights the EMA cannot see.
+  TORCH_ARG(bool, ema) = true;
   /// Evaluate every this many optimizer steps (0: only at the end of the stage).
   TORCH_ARG(int64_t, eval_every) = 0;
   /// Hooks enabled for this stage (kd::lora::Hook, kd::qat::Hook, your own);

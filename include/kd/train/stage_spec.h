@@ -37,6 +37,9 @@ struct StageSpec {
   TORCH_ARG(double, loss_lr) = -1.0;
   TORCH_ARG(std::vector<std::string>, trainable) = {};
   TORCH_ARG(int64_t, eval_every) = 0;
+  /// As kd::Stage::param_groups and kd::Stage::ema.
+  TORCH_ARG(std::vector<ParamGroup>, param_groups) = {};
+  TORCH_ARG(bool, ema) = true;
   /// As kd::Stage::hooks (the app layer makes them, since they need the student).
   TORCH_ARG(std::vector<std::shared_ptr<StageHook>>, hooks) = {};
 };

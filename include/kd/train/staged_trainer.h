@@ -11,6 +11,7 @@
 
 #include "kd/core/student.h"
 #include "kd/core/teacher.h"
+#include "kd/data/augmentation.h"
 #include "kd/data/teacher_cache.h"
 #include "kd/data/tensor_dataset.h"
 #include "kd/train/autocast.h"
@@ -24,8 +25,29 @@ enum class OptimizerKind { kAdamW, kSgd };
 
 /// What makes an example "hard" for hard-example mining.
 enum class Hardness {
-  kTeacherEntropy,  ///< predictive entropy of the teacher (computed once per stage: the teacher is frozen)
+  kTeacherEntropy,  ///< predictive entropy of the teacher (computed once per fit(): the teacher is frozen)
   kDisagreement,    ///< KL(teacher ‖ student), refreshed at the start of every epoch
+};
+
+/// What the trainer does when a step's loss or global gradient norm is NaN or infinite. The
+/// check runs every step (the norm is computed for clipping anyway); the step's update is never
+/// applied, so the weights stay finite, and every such step is counted (TrainSummary,
+/// StepReport, metrics.jsonl) and logged.
+enum class NonFinitePolicy {
+  kStop,      ///< throw kd::Error naming the step and the loss parts; checkpoints are left as they are
+  kSkipStep,  ///< drop the update and go on with the next batch
+  kLowerLr,   ///< drop the update and multiply every learning rate by lr_backoff from now on
+  /// Reload the newest checkpoint (weights, optimizer, RNG, data position) and multiply the
+  /// learning rates by lr_backoff; before the first checkpoint exists it acts as kLowerLr.
+  kRollback,
+};
+
+/// What an evaluation measures.
+enum class EvalTask {
+  kAuto,            ///< classification when num_classes > 0; language model when targets are [N, L]
+  kClassification,  ///< accuracy, macro-F1, per-class F1 (needs num_classes > 0)
+  kLanguageModel,   ///< next-token NLL, perplexity, bits per byte, token accuracy (kd::evaluate_language_model)
+  kNone,
 };
 
 /// Options shared by all stages.
@@ -68,20 +90,21 @@ struct StagedTrainerOptions {
   /// Must equal the one in the checkpoint to resume from it (e.g. a hash of the config).
   TORCH_ARG(std::string, fingerprint) = "";
   TORCH_ARG(int64_t, num_classes) = 0;      ///< > 0 enables classification evaluation
+  TORCH_ARG(EvalTask, eval_task) = EvalTask::kAuto;
+  /// Language-model evaluation: targets equal to this are not scored (nor are masked positions).
+  TORCH_ARG(int64_t, ignore_index) = -100;
+  /// NaN / Inf loss or gradient: see NonFinitePolicy.
+  TORCH_ARG(NonFinitePolicy, nonfinite) = NonFinitePolicy::kSkipStep;
+  /// Factor applied to the learning rates by kLowerLr and kRollback, in (0, 1].
+  TORCH_ARG(double, lr_backoff) = 0.5;
+  /// This many non-finite steps in a row stop the run with kd::Error, whatever the policy.
+  TORCH_ARG(int64_t, max_consecutive_nonfinite) = 5;
+  /// Applied to every training micro-batch before the teacher and the student see it
+  /// (kd::data::RandomShiftFlip or your own); refused with a teacher_cache when stochastic.
+  TORCH_ARG(std::shared_ptr<data::Augmentation>, augmentation) = nullptr;
   /// Teacher outputs read from this cache (built over the same training set,
   /// in the same order) instead of running the teacher: no teacher forward at all.
   TORCH_ARG(std::shared_ptr<data::TeacherCache>, teacher_cache) = nullptr;
-};
-
-/// What fit() returns.
-struct TrainSummary {
-  int64_t steps = 0;
-  std::vector<EvalResult> evaluations;
-  bool resumed = false;
-  int64_t resumed_from_step = 0;
-  /// Non-zero when a stop request (kd::StopSignal) ended the run early: the signal's number. The
-  /// run stopped after optimizer step `steps` and, with a checkpoint_dir, saved a checkpoint there.
-  int stopped_by_signal = 0;
 };
 
 /// Runs `stages` in order over `train`: per micro-batch the frozen teacher (if
@@ -92,9 +115,13 @@ struct TrainSummary {
 /// (kd::StageHook: LoRA, QAT) run around it: they may freeze more of the student
 /// and add their own parameters, and rewrite layer weights before each forward.
 ///
-/// Stop: after every optimizer step the trainer checks kd::StopSignal; when a stop was requested
-/// (SIGINT/SIGTERM in a program that installed the handlers) it writes a checkpoint and returns
-/// early with `stopped_by_signal` set, so at most the step in progress is redone.
+/// Stop: after every optimizer step (and the evaluation due at it) the trainer checks
+/// kd::StopSignal; when a stop was requested (SIGINT/SIGTERM in a program that installed the
+/// handlers) it writes a checkpoint and returns early with `stopped_by_signal` set, so no
+/// finished step is lost. A request during a stage's last step stops after that stage's end.
+///
+/// Non-finite values: every step checks its loss and gradient norm; options().nonfinite says
+/// whether to stop, skip the update, lower the learning rate or roll back (NonFinitePolicy).
 ///
 /// Resume: with `resume` true and a checkpoint in checkpoint_dir, training
 /// continues from its stage, step and data position with the saved weights,
@@ -117,13 +144,15 @@ class StagedTrainer {
   TrainSummary fit(const data::TensorDataset& train, const data::TensorDataset* validation = nullptr,
                    bool resume = false);
 
-  /// Classification metrics of the student (or its EMA, when eval_on_ema) on `dataset`.
+  /// Metrics of the student on `dataset` (options().eval_task): accuracy, macro_f1, f1.<c> for
+  /// classifiers; nll, perplexity, bits_per_byte, token_accuracy for language models.
   EvalResult evaluate(const data::TensorDataset& dataset, const std::string& stage_name, int64_t global_step);
 
   const std::vector<Stage>& stages() const { return stages_; }
 
  private:
   int64_t stage_length(const Stage& stage, int64_t steps_per_epoch) const;
+  EvalTask eval_task_for(const data::TensorDataset& dataset) const;
   /// At most one weight-rewriting hook per stage; persisting hooks listed by every later stage; no EMA with them.
   void validate_hooks() const;
   /// Example order of epoch `epoch` of stage `stage_index` (uniform, or hardness-weighted).

@@ -147,4 +147,85 @@ TEST(TeacherCache, CachedTrainingEqualsOnlineTrainingStepForStep) {
   for (size_t i = 0; i < pa.size(); ++i) EXPECT_LT((pa[i] - pb[i]).abs().max().item<double>(), 1e-5);
 }
 
+// BatchNorm ends the parameter list with a 0-dim buffer (num_batches_tracked): the fingerprint must still
+// depend on every weight before it.
+struct BnNetImpl : kd::Model {
+  BnNetImpl() {
+    fc = register_module("fc", torch::nn::Linear(6, 5));
+    bn = register_module("bn", torch::nn::BatchNorm1d(5));
+  }
+  kd::ModelOutput forward(const torch::Tensor& x) override {
+    kd::ModelOutput out;
+    out.logits = bn->forward(fc->forward(x));
+    return out;
+  }
+  torch::nn::Linear fc{nullptr};
+  torch::nn::BatchNorm1d bn{nullptr};
+};
+
+TEST(TeacherCache, TheFingerprintSeesEveryWeightEvenBeforeAScalarBuffer) {
+  BnNetImpl a, b;
+  {
+    torch::NoGradGuard g;
+    b.fc->weight.copy_(a.fc->weight);
+    b.fc->bias.copy_(a.fc->bias);
+  }
+  EXPECT_EQ(kd::data::module_fingerprint(a), kd::data::module_fingerprint(b));
+  {
+    torch::NoGradGuard g;
+    b.fc->weight[0][0] += 1e-3;
+  }
+  EXPECT_NE(kd::data::module_fingerprint(a), kd::data::module_fingerprint(b));
+  auto ds = data(4), other = data(4);
+  other.inputs[3][5] += 1.0;
+  EXPECT_NE(kd::data::dataset_fingerprint(ds), kd::data::dataset_fingerprint(other));
+}
+
+// Attention transfer from the cache: a model whose attentions are softmax maps of its hidden states.
+struct AttnNetImpl : NetImpl {
+  AttnNetImpl() : NetImpl(8) {}
+  kd::ModelOutput forward(const torch::Tensor& x) override {
+    auto out = NetImpl::forward(x);
+    for (const auto& h : out.hidden_states) out.attentions.push_back(torch::softmax(h.view({-1, 1, 2, 4}), -1));
+    return out;
+  }
+};
+
+TEST(TeacherCache, AttentionMapsAreStoredAtTheirTeacherPositions) {
+  torch::manual_seed(6);
+  kd::Teacher teacher(std::make_shared<AttnNetImpl>());
+  auto ds = data(20);
+  const auto path = kd::testing::temp_dir("tcache") + "/attn.cache";
+  auto cache = TeacherCache::open_or_build(path, teacher, ds, TeacherCacheOptions().attentions({-1}));
+  auto idx = torch::tensor({3, 19, 0}, torch::kLong);
+  auto got = cache->lookup(idx);
+  auto want = teacher->forward(ds.inputs.index_select(0, idx));
+  ASSERT_EQ(got.attentions.size(), 2u);
+  EXPECT_FALSE(got.attentions[0].defined());
+  EXPECT_LT((got.attentions[1] - want.attentions[1]).abs().max().item<double>(), 1e-6);
+  EXPECT_THROW(TeacherCache::open_or_build(kd::testing::temp_dir("tcache") + "/bad.cache", teacher, ds,
+                                           TeacherCacheOptions().attentions({2})),
+               kd::Error);  // the teacher has 2 maps
+}
+
+TEST(TeacherCache, ACacheBuiltWithOtherOptionsIsRefusedAndRebuilt) {
+  torch::manual_seed(7);
+  kd::Teacher teacher(std::make_shared<NetImpl>(8));
+  auto ds = data(30);
+  const auto path = kd::testing::temp_dir("tcache") + "/opts.cache";
+  const uint32_t tfp = kd::data::module_fingerprint(*teacher->model()), dfp = kd::data::dataset_fingerprint(ds);
+  TeacherCache::build(path, teacher, ds, TeacherCacheOptions().top_k(2));
+  try {
+    TeacherCache::open(path, tfp, dfp, TeacherCacheOptions().top_k(3).dtype(torch::kFloat16));
+    FAIL() << "a cache with top_k 2 must not serve a request for top_k 3";
+  } catch (const kd::Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("stores top_k=2 dtype=float32"), std::string::npos) << what;
+    EXPECT_NE(what.find("but top_k=3 dtype=float16"), std::string::npos) << what;
+  }
+  auto rebuilt = TeacherCache::open_or_build(path, teacher, ds, TeacherCacheOptions().top_k(3));
+  EXPECT_EQ(rebuilt->top_k(), 3);
+  EXPECT_EQ(TeacherCache::open(path, tfp, dfp)->top_k(), 3);  // no options asked: not checked
+}
+
 }  // namespace

@@ -1,3 +1,4 @@
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -125,3 +126,39 @@ TEST(Checkpoint, DifferentFingerprintOrModelIsRefused) {
 }
 
 }  // namespace
+
+TEST(Checkpoint, AFullDiskFailsTheSaveCleanlyAndLeavesTheLastCheckpointWhole) {
+  // A tiny tmpfs holds the folder; a filler file then takes all its space. Needs mount rights (root).
+  const auto dir = kd::testing::temp_dir("ckpt_full");
+  if (std::system(("mount -t tmpfs -o size=256k tmpfs " + dir + " 2>/dev/null").c_str()) != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs here (needs root): the full-disk case is not exercised";
+  }
+  struct Unmount {
+    std::string dir;
+    ~Unmount() { std::system(("umount " + dir).c_str()); }
+  } unmount{dir};
+  Net net;
+  kd::CheckpointManager mgr{kd::CheckpointOptions(dir).keep_last(3)};
+  kd::TrainingState st;
+  st.global_step = 1;
+  const auto first = mgr.save(st, {net.get(), nullptr, nullptr});
+  {
+    std::ofstream filler(dir + "/filler", std::ios::binary);
+    const std::string block(4096, 'x');
+    while (filler.write(block.data(), block.size())) {}
+  }
+  st.global_step = 2;
+  try {
+    mgr.save(st, {net.get(), nullptr, nullptr});
+    FAIL() << "saving onto a full disk must fail";
+  } catch (const kd::Error& e) {
+    EXPECT_EQ(e.category(), kd::ErrorCategory::kFile) << e.what();
+  }
+  ASSERT_EQ(mgr.list(), std::vector<std::string>{first});
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const auto name = entry.path().filename().string();
+    EXPECT_TRUE(name == "filler" || name.rfind("ckpt-", 0) == 0) << "left behind: " << name;
+  }
+  Net restored;
+  EXPECT_EQ(mgr.load(first, {restored.get(), nullptr, nullptr}).global_step, 1);
+}

@@ -79,34 +79,87 @@ TEST(StopSignal, StopsAfterTheStepWithACheckpointAndResumesExactly) {
   }
 }
 
-TEST(StopSignal, AStopAtAStagesLastStepComesAfterTheStageEnds) {
+struct StageEnds : kd::Callback {
+  void on_stage_end(const kd::Stage& s, const kd::StepInfo&) override { names.push_back(s.name()); }
+  void on_eval(const kd::EvalResult& e) override { eval_steps.push_back(e.global_step); }
+  std::vector<std::string> names;
+  std::vector<int64_t> eval_steps;
+};
+
+TEST(StopSignal, AStopAtAStagesLastStepStopsRightAfterTheStageEnds) {
   const auto data = synthetic(64, 3);
   const auto dir = kd::testing::temp_dir("stop_at_end");
   torch::manual_seed(5);
-  kd::StagedTrainer t(kd::Student(std::make_shared<MlpImpl>()), std::nullopt, two_stages(), options(dir));
+  kd::StagedTrainer t(kd::Student(std::make_shared<MlpImpl>()), std::nullopt, two_stages(), options(dir).num_classes(4));
   t.add_callback(std::make_shared<StopAt>(4, SIGTERM, false));  // stage a's last step
-  const auto stopped = t.fit(data, nullptr);
+  auto ends = std::make_shared<StageEnds>();
+  t.add_callback(ends);
+  const auto stopped = t.fit(data, &data);
   kd::StopSignal::reset();
   EXPECT_EQ(stopped.stopped_by_signal, SIGTERM);
-  EXPECT_EQ(stopped.steps, 5);  // stage a ended normally, the first step of b ran
+  EXPECT_EQ(stopped.steps, 4);  // stage a ended normally (evaluation, callbacks, checkpoint), b never began
+  EXPECT_EQ(ends->names, std::vector<std::string>{"a"});
+  EXPECT_EQ(ends->eval_steps, std::vector<int64_t>{4});
+  EXPECT_EQ(checkpoints_in(dir), 1u);
 }
 
-TEST(StopSignal, ARealSigintStopsOnceHandlersAreInstalledAndTheHandlerResetsItself) {
-  kd::StopSignal::install();
-  const auto dir = kd::testing::temp_dir("sigint");
+TEST(StopSignal, AnEvaluationDueAtTheStopStepStillRuns) {
+  const auto data = synthetic(64, 3);
   torch::manual_seed(5);
-  kd::StagedTrainer t(kd::Student(std::make_shared<MlpImpl>()), std::nullopt, two_stages(), options(dir));
-  t.add_callback(std::make_shared<StopAt>(3, SIGINT, /*raise_it=*/true));
-  const auto stopped = t.fit(synthetic(64, 3));
-  EXPECT_EQ(stopped.stopped_by_signal, SIGINT);
-  EXPECT_EQ(stopped.steps, 3);
-  EXPECT_EQ(checkpoints_in(dir), 1u);
-  // The first SIGINT put the default action back, so a second one would end the process.
-  struct sigaction now {};
-  sigaction(SIGINT, nullptr, &now);
-  EXPECT_EQ(now.sa_handler, SIG_DFL);
+  std::vector<kd::Stage> stages = {kd::Stage("a", torch::nn::AnyModule(kd::HardLabelCE())).steps(6).eval_every(2)};
+  kd::StagedTrainer t(kd::Student(std::make_shared<MlpImpl>()), std::nullopt, stages,
+                      options(kd::testing::temp_dir("stop_eval")).num_classes(4));
+  t.add_callback(std::make_shared<StopAt>(4, SIGTERM, false));
+  auto ends = std::make_shared<StageEnds>();
+  t.add_callback(ends);
+  const auto stopped = t.fit(data, &data);
   kd::StopSignal::reset();
+  EXPECT_EQ(stopped.steps, 4);
+  EXPECT_EQ(ends->eval_steps, (std::vector<int64_t>{2, 4}));  // a resume starts after step 4: no evaluation is lost
+}
+
+TEST(StopSignal, ARealSignalStopsInsideAScopeAndTheHandlerStandsDownForBothSignals) {
+  // Outside a Scope the program's own handling stands: here, a handler that only counts.
+  static int counted = 0;
+  struct sigaction mine {}, previous_int {}, previous_term {};
+  mine.sa_handler = [](int) { ++counted; };
+  sigemptyset(&mine.sa_mask);
+  sigaction(SIGINT, &mine, &previous_int);
+  sigaction(SIGTERM, &mine, &previous_term);
+  for (int sig : {SIGINT, SIGTERM}) {
+    SCOPED_TRACE(sig);
+    const auto dir = kd::testing::temp_dir("signal");
+    torch::manual_seed(5);
+    kd::StagedTrainer t(kd::Student(std::make_shared<MlpImpl>()), std::nullopt, two_stages(), options(dir));
+    t.add_callback(std::make_shared<StopAt>(3, sig, /*raise_it=*/true));
+    kd::TrainSummary stopped;
+    {
+      kd::StopSignal::Scope scope;
+      stopped = t.fit(synthetic(64, 3));
+      // The first signal put the default action back for both, so a second one of either kind would kill.
+      struct sigaction now {};
+      sigaction(SIGINT, nullptr, &now);
+      EXPECT_EQ(now.sa_handler, SIG_DFL);
+      sigaction(SIGTERM, nullptr, &now);
+      EXPECT_EQ(now.sa_handler, SIG_DFL);
+    }
+    EXPECT_EQ(stopped.stopped_by_signal, sig);
+    EXPECT_EQ(stopped.steps, 3);
+    EXPECT_EQ(checkpoints_in(dir), 1u);
+    kd::StopSignal::reset();
+    // The Scope put the program's handler back.
+    std::raise(sig);
+    EXPECT_EQ(kd::StopSignal::requested(), 0);
+  }
+  EXPECT_EQ(counted, 2);
+  sigaction(SIGINT, &previous_int, nullptr);
+  sigaction(SIGTERM, &previous_term, nullptr);
   EXPECT_EQ(kd::StopSignal::requested(), 0);
   EXPECT_EQ(kd::StopSignal::exit_code(SIGINT), 130);
   EXPECT_EQ(kd::StopSignal::exit_code(SIGTERM), 143);
+}
+
+TEST(StopSignalDeathTest, ExitByEndsTheProcessByTheSignal) {
+  EXPECT_EXIT(kd::StopSignal::exit_by(SIGTERM), ::testing::KilledBySignal(SIGTERM), "");
+  EXPECT_EXIT(kd::StopSignal::exit_by(SIGINT), ::testing::KilledBySignal(SIGINT), "");
 }
