@@ -127,8 +127,7 @@ Terms compute_terms(const torch::Tensor& student_logits, const torch::Tensor& st
     if (e.category() == ErrorCategory::kValue) throw_not_finite("the KL part", suspects);
     throw Error(e.category(), fmt::format("GradientMatching (KL part): {}", e.message()));
   }
-  Terms t{grad_mse, kl};
-  t.total = lambda * grad_mse + (1.0 - lambda) * kl;
+  Terms t{grad_mse, kl, lambda * grad_mse + (1.0 - lambda) * kl};
   if (!std::isfinite(t.total.item<double>())) {
     throw_not_finite(fmt::format("the loss (gradient MSE {}, KL {})", grad_mse.item<double>(), kl.item<double>()),
                      suspects);
