@@ -14,7 +14,12 @@
 // Paths compared: "naive" = the textbook autograd form (log_softmax of both, exp, product, sum),
 // and kd::functional::temperature_kl with chunk_size 0 (one chunk) and several chunk sizes.
 //
-// Usage: bench_kl_peak_memory [--B 8] [--L 512] [--V 32000] [--T 2] [--repeat 2]
+// Exit status: 0 when the default path (forward KL, TemperatureKLOptions's default chunk_size, no
+// mask) peaked at most 1.3x one logits tensor in every run (the target), 1 when it peaked
+// higher or any child failed; the measured ratio is printed on the last line.
+//
+// Usage: bench_kl_peak_memory [--B 8] [--L 512] [--V 32000] [--T 2] [--repeat 2] [--only-default 1]
+//   --only-default 1 runs just the default path (a quick check of the target).
 #include <fmt/format.h>
 #include <limits.h>
 #include <torch/torch.h>
@@ -104,6 +109,7 @@ int main(int argc, char** argv) {
   int64_t B = 8, L = 512, V = 32000;
   double T = 2.0;
   int repeat = 2;
+  bool only_default = false;
   Config child_config;
   bool is_child = false;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -118,6 +124,8 @@ int main(int argc, char** argv) {
       T = std::stod(v);
     else if (k == "--repeat")
       repeat = std::stoi(v);
+    else if (k == "--only-default")
+      only_default = v != "0";
     else if (k == "--child") {
       is_child = true;
       std::istringstream in(v);
@@ -130,7 +138,7 @@ int main(int argc, char** argv) {
       child_config.chunk = std::stoll(chunk);
       child_config.masked = masked == "masked";
     } else {
-      std::cerr << "usage: " << argv[0] << " [--B 8] [--L 512] [--V 32000] [--T 2] [--repeat 2]\n";
+      std::cerr << "usage: " << argv[0] << " [--B 8] [--L 512] [--V 32000] [--T 2] [--repeat 2] [--only-default 1]\n";
       return 1;
     }
   }
@@ -154,10 +162,16 @@ int main(int argc, char** argv) {
       std::getenv("MALLOC_MMAP_THRESHOLD_") ? std::getenv("MALLOC_MMAP_THRESHOLD_") : "unset (glibc default)");
   std::cout << "| path | mode | chunk_size (rows) | mask | peak (MiB) | peak / logits | time (s) | loss |\n";
   std::cout << "|---|---|---|---|---|---|---|---|\n";
-  std::vector<Config> configs{{"naive", "fwd", 0}, {"kd", "fwd", 0},  {"kd", "fwd", 1024}, {"kd", "fwd", 256},
-                              {"kd", "fwd", 128},  {"kd", "fwd", 64}, {"kd", "fwd", 32},   {"kd", "fwd", 64, true},
-                              {"kd", "rev", 64},   {"kd", "jsd", 64}, {"kd", "rev", 0},    {"kd", "jsd", 0}};
+  const int64_t default_chunk = kd::TemperatureKLOptions().chunk_size();
+  constexpr double kTarget = 1.3;  // the bound on the default path, in logits sizes
+  std::vector<Config> configs{{"naive", "fwd", 0},       {"kd", "fwd", 0},   {"kd", "fwd", 1024},
+                              {"kd", "fwd", 256},        {"kd", "fwd", 128}, {"kd", "fwd", default_chunk},
+                              {"kd", "fwd", 32},         {"kd", "fwd", default_chunk, true},
+                              {"kd", "rev", default_chunk}, {"kd", "jsd", default_chunk},
+                              {"kd", "rev", 0},          {"kd", "jsd", 0}};
+  if (only_default) configs = {{"kd", "fwd", default_chunk}};
   int rc = 0;
+  double default_ratio = -1.0;  // the highest run of the default path, in logits sizes
   for (const auto& c : configs) {
     const std::string cmd = fmt::format("{} --B {} --L {} --V {} --T {} --child {}:{}:{}:{}", exe, B, L, V, T, c.path,
                                         c.mode, c.chunk, c.masked ? "masked" : "all");
@@ -186,11 +200,22 @@ int main(int argc, char** argv) {
       all_reset = all_reset && reset;
     }
     if (failed) continue;
+    if (c.path == "kd" && c.mode == "fwd" && c.chunk == default_chunk && !c.masked) default_ratio = hi / logits_mib;
     std::cout << fmt::format(
         "| {} | {} | {} | {} | {:.1f} – {:.1f} | {:.2f}x – {:.2f}x | {:.2f} – {:.2f} | {:.6f} |{}\n", c.path, c.mode,
-        c.path == "naive" ? "-" : (c.chunk == 0 ? std::string("0 (unchunked)") : std::to_string(c.chunk)),
+        c.path == "naive" ? "-"
+                          : (c.chunk == 0 ? std::string("0 (unchunked)")
+                                          : std::to_string(c.chunk) + (c.chunk == default_chunk ? " (default)" : "")),
         c.masked ? "last 10% of L padded" : "none", lo, hi, lo / logits_mib, hi / logits_mib, t_lo, t_hi, loss,
         all_reset ? "" : " (VmHWM not reset: peak includes set-up)");
   }
-  return rc;
+  if (default_ratio < 0) {
+    std::cout << fmt::format("\ndefault path (forward KL, chunk_size {}): no measurement; FAIL\n", default_chunk);
+    return 1;
+  }
+  const bool ok = default_ratio <= kTarget;
+  std::cout << fmt::format("\ndefault path (forward KL, chunk_size {}, no mask): peak {:.3f}x the logits' size "
+                           "(highest of {} runs), target <= {:.1f}x: {}\n",
+                           default_chunk, default_ratio, repeat, kTarget, ok ? "OK" : "FAIL");
+  return ok ? rc : 1;
 }

@@ -53,6 +53,7 @@
 #include "kd/train/metrics.h"
 #include "kd/train/metrics_log.h"
 #include "kd/train/recipes.h"
+#include "kd/train/reward_feedback.h"
 #include "kd/train/stage.h"
 #include "kd/train/stage_hook.h"
 #include "kd/train/stage_spec.h"

@@ -104,10 +104,12 @@ LossResult AttentionMSEImpl::forward(const DistillBatch& batch) {
     for (size_t i = 0; i < options.pairs().size(); ++i) {
       if (!std::isfinite(r.parts.at(fmt::format("attn.{}", i)).item<double>())) {
         const auto& p = options.pairs()[i];
+        const int64_t si = resolve_layer_index(p.student, as.size(), "AttentionMSE", i, "student", "attention maps");
+        const int64_t ti = resolve_layer_index(p.teacher, at.size(), "AttentionMSE", i, "teacher", "attention maps");
         throw Error(ErrorCategory::kValue,
-                    fmt::format("AttentionMSE pair {}: student attention {} or teacher attention {} holds NaN or Inf "
-                                "at positions the mask counts",
-                                i, p.student, p.teacher));
+                    fmt::format("AttentionMSE pair {}: student attention {} {} or teacher attention {} {} holds NaN or "
+                                "Inf at positions the mask counts",
+                                i, si, shape_string(as[si]), ti, shape_string(at[ti])));
       }
     }
     throw Error(ErrorCategory::kValue, "AttentionMSE: the loss is not finite");

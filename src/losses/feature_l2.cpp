@@ -37,6 +37,20 @@ torch::Tensor project(const torch::nn::Linear& proj, const torch::Tensor& x) {
 
 bool all_finite(const torch::Tensor& t) { return torch::isfinite(t).all().item<bool>(); }
 
+// [B, L, 1] bool, true at padded positions, for [B, L, D] features and a [B, L] mask;
+// undefined when nothing is masked (no mask, or features that are not per position).
+torch::Tensor padding_of(const torch::Tensor& student, const torch::Tensor& teacher, const torch::Tensor& mask) {
+  if (!mask.defined() || student.dim() != 3) return {};
+  if (mask.dim() != 2 || mask.size(0) != student.size(0) || mask.size(1) != student.size(1)) {
+    throw Error(ErrorCategory::kShape,
+                fmt::format("FeatureL2: mask {} does not match student features {} and teacher features {}: a mask "
+                            "over [B, L, D] features must be [B, L]; pass no mask for features that are not per "
+                            "position",
+                            shape_string(mask), shape_string(student), shape_string(teacher)));
+  }
+  return (mask.to(student.device()) == 0).unsqueeze(-1);
+}
+
 }  // namespace
 
 namespace functional {
@@ -51,19 +65,21 @@ torch::Tensor feature_mse(const torch::Tensor& student, const torch::Tensor& tea
   }
   if (student.dim() < 2 || student.dim() > 4) {
     throw Error(ErrorCategory::kShape,
-                fmt::format("FeatureL2: features {} must be [B, D], [B, L, D] or [B, C, H, W]", shape_string(student)));
+                fmt::format("FeatureL2: student features {} and teacher features {} must be [B, D], [B, L, D] or "
+                            "[B, C, H, W]",
+                            shape_string(student), shape_string(teacher)));
   }
-  const auto sq = (normalize_features(student, normalize) - normalize_features(teacher, normalize)).pow(2);
-  if (!mask.defined() || student.dim() != 3) return sq.mean();
-  if (mask.dim() != 2 || mask.size(0) != student.size(0) || mask.size(1) != student.size(1)) {
-    throw Error(ErrorCategory::kShape,
-                fmt::format("FeatureL2: mask {} does not match features {}: a mask over [B, L, D] features must be "
-                            "[B, L]; pass no mask for features that are not per position",
-                            shape_string(mask), shape_string(student)));
+  const auto pad = padding_of(student, teacher, mask);
+  if (!pad.defined()) {
+    return (normalize_features(student, normalize) - normalize_features(teacher, normalize)).pow(2).mean();
   }
-  const auto m = mask.to(sq.scalar_type()).unsqueeze(-1);
+  // Zero the padded positions before any arithmetic: they may hold NaN or Inf, and 0·NaN
+  // would leak into the value and the gradient.
+  const auto s = normalize_features(student.masked_fill(pad, 0.0), normalize).masked_fill(pad, 0.0);
+  const auto t = normalize_features(teacher.masked_fill(pad, 0.0), normalize).masked_fill(pad, 0.0);
+  const auto real = (~pad).sum().to(s.scalar_type());
   // Σ over real positions / (real positions · D): the mean over the elements that count.
-  return (sq * m).sum() / (m.sum() * sq.size(-1)).clamp_min(1.0);
+  return (s - t).pow(2).sum() / (real * static_cast<double>(s.size(-1))).clamp_min(1.0);
 }
 
 }  // namespace functional
@@ -113,12 +129,11 @@ void FeatureL2Impl::reset() {
   }
 }
 
-LossResult FeatureL2Impl::forward(const DistillBatch& batch) {
+FeatureL2Impl::Aligned FeatureL2Impl::align(const DistillBatch& batch) {
   const auto& hs = batch.student.hidden_states;
   const auto& ht = batch.teacher.hidden_states;
   const size_t n_pairs = options.pairs().size();
-  std::vector<torch::Tensor> students, teachers;
-  std::vector<int64_t> teacher_layers;
+  Aligned out;
   for (size_t i = 0; i < n_pairs; ++i) {
     const auto& p = options.pairs()[i];
     const int64_t si = resolve_layer_index(p.student, hs.size(), "FeatureL2", i, "student", "hidden states");
@@ -138,11 +153,25 @@ LossResult FeatureL2Impl::forward(const DistillBatch& batch) {
       if (s.size(fd) != p.student_dim) {
         throw Error(ErrorCategory::kShape,
                     fmt::format("FeatureL2 pair {}: student hidden state {} is {} (width {} in dim {}) but the pair's "
-                                "student_dim is {}; fix student_dim or the student layer index",
-                                i, si, shape_string(s), s.size(fd), fd, p.student_dim));
+                                "student_dim is {} (teacher hidden state {} is {}); fix student_dim or the student "
+                                "layer index",
+                                i, si, shape_string(s), s.size(fd), fd, p.student_dim, ti, shape_string(t)));
       }
-      s = project(projections_[i], s);
     }
+    // Padded positions are zeroed before the projection: they may hold NaN or Inf.
+    torch::Tensor pad;
+    if (s.dim() == 3 && t.dim() == 3 && batch.mask.defined()) {
+      if (s.sizes().slice(0, 2) != t.sizes().slice(0, 2)) {
+        throw Error(ErrorCategory::kShape,
+                    fmt::format("FeatureL2 pair {}: student features {} and teacher features {} differ in batch or "
+                                "sequence size; feed both models the same batch",
+                                i, shape_string(s), shape_string(t)));
+      }
+      pad = padding_of(s, t, batch.mask);
+      s = s.masked_fill(pad, 0.0);
+      t = t.masked_fill(pad, 0.0);
+    }
+    if (!projections_[i].is_empty()) s = project(projections_[i], s);
     if (t.dim() != s.dim()) {
       throw Error(ErrorCategory::kShape,
                   fmt::format("FeatureL2 pair {}: student features {} and teacher features {} have different ranks; "
@@ -174,23 +203,49 @@ LossResult FeatureL2Impl::forward(const DistillBatch& batch) {
                               "sequence size; feed both models the same batch",
                               i, shape_string(s), shape_string(t)));
     }
-    students.push_back(normalize_features(s, options.normalize()));
-    teachers.push_back(normalize_features(t, options.normalize()));
-    teacher_layers.push_back(ti);
+    s = normalize_features(s, options.normalize());
+    t = normalize_features(t, options.normalize());
+    if (pad.defined()) {  // the projection's bias and the normalisation leave padding non-zero
+      s = s.masked_fill(pad, 0.0);
+      t = t.masked_fill(pad, 0.0);
+    }
+    out.students.push_back(s);
+    out.teachers.push_back(t);
+    out.teacher_layers.push_back(ti);
+    out.student_layers.push_back(si);
+    out.padding.push_back(pad);
   }
+  return out;
+}
+
+std::vector<AlignedFeatures> FeatureL2Impl::aligned_features(const DistillBatch& batch) {
+  torch::NoGradGuard no_grad;
+  const auto a = align(batch);
+  std::vector<AlignedFeatures> out;
+  for (size_t i = 0; i < a.students.size(); ++i) {
+    out.push_back({a.students[i].detach(), a.teachers[i].detach(), a.teacher_layers[i]});
+  }
+  return out;
+}
+
+LossResult FeatureL2Impl::forward(const DistillBatch& batch) {
+  const size_t n_pairs = options.pairs().size();
+  const auto a = align(batch);
 
   LossResult r;
   std::vector<torch::Tensor> terms;
   for (size_t i = 0; i < n_pairs; ++i) {
-    terms.push_back(functional::feature_mse(students[i], teachers[i], FeatureNorm::kNone, batch.mask));
+    // Padding is already zero on both sides; the mask still sets the mean's denominator.
+    terms.push_back(functional::feature_mse(a.students[i], a.teachers[i], FeatureNorm::kNone,
+                                            a.padding[i].defined() ? batch.mask : torch::Tensor()));
     r.parts[fmt::format("feat.{}", i)] = terms.back().detach();
   }
 
   torch::Tensor w;
   if (options.pair_weighting()) {
     std::vector<torch::Tensor> s_detached;
-    for (const auto& s : students) s_detached.push_back(s.detach());
-    w = options.pair_weighting()(s_detached, teachers, teacher_layers);
+    for (const auto& s : a.students) s_detached.push_back(s.detach());
+    w = options.pair_weighting()(s_detached, a.teachers, a.teacher_layers);
     if (!w.defined() || w.numel() != static_cast<int64_t>(n_pairs)) {
       throw Error(ErrorCategory::kShape,
                   fmt::format("FeatureL2: pair_weighting returned {} but there are {} pairs; it must return [{}]",
@@ -209,17 +264,19 @@ LossResult FeatureL2Impl::forward(const DistillBatch& batch) {
     r.total = r.total.defined() ? r.total + term : term;
   }
   if (!std::isfinite(r.total.item<double>())) {
-    // Only on failure: find the culprit for the message.
+    // Only on failure: find the culprit (at positions that count) for the message.
+    const auto& hs = batch.student.hidden_states;
+    const auto& ht = batch.teacher.hidden_states;
     for (size_t i = 0; i < n_pairs; ++i) {
-      const auto& p = options.pairs()[i];
-      for (const char* side : {"student", "teacher"}) {
-        const bool is_student = side[0] == 's';
-        const auto& list = is_student ? hs : ht;
-        const int64_t idx = resolve_layer_index(is_student ? p.student : p.teacher, list.size(), "FeatureL2", i, side,
-                                                "hidden states");
-        if (!all_finite(list[idx])) {
+      for (const bool is_student : {true, false}) {
+        const int64_t idx = is_student ? a.student_layers[i] : a.teacher_layers[i];
+        auto x = (is_student ? hs : ht)[idx].detach();
+        if (a.padding[i].defined()) x = x.masked_fill(a.padding[i], 0.0);
+        if (!all_finite(x)) {
           throw Error(ErrorCategory::kValue,
-                      fmt::format("FeatureL2 pair {}: {} hidden state {} contains NaN or Inf", i, side, idx));
+                      fmt::format("FeatureL2 pair {}: {} hidden state {} {} contains NaN or Inf{}", i,
+                                  is_student ? "student" : "teacher", idx, shape_string(x),
+                                  a.padding[i].defined() ? " at real (unmasked) positions" : ""));
         }
       }
     }

@@ -1,6 +1,9 @@
 #include "kd/losses/gradient_matching.h"
 
 #include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -14,15 +17,61 @@ namespace {
 struct Terms {
   torch::Tensor grad_mse;
   torch::Tensor kl;
+  torch::Tensor total;  // λ·grad_mse + (1−λ)·kl, checked finite
 };
 
 // ‖g‖₂ over the last dimension. The clamp keeps the derivative finite (zero) where
 // g is exactly zero, as it is at padded tokens whose targets are ignored.
 torch::Tensor position_norm(const torch::Tensor& g) { return g.pow(2).sum(-1).clamp_min(1e-30).sqrt(); }
 
+// The targets the task loss and the KL count: `mask` zeros (when it has the targets' shape)
+// become ignore_index, as in HardLabelCE, so a padded position is left out everywhere.
+torch::Tensor masked_targets(const torch::Tensor& targets, const torch::Tensor& mask, int64_t ignore_index) {
+  if (!targets.defined() || !mask.defined() || mask.sizes() != targets.sizes() || targets.is_floating_point()) {
+    return targets;
+  }
+  return targets.masked_fill(mask.to(targets.device()) == 0, ignore_index);
+}
+
+// Only on failure: names the first non-finite tensor, in the order a user would look.
+[[noreturn]] void throw_not_finite(const std::string& what_failed,
+                                   const std::vector<std::pair<const char*, torch::Tensor>>& suspects) {
+  torch::NoGradGuard no_grad;
+  for (const auto& [what, t] : suspects) {
+    if (t.defined() && t.is_floating_point() && !torch::isfinite(t).all().item<bool>()) {
+      throw Error(ErrorCategory::kValue,
+                  fmt::format("GradientMatching: {} is not finite because the {} {} contain NaN or Inf; fix the "
+                              "data or the model (or mask those positions out)",
+                              what_failed, what, shape_string(t)));
+    }
+  }
+  throw Error(ErrorCategory::kValue,
+              fmt::format("GradientMatching: {} is not finite although inputs, logits and input gradients are "
+                          "finite; lower the temperature or the inputs' scale",
+                          what_failed));
+}
+
 Terms compute_terms(const torch::Tensor& student_logits, const torch::Tensor& student_inputs,
                     const torch::Tensor& teacher_logits, const torch::Tensor& teacher_inputs,
-                    const torch::Tensor& targets, const GradientMatchingOptions& options, const torch::Tensor& mask) {
+                    const torch::Tensor& raw_targets, const GradientMatchingOptions& options, const torch::Tensor& mask,
+                    double lambda) {
+  if (!(options.temperature() > 0.0) || !std::isfinite(options.temperature())) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("GradientMatchingOptions.temperature must be a finite number > 0, got {}",
+                            options.temperature()));
+  }
+  // Checked up front: with an infinite pixel the value can still be finite (tanh saturates)
+  // while the double backward gives NaN gradients.
+  for (const auto& [what, x] : {std::pair<const char*, torch::Tensor>{"student", student_inputs},
+                                std::pair<const char*, torch::Tensor>{"teacher", teacher_inputs}}) {
+    if (x.defined() && x.is_floating_point() && !torch::isfinite(x.detach()).all().item<bool>()) {
+      throw Error(ErrorCategory::kValue,
+                  fmt::format("GradientMatching: the {} inputs {} contain NaN or Inf, so their input gradients are "
+                              "not finite; fix the data (or the embeddings of the {} model)",
+                              what, shape_string(x), what));
+    }
+  }
+  const auto targets = masked_targets(raw_targets, mask, options.ignore_index());
   const auto g_s = functional::task_input_gradient(student_logits, student_inputs, targets, /*create_graph=*/true,
                                                    options.ignore_index());
   const auto g_t = functional::task_input_gradient(teacher_logits, teacher_inputs, targets, /*create_graph=*/false,
@@ -49,21 +98,41 @@ Terms compute_terms(const torch::Tensor& student_logits, const torch::Tensor& st
     a = position_norm(g_s);
     b = position_norm(g_t);
   }
-  const auto sq = (a - b).pow(2);
+  auto diff = a - b;
   torch::Tensor grad_mse;
-  if (mask.defined() && mask.dim() == 2 && sq.dim() >= 2 && sq.size(0) == mask.size(0) && sq.size(1) == mask.size(1) &&
-      sq.dim() <= 3) {
-    // [B, L] or [B, L, D]: average over the real positions only.
-    auto m = mask.to(sq.scalar_type());
-    const double per_position = sq.dim() == 3 ? static_cast<double>(sq.size(2)) : 1.0;
-    if (sq.dim() == 3) m = m.unsqueeze(-1);
-    grad_mse = (sq * m).sum() / (m.sum() * per_position).clamp_min(1.0);
+  if (mask.defined() && mask.dim() == 2 && diff.dim() >= 2 && diff.size(0) == mask.size(0) &&
+      diff.size(1) == mask.size(1) && diff.dim() <= 3) {
+    // [B, L] or [B, L, D]: average over the real positions only. masked_fill, not a product:
+    // a padded position's gradient may be non-finite, and 0·NaN would leak into value and gradient.
+    auto keep = mask.to(diff.device()) != 0;
+    const double per_position = diff.dim() == 3 ? static_cast<double>(diff.size(2)) : 1.0;
+    const auto count = keep.sum().to(diff.scalar_type()) * per_position;
+    if (diff.dim() == 3) keep = keep.unsqueeze(-1);
+    grad_mse = diff.masked_fill(~keep, 0.0).pow(2).sum() / count.clamp_min(1.0);
   } else {
-    grad_mse = sq.mean();
+    grad_mse = diff.pow(2).mean();
   }
-  const auto kl = functional::temperature_kl(student_logits, teacher_logits.detach(),
-                                             TemperatureKLOptions().temperature(options.temperature()));
-  return {grad_mse, kl};
+  // The KL counts what the task loss counts: real positions with a real target (the same rule
+  // as TemperatureKL's module form).
+  const std::vector<std::pair<const char*, torch::Tensor>> suspects = {
+      {"student inputs", student_inputs}, {"teacher inputs", teacher_inputs},         {"student logits", student_logits},
+      {"teacher logits", teacher_logits}, {"student input gradients", g_s}, {"teacher input gradients", g_t}};
+  torch::Tensor kl;
+  try {
+    const auto rows = functional::kl_counted_rows(student_logits, mask, targets, options.ignore_index());
+    kl = functional::temperature_kl(student_logits, teacher_logits.detach(), rows,
+                                    TemperatureKLOptions().temperature(options.temperature()));
+  } catch (const Error& e) {
+    // TemperatureKL's own non-finite check fires first; name the inputs when they are the cause.
+    if (e.category() == ErrorCategory::kValue) throw_not_finite("the KL part", suspects);
+    throw Error(e.category(), fmt::format("GradientMatching (KL part): {}", e.message()));
+  }
+  Terms t{grad_mse, kl, lambda * grad_mse + (1.0 - lambda) * kl};
+  if (!std::isfinite(t.total.item<double>())) {
+    throw_not_finite(fmt::format("the loss (gradient MSE {}, KL {})", grad_mse.item<double>(), kl.item<double>()),
+                     suspects);
+  }
+  return t;
 }
 
 void check_lambda(double lambda) {
@@ -99,12 +168,30 @@ torch::Tensor task_input_gradient(const torch::Tensor& logits, const torch::Tens
                             "without the class dimension",
                             shape_string(logits), shape_string(targets)));
   }
-  const auto flat_logits = logits.reshape({-1, logits.size(-1)});
-  const auto flat_targets = targets.reshape({-1}).to(torch::kLong);
+  if (targets.is_floating_point() || targets.is_complex() || targets.scalar_type() == torch::kBool) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("GradientMatching: targets {} must be integer class indices for the task loss, got {}",
+                            shape_string(targets), toString(targets.scalar_type())));
+  }
+  const int64_t C = logits.size(-1);
+  const auto flat_logits = logits.reshape({-1, C});
+  const auto flat_targets = targets.reshape({-1}).to(logits.device(), torch::kLong);
   const auto keep = flat_targets != ignore_index;
-  const auto log_p = torch::log_softmax(flat_logits, -1);
-  const auto nll = -log_p.gather(1, flat_targets.masked_fill(~keep, 0).unsqueeze(1)).squeeze(1);
-  const auto task = (nll * keep.to(nll.scalar_type())).sum();
+  if (keep.any().item<bool>()) {
+    const auto kept = flat_targets.masked_select(keep);
+    const int64_t lo = kept.min().item<int64_t>(), hi = kept.max().item<int64_t>();
+    if (lo < 0 || hi >= C) {
+      throw Error(ErrorCategory::kValue,
+                  fmt::format("GradientMatching: targets {} range over [{}, {}] but the logits {} have classes [0, {}]; "
+                              "mark padding with ignore_index ({})",
+                              shape_string(targets), lo, hi, shape_string(logits), C - 1, ignore_index));
+    }
+  }
+  // Only counted rows enter the softmax: a padded row may hold NaN, and with a zero weight
+  // instead its 0·NaN would reach the loss and (through log_softmax's backward) the gradient.
+  const auto idx = keep.nonzero().squeeze(1);
+  const auto log_p = torch::log_softmax(flat_logits.index_select(0, idx), -1);
+  const auto task = -log_p.gather(1, flat_targets.index_select(0, idx).unsqueeze(1)).sum();
   // retain_graph: the model's graph stays usable (the student's for the final backward;
   // the teacher's so the same batch can be evaluated again).
   auto grads = torch::autograd::grad({task}, {inputs}, /*grad_outputs=*/{}, /*retain_graph=*/true, create_graph,
@@ -123,8 +210,8 @@ torch::Tensor gradient_matching(const torch::Tensor& student_logits, const torch
                                 const torch::Tensor& targets, double lambda, const GradientMatchingOptions& options,
                                 const torch::Tensor& mask) {
   check_lambda(lambda);
-  const auto t = compute_terms(student_logits, student_inputs, teacher_logits, teacher_inputs, targets, options, mask);
-  return lambda * t.grad_mse + (1.0 - lambda) * t.kl;
+  return compute_terms(student_logits, student_inputs, teacher_logits, teacher_inputs, targets, options, mask, lambda)
+      .total;
 }
 
 }  // namespace functional
@@ -167,15 +254,10 @@ LossResult GradientMatchingImpl::forward(const DistillBatch& batch) {
   }
   const double lambda = options.lambda()(batch.step.progress);
   check_lambda(lambda);
-  const auto t = compute_terms(batch.student.logits, xs, batch.teacher.logits, xt, batch.targets, options, batch.mask);
+  const auto t =
+      compute_terms(batch.student.logits, xs, batch.teacher.logits, xt, batch.targets, options, batch.mask, lambda);
   LossResult r;
-  r.total = lambda * t.grad_mse + (1.0 - lambda) * t.kl;
-  if (!std::isfinite(r.total.item<double>())) {
-    throw Error(ErrorCategory::kValue,
-                fmt::format("GradientMatching: the loss is not finite (gradient MSE {}, KL {}); check the models' "
-                            "outputs and inputs for NaN or Inf",
-                            t.grad_mse.item<double>(), t.kl.item<double>()));
-  }
+  r.total = t.total;
   r.parts["r1"] = r.total.detach();
   r.parts["r1.grad_mse"] = t.grad_mse.detach();
   r.parts["r1.kl"] = t.kl.detach();

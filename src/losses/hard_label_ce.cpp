@@ -38,8 +38,9 @@ torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& ta
                             shape_string(logits), shape_string(targets)));
   }
   if (targets.is_floating_point() || targets.scalar_type() == torch::kBool) {
-    throw Error(ErrorCategory::kValue, fmt::format("HardLabelCE: targets {} must be integer class indices, got {}",
-                                                   shape_string(targets), toString(targets.scalar_type())));
+    throw Error(ErrorCategory::kValue,
+                fmt::format("HardLabelCE: targets {} for logits {} must be integer class indices, got {}",
+                            shape_string(targets), shape_string(logits), toString(targets.scalar_type())));
   }
   const int64_t C = logits.size(-1);
   const auto flat_logits = logits.reshape({-1, C});
@@ -51,9 +52,9 @@ torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& ta
     const int64_t lo = kept.min().item<int64_t>(), hi = kept.max().item<int64_t>();
     if (lo < 0 || hi >= C) {
       throw Error(ErrorCategory::kValue,
-                  fmt::format("HardLabelCE: targets range over [{}, {}] but the logits {} have classes [0, {}]; "
+                  fmt::format("HardLabelCE: targets {} range over [{}, {}] but the logits {} have classes [0, {}]; "
                               "mark padding with ignore_index ({})",
-                              lo, hi, shape_string(logits), C - 1, options.ignore_index()));
+                              shape_string(targets), lo, hi, shape_string(logits), C - 1, options.ignore_index()));
     }
   }
   // Only counted rows enter the softmax: padding logits may be non-finite, and a

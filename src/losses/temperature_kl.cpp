@@ -386,15 +386,20 @@ Tensor divergence(const Tensor& student_logits, const Tensor& teacher, const Ten
   return loss;
 }
 
-void check_rank(const Tensor& student_logits) {
+// `teacher` (when defined) is named in the message too.
+void check_rank(const Tensor& student_logits, const Tensor& teacher = {}, const char* teacher_name = "teacher logits") {
   if (!student_logits.defined()) {
     throw Error(ErrorCategory::kModel,
                 "TemperatureKL: the student output has no logits; make the model's forward return logits");
   }
   if (student_logits.dim() < 2) {
     throw Error(ErrorCategory::kShape,
-                fmt::format("TemperatureKL: student logits {} must be [B, C] or [B, L, V] (classes last)",
-                            shape_string(student_logits)));
+                teacher.defined()
+                    ? fmt::format("TemperatureKL: student logits {} and {} {} must be [B, C] or [B, L, V] (classes "
+                                  "last)",
+                                  shape_string(student_logits), teacher_name, shape_string(teacher))
+                    : fmt::format("TemperatureKL: student logits {} must be [B, C] or [B, L, V] (classes last)",
+                                  shape_string(student_logits)));
   }
   check_floating(student_logits, "the student logits");
 }
@@ -414,7 +419,7 @@ torch::Tensor temperature_kl(const torch::Tensor& student_logits, const torch::T
   s.logits = student_logits;
   t.logits = teacher_logits;
   check_logits_comparable(s, t);  // kModel for missing logits, kShape naming both shapes
-  check_rank(student_logits);
+  check_rank(student_logits, teacher_logits);
   check_floating(teacher_logits, "the teacher logits");
   return divergence(student_logits, teacher_logits, torch::Tensor(), row_mask, options);
 }
@@ -422,7 +427,7 @@ torch::Tensor temperature_kl(const torch::Tensor& student_logits, const torch::T
 torch::Tensor temperature_kl_topk(const torch::Tensor& student_logits, const torch::Tensor& teacher_topk_logits,
                                   const torch::Tensor& teacher_topk_indices, const torch::Tensor& row_mask,
                                   const TemperatureKLOptions& options) {
-  check_rank(student_logits);
+  check_rank(student_logits, teacher_topk_logits, "teacher top-k logits");
   if (!teacher_topk_logits.defined() || !teacher_topk_indices.defined()) {
     throw Error(ErrorCategory::kModel,
                 "TemperatureKL: a sparse teacher needs both top-k logits and top-k indices; one is missing");
@@ -453,9 +458,9 @@ torch::Tensor temperature_kl_topk(const torch::Tensor& student_logits, const tor
     const int64_t lo = teacher_topk_indices.min().item<int64_t>(), hi = teacher_topk_indices.max().item<int64_t>();
     if (lo < 0 || hi >= V) {
       throw Error(ErrorCategory::kValue,
-                  fmt::format("TemperatureKL: teacher top-k indices range over [{}, {}] but the student logits {} "
+                  fmt::format("TemperatureKL: teacher top-k indices {} range over [{}, {}] but the student logits {} "
                               "have classes [0, {}]; the cache was built for another vocabulary",
-                              lo, hi, shape_string(student_logits), V - 1));
+                              shape_string(teacher_topk_indices), lo, hi, shape_string(student_logits), V - 1));
     }
   }
   return divergence(student_logits, teacher_topk_logits, teacher_topk_indices, row_mask, options);

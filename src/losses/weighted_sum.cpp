@@ -178,7 +178,15 @@ LossResult WeightedSumImpl::forward(const DistillBatch& batch) {
   } else {
     std::vector<torch::Tensor> scaled;
     for (size_t k = 0; k < K; ++k) scaled.push_back(results[k].total.reshape({}) * c[k]);
-    WeightingResult combined = weighting_->combine(scaled, names(), batch.step);
+    WeightingContext context(batch.step);
+    context.batch = &batch;
+    for (const auto& t : terms_) context.modules.push_back(t.loss.ptr());
+    WeightingResult combined;
+    try {
+      combined = weighting_->combine(scaled, names(), context);
+    } catch (const Error& e) {
+      throw Error(e.category(), fmt::format("weighting policy {}: {}", weighting_.module()->name(), e.message()));
+    }
     if (!combined.total.defined() || combined.total.numel() != 1 || !combined.weights.defined() ||
         combined.weights.numel() != static_cast<int64_t>(K)) {
       throw Error(ErrorCategory::kShape,

@@ -76,12 +76,17 @@ for mode in ["none", "l2", "standardize"]:
     for n, g in zip(names, grads):
         res[mode + "_g_" + n] = g
 
-# Pair weighting: w_i = (1 + cos(s_i, t_i)) / 2 * 1 / (1 + exp(-0.5 (l_i - 1))), as constants.
+# Pair weighting: w_i = (1 + cos(s_i, t_i)) / 2 * 1 / (1 + exp(-0.5 (l_i - 1))), as constants; the hook
+# sees padded positions of the [B, L, D] pair as zeros on both sides.
 lv = leaves_fresh()
 ss, ts = pair_tensors(lv, "none")
 with torch.no_grad():
+    pad = ~mask.bool().unsqueeze(-1)
+    seen_s = [ss[0].masked_fill(pad, 0), ss[1], ss[2]]
+    seen_t = [ts[0].masked_fill(pad, 0), ts[1], ts[2]]
     pw = torch.stack([(1 + F.cosine_similarity(s.reshape(-1), t.reshape(-1), dim=0)) / 2 *
-                      torch.sigmoid(torch.tensor(0.5 * (l - 1), dtype=dt)) for s, t, l in zip(ss, ts, teacher_layers)])
+                      torch.sigmoid(torch.tensor(0.5 * (l - 1), dtype=dt))
+                      for s, t, l in zip(seen_s, seen_t, teacher_layers)])
 ls = pair_losses(ss, ts)
 total = sum(w * p * l for w, p, l in zip(weights, pw, ls))
 grads = torch.autograd.grad(total, [lv[n] for n in names])

@@ -11,8 +11,13 @@ token case   emb = E[tokens]; h_l = tanh(W1 (mean_{j<=l} emb_j) + b1); logits_l 
              student width 3 (hidden 4), teacher width 5 (hidden 6), 3 classes, B=2, L=4,
              the last token of example 1 is padding (target -100, mask 0);
              g w.r.t. the embeddings, compared as per-token norms over real tokens; lam = 1.
+token case 2 the same models, lam = 0.6, T = 2, and a second padded position [0, 3] that only the
+             mask marks (its target is a real class): the task loss, the gradient MSE and the KL
+             all leave out positions with mask 0 or target -100; the KL is the per-token mean
+             T^2 / N * sum over counted positions of KL(p_t || p_s).
 Saved: weights, inputs, targets, expected loss and parts, and the gradients of the loss
-w.r.t. every student parameter.
+w.r.t. every student parameter and w.r.t. the student's inputs (images) or input embeddings
+(tokens).
 """
 import os
 
@@ -53,8 +58,8 @@ kl = F.kl_div(F.log_softmax(zs / T, -1), F.log_softmax(zt.detach() / T, -1), red
               log_target=True) * T * T
 loss = lam * grad_mse + (1 - lam) * kl
 names = list(S)
-grads = torch.autograd.grad(loss, [Sp[n] for n in names])
-res.update(img_x=x, img_y=y, img_lambda=torch.tensor(lam, dtype=dt), img_loss=loss, img_grad_mse=grad_mse, img_kl=kl,
+*grads, grad_x = torch.autograd.grad(loss, [Sp[n] for n in names] + [xs])
+res.update(img_grad_x=grad_x, img_x=x, img_y=y, img_lambda=torch.tensor(lam, dtype=dt), img_loss=loss, img_grad_mse=grad_mse, img_kl=kl,
            img_g_s=g_s, img_g_t=g_t)
 for n in names:
     res["img_s_" + n] = S[n]
@@ -93,12 +98,37 @@ n_t = torch.linalg.vector_norm(g_t, dim=-1)
 keep = mask.bool()
 loss = ((n_s - n_t)[keep] ** 2).mean()
 names = list(St)
-grads = torch.autograd.grad(loss, [Sp[n] for n in names])
-res.update(tok_tokens=tokens, tok_targets=targets, tok_mask=mask, tok_loss=loss)
+*grads, grad_emb = torch.autograd.grad(loss, [Sp[n] for n in names] + [emb_s])
+res.update(tok_tokens=tokens, tok_targets=targets, tok_mask=mask, tok_loss=loss, tok_grad_embeddings=grad_emb)
 for n in names:
     res["tok_s_" + n] = St[n]
     res["tok_t_" + n] = Tt[n]
 for n, g in zip(names, grads):
     res["tok_grad_" + n] = g
+
+# ---- token case 2: lam < 1, a position padded by the mask alone
+lam2, T2 = 0.6, 2.0
+mask2 = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]], dtype=dt)
+counted = mask2.bool() & (targets != -100)          # what every part counts
+targets2 = targets.masked_fill(~counted, -100)     # the task loss ignores the rest
+Sp = {k: v.clone().requires_grad_() for k, v in St.items()}
+emb_s = Sp["emb"][tokens]
+emb_t = Tt["emb"][tokens].clone().requires_grad_()
+zs = token_model(Sp, emb_s)
+zt = token_model(Tt, emb_t)
+ce2 = lambda z: F.cross_entropy(z.reshape(-1, C), targets2.reshape(-1), reduction="sum", ignore_index=-100)
+g_s, = torch.autograd.grad(ce2(zs), emb_s, create_graph=True)
+g_t, = torch.autograd.grad(ce2(zt), emb_t)
+n_s = torch.linalg.vector_norm(g_s, dim=-1)
+n_t = torch.linalg.vector_norm(g_t, dim=-1)
+grad_mse2 = ((n_s - n_t)[mask2.bool()] ** 2).mean()
+kl2 = F.kl_div(F.log_softmax(zs[counted] / T2, -1), F.log_softmax(zt.detach()[counted] / T2, -1),
+               reduction="sum", log_target=True) / counted.sum() * T2 * T2
+loss2 = lam2 * grad_mse2 + (1 - lam2) * kl2
+*grads, grad_emb = torch.autograd.grad(loss2, [Sp[n] for n in names] + [emb_s])
+res.update(tok2_mask=mask2, tok2_lambda=torch.tensor(lam2, dtype=dt), tok2_loss=loss2, tok2_grad_mse=grad_mse2,
+           tok2_kl=kl2, tok2_grad_embeddings=grad_emb)
+for n, g in zip(names, grads):
+    res["tok2_grad_" + n] = g
 
 kdref.save(os.path.join(out, "gradient_matching.json"), **res)

@@ -7,6 +7,17 @@ and for (slope 0.8, midpoint 3, no clamp, raw):
   raw_i = c_i * torch.sigmoid(slope * (l_i - midpoint)),
   w_i   = P * raw_i / sum(raw)  (default) or raw_i.
 Pair 1 is anti-aligned (s = -t + noise) so the clamp matters.
+
+weighting_layer_similarity_policy.json: LayerSimilarityPolicy over a WeightedSum of four terms on
+student hidden states hs0 [4, 3, 5], hs1 [4, 3, 6], teacher hidden states ht0..ht8 [4, 3, 6] and a
+[4, 3] mask (example 1's and example 3's last position padded):
+  "f3": FeatureL2 pair (teacher 3, student 0) with a linear projection 5 -> 6 (W, b);
+  "f8": FeatureL2 pairs (teacher 8, student 1) and (teacher 5, student 1), the second anti-aligned;
+  "h7": a user loss mean((hs1 - ht7)^2) weighed through options.layers {"h7": (teacher 7, student 1)};
+  "kl": TemperatureKL T = 2 on logits [4, 5] with term weight 0.5, not weighed (w = 1).
+Cosines use the features with padded positions zeroed, raw_k = mean over the term's pairs of
+max(0, c) * sigmoid(0.5 (l - 6)), w = 3 raw / sum(raw) over the three weighed terms, and the total
+sum_k c_k w_k L_k. Gradients w.r.t. hs0, hs1, W, b and the student logits.
 """
 import os
 
@@ -45,3 +56,64 @@ kdref.save(os.path.join(out, "weighting_layer_similarity.json"),
            s0=s[0], s1=s[1], s2=s[2], t0=t[0], t1=t[1], t2=t[2],
            layers=torch.tensor(teacher_layers),
            w_default=w_default, c_default=c_default, w_custom=w_custom, c_custom=c_custom)
+
+# ---- the WeightedSum policy
+torch.manual_seed(1)
+B, Lq = 4, 3
+hs0 = torch.randn(B, Lq, 5, dtype=dt)
+hs1 = torch.randn(B, Lq, 6, dtype=dt)
+W = torch.randn(6, 5, dtype=dt) * 0.4
+bias = torch.randn(6, dtype=dt) * 0.1
+mask = torch.ones(B, Lq, dtype=dt)
+mask[1, 2] = 0
+mask[3, 2] = 0
+ht = [torch.randn(B, Lq, 6, dtype=dt) for _ in range(9)]
+ht[3] = F.linear(hs0, W, bias) + 0.8 * torch.randn(B, Lq, 6, dtype=dt)
+ht[8] = hs1 + 0.5 * torch.randn(B, Lq, 6, dtype=dt)
+ht[5] = -hs1 + 0.5 * torch.randn(B, Lq, 6, dtype=dt)
+ht[7] = 0.5 * hs1 + torch.randn(B, Lq, 6, dtype=dt)
+zs = torch.randn(B, 5, dtype=dt)
+zt = torch.randn(B, 5, dtype=dt)
+keep = mask.bool()
+pad = ~keep.unsqueeze(-1)
+
+
+def masked_mse(a, b):
+    return ((a - b)[keep] ** 2).mean()
+
+
+def prior(l):
+    return torch.sigmoid(torch.tensor(0.5 * (l - 6.0), dtype=dt))
+
+
+leaves = {"hs0": hs0.clone().requires_grad_(), "hs1": hs1.clone().requires_grad_(),
+          "W": W.clone().requires_grad_(), "b": bias.clone().requires_grad_(), "zs": zs.clone().requires_grad_()}
+s0 = F.linear(leaves["hs0"].masked_fill(pad, 0), leaves["W"], leaves["b"])
+s1 = leaves["hs1"]
+with torch.no_grad():
+    zero = lambda x: x.masked_fill(pad, 0)
+    c_f3 = cos(zero(s0), zero(ht[3]))
+    c_f8a = cos(zero(s1), zero(ht[8]))
+    c_f8b = cos(zero(s1), zero(ht[5]))
+    c_h7 = cos(zero(s1), zero(ht[7]))
+    raw = torch.stack([c_f3.clamp(min=0) * prior(3),
+                       (c_f8a.clamp(min=0) * prior(8) + c_f8b.clamp(min=0) * prior(5)) / 2,
+                       c_h7.clamp(min=0) * prior(7)])
+    w = 3 * raw / raw.sum()
+L_f3 = masked_mse(s0, ht[3])
+L_f8 = masked_mse(s1, ht[8]) + masked_mse(s1, ht[5])
+L_h7 = ((s1 - ht[7]) ** 2).mean()
+T = 2.0
+L_kl = F.kl_div(F.log_softmax(leaves["zs"] / T, -1), F.log_softmax(zt / T, -1), reduction="batchmean",
+                log_target=True) * T * T
+total = w[0] * L_f3 + w[1] * L_f8 + w[2] * L_h7 + 0.5 * L_kl
+names = list(leaves)
+grads = torch.autograd.grad(total, [leaves[n] for n in names])
+res = dict(hs0=hs0, hs1=hs1, W=W, b=bias, mask=mask, zs=zs, zt=zt,
+           w=w, cos=torch.stack([c_f3, (c_f8a + c_f8b) / 2, c_h7]), L=torch.stack([L_f3, L_f8, L_h7, L_kl]),
+           total=total)
+for i, t in enumerate(ht):
+    res["ht%d" % i] = t
+for n, g in zip(names, grads):
+    res["g_" + n] = g
+kdref.save(os.path.join(out, "weighting_layer_similarity_policy.json"), **res)

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -62,12 +63,22 @@ std::string run_python(const std::string& script, const std::vector<std::string>
   return out_dir;
 }
 
-double max_rel_error(const torch::Tensor& a, const torch::Tensor& b) {
-  auto a64 = a.detach().to(torch::kCPU, torch::kFloat64);
-  auto b64 = b.detach().to(torch::kCPU, torch::kFloat64);
+double max_rel_error(const torch::Tensor& a, const torch::Tensor& b, double atol) {
+  const auto a64 = a.detach().to(torch::kCPU, torch::kFloat64);
+  const auto b64 = b.detach().to(torch::kCPU, torch::kFloat64);
   if (a64.sizes() != b64.sizes()) return std::numeric_limits<double>::infinity();
   if (a64.numel() == 0) return 0.0;
-  return ((a64 - b64).abs() / b64.abs().clamp_min(1.0)).max().item<double>();
+  const auto excess = ((a64 - b64).abs() - atol).clamp_min(0.0);
+  // NaN anywhere (a mismatch of finiteness, or NaN in both) is a failure, not a pass.
+  if (!torch::isfinite(a64).equal(torch::isfinite(b64)) || torch::isnan(a64).any().item<bool>() ||
+      torch::isnan(b64).any().item<bool>()) {
+    return std::numeric_limits<double>::infinity();
+  }
+  // Elements where both are the same infinity count as equal.
+  const auto same = a64 == b64;
+  auto ratio = excess / b64.abs();  // x/0 = inf, 0/0 = NaN
+  ratio = torch::where(same | (excess == 0), torch::zeros_like(ratio), ratio);
+  return ratio.max().item<double>();
 }
 
 }  // namespace kd::testing

@@ -34,7 +34,20 @@ std::string run_python(const std::string& script, const std::vector<std::string>
 /// A fresh empty directory under the build tree, unique per call.
 std::string temp_dir(const std::string& tag);
 
-/// max |a - b| / max(1, |b|) elementwise.
-double max_rel_error(const torch::Tensor& a, const torch::Tensor& b);
+/// The elementwise relative error of `a` against the reference `b`, beyond an absolute floor:
+///
+///   max_i (|a_i − b_i| − atol)₊ / |b_i|     (0/0 = 0, x/0 = +inf for x > 0),
+///
+/// computed in float64, so `max_rel_error(a, b) < rtol` holds exactly when every element
+/// satisfies |a_i − b_i| < rtol·|b_i| + atol (numpy.isclose's rule, strict). The default
+/// atol = 1e-12 only forgives float64 round-off on elements that are (near) zero, e.g. a
+/// gradient entry of 1e-17 against an exact 0; every element of non-negligible size is held
+/// to the relative tolerance, whatever its magnitude (no max(1, |b|) denominator, which
+/// would make small values absolute). Comparisons of float32 computations against float64
+/// references need a larger atol, given explicitly at the call site with the reason.
+/// Different shapes give +inf.
+///
+/// Example: `EXPECT_LT(max_rel_error(loss, ref["loss"]), 1e-6);   // float64: 1e-6 relative`
+double max_rel_error(const torch::Tensor& a, const torch::Tensor& b, double atol = 1e-12);
 
 }  // namespace kd::testing

@@ -12,6 +12,7 @@
 
 #include "kd/losses/distill_batch.h"
 #include "kd/losses/layer_pair.h"
+#include "kd/losses/loss_traits.h"
 
 namespace kd {
 
@@ -40,9 +41,11 @@ enum class SpatialMismatch {
 
 /// Per-pair weights computed from the features being compared (e.g. cosine
 /// similarity × a layer prior). Receives the projected (and normalised)
-/// student features, the matching teacher features (both detached), and the
-/// resolved (non-negative) teacher layer indices; returns a [P] tensor, one
-/// weight per pair. The weights are treated as constants (detached).
+/// student features, the matching teacher features (both detached; padded
+/// positions of [B, L, D] features under a [B, L] mask are zero on both sides,
+/// so only real positions count), and the resolved (non-negative) teacher
+/// layer indices; returns a [P] tensor, one weight per pair. The weights are
+/// treated as constants (detached).
 using PairWeighting = std::function<torch::Tensor(const std::vector<torch::Tensor>& student_projected,
                                                   const std::vector<torch::Tensor>& teacher,
                                                   const std::vector<int64_t>& teacher_layers)>;
@@ -74,8 +77,10 @@ namespace functional {
 ///
 /// the mean over all elements, where m is 1 everywhere except for [B, L, D]
 /// features with a [B, L] `mask`, which drops padded positions (m = mask
-/// broadcast over D). Shapes must match exactly (kd::Error kShape naming both
-/// otherwise). The teacher side is used as given (not detached here).
+/// broadcast over D). Padded positions are zeroed (masked_fill) before any
+/// arithmetic, so NaN or Inf there changes neither the value nor the gradient
+/// (which is 0 at those positions). Shapes must match exactly (kd::Error kShape
+/// naming both otherwise). The teacher side is used as given (not detached here).
 ///
 /// Example: `auto l = kd::functional::feature_mse(s, t.detach(), kd::FeatureNorm::kL2);`
 torch::Tensor feature_mse(const torch::Tensor& student, const torch::Tensor& teacher,
@@ -95,7 +100,8 @@ torch::Tensor feature_mse(const torch::Tensor& student, const torch::Tensor& tea
 ///   created in reset(), so an optimizer built before the first forward sees them.
 /// - n: FeatureL2Options::normalize, over the feature dimension.
 /// - MSE: functional::feature_mse — the mean over all elements (padded
-///   positions of [B, L, D] features excluded when `batch.mask` is [B, L]).
+///   positions of [B, L, D] features excluded when `batch.mask` is [B, L]; they
+///   are zeroed before the projection, so NaN or Inf there is harmless).
 /// - w_i: 1, or the detached output of FeatureL2Options::pair_weighting.
 /// - Teacher features are detached: the loss never trains the teacher.
 ///
@@ -105,8 +111,13 @@ torch::Tensor feature_mse(const torch::Tensor& student, const torch::Tensor& tea
 /// Errors (kd::Error): a layer index out of range (kValue, names the index and
 /// the number of hidden states); widths that disagree with the pair's
 /// student_dim/teacher_dim, batch or sequence sizes that differ, spatial sizes
-/// that differ under SpatialMismatch::kError (kShape, names both shapes);
-/// non-finite features (kValue).
+/// that differ under SpatialMismatch::kError, a mask that does not fit
+/// (kShape, names both features' shapes); non-finite features at real
+/// positions (kValue).
+///
+/// As a kd::LayerFeatureSource it hands its aligned pairs to
+/// kd::LayerSimilarityPolicy, which weighs a FeatureL2 term of a WeightedSum
+/// by their cosine similarity and layer.
 ///
 /// Example:
 /// ```
@@ -117,7 +128,7 @@ torch::Tensor feature_mse(const torch::Tensor& student, const torch::Tensor& tea
 /// kd::LossResult r = feat->forward(batch);   // r.parts["feat"], r.parts["feat.0"], ...
 /// optimizer.add_param_group({feat->parameters()});
 /// ```
-class FeatureL2Impl : public torch::nn::Cloneable<FeatureL2Impl> {
+class FeatureL2Impl : public torch::nn::Cloneable<FeatureL2Impl>, public LayerFeatureSource {
  public:
   explicit FeatureL2Impl(FeatureL2Options options);
   void reset() override;
@@ -126,9 +137,19 @@ class FeatureL2Impl : public torch::nn::Cloneable<FeatureL2Impl> {
   /// The projection of pair `i`, or an empty holder when the pair has none.
   torch::nn::Linear projection(size_t i) const { return projections_.at(i); }
 
+  /// Each pair's projected, normalised student features and its teacher
+  /// features, as forward() compares them (no gradients; padding zeroed).
+  std::vector<AlignedFeatures> aligned_features(const DistillBatch& batch) override;
+
   FeatureL2Options options;
 
  private:
+  struct Aligned {
+    std::vector<torch::Tensor> students, teachers, padding;  // padding: [B, L, 1] bool or undefined
+    std::vector<int64_t> teacher_layers, student_layers;      // resolved indices
+  };
+  Aligned align(const DistillBatch& batch);
+
   std::vector<torch::nn::Linear> projections_;
 };
 TORCH_MODULE(FeatureL2);

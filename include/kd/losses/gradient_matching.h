@@ -43,17 +43,36 @@ namespace functional {
 /// ∂/∂inputs of the task loss Σ_n CE(logits_n, targets_n) — the cross-entropy
 /// SUMMED over examples (and non-ignored positions), so each example's slice is
 /// its own input gradient, whatever the batch size. `create_graph` keeps the
-/// result differentiable (the student's side). kd::Error (kState) when `inputs`
-/// does not require grad or `logits` were not computed from it.
+/// result differentiable (the student's side).
+///
+/// Throws kd::Error: kState when `inputs` does not require grad or `logits` were
+/// not computed from it; kValue for missing or non-integer targets, or a counted
+/// target outside [0, C) (naming the targets' and the logits' shapes); kShape
+/// naming both shapes when the targets are not the logits' shape without the
+/// class dimension.
+///
+/// Example: `auto g = kd::functional::task_input_gradient(out.logits, x, y, /*create_graph=*/false);`
 torch::Tensor task_input_gradient(const torch::Tensor& logits, const torch::Tensor& inputs,
                                   const torch::Tensor& targets, bool create_graph, int64_t ignore_index = -100);
 
 /// L = λ·MSE(φ(g_s), φ(g_t)) + (1−λ)·KL_T(p_t ‖ p_s), with
-/// g_s = task_input_gradient(student_logits, student_inputs, create_graph=true),
-/// g_t = task_input_gradient(teacher_logits, teacher_inputs).detach(), φ the
-/// GradientSpace map, MSE the mean over elements (over real positions when `mask`
-/// is [B, L] and the compared tensors are [B, L] or [B, L, D]), and KL_T =
-/// functional::temperature_kl(student_logits, teacher_logits, T) (teacher detached).
+/// g_s = task_input_gradient(student_logits, student_inputs, y, create_graph=true),
+/// g_t = task_input_gradient(teacher_logits, teacher_inputs, y).detach(), φ the
+/// GradientSpace map, and:
+/// - counted positions: those with mask ≠ 0 (a [B, L] `mask` with the targets'
+///   shape) and target ≠ ignore_index; y is the targets with the uncounted
+///   positions set to ignore_index, so the task loss leaves padding out;
+/// - MSE: the mean over elements; over real positions (mask ≠ 0) when `mask` is
+///   [B, L] and the compared tensors are [B, L] or [B, L, D];
+/// - KL_T = T²/N·Σ_{counted rows} KL(p_t ‖ p_s), functional::temperature_kl over
+///   the rows functional::kl_counted_rows(student_logits, mask, y, ignore_index)
+///   gives (teacher detached): per example for [B, C], per counted token for
+///   [B, L, V].
+///
+/// Throws kd::Error (kValue) when either model's inputs hold NaN or Inf (checked
+/// first: the value can be finite while the double backward is not) or the
+/// loss is not finite, naming the first of the logits and input gradients that
+/// holds NaN or Inf; and the errors of task_input_gradient.
 ///
 /// Example: `auto l = kd::functional::gradient_matching(zs, xs, zt, xt, y, 0.5);`
 torch::Tensor gradient_matching(const torch::Tensor& student_logits, const torch::Tensor& student_inputs,
@@ -63,8 +82,12 @@ torch::Tensor gradient_matching(const torch::Tensor& student_logits, const torch
 
 }  // namespace functional
 
-/// R1 gradient matching (see functional::gradient_matching for the formula),
-/// λ = options.lambda()(batch.step.progress).
+/// R1 gradient matching:
+///
+///   L = λ(p)·MSE(φ(g_s), φ(g_t)) + (1−λ(p))·KL_T(p_t ‖ p_s),   g = ∂ Σ_n CE(z_n, y_n) / ∂ inputs,
+///
+/// λ(p) = options.lambda()(batch.step.progress), masked by `batch.mask` and
+/// `ignore_index` (see functional::gradient_matching for every term).
 ///
 /// What the batch must carry: `batch.inputs` requiring grad with
 /// `batch.student` computed from it, and `batch.teacher_inputs`, a separate

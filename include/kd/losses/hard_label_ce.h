@@ -38,9 +38,13 @@ torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& ta
 
 }  // namespace functional
 
-/// Cross-entropy of `batch.student.logits` against `batch.targets` (see
-/// functional::hard_label_ce). When `batch.mask` has the targets' shape, its
-/// zeros are ignored too (padding of sequence models). Part reported: "ce".
+/// Cross-entropy of `batch.student.logits` against `batch.targets`:
+///
+///   L = −1/N Σ_{counted i} [(1−ε)·log p_i(y_i) + ε/C · Σ_c log p_i(c)],  p_i = softmax(z_i),
+///
+/// N the counted targets (see functional::hard_label_ce). When `batch.mask` has
+/// the targets' shape, its zeros are ignored too (padding of sequence models).
+/// Part reported: "ce".
 ///
 /// Example:
 /// ```

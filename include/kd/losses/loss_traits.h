@@ -2,7 +2,13 @@
 /// \file
 /// Optional capabilities a loss module can declare to whoever runs it.
 
+#include <cstdint>
+#include <vector>
+
 #include <torch/nn/module.h>
+#include <torch/types.h>
+
+#include "kd/losses/distill_batch.h"
 
 namespace kd {
 
@@ -36,5 +42,32 @@ inline bool needs_input_grad(const torch::nn::Module& module) {
   const auto* traits = dynamic_cast<const NeedsInputGrad*>(&module);
   return traits != nullptr && traits->needs_input_grad();
 }
+
+/// One layer pair's features as a loss compares them: the same shape, detached.
+struct AlignedFeatures {
+  torch::Tensor student;      ///< student features after the loss's projection and normalisation
+  torch::Tensor teacher;      ///< teacher features, the student's shape
+  int64_t teacher_layer = 0;  ///< the resolved (0-based) teacher layer index
+};
+
+/// A loss over layer pairs that can show a weighting policy the features it
+/// compares, so kd::LayerSimilarityPolicy can weigh its term in a
+/// kd::WeightedSum by their cosine similarity and layer. kd::FeatureL2
+/// implements it. Detected by `dynamic_cast`, like kd::NeedsInputGrad.
+///
+/// Example:
+/// ```
+/// if (auto* src = dynamic_cast<kd::LayerFeatureSource*>(term.loss.ptr().get())) {
+///   for (const auto& f : src->aligned_features(batch)) use(f.student, f.teacher, f.teacher_layer);
+/// }
+/// ```
+class LayerFeatureSource {
+ public:
+  virtual ~LayerFeatureSource() = default;
+  /// The features of each of the loss's pairs for `batch`, computed without
+  /// gradients, in pair order; padded positions (a [B, L] `batch.mask`) are zero
+  /// on both sides. Throws what the loss's forward would for a bad batch.
+  virtual std::vector<AlignedFeatures> aligned_features(const DistillBatch& batch) = 0;
+};
 
 }  // namespace kd

@@ -131,8 +131,12 @@ torch::Tensor kl_counted_rows(const torch::Tensor& student_logits, const torch::
 
 }  // namespace functional
 
-/// Soft-target distillation loss of `batch.student.logits` against the teacher
-/// (see functional::temperature_kl for the formula and the reduction).
+/// Soft-target distillation loss of `batch.student.logits` against the teacher:
+///
+///   L = T² / N · Σ_{counted rows r} D(p_t,r , p_s,r),   p = softmax(z / T),
+///
+/// D forward KL(p_t ‖ p_s) by default, reverse KL or JSD(β) by `mode` (see
+/// functional::temperature_kl for D and the reduction).
 ///
 /// The teacher is `batch.teacher.logits`; when those are undefined, the sparse
 /// teacher `batch.teacher.extras["topk_logits"]` / `["topk_indices"]` (e.g. from

@@ -44,13 +44,15 @@ struct WeightedTerm {
 ///
 ///   without a policy:  L = Σ_k c_k(p)·L_k
 ///   with a policy π:   L = π.combine({c_k(p)·L_k}_k)   (Σ_k π_k·c_k(p)·L_k for
-///                      kd::RewardWeighting and kd::MinNormWeighting; see
-///                      kd::UncertaintyWeighting for its regularised form)
+///                      kd::LayerSimilarityPolicy, kd::RewardWeighting and
+///                      kd::MinNormWeighting; see kd::UncertaintyWeighting for
+///                      its regularised form)
 ///
 /// where L_k = the k-th loss's `forward(batch).total`, c_k its term weight
 /// (constant or schedule) and p = `batch.step.progress`. The weight a loss
 /// effectively received, w_k = c_k·π_k (π_k = 1 without a policy), is logged
-/// every step.
+/// every step. The policy also sees the batch and the terms' modules
+/// (kd::WeightingContext), e.g. to weigh each term by the features it compares.
 ///
 /// Any module with `kd::LossResult forward(const kd::DistillBatch&)` can be a
 /// term — built-ins, user modules, another WeightedSum (see kd::AnyLoss). Each

@@ -207,7 +207,7 @@ torch::Tensor MinNormWeightingImpl::gram(const std::vector<torch::Tensor>& losse
 }
 
 WeightingResult MinNormWeightingImpl::combine(const std::vector<torch::Tensor>& losses,
-                                              const std::vector<std::string>& names, const StepInfo& step) {
+                                              const std::vector<std::string>& names, const WeightingContext& context) {
   const int64_t K = static_cast<int64_t>(losses.size());
   bool differentiable = torch::GradMode::is_enabled();
   if (differentiable) {

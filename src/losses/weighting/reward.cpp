@@ -1,5 +1,6 @@
 #include "kd/losses/weighting/reward.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -40,8 +41,14 @@ void RewardWeightingImpl::reset() {
                                                             : std::numeric_limits<double>::quiet_NaN(),
                                        torch::kFloat64));
   updates = register_buffer("updates", torch::zeros({}, torch::kInt64));
-  noise_ = torch::Tensor();
-  action_step_ = -1;
+  noise = register_buffer("noise", torch::zeros({o.num_losses()}, torch::kFloat64));
+  action_step = register_buffer("action_step", torch::full({}, -1, torch::kInt64));
+}
+
+bool RewardWeightingImpl::has_pending_action() const { return action_step.item<int64_t>() >= 0; }
+
+torch::Tensor RewardWeightingImpl::pending_noise() const {
+  return has_pending_action() ? noise.detach().clone() : torch::Tensor();
 }
 
 double RewardWeightingImpl::scale() const {
@@ -53,7 +60,8 @@ torch::Tensor RewardWeightingImpl::mean_weights() const { return (torch::softmax
 double RewardWeightingImpl::baseline_value() const { return baseline.item<double>(); }
 
 WeightingResult RewardWeightingImpl::combine(const std::vector<torch::Tensor>& losses,
-                                             const std::vector<std::string>& names, const StepInfo& step) {
+                                             const std::vector<std::string>& names, const WeightingContext& context) {
+  const auto& step = context.step;
   if (static_cast<int64_t>(losses.size()) != options.num_losses()) {
     throw Error(ErrorCategory::kShape,
                 fmt::format("RewardWeighting: got {} losses but was built for {}", losses.size(), options.num_losses()));
@@ -62,11 +70,12 @@ WeightingResult RewardWeightingImpl::combine(const std::vector<torch::Tensor>& l
   {
     torch::NoGradGuard no_grad;
     if (is_training()) {
-      if (!noise_.defined() || action_step_ != step.global_step) {
-        noise_ = torch::randn({options.num_losses()}, theta.options());
-        action_step_ = step.global_step;
+      const int64_t pending = action_step.item<int64_t>();
+      if (pending < 0 || (!options.hold_action() && pending != step.global_step)) {
+        noise.copy_(torch::randn({options.num_losses()}, theta.options()));
+        action_step.fill_(std::max<int64_t>(step.global_step, 0));
       }
-      w = torch::softmax(theta + options.noise_std() * noise_, 0) * scale();
+      w = torch::softmax(theta + options.noise_std() * noise, 0) * scale();
     } else {
       w = torch::softmax(theta, 0) * scale();
     }
@@ -87,7 +96,7 @@ double RewardWeightingImpl::update(double reward) {
   if (!std::isfinite(reward)) {
     throw Error(ErrorCategory::kValue, fmt::format("RewardWeighting::update: the reward is {}", reward));
   }
-  if (!noise_.defined()) {
+  if (!has_pending_action()) {
     throw Error(ErrorCategory::kState,
                 "RewardWeighting::update: no pending action; call it once after each training step that used the "
                 "weights (the sum's forward in training mode samples the action)");
@@ -97,12 +106,11 @@ double RewardWeightingImpl::update(double reward) {
   if (std::isnan(b)) b = reward;
   const double advantage = reward - b;
   // ∇_θ log N(z; θ, σ²I) = (z − θ)/σ² = ε/σ.
-  theta.add_(noise_, options.lr() * advantage / options.noise_std());
+  theta.add_(noise, options.lr() * advantage / options.noise_std());
   const double beta = options.baseline_momentum();
   baseline.fill_(beta * b + (1.0 - beta) * reward);
   updates.add_(1);
-  noise_ = torch::Tensor();
-  action_step_ = -1;
+  action_step.fill_(-1);
   return advantage;
 }
 

@@ -37,7 +37,7 @@ void UncertaintyWeightingImpl::reset() {
 }
 
 WeightingResult UncertaintyWeightingImpl::combine(const std::vector<torch::Tensor>& losses,
-                                                  const std::vector<std::string>& names, const StepInfo& step) {
+                                                  const std::vector<std::string>& names, const WeightingContext& context) {
   if (static_cast<int64_t>(losses.size()) != options.num_losses()) {
     throw Error(ErrorCategory::kShape, fmt::format("UncertaintyWeighting: got {} losses but was built for {}",
                                                    losses.size(), options.num_losses()));

@@ -148,7 +148,8 @@ TEST(AttentionMSE, BadInputsThrowClearErrors) {
   auto bad = ref()["s0"].clone();
   bad.index_put_({0, 0, 0, 0}, NAN);
   batch.student.attentions[0] = bad;
-  expect_error(kd::AttentionMSEOptions({{0, 0}}), batch, kd::ErrorCategory::kValue, {"NaN"});
+  expect_error(kd::AttentionMSEOptions({{0, 0}}), batch, kd::ErrorCategory::kValue,
+               {"student attention 0 [2, 2, 5, 5]", "teacher attention 0 [2, 4, 5, 5]", "NaN"});
 
   EXPECT_THROW(kd::AttentionMSE(kd::AttentionMSEOptions(std::vector<kd::LayerPair>{})), kd::Error);
   EXPECT_THROW(kd::AttentionMSE(kd::AttentionMSEOptions().eps(0.0)), kd::Error);

@@ -243,6 +243,90 @@ TEST(FeatureL2, MaskedPositionsDoNotMatter) {
   EXPECT_GT(std::abs(feat->forward(l.batch).total.item<double>() - base), 1.0);
 }
 
+TEST(FeatureL2, NonFiniteValuesAtPaddedPositionsChangeNeitherValueNorGradient) {
+  for (auto norm : {kd::FeatureNorm::kNone, kd::FeatureNorm::kL2, kd::FeatureNorm::kStandardize}) {
+    SCOPED_TRACE(static_cast<int>(norm));
+    auto feat = reference_module(reference_options().normalize(norm));
+    auto clean = reference_batch();
+    const auto base = feat->forward(clean.batch).total;
+    base.backward();
+    const auto g_clean = clean.student[0].grad().clone();
+    const auto gw_clean = feat->projection(0)->weight.grad().clone();
+    feat->zero_grad();
+
+    // Example 1, position 2 is padding: NaN in the student's features (before the projection),
+    // +inf and NaN in the teacher's.
+    auto dirty = reference_batch();
+    auto s0 = ref()["hs0"].clone();
+    s0.index_put_({1, 2}, NAN);
+    dirty.student[0] = s0.requires_grad_(true);
+    dirty.batch.student.hidden_states[0] = dirty.student[0];
+    auto t1 = ref()["ht1"].clone();
+    t1.index_put_({1, 2, 0}, INFINITY);
+    t1.index_put_({1, 2, 1}, NAN);
+    dirty.batch.teacher.hidden_states[1] = t1;
+    const auto r = feat->forward(dirty.batch);
+    EXPECT_EQ(r.total.item<double>(), base.item<double>());
+    r.total.backward();
+    const auto g = dirty.student[0].grad();
+    ASSERT_TRUE(g.defined());
+    EXPECT_TRUE(torch::isfinite(g).all().item<bool>());
+    EXPECT_TRUE(torch::equal(g, g_clean));
+    EXPECT_TRUE(torch::equal(g[1][2], torch::zeros({4}, torch::kFloat64)));  // no gradient into padding
+    EXPECT_TRUE(torch::equal(feat->projection(0)->weight.grad(), gw_clean));
+
+    // The functional form too, on same-width [B, L, D] features.
+    const auto a = ref()["ht1"].clone().requires_grad_(true);
+    auto a_dirty = ref()["ht1"].clone();
+    a_dirty.index_put_({1, 2}, NAN);
+    a_dirty.requires_grad_(true);
+    const auto b = ref()["ht1"].flip(0).clone();
+    const auto m = ref()["mask"];
+    const auto v = kd::functional::feature_mse(a, b, norm, m);
+    const auto v_dirty = kd::functional::feature_mse(a_dirty, b, norm, m);
+    EXPECT_EQ(v_dirty.item<double>(), v.item<double>());
+    v.backward();
+    v_dirty.backward();
+    EXPECT_TRUE(torch::equal(a_dirty.grad(), a.grad()));
+  }
+  // NaN at a real position is still an error, naming the hidden state.
+  auto feat = reference_module(reference_options());
+  auto l = reference_batch();
+  auto s0 = ref()["hs0"].clone();
+  s0.index_put_({1, 1, 0}, NAN);  // position 1 of example 1 is real
+  l.batch.student.hidden_states[0] = s0;
+  try {
+    feat->forward(l.batch);
+    ADD_FAILURE() << "expected kd::Error";
+  } catch (const kd::Error& e) {
+    EXPECT_EQ(e.category(), kd::ErrorCategory::kValue);
+    EXPECT_THAT(e.what(), HasSubstr("student hidden state 0 [2, 3, 4] contains NaN or Inf at real"));
+  }
+}
+
+TEST(FeatureL2, AlignedFeaturesAreWhatForwardCompares) {
+  auto feat = reference_module(reference_options());
+  auto l = reference_batch();
+  const auto aligned = feat->aligned_features(l.batch);
+  ASSERT_EQ(aligned.size(), 3u);
+  const std::vector<int64_t> teacher_layers{1, 3, 0};
+  const auto r = feat->forward(l.batch);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(aligned[i].teacher_layer, teacher_layers[i]) << i;
+    EXPECT_FALSE(aligned[i].student.requires_grad());
+    ASSERT_EQ(aligned[i].student.sizes(), aligned[i].teacher.sizes()) << i;
+    // Pair MSEs recomputed from the aligned features (mean over real positions for the [B, L, D] pair).
+    const auto mask = aligned[i].student.dim() == 3 ? ref()["mask"] : torch::Tensor();
+    EXPECT_LT(max_rel_error(kd::functional::feature_mse(aligned[i].student, aligned[i].teacher, kd::FeatureNorm::kNone, mask),
+                            r.parts.at("feat." + std::to_string(i))),
+              1e-12)
+        << i;
+  }
+  // Padding is zero on both sides (pair 0 is [2, 3, 6]; example 1, position 2 is padded).
+  EXPECT_EQ(aligned[0].student[1][2].abs().sum().item<double>(), 0.0);
+  EXPECT_EQ(aligned[0].teacher[1][2].abs().sum().item<double>(), 0.0);
+}
+
 TEST(FeatureL2, NegativeIndicesCountFromTheEnd) {
   kd::DistillBatch batch;
   batch.student.hidden_states = {torch::randn({2, 4}), torch::randn({2, 4})};

@@ -1,5 +1,8 @@
 // GradientMatching (R1) against PyTorch references (tests/parity/gradient_matching.py), errors.
+#include <cmath>
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -97,22 +100,39 @@ TEST(GradientMatching, ImageCaseMatchesPyTorchValuePartsAndParameterGradients) {
     ASSERT_TRUE(p.grad().defined()) << name;
     EXPECT_LT(max_rel_error(p.grad(), ref()["img_grad_" + name]), 1e-6) << "gradient of " << name;
   }
+  // dL/d(batch.inputs): through g_s's double backward and the KL.
+  ASSERT_TRUE(c.batch.inputs.grad().defined());
+  EXPECT_LT(max_rel_error(c.batch.inputs.grad(), ref()["img_grad_x"]), 1e-6);
   // The teacher gets nothing: no parameter gradient, and its input leaf is left alone by the loss's backward.
   for (const auto& p : c.teacher->parameters()) EXPECT_FALSE(p.grad().defined());
   EXPECT_FALSE(c.batch.teacher_inputs.grad().defined());
 }
 
-TEST(GradientMatching, TokenCaseComparesPerTokenGradientNormsOfTheEmbeddings) {
-  auto student = std::make_shared<TokenNetImpl>("tok_s_");
-  auto teacher = std::make_shared<TokenNetImpl>("tok_t_");
-  for (auto& p : teacher->parameters()) p.requires_grad_(false);
+struct TokenCase {
+  std::shared_ptr<TokenNetImpl> student = std::make_shared<TokenNetImpl>("tok_s_");
+  std::shared_ptr<TokenNetImpl> teacher = std::make_shared<TokenNetImpl>("tok_t_");
   kd::DistillBatch batch;
-  batch.inputs = ref()["tok_tokens"];
-  batch.targets = ref()["tok_targets"];
-  batch.mask = ref()["tok_mask"];
-  batch.student = student->forward(batch.inputs);
-  batch.teacher = teacher->forward(batch.inputs);
-  // λ = 1: the reference is the gradient term alone (its KL over [B, L, V] is TemperatureKL's business).
+
+  explicit TokenCase(const std::string& mask_key) {
+    for (auto& p : teacher->parameters()) p.requires_grad_(false);
+    batch.inputs = ref()["tok_tokens"];
+    batch.targets = ref()["tok_targets"];
+    batch.mask = ref()[mask_key];
+    run();
+  }
+  void run() {
+    batch.student = student->forward(batch.inputs);
+    batch.teacher = teacher->forward(batch.inputs);
+    batch.student.extras["embeddings"].retain_grad();  // a non-leaf: keep its gradient for the check
+  }
+};
+
+TEST(GradientMatching, TokenCaseComparesPerTokenGradientNormsOfTheEmbeddings) {
+  TokenCase c("tok_mask");
+  auto& batch = c.batch;
+  auto& student = c.student;
+  auto& teacher = c.teacher;
+  // λ = 1: the gradient term alone (the λ < 1 case below adds the KL).
   kd::GradientMatching r1(
       kd::GradientMatchingOptions().input_key("embeddings").lambda(kd::Schedule::constant(1.0)));
   auto r = r1->forward(batch);
@@ -123,10 +143,12 @@ TEST(GradientMatching, TokenCaseComparesPerTokenGradientNormsOfTheEmbeddings) {
     ASSERT_TRUE(p.grad().defined()) << name;
     EXPECT_LT(max_rel_error(p.grad(), ref()["tok_grad_" + name]), 1e-6) << "gradient of " << name;
   }
+  const auto g_emb = batch.student.extras.at("embeddings").grad();
+  ASSERT_TRUE(g_emb.defined());
+  EXPECT_LT(max_rel_error(g_emb, ref()["tok_grad_embeddings"]), 1e-6);
 
   // kRaw cannot compare widths 3 and 5: both shapes in the message.
-  batch.student = student->forward(batch.inputs);
-  batch.teacher = teacher->forward(batch.inputs);
+  c.run();
   kd::GradientMatching raw(kd::GradientMatchingOptions().input_key("embeddings").space(kd::GradientSpace::kRaw));
   try {
     raw->forward(batch);
@@ -146,6 +168,100 @@ TEST(GradientMatching, TokenCaseComparesPerTokenGradientNormsOfTheEmbeddings) {
     EXPECT_EQ(e.category(), kd::ErrorCategory::kModel);
     EXPECT_THAT(e.what(), HasSubstr("tok_emb"));
   }
+}
+
+TEST(GradientMatching, TokenCaseBelowLambdaOneLeavesPaddingOutOfEveryPart) {
+  // Position [0, 3] is padding by the mask alone (its target is a real class), [1, 3] by both.
+  TokenCase c("tok2_mask");
+  ASSERT_NE(c.batch.targets[0][3].item<int64_t>(), -100);
+  kd::GradientMatching r1(kd::GradientMatchingOptions()
+                              .input_key("embeddings")
+                              .lambda(kd::Schedule::constant(0.6))
+                              .temperature(2.0));
+  auto r = r1->forward(c.batch);
+  EXPECT_LT(max_rel_error(r.total, ref()["tok2_loss"]), 1e-6);
+  EXPECT_LT(max_rel_error(r.parts.at("r1.grad_mse"), ref()["tok2_grad_mse"]), 1e-6);
+  EXPECT_LT(max_rel_error(r.parts.at("r1.kl"), ref()["tok2_kl"]), 1e-6);
+  EXPECT_LT(max_rel_error(r.parts.at("r1.lambda"), ref()["tok2_lambda"]), 1e-12);
+  r.total.backward();
+  for (const auto& [name, p] : c.student->params) {
+    ASSERT_TRUE(p.grad().defined()) << name;
+    EXPECT_LT(max_rel_error(p.grad(), ref()["tok2_grad_" + name]), 1e-6) << "gradient of " << name;
+  }
+  const auto g_emb = c.batch.student.extras.at("embeddings").grad();
+  ASSERT_TRUE(g_emb.defined());
+  EXPECT_LT(max_rel_error(g_emb, ref()["tok2_grad_embeddings"]), 1e-6);
+
+  // What padding holds does not matter: NaN logits at both padded positions give the same loss.
+  TokenCase nan_pad("tok2_mask");
+  auto& zs = nan_pad.batch.student.logits;
+  zs = zs.clone();
+  zs.select(1, 3).fill_(NAN);  // [b, 3, :] for both examples
+  nan_pad.batch.teacher.logits = nan_pad.batch.teacher.logits.clone();
+  nan_pad.batch.teacher.logits.select(1, 3).fill_(NAN);
+  kd::GradientMatching kl_only(
+      kd::GradientMatchingOptions().input_key("embeddings").lambda(kd::Schedule::constant(0.0)).temperature(2.0));
+  EXPECT_LT(max_rel_error(kl_only->forward(nan_pad.batch).total, ref()["tok2_kl"]), 1e-6);
+}
+
+TEST(GradientMatching, NonFiniteInputsAndBadTargetsThrowKdErrors) {
+  kd::GradientMatching r1(kd::GradientMatchingOptions().temperature(2.0));
+  auto expect_error = [](auto&& fn, kd::ErrorCategory category, std::vector<std::string> pieces) {
+    try {
+      fn();
+      ADD_FAILURE() << "expected kd::Error containing " << pieces[0];
+    } catch (const kd::Error& e) {
+      EXPECT_EQ(e.category(), category) << e.what();
+      for (const auto& p : pieces) EXPECT_THAT(e.what(), HasSubstr(p));
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "expected kd::Error, got " << e.what();
+    }
+  };
+  for (double bad : {static_cast<double>(NAN), static_cast<double>(INFINITY)}) {
+    ImageCase c;  // one pixel of the student's images is NaN / Inf
+    auto x = ref()["img_x"].clone();
+    x[1][0][2][3] = bad;
+    c.batch.inputs = x.requires_grad_(true);
+    c.batch.student = c.student->forward(c.batch.inputs);
+    SCOPED_TRACE(bad);
+    expect_error([&] { r1->forward(c.batch); }, kd::ErrorCategory::kValue, {"student inputs [3, 1, 5, 5]", "NaN or Inf"});
+    // The functional twin checks too.
+    expect_error(
+        [&] {
+          kd::functional::gradient_matching(c.batch.student.logits, c.batch.inputs, c.batch.teacher.logits,
+                                            c.batch.teacher_inputs, c.batch.targets, 0.5);
+        },
+        kd::ErrorCategory::kValue, {"student inputs [3, 1, 5, 5]", "NaN or Inf"});
+  }
+  {
+    ImageCase c;  // the teacher's images
+    auto x = ref()["img_x"].clone();
+    x[0][0][0][0] = NAN;
+    c.batch.teacher_inputs = x.requires_grad_(true);
+    c.batch.teacher = c.teacher->forward_with_input_grad(c.batch.teacher_inputs);
+    expect_error([&] { r1->forward(c.batch); }, kd::ErrorCategory::kValue, {"teacher inputs", "NaN or Inf"});
+  }
+  {
+    ImageCase c;  // finite inputs, but the student model emits NaN for one counted example
+    auto z = c.batch.student.logits.clone();
+    z[2][1] = NAN;
+    c.batch.student.logits = z;
+    expect_error([&] { r1->forward(c.batch); }, kd::ErrorCategory::kValue, {"student logits [3, 4]", "NaN or Inf"});
+  }
+  {
+    ImageCase c;  // 4 classes: target 7 is out of range
+    c.batch.targets = torch::tensor({0, 7, 1}, torch::kLong);
+    expect_error([&] { r1->forward(c.batch); }, kd::ErrorCategory::kValue, {"[0, 7]", "[0, 3]", "[3, 4]"});
+    c.batch.targets = torch::tensor({0, -2, 1}, torch::kLong);
+    expect_error([&] { r1->forward(c.batch); }, kd::ErrorCategory::kValue, {"[-2, 1]", "ignore_index"});
+    c.batch.targets = torch::tensor({0.0, 1.0, 1.0}, torch::kFloat64);
+    expect_error([&] { r1->forward(c.batch); }, kd::ErrorCategory::kValue, {"integer class indices"});
+    // ignore_index itself is fine: that example drops out of the task loss and the KL.
+    c.batch.targets = torch::tensor({0, -100, 1}, torch::kLong);
+    EXPECT_TRUE(std::isfinite(r1->forward(c.batch).total.item<double>()));
+  }
+  EXPECT_THROW(kd::functional::gradient_matching({}, {}, {}, {}, {}, 0.5, kd::GradientMatchingOptions().temperature(0)),
+               kd::Error);
 }
 
 TEST(GradientMatching, LambdaFollowsTheScheduleAndCombinesTheParts) {

@@ -1,6 +1,9 @@
 // LayerSimilarityWeighting: closed-form cases, PyTorch reference (tests/parity/weighting_layer_similarity.py),
 // use as FeatureL2's pair_weighting hook, errors.
 #include <cmath>
+#include <map>
+#include <string>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -8,6 +11,8 @@
 
 #include "kd/core/error.h"
 #include "kd/losses/feature_l2.h"
+#include "kd/losses/temperature_kl.h"
+#include "kd/losses/weighted_sum.h"
 #include "kd/losses/weighting/layer_similarity.h"
 #include "reference.h"
 
@@ -122,6 +127,142 @@ TEST(LayerSimilarityWeighting, Errors) {
   }
   EXPECT_THROW(kd::LayerSimilarityWeighting()({a, a}, {a}, {0, 1}), kd::Error);
   EXPECT_THROW(kd::LayerSimilarityWeighting()({}, {}, {}), kd::Error);
+}
+
+// mean((s - t)²) over hidden states (student 1, teacher 7): a user loss that is not a LayerFeatureSource.
+struct HiddenMSEImpl : torch::nn::Cloneable<HiddenMSEImpl> {
+  void reset() override {}
+  kd::LossResult forward(const kd::DistillBatch& b) {
+    kd::LossResult r;
+    r.total = (b.student.hidden_states[1] - b.teacher.hidden_states[7]).pow(2).mean();
+    return r;
+  }
+};
+TORCH_MODULE(HiddenMSE);
+
+struct PolicyCase {
+  kd::testing::Reference ref{kd::testing::run_python("weighting_layer_similarity.py") +
+                             "/weighting_layer_similarity_policy.json"};
+  kd::FeatureL2 f3{kd::FeatureL2Options({{/*teacher=*/3, /*student=*/0, 1.0, /*student_dim=*/5, /*teacher_dim=*/6}})};
+  kd::FeatureL2 f8{kd::FeatureL2Options({{8, 1}, {5, 1}})};
+  kd::WeightedSum sum{nullptr};
+  std::map<std::string, torch::Tensor> leaves;
+  kd::DistillBatch batch;
+
+  explicit PolicyCase(bool dirty = false) {
+    f3->to(torch::kFloat64);
+    {
+      torch::NoGradGuard no_grad;
+      f3->projection(0)->weight.copy_(ref["W"]);
+      f3->projection(0)->bias.copy_(ref["b"]);
+    }
+    sum = kd::WeightedSum({{"f3", f3}, {"f8", f8}, {"h7", HiddenMSE()}, {"kl", kd::TemperatureKL(kd::TemperatureKLOptions().temperature(2.0)), 0.5}},
+                          kd::LayerSimilarityPolicy(kd::LayerSimilarityPolicyOptions().layers({{"h7", {/*teacher=*/7, /*student=*/1}}})));
+    for (const char* n : {"hs1", "zs"}) leaves[n] = ref[n].clone().requires_grad_(true);
+    auto hs0 = ref["hs0"].clone();
+    for (int i = 0; i < 9; ++i) batch.teacher.hidden_states.push_back(ref["ht" + std::to_string(i)]);
+    if (dirty) {  // NaN / Inf where the mask says padding (example 1 and 3, position 2)
+      hs0.index_put_({1, 2}, NAN);
+      auto t3 = batch.teacher.hidden_states[3].clone();
+      t3.index_put_({3, 2}, INFINITY);
+      batch.teacher.hidden_states[3] = t3;
+    }
+    leaves["hs0"] = hs0.requires_grad_(true);
+    batch.student.hidden_states = {leaves["hs0"], leaves["hs1"]};
+    batch.student.logits = leaves["zs"];
+    batch.teacher.logits = ref["zt"];
+    batch.mask = ref["mask"];
+  }
+};
+
+TEST(LayerSimilarityPolicy, WeighsWeightedSumTermsLikePyTorch) {
+  for (bool dirty : {false, true}) {  // dirty: NaN / Inf at padded positions
+    SCOPED_TRACE(dirty ? "NaN at padding" : "clean");
+    PolicyCase c(dirty);
+    const auto r = c.sum->forward(c.batch);
+    const std::vector<std::string> weighed{"f3", "f8", "h7"};
+    for (int k = 0; k < 3; ++k) {
+      EXPECT_LT(max_rel_error(r.parts.at("w." + weighed[k]), c.ref["w"][k]), 1e-12) << weighed[k];
+      EXPECT_LT(max_rel_error(r.parts.at("weighting.cos." + weighed[k]), c.ref["cos"][k]), 1e-12) << weighed[k];
+      EXPECT_LT(max_rel_error(r.parts.at(weighed[k]), c.ref["L"][k]), 1e-12) << weighed[k];
+    }
+    EXPECT_EQ(r.parts.at("w.kl").item<double>(), 0.5);  // not weighed: policy weight 1 × term weight 0.5
+    EXPECT_EQ(r.parts.count("weighting.cos.kl"), 0u);
+    EXPECT_LT(max_rel_error(r.total, c.ref["total"]), 1e-12);
+    r.total.backward();
+    const std::vector<std::pair<std::string, torch::Tensor>> grads{
+        {"hs0", c.leaves["hs0"].grad()}, {"hs1", c.leaves["hs1"].grad()}, {"zs", c.leaves["zs"].grad()},
+        {"W", c.f3->projection(0)->weight.grad()}, {"b", c.f3->projection(0)->bias.grad()}};
+    for (const auto& [name, g] : grads) {
+      ASSERT_TRUE(g.defined()) << name;
+      EXPECT_LT(max_rel_error(g, c.ref["g_" + name]), 1e-12) << "gradient of " << name;
+    }
+  }
+}
+
+TEST(LayerSimilarityPolicy, WeightsFollowTheFeaturesEveryStep) {
+  // Three steps: as the student's layer-8 features approach the teacher's, f8's weight rises
+  // and each step's logged weight is the closed form of that step's features.
+  PolicyCase c;
+  const auto t8 = c.batch.teacher.hidden_states[8];
+  double previous = -1.0;
+  for (double blend : {0.0, 0.5, 0.9}) {
+    c.batch.student.hidden_states[1] = (1 - blend) * c.leaves["hs1"].detach() + blend * t8;
+    const auto r = c.sum->forward(c.batch);
+    const auto zero = [&](const torch::Tensor& x) { return x.masked_fill((c.batch.mask == 0).unsqueeze(-1), 0.0); };
+    const auto& hs = c.batch.student.hidden_states;
+    const auto& ht = c.batch.teacher.hidden_states;
+    auto prior = [](double l) { return 1.0 / (1.0 + std::exp(-0.5 * (l - 6.0))); };
+    auto cosine = [&](const torch::Tensor& s, const torch::Tensor& t) {
+      return kd::functional::feature_cosine_similarity(zero(s), zero(t)).item<double>();
+    };
+    const auto s0 = zero(torch::linear(zero(hs[0]), c.f3->projection(0)->weight, c.f3->projection(0)->bias));
+    const double raw3 = std::max(0.0, cosine(s0, ht[3])) * prior(3);
+    const double raw8 = (std::max(0.0, cosine(hs[1], ht[8])) * prior(8) + std::max(0.0, cosine(hs[1], ht[5])) * prior(5)) / 2;
+    const double raw7 = std::max(0.0, cosine(hs[1], ht[7])) * prior(7);
+    const double sum = raw3 + raw8 + raw7;
+    EXPECT_NEAR(r.parts.at("w.f3").item<double>(), 3 * raw3 / sum, 1e-12) << blend;
+    EXPECT_NEAR(r.parts.at("w.f8").item<double>(), 3 * raw8 / sum, 1e-12) << blend;
+    EXPECT_NEAR(r.parts.at("w.h7").item<double>(), 3 * raw7 / sum, 1e-12) << blend;
+    EXPECT_GT(r.parts.at("w.f8").item<double>(), previous) << blend;
+    previous = r.parts.at("w.f8").item<double>();
+  }
+}
+
+TEST(LayerSimilarityPolicy, Errors) {
+  PolicyCase c;
+  auto expect_error = [&](kd::WeightedSum sum, const kd::DistillBatch& batch, kd::ErrorCategory category,
+                          std::vector<std::string> pieces) {
+    try {
+      sum->forward(batch);
+      ADD_FAILURE() << "expected kd::Error containing " << pieces[0];
+    } catch (const kd::Error& e) {
+      EXPECT_EQ(e.category(), category) << e.what();
+      for (const auto& p : pieces) EXPECT_THAT(e.what(), HasSubstr(p));
+    }
+  };
+  auto kl = kd::TemperatureKL(kd::TemperatureKLOptions().temperature(2.0));
+  // A layers key that is not a term.
+  expect_error(kd::WeightedSum({{"f8", c.f8}, {"h7", HiddenMSE()}},
+                               kd::LayerSimilarityPolicy(kd::LayerSimilarityPolicyOptions().layers({{"h7x", {7, 1}}}))),
+               c.batch, kd::ErrorCategory::kConfig, {"'h7x'", "did you mean 'h7'"});
+  // Nothing to weigh.
+  expect_error(kd::WeightedSum({{"kl", kl}}, kd::LayerSimilarityPolicy()), c.batch, kd::ErrorCategory::kConfig,
+               {"none of the terms (kl)"});
+  // Hidden states of different widths for a layers term: both shapes.
+  expect_error(kd::WeightedSum({{"h7", HiddenMSE()}},
+                               kd::LayerSimilarityPolicy(kd::LayerSimilarityPolicyOptions().layers({{"h7", {7, 0}}}))),
+               c.batch, kd::ErrorCategory::kShape, {"[4, 3, 5]", "[4, 3, 6]", "kd::FeatureL2"});
+  // A layer index out of range.
+  expect_error(kd::WeightedSum({{"h7", HiddenMSE()}},
+                               kd::LayerSimilarityPolicy(kd::LayerSimilarityPolicyOptions().layers({{"h7", {12, 1}}}))),
+               c.batch, kd::ErrorCategory::kValue, {"teacher layer index 12", "9 teacher hidden states"});
+  // Outside a WeightedSum there is no batch.
+  kd::LayerSimilarityPolicy alone;
+  EXPECT_THROW(alone->combine({torch::ones({})}, {"a"}, kd::StepInfo{}), kd::Error);
+  EXPECT_THROW(kd::LayerSimilarityPolicy(kd::LayerSimilarityPolicyOptions().similarity(
+                   kd::LayerSimilarityWeightingOptions().slope(NAN))),
+               kd::Error);
 }
 
 }  // namespace

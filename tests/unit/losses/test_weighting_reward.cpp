@@ -126,7 +126,8 @@ TEST(RewardWeighting, LearnsToFavourTheRewardedLoss) {
 
 TEST(RewardWeighting, InsideWeightedSumLogsWeightsEveryStep) {
   torch::manual_seed(4);
-  kd::RewardWeighting rw(kd::RewardWeightingOptions(2));
+  const double sigma = 0.1, lr = 0.5;
+  kd::RewardWeighting rw(kd::RewardWeightingOptions(2).noise_std(sigma).lr(lr).initial_baseline(0.0));
   struct Const : torch::nn::Module {
     explicit Const(double v) : v(v) {}
     kd::LossResult forward(const kd::DistillBatch&) { return {torch::scalar_tensor(v, torch::kFloat64), {}}; }
@@ -135,15 +136,64 @@ TEST(RewardWeighting, InsideWeightedSumLogsWeightsEveryStep) {
   kd::WeightedSum total({{"a", torch::nn::AnyModule(std::make_shared<Const>(2.0))},
                          {"b", torch::nn::AnyModule(std::make_shared<Const>(4.0)), 0.5}},
                         rw);
-  kd::DistillBatch batch;
-  const auto r = total->forward(batch);
+  std::vector<double> theta{0.0, 0.0};
+  double baseline = 0.0;
+  std::vector<double> logged_a;
+  for (int64_t step = 0; step < 4; ++step) {
+    kd::DistillBatch batch;
+    batch.step.global_step = step;
+    const auto r = total->forward(batch);
+    const auto eps = to_vector(rw->pending_noise());
+    // This step's weights: S·softmax(θ + σε), θ as the previous updates left it, S = K = 2.
+    const auto w = scaled_softmax({theta[0] + sigma * eps[0], theta[1] + sigma * eps[1]}, 2.0);
+    EXPECT_NEAR(r.parts.at("w.a").item<double>(), w[0], 1e-12) << step;
+    EXPECT_NEAR(r.parts.at("w.b").item<double>(), 0.5 * w[1], 1e-12) << step;  // term weight × policy weight
+    EXPECT_NEAR(r.total.item<double>(), 2.0 * w[0] + 0.5 * 4.0 * w[1], 1e-12) << step;
+    EXPECT_NEAR(r.parts.at("weighting.theta.a").item<double>(), theta[0], 1e-14) << step;
+    EXPECT_NEAR(r.parts.at("weighting.baseline").item<double>(), baseline, 1e-14) << step;
+    logged_a.push_back(r.parts.at("w.a").item<double>());
+    // Reward: +1 on even steps, −1 on odd ones; θ ← θ + lr·(r − b)·ε/σ, b ← 0.9·b + 0.1·r.
+    const double reward = step % 2 == 0 ? 1.0 : -1.0;
+    const double advantage = reward - baseline;
+    EXPECT_NEAR(rw->update(reward), advantage, 1e-14);
+    for (int k = 0; k < 2; ++k) theta[k] += lr * advantage * eps[k] / sigma;
+    baseline = 0.9 * baseline + 0.1 * reward;
+    const auto got = to_vector(rw->theta);
+    EXPECT_NEAR(got[0], theta[0], 1e-12) << step;
+    EXPECT_NEAR(got[1], theta[1], 1e-12) << step;
+  }
+  // A fresh action each step: the logged weights differ from step to step.
+  for (size_t i = 1; i < logged_a.size(); ++i) EXPECT_NE(logged_a[i], logged_a[i - 1]) << i;
+}
+
+TEST(RewardWeighting, HoldActionKeepsOneActionUntilTheUpdate) {
+  torch::manual_seed(9);
+  kd::RewardWeighting rw(kd::RewardWeightingOptions(2).hold_action(true).initial_baseline(0.0).lr(0.3));
+  auto L = scalars({1.0, 1.0});
+  const auto w0 = to_vector(rw->combine(L, {"a", "b"}, at_step(0)).weights);
   const auto eps = to_vector(rw->pending_noise());
-  const auto w = scaled_softmax({0.1 * eps[0], 0.1 * eps[1]}, 2.0);  // θ = 0, σ = 0.1, S = K = 2
-  EXPECT_NEAR(r.parts.at("w.a").item<double>(), w[0], 1e-12);
-  EXPECT_NEAR(r.parts.at("w.b").item<double>(), 0.5 * w[1], 1e-12);  // term weight × policy weight
-  EXPECT_NEAR(r.total.item<double>(), 2.0 * w[0] + 0.5 * 4.0 * w[1], 1e-12);
-  EXPECT_EQ(r.parts.count("weighting.theta.a"), 1u);
-  EXPECT_EQ(r.parts.count("weighting.baseline"), 1u);
+  for (int64_t s = 1; s < 5; ++s) EXPECT_EQ(to_vector(rw->combine(L, {"a", "b"}, at_step(s)).weights), w0) << s;
+  EXPECT_EQ(to_vector(rw->pending_noise()), eps);
+  rw->update(2.0);
+  EXPECT_FALSE(rw->has_pending_action());
+  const auto w1 = to_vector(rw->combine(L, {"a", "b"}, at_step(5)).weights);
+  EXPECT_NE(w1, w0);  // a new action after the update
+  EXPECT_NE(to_vector(rw->pending_noise()), eps);
+}
+
+TEST(RewardWeighting, PendingActionIsStateThatACopyKeeps) {
+  // The action lives in buffers, so a checkpoint (or clone) taken mid-action resumes it.
+  torch::manual_seed(3);
+  kd::RewardWeighting rw(kd::RewardWeightingOptions(3).hold_action(true));
+  rw->combine(scalars({1.0, 2.0, 3.0}), {"a", "b", "c"}, at_step(4));
+  auto copy = std::dynamic_pointer_cast<kd::RewardWeightingImpl>(rw->clone());
+  ASSERT_TRUE(copy);
+  EXPECT_TRUE(copy->has_pending_action());
+  EXPECT_EQ(to_vector(copy->pending_noise()), to_vector(rw->pending_noise()));
+  EXPECT_EQ(copy->action_step.item<int64_t>(), 4);
+  std::vector<std::string> buffers;
+  for (const auto& b : rw->named_buffers()) buffers.push_back(b.key());
+  EXPECT_EQ(buffers, (std::vector<std::string>{"theta", "baseline", "updates", "noise", "action_step"}));
 }
 
 TEST(RewardWeighting, Errors) {

@@ -91,7 +91,7 @@ class MinNormWeightingImpl : public torch::nn::Cloneable<MinNormWeightingImpl>, 
   void reset() override;
 
   WeightingResult combine(const std::vector<torch::Tensor>& losses, const std::vector<std::string>& names,
-                          const StepInfo& step) override;
+                          const WeightingContext& context) override;
 
   /// The Gram matrix G_ij = g_i·g_j [K, K] (float64, CPU) of `losses` over the shared parameters.
   torch::Tensor gram(const std::vector<torch::Tensor>& losses) const;

@@ -17,6 +17,23 @@
 
 namespace kd {
 
+/// What a policy may look at besides the loss values.
+///
+/// Built implicitly from a StepInfo, so `policy->combine(losses, names, step)`
+/// works outside a WeightedSum (then there is no batch and no modules).
+struct WeightingContext {
+  /* implicit */ WeightingContext(StepInfo step = {}) : step(step) {}  // NOLINT(google-explicit-constructor)
+
+  /// Where training stands (progress, global step).
+  StepInfo step;
+  /// The batch the losses were computed on; nullptr outside a WeightedSum.
+  const DistillBatch* batch = nullptr;
+  /// The loss module of each term, in term order; empty outside a WeightedSum.
+  /// Policies that weigh by what a loss compares (kd::LayerSimilarityPolicy)
+  /// query them through capability interfaces such as kd::LayerFeatureSource.
+  std::vector<std::shared_ptr<torch::nn::Module>> modules;
+};
+
 /// What a policy returns for one step.
 struct WeightingResult {
   /// The combined loss to back-propagate (may contain the policy's own
@@ -37,18 +54,20 @@ struct WeightingResult {
 /// class MyWeightingImpl : public torch::nn::Cloneable<MyWeightingImpl>, public kd::WeightingPolicy { ... };
 /// ```
 ///
-/// Built-ins: kd::UncertaintyWeighting (learned, Kendall et al. 2018),
-/// kd::RewardWeighting (REINFORCE on a reward), kd::MinNormWeighting (MGDA,
-/// Sener & Koltun 2018). Static weights and schedules need no policy (see
-/// kd::WeightedTerm).
+/// Built-ins: kd::LayerSimilarityPolicy (cosine similarity × sigmoid layer
+/// prior, per term), kd::UncertaintyWeighting (learned, Kendall et al. 2018),
+/// kd::RewardWeighting (REINFORCE on a reward, fed by kd::RewardFeedback from
+/// evaluations), kd::MinNormWeighting (MGDA, Sener & Koltun 2018). Static
+/// weights and schedules need no policy (see kd::WeightedTerm).
 class WeightingPolicy {
  public:
   virtual ~WeightingPolicy() = default;
 
   /// Combines `losses` (K live scalars, in term order, each already multiplied
-  /// by its term's own weight) named `names`, at training position `step`.
+  /// by its term's own weight) named `names`; `context` says where training
+  /// stands and, inside a WeightedSum, which batch and modules produced them.
   virtual WeightingResult combine(const std::vector<torch::Tensor>& losses, const std::vector<std::string>& names,
-                                  const StepInfo& step) = 0;
+                                  const WeightingContext& context) = 0;
 
   /// The number of losses the policy was built for, or −1 for any number.
   virtual int64_t num_losses() const { return -1; }

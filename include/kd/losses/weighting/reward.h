@@ -32,6 +32,11 @@ struct RewardWeightingOptions {
   TORCH_ARG(std::vector<double>, init_logits) = {};
   /// b₀; unset means "the first reward" (the first update then has advantage 0).
   TORCH_ARG(std::optional<double>, initial_baseline) = std::nullopt;
+  /// Keep one sampled action until update() instead of sampling a new one for
+  /// every optimizer step. Use it when the reward judges many steps at once —
+  /// an evaluation every N steps fed back by kd::RewardFeedback — so that the
+  /// reward and the action it is credited to are the same N steps' weights.
+  TORCH_ARG(bool, hold_action) = false;
 };
 
 /// Loss weights from a Gaussian policy over logits, trained by REINFORCE on a
@@ -42,11 +47,12 @@ struct RewardWeightingOptions {
 ///
 ///   z = θ + σ·ε,  ε ~ N(0, I_K),   weights w = S·softmax(z),
 ///
-/// sampled the first time `combine` runs in training mode for a new
-/// `step.global_step` (so micro-batches of one accumulated step share it) or
-/// after an update. In eval mode the weights are the noise-free S·softmax(θ)
-/// and nothing is recorded. The loss is Σ_k w_k·L_k with w detached (no
-/// gradient flows into θ through the loss).
+/// sampled the first time `combine` runs in training mode when no action is
+/// pending, and — unless `hold_action` — for every new `step.global_step` (so
+/// micro-batches of one accumulated step share it). With `hold_action` one
+/// action lasts until update(). In eval mode the weights are the noise-free
+/// S·softmax(θ) and nothing is recorded. The loss is Σ_k w_k·L_k with w
+/// detached (no gradient flows into θ through the loss).
 ///
 /// Update, `update(r)` for the most recent action (z, ε):
 ///
@@ -59,8 +65,10 @@ struct RewardWeightingOptions {
 /// action is consumed: calling update() again before a new action throws
 /// kd::Error (kState). A non-finite reward throws kd::Error (kValue).
 ///
-/// Buffers (saved in checkpoints): "theta" [K], "baseline" [], "updates" [] (count).
-/// Extra parts: "theta.<name>" = θ_k, "baseline" = b.
+/// Buffers (saved in checkpoints, so a resumed run keeps its pending action):
+/// "theta" [K], "baseline" [], "updates" [] (count), "noise" [K] (ε of the
+/// pending action), "action_step" [] (the global step it was sampled at; −1:
+/// none pending). Extra parts: "theta.<name>" = θ_k, "baseline" = b.
 ///
 /// Example:
 /// ```
@@ -68,6 +76,9 @@ struct RewardWeightingOptions {
 /// kd::WeightedSum total({{"kl", kl}, {"ce", ce}}, policy);
 /// ... loss = total->forward(batch); loss.total.backward(); opt.step();
 /// policy->update(-validation_loss);   // after each optimizer step
+/// // or, in a StagedTrainer, the reward from each evaluation (see kd::RewardFeedback):
+/// kd::RewardWeighting held(kd::RewardWeightingOptions(2).hold_action(true));
+/// trainer.add_callback(std::make_shared<kd::RewardFeedback>(held, kd::RewardFeedbackOptions("accuracy")));
 /// ```
 class RewardWeightingImpl : public torch::nn::Cloneable<RewardWeightingImpl>, public WeightingPolicy {
  public:
@@ -75,7 +86,7 @@ class RewardWeightingImpl : public torch::nn::Cloneable<RewardWeightingImpl>, pu
   void reset() override;
 
   WeightingResult combine(const std::vector<torch::Tensor>& losses, const std::vector<std::string>& names,
-                          const StepInfo& step) override;
+                          const WeightingContext& context) override;
   int64_t num_losses() const override { return options.num_losses(); }
 
   /// Applies the REINFORCE rule above for the pending action; returns the advantage A.
@@ -84,21 +95,21 @@ class RewardWeightingImpl : public torch::nn::Cloneable<RewardWeightingImpl>, pu
   /// S·softmax(θ): the mean action's weights [K] (detached).
   torch::Tensor mean_weights() const;
   /// Whether an action awaits its update.
-  bool has_pending_action() const noexcept { return noise_.defined(); }
-  /// ε of the pending action [K] (undefined when none).
-  const torch::Tensor& pending_noise() const noexcept { return noise_; }
+  bool has_pending_action() const;
+  /// ε of the pending action [K] (a copy; undefined when none).
+  torch::Tensor pending_noise() const;
   /// The current baseline b (NaN before the first update without initial_baseline).
   double baseline_value() const;
 
   RewardWeightingOptions options;
-  torch::Tensor theta;      ///< θ [K], buffer
-  torch::Tensor baseline;   ///< b [], buffer
-  torch::Tensor updates;    ///< number of updates so far [], int64 buffer
+  torch::Tensor theta;        ///< θ [K], buffer
+  torch::Tensor baseline;     ///< b [], buffer
+  torch::Tensor updates;      ///< number of updates so far [], int64 buffer
+  torch::Tensor noise;        ///< ε of the pending action [K], buffer (stale when none is pending)
+  torch::Tensor action_step;  ///< global step of the pending action [], int64 buffer; −1: none
 
  private:
   double scale() const;
-  torch::Tensor noise_;          // ε of the pending action
-  int64_t action_step_ = -1;     // global_step the pending action was sampled for
 };
 TORCH_MODULE(RewardWeighting);
 

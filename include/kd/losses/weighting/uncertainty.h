@@ -62,7 +62,7 @@ class UncertaintyWeightingImpl : public torch::nn::Cloneable<UncertaintyWeightin
   void reset() override;
 
   WeightingResult combine(const std::vector<torch::Tensor>& losses, const std::vector<std::string>& names,
-                          const StepInfo& step) override;
+                          const WeightingContext& context) override;
   int64_t num_losses() const override { return options.num_losses(); }
 
   UncertaintyWeightingOptions options;
