@@ -17,6 +17,8 @@
 #include "kd/data/fashion_mnist.h"
 #include "kd/data/hard_example_sampler.h"
 #include "kd/data/idx.h"
+#include "kd/data/spam_assassin.h"
+#include "kd/data/split.h"
 #include "kd/data/teacher_cache.h"
 #include "kd/data/tensor_dataset.h"
 #include "kd/losses/any_loss.h"
