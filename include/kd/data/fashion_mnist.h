@@ -6,11 +6,10 @@
 
 #include <torch/arg.h>
 
+#include "kd/data/split.h"
 #include "kd/data/tensor_dataset.h"
 
 namespace kd::data {
-
-enum class Split { kTrain, kValidation, kTest };
 
 /// Options for load_fashion_mnist.
 struct FashionMnistOptions {

@@ -1,0 +1,62 @@
+#pragma once
+/// \file
+/// One pre-LayerNorm transformer block (attention + GELU feed-forward), shared by
+/// kd::models::TransformerEncoder and kd::models::CausalLM.
+
+#include <cstdint>
+
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+#include "kd/models/attention.h"
+
+namespace kd::models {
+
+/// Options for TransformerBlock.
+struct TransformerBlockOptions {
+  TransformerBlockOptions(int64_t d_model, int64_t heads, int64_t ffn) : d_model_(d_model), heads_(heads), ffn_(ffn) {}
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(int64_t, heads);
+  /// Width of the feed-forward layer (fc1: d_model → ffn, fc2: ffn → d_model).
+  TORCH_ARG(int64_t, ffn);
+  /// Dropout on the attention probabilities and on both residual branches (training mode only).
+  TORCH_ARG(double, dropout) = 0.0;
+  /// ε of both LayerNorms.
+  TORCH_ARG(double, layer_norm_eps) = 1e-5;
+};
+
+/// A pre-LN block (the GPT-2 / pre-LN arrangement: normalise, transform, add):
+///
+///   h   = x + Dropout(Attention(LN₁(x)))
+///   out = h + Dropout(fc2(GELU(fc1(LN₂(h)))))
+///
+/// GELU is the exact erf form. Sub-modules: `ln1`, `attn` (MultiHeadSelfAttention: q_proj, k_proj,
+/// v_proj, o_proj), `ln2`, `fc1`, `fc2`. The residual stream is never normalised inside the block,
+/// so a stack needs a final LayerNorm after its last block (both models have `ln_f`).
+///
+/// Example:
+/// ```
+/// kd::models::TransformerBlock block(kd::models::TransformerBlockOptions(64, 4, 256));
+/// auto r = block->forward(x, kd::models::rotary_tables(x.size(1), 16, 10000.0, x.options()));
+/// ```
+class TransformerBlockImpl : public torch::nn::Cloneable<TransformerBlockImpl> {
+ public:
+  explicit TransformerBlockImpl(TransformerBlockOptions options);
+  void reset() override;
+  /// x [B, L, D]; `blocked` as in MultiHeadSelfAttention. Returns the block output [B, L, D]
+  /// and the attention probabilities [B, H, L, L].
+  AttentionOutput forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& blocked = {});
+
+  TransformerBlockOptions options;
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+  MultiHeadSelfAttention attn{nullptr};
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  torch::nn::Dropout dropout{nullptr};
+};
+TORCH_MODULE(TransformerBlock);
+
+}  // namespace kd::models

@@ -1,0 +1,21 @@
+#pragma once
+// Internal: validation shared by the token models (TransformerEncoder, CausalLM).
+
+#include <cstdint>
+
+#include <torch/types.h>
+
+namespace kd::models::detail {
+
+/// tokens as int64 [B, L]; kd::Error naming the value and the limit for a wrong rank or dtype
+/// (kShape / kValue), an empty sequence, L > max_len, or an id outside [0, vocab) (kValue).
+torch::Tensor check_tokens(const torch::Tensor& tokens, int64_t vocab, int64_t max_len, const char* model);
+
+/// kd::Error (kValue) unless the shared size options describe a valid stack.
+void check_sizes(const char* model, int64_t vocab, int64_t d_model, int64_t heads, int64_t layers, int64_t max_len,
+                 double dropout, double rope_base);
+
+/// The ffn width: `ffn`, or 4·d_model when it is 0.
+int64_t ffn_width(const char* model, int64_t ffn, int64_t d_model);
+
+}  // namespace kd::models::detail
