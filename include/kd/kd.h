@@ -37,6 +37,7 @@
 #include "kd/losses/weighting/reward.h"
 #include "kd/losses/weighting/uncertainty.h"
 #include "kd/models/cnn.h"
+#include "kd/nn/linear.h"
 #include "kd/quant/fake_quantize.h"
 #include "kd/quant/int8_export.h"
 #include "kd/quant/qat.h"

@@ -34,6 +34,7 @@ lora::Options lora_options_from_json(const json& j, const std::string& origin) {
       .rank(j.at("rank").get<int64_t>())
       .alpha(j.at("alpha").get<double>())
       .rslora(j.at("rslora").get<bool>())
+      .dropout(j.value("dropout", 0.0))
       .targets(names);
 }
 

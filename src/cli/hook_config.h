@@ -5,6 +5,7 @@
 //   "qat":  {"per_channel": true, "narrow_range": true, "weight_observer": "moving_average",
 //            "activations": true, "activation_observer": "moving_average", "averaging_constant": 0.01,
 //            "exclude": ["^fc$"], "freeze_observers_at": 0.5}
+//   "lora" also takes "dropout" (needs kd::nn::Linear layers, as kd-train's CNN students have).
 //
 // Stages switch them on with "hooks": ["lora"] (see stage_config.h).
 
