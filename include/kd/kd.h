@@ -40,6 +40,7 @@
 #include "kd/nn/linear.h"
 #include "kd/quant/fake_quantize.h"
 #include "kd/quant/int8_export.h"
+#include "kd/quant/int8_file.h"
 #include "kd/quant/qat.h"
 #include "kd/quant/qat_hook.h"
 #include "kd/train/autocast.h"
