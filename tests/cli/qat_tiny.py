@@ -12,12 +12,15 @@ kd_train, config, out = sys.argv[1:4]
 run = subprocess.run(
     [kd_train, "distill", "--config", config, "--out", out, "--threads", "1", "--set", "data.limit=256",
      "--set", "teacher.epochs=1", "--set", "stages.0.steps=1", "--set", "stages.1.steps=1",
-     "--set", "stages.2.steps=1", "--set", "stages.3.steps=4", "--set", "train.batch_size=64"],
+     "--set", "stages.2.steps=1", "--set", "stages.3.steps=4", "--set", "train.batch_size=64",
+     # the QAT stage's own settings (a stage's "qat" object): observers frozen from its step 2
+     "--set", "stages.3.qat.freeze_observers_at_step=2"],
     capture_output=True, text=True)
 log = run.stdout + run.stderr
 assert run.returncode == 0, log
 # The depthwise student: conv1, depthwise, pointwise and fc are quantized; its 4 activation points observed.
 assert "QAT int8: 4 weight sites (per-channel, [-127, 127]), 4 activation points" in log, log
+assert "fake quantization on, observers freeze at step 2 of the stage" in log, log
 
 summary = json.load(open(os.path.join(out, "summary.json")))
 rows = {r["model"]: r for r in summary["models"]}
