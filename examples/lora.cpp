@@ -29,8 +29,11 @@ int main(int argc, char** argv) try {
 
   // The student: the teacher's architecture at a quarter of its widths (16/32 channels, 128 hidden).
   kd::models::CnnTeacher student_net(kd::models::CnnTeacherOptions().width1(16).width2(32).hidden(128));
-  // Adapters on fc1 (1568 -> 128) and fc2 (128 -> 10); B starts at zero, so the model is unchanged.
-  auto lora = kd::lora::apply(student_net.ptr(), kd::lora::Options().rank(2).alpha(4).targets({"fc1", "fc2"}));
+  // Adapters on fc1 (1568 -> 128) and fc2 (128 -> 10); B starts at zero, so the model is unchanged. The
+  // model's Linear layers are kd::nn::Linear, so the adapters are real ones and dropout 0.1 applies to
+  // their inputs while training: y = base(x) + (α/r)·B(A(dropout(x))).
+  auto lora = kd::lora::apply(student_net.ptr(),
+                              kd::lora::Options().rank(2).alpha(4).dropout(0.1).targets({"fc1", "fc2"}));
   const auto adapter = (out / "lora_adapter.pt").string();
   auto hook = std::make_shared<kd::lora::Hook>(lora, kd::lora::HookOptions().save_adapter_to(adapter));
 

@@ -14,6 +14,7 @@
 #include "kd/core/error.h"
 #include "kd/core/format.h"
 #include "kd/core/script_model.h"
+#include "kd/nn/linear.h"
 
 namespace kd::lora {
 namespace {
@@ -55,6 +56,29 @@ struct Matcher {
 
 }  // namespace
 
+// The real adapter of a kd::nn::Linear site: s·B(A(dropout(x))), inactive once merged.
+class LoRAImpl::Adapter : public torch::nn::Module, public kd::nn::LinearAdapter {
+ public:
+  Adapter(torch::Tensor a, torch::Tensor b, double scale, double dropout, torch::Tensor merged)
+      : torch::nn::Module("LoRAAdapter"), scale_(scale), dropout_(dropout), merged_(std::move(merged)) {
+    a_ = register_parameter("lora_A", std::move(a));
+    b_ = register_parameter("lora_B", std::move(b));
+  }
+  torch::Tensor forward(const torch::Tensor& x, bool training) override {
+    const auto h = training && dropout_ > 0 ? torch::dropout(x, dropout_, /*train=*/true) : x;
+    return torch::linear(torch::linear(h, a_), b_) * scale_;
+  }
+  // Read from the buffer each time: a checkpoint load changes it without calling merge().
+  bool active() const override { return merged_.item<int64_t>() == 0; }
+  std::string kind() const override { return "lora"; }
+  const torch::Tensor& a() const { return a_; }
+  const torch::Tensor& b() const { return b_; }
+
+ private:
+  double scale_, dropout_;
+  torch::Tensor merged_, a_, b_;
+};
+
 std::string ParameterReport::to_string() const {
   return fmt::format("trainable {} of {} parameters ({:.2f} %)", with_thousands(trainable), with_thousands(total),
                      100.0 * fraction());
@@ -66,12 +90,9 @@ LoRAImpl::LoRAImpl(std::shared_ptr<torch::nn::Module> model, Options options) : 
   if (!(options_.alpha() > 0)) {
     throw Error(ErrorCategory::kValue, fmt::format("LoRA: alpha must be > 0, got {}", options_.alpha()));
   }
-  if (options_.dropout() != 0.0) {
+  if (!(options_.dropout() >= 0.0 && options_.dropout() < 1.0)) {
     throw Error(ErrorCategory::kValue,
-                fmt::format("LoRA: dropout {} is not supported: the adapter reaches a LibTorch Linear only through its "
-                            "weight (W0 + s*B*A), never its input, so B(A(dropout(x))) cannot be formed; use dropout 0 "
-                            "(regularise with weight decay on the adapters instead)",
-                            options_.dropout()));
+                fmt::format("LoRA: dropout must be in [0, 1) (a probability), got {}", options_.dropout()));
   }
   if (std::dynamic_pointer_cast<ScriptModel>(model)) {
     throw Error(ErrorCategory::kModel,
@@ -79,7 +100,9 @@ LoRAImpl::LoRAImpl(std::shared_ptr<torch::nn::Module> model, Options options) : 
                 "LibTorch can re-parametrise); build the student as a C++ module (kd::Model) to use LoRA");
   }
   const Matcher wanted(options_.targets());
-  std::vector<std::string> linears;
+  // Registered first: attached adapters read it on every forward.
+  merged_ = register_buffer("merged", torch::zeros({}, torch::kInt64));
+  std::vector<std::string> linears, plain;
   for (const auto& item : model->named_modules("", /*include_self=*/false)) {
     auto linear = std::dynamic_pointer_cast<torch::nn::LinearImpl>(item.value());
     if (!linear) continue;
@@ -93,15 +116,15 @@ LoRAImpl::LoRAImpl(std::shared_ptr<torch::nn::Module> model, Options options) : 
     Site site;
     site.name = item.key();
     site.linear = linear;
+    site.attached = std::dynamic_pointer_cast<kd::nn::LinearImpl>(linear);
+    if (!site.attached) plain.push_back(item.key());
+    if (site.attached && site.attached->adapter()) {
+      throw Error(ErrorCategory::kState,
+                  fmt::format("LoRA: Linear '{}' already has a '{}' adapter attached (kd::lora::apply twice on the "
+                              "same model?); detach() it or apply LoRA once",
+                              item.key(), site.attached->adapter()->kind()));
+    }
     site.base = linear->named_parameters(/*recurse=*/false)["weight"];
-    std::string key = item.key();
-    std::replace(key.begin(), key.end(), '.', '_');
-    const auto opts = site.base.options().requires_grad(false);
-    auto a = torch::empty({options_.rank(), in}, opts);
-    torch::nn::init::kaiming_uniform_(a, std::sqrt(5.0));
-    auto adapter = register_module(key, std::make_shared<torch::nn::Module>("LoRAAdapter"));
-    site.a = adapter->register_parameter("lora_A", a);
-    site.b = adapter->register_parameter("lora_B", torch::zeros({out, options_.rank()}, opts));
     sites_.push_back(std::move(site));
   }
   if (sites_.empty()) {
@@ -110,9 +133,30 @@ LoRAImpl::LoRAImpl(std::shared_ptr<torch::nn::Module> model, Options options) : 
                             fmt::join(options_.targets(), ", "),
                             linears.empty() ? "(none)" : fmt::format("{}", fmt::join(linears, ", "))));
   }
+  if (options_.dropout() > 0 && !plain.empty()) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("LoRA: dropout {} needs each adapter to see its layer's input, but [{}] {} plain "
+                            "torch::nn::Linear, which LoRA can only re-parametrise through the weight (W0 + s*B*A); "
+                            "declare {} as kd::nn::Linear (kd/nn/linear.h) in the model, or use dropout 0",
+                            options_.dropout(), fmt::join(plain, ", "), plain.size() == 1 ? "is a" : "are",
+                            plain.size() == 1 ? "it" : "them"));
+  }
+  // Adapters only once every check has passed: a refused apply() leaves the model as it was.
+  for (auto& site : sites_) {
+    const int64_t out = site.base.size(0), in = site.base.size(1);
+    std::string key = site.name;
+    std::replace(key.begin(), key.end(), '.', '_');
+    const auto opts = site.base.options().requires_grad(false);
+    auto a = torch::empty({options_.rank(), in}, opts);
+    torch::nn::init::kaiming_uniform_(a, std::sqrt(5.0));
+    auto adapter = register_module(
+        key, std::make_shared<Adapter>(a, torch::zeros({out, options_.rank()}, opts), scale(), options_.dropout(), merged_));
+    site.a = adapter->a();
+    site.b = adapter->b();
+    if (site.attached) site.attached->attach(adapter);
+  }
   for (auto& p : model->parameters()) p.requires_grad_(false);
   model_ = std::move(model);
-  merged_ = register_buffer("merged", torch::zeros({}, torch::kInt64));
 }
 
 bool LoRAImpl::merged() const { return merged_.item<int64_t>() != 0; }
@@ -126,6 +170,7 @@ void LoRAImpl::refresh() {
   const double s = scale();
   const bool is_merged = merged();
   for (auto& site : sites_) {
+    if (site.attached) continue;  // its forward adds the update itself
     site.linear->weight = is_merged ? site.base : site.base + torch::mm(site.b, site.a) * s;
   }
 }
@@ -135,7 +180,7 @@ void LoRAImpl::merge() {
   torch::NoGradGuard no_grad;
   for (auto& site : sites_) {
     site.base.add_(torch::mm(site.b, site.a) * scale());
-    site.linear->weight = site.base;
+    if (!site.attached) site.linear->weight = site.base;
   }
   merged_.fill_(1);
 }
@@ -153,6 +198,26 @@ void LoRAImpl::unmerge() {
 std::vector<std::string> LoRAImpl::targets() const {
   std::vector<std::string> out;
   for (const auto& s : sites_) out.push_back(s.name);
+  return out;
+}
+
+std::vector<std::string> LoRAImpl::attached_targets() const {
+  std::vector<std::string> out;
+  for (const auto& s : sites_) {
+    if (s.attached) out.push_back(s.name);
+  }
+  return out;
+}
+
+bool LoRAImpl::rewrites_weights() const {
+  return std::any_of(sites_.begin(), sites_.end(), [](const Site& s) { return !s.attached; });
+}
+
+std::vector<int64_t> LoRAImpl::attached_forward_calls() const {
+  std::vector<int64_t> out;
+  for (const auto& s : sites_) {
+    if (s.attached) out.push_back(s.attached->forward_calls());
+  }
   return out;
 }
 

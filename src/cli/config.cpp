@@ -52,6 +52,7 @@ const std::map<std::string, Range>& ranges() {
       {"student.hidden", {1, 65536}},
       {"lora.rank", {1, 4096}},
       {"lora.alpha", {0, 1e6, true}},
+      {"lora.dropout", {0, 0.999}},
       {"qat.averaging_constant", {0, 1, true}},
       {"qat.freeze_observers_at", {0, 1}},
   };
@@ -201,7 +202,8 @@ const nlohmann::json& distill_defaults() {
       {"student", {{"model", "depthwise_cnn"}, {"width1", 16}, {"width2", 32}, {"hidden", 256}}},
       {"stages", stages_to_json(progressive3())},
       // Used by stages that list "lora" in their "hooks" (see kd::lora::Options, kd::lora::HookOptions).
-      {"lora", {{"rank", 8}, {"alpha", 16.0}, {"rslora", false}, {"targets", json::array()}, {"merge_at_end", true}}},
+      {"lora", {{"rank", 8}, {"alpha", 16.0}, {"rslora", false}, {"dropout", 0.0}, {"targets", json::array()},
+                {"merge_at_end", true}}},
       // Used by stages that list "qat" (see kd::qat::Options, kd::qat::HookOptions); int8 only.
       {"qat",
        {{"per_channel", true},

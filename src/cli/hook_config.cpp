@@ -1,6 +1,7 @@
 #include "hook_config.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "kd/core/error.h"
 
@@ -34,6 +35,7 @@ lora::Options lora_options_from_json(const json& j, const std::string& origin) {
       .rank(j.at("rank").get<int64_t>())
       .alpha(j.at("alpha").get<double>())
       .rslora(j.at("rslora").get<bool>())
+      .dropout(j.value("dropout", 0.0))
       .targets(names);
 }
 
@@ -55,8 +57,54 @@ qat::Options qat_options_from_json(const json& j, const std::string& origin) {
                           "a regex over layer names (e.g. \"^fc$\" keeps the classifier in float)"));
 }
 
-qat::HookOptions qat_hook_options_from_json(const json& j) {
-  return qat::HookOptions().freeze_observers_at(j.at("freeze_observers_at").get<double>());
+const std::vector<std::string>& qat_stage_keys() {
+  static const std::vector<std::string> keys = {"fake_quant", "observers", "freeze_observers_at",
+                                                "freeze_observers_at_step"};
+  return keys;
+}
+
+qat::StageOptions qat_stage_options_from_json(const json& j, const std::string& origin, const std::string& path) {
+  const auto fail = [&](const std::string& where, const std::string& problem) {
+    throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' {}", origin, where, problem));
+  };
+  if (!j.is_object()) {
+    fail(path, fmt::format("must be an object with keys {}, got {}", fmt::join(qat_stage_keys(), ", "), j.dump()));
+  }
+  qat::StageOptions o;
+  for (const auto& [key, v] : j.items()) {
+    const std::string here = path + "." + key;
+    if (key == "fake_quant" || key == "observers") {
+      if (!v.is_boolean()) fail(here, fmt::format("must be true or false, got {}", v.dump()));
+      if (key == "fake_quant") o.fake_quant(v.get<bool>());
+      else o.observers(v.get<bool>());
+    } else if (key == "freeze_observers_at") {
+      if (!v.is_number() || v.get<double>() < 0 || v.get<double>() > 1) {
+        fail(here, fmt::format("must be a fraction of the stage in [0, 1], got {}", v.dump()));
+      }
+      o.freeze_observers_at(v.get<double>());
+    } else if (key == "freeze_observers_at_step") {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0) {
+        fail(here, fmt::format("must be an optimizer step of the stage (an integer >= 0), got {}", v.dump()));
+      }
+      o.freeze_observers_at_step(v.get<int64_t>());
+    } else {
+      const auto best = closest_name(key, qat_stage_keys());
+      fail(here, fmt::format("is not a key of a stage's QAT settings; {}allowed: {}",
+                             best.empty() ? "" : "did you mean '" + best + "'? ", fmt::join(qat_stage_keys(), ", ")));
+    }
+  }
+  return o;
+}
+
+qat::HookOptions qat_hook_options_from_json(const json& j, const json& stages) {
+  auto options = qat::HookOptions().freeze_observers_at(j.at("freeze_observers_at").get<double>());
+  for (size_t i = 0; stages.is_array() && i < stages.size(); ++i) {
+    const auto& s = stages[i];
+    if (!s.is_object() || !s.contains("qat")) continue;
+    options.stage(s.value("name", std::string()),
+                  qat_stage_options_from_json(s["qat"], "config", fmt::format("stages[{}].qat", i)));
+  }
+  return options;
 }
 
 }  // namespace kd::app

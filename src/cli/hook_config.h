@@ -5,10 +5,15 @@
 //   "qat":  {"per_channel": true, "narrow_range": true, "weight_observer": "moving_average",
 //            "activations": true, "activation_observer": "moving_average", "averaging_constant": 0.01,
 //            "exclude": ["^fc$"], "freeze_observers_at": 0.5}
+//   "lora" also takes "dropout" (needs kd::nn::Linear layers, as kd-train's CNN students have).
 //
-// Stages switch them on with "hooks": ["lora"] (see stage_config.h).
+// Stages switch them on with "hooks": ["lora"] (see stage_config.h). A stage that lists "qat" may
+// carry its own "qat" object (kd::qat::StageOptions), e.g. a calibration stage then a QAT stage:
+//   {"name": "calibrate", "hooks": ["qat"], "qat": {"fake_quant": false, "freeze_observers_at": 1.0}, ...}
+//   {"name": "qat",       "hooks": ["qat"], "qat": {"freeze_observers_at_step": 100}, ...}
 
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -24,8 +29,18 @@ namespace kd::app {
 lora::Options lora_options_from_json(const nlohmann::json& lora, const std::string& origin);
 lora::HookOptions lora_hook_options_from_json(const nlohmann::json& lora);
 
-/// kd::qat::Options / HookOptions from the "qat" object; "qat.exclude[i]" must be strings (regexes).
+/// kd::qat::Options from the "qat" object; "qat.exclude[i]" must be strings (regexes).
 qat::Options qat_options_from_json(const nlohmann::json& qat, const std::string& origin);
-qat::HookOptions qat_hook_options_from_json(const nlohmann::json& qat);
+/// kd::qat::HookOptions from the "qat" object plus the per-stage "qat" objects of `stages` (the
+/// config's "stages" array), keyed by stage name.
+qat::HookOptions qat_hook_options_from_json(const nlohmann::json& qat, const nlohmann::json& stages);
+
+/// The keys a stage's "qat" object may have, with their meaning (for errors and --help).
+const std::vector<std::string>& qat_stage_keys();
+/// kd::qat::StageOptions from one stage's "qat" object at JSON path `path` (e.g. "stages[3].qat"):
+/// "fake_quant" (bool), "observers" (bool), "freeze_observers_at" (number in [0, 1]),
+/// "freeze_observers_at_step" (integer >= 0). Throws kd::Error (kConfig) naming `origin` and the path.
+qat::StageOptions qat_stage_options_from_json(const nlohmann::json& stage_qat, const std::string& origin,
+                                              const std::string& path);
 
 }  // namespace kd::app

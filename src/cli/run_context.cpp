@@ -279,7 +279,7 @@ StudentSetup build_student(const json& config, const std::vector<StageSpec>& spe
       }
       if (!setup.qat_hook) {
         setup.qat_hook = std::make_shared<qat::Hook>(qat::prepare(setup.model, qat_options_from_json(config["qat"], "config")),
-                                                     qat_hook_options_from_json(config["qat"]));
+                                                     qat_hook_options_from_json(config["qat"], config["stages"]));
       }
       return setup.qat_hook;
     } catch (const Error& e) {

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "hook_config.h"
 #include "kd/core/error.h"
 
 namespace kd::app {
@@ -166,7 +167,7 @@ std::vector<std::string> stage_hook_names(const json& stage, const std::string& 
 const nlohmann::json& stage_defaults() {
   static const json d = {{"name", ""},   {"epochs", 1},        {"steps", 0},      {"lr", 1e-3},
                          {"loss_lr", -1.0}, {"trainable", json::array()}, {"eval_every", 0}, {"losses", json::array()},
-                         {"hooks", json::array()}, {"param_groups", json::array()}, {"ema", true}};
+                         {"hooks", json::array()}, {"param_groups", json::array()}, {"ema", true}, {"qat", json::object()}};
   return d;
 }
 
@@ -223,7 +224,13 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
     const json ema = s.value("ema", json(true));
     if (!ema.is_boolean()) fail(origin, path + ".ema", fmt::format("must be true or false, got {}", ema.dump()));
     spec.ema(ema.get<bool>());
-    stage_hook_names(s, origin, path);  // checked here, made by the caller (hooks need the student)
+    const auto hooks = stage_hook_names(s, origin, path);  // checked here, made by the caller (hooks need the student)
+    if (s.contains("qat")) {  // this stage's QAT settings (kd::qat::StageOptions)
+      qat_stage_options_from_json(s["qat"], origin, path + ".qat");
+      if (std::find(hooks.begin(), hooks.end(), "qat") == hooks.end()) {
+        fail(origin, path + ".qat", "sets QAT options but the stage does not list \"qat\" in its \"hooks\"; add it there");
+      }
+    }
     const json losses = s.value("losses", json::array());
     if (!losses.is_array() || losses.empty()) {
       fail(origin, path + ".losses",

@@ -11,7 +11,8 @@
 // and "weight" (a number, or {"schedule": "linear"|"cosine", "start", "end"}
 // over the stage's progress); every other key is that loss's option.
 // A stage may list "hooks": ["lora"] or ["qat"], switched on for that stage and
-// configured by the config's top-level "lora" / "qat" objects.
+// configured by the config's top-level "lora" / "qat" objects; a stage that lists "qat"
+// may add its own "qat" object (per-stage QAT settings, see hook_config.h).
 
 #include <string>
 #include <vector>

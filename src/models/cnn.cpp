@@ -64,8 +64,8 @@ CnnTeacherImpl::CnnTeacherImpl(CnnTeacherOptions options_) : options(options_) {
   conv4 = register_module("conv4", conv3x3(w2, w2));
   bn4 = register_module("bn4", torch::nn::BatchNorm2d(w2));
   const int64_t s = options.image_size() / 4;
-  fc1 = register_module("fc1", torch::nn::Linear(w2 * s * s, options.hidden()));
-  fc2 = register_module("fc2", torch::nn::Linear(options.hidden(), options.num_classes()));
+  fc1 = register_module("fc1", kd::nn::Linear(w2 * s * s, options.hidden()));
+  fc2 = register_module("fc2", kd::nn::Linear(options.hidden(), options.num_classes()));
   const bool q = options.activation_quant();
   act_in = add_point(*this, q, "act_in");
   act_conv2 = add_point(*this, q, "act_conv2");
@@ -98,7 +98,7 @@ DepthwiseCnnStudentImpl::DepthwiseCnnStudentImpl(DepthwiseCnnStudentOptions opti
   pointwise = register_module("pointwise", torch::nn::Conv2d(torch::nn::Conv2dOptions(w1, w2, 1)));
   bn2 = register_module("bn2", torch::nn::BatchNorm2d(w2));
   const int64_t s = options.image_size() / 4;
-  fc = register_module("fc", torch::nn::Linear(w2 * s * s, options.num_classes()));
+  fc = register_module("fc", kd::nn::Linear(w2 * s * s, options.num_classes()));
   const bool q = options.activation_quant();
   act_in = add_point(*this, q, "act_in");
   act_depthwise = add_point(*this, q, "act_depthwise");

@@ -12,12 +12,15 @@ kd_train, config, out = sys.argv[1:4]
 run = subprocess.run(
     [kd_train, "distill", "--config", config, "--out", out, "--threads", "1", "--set", "data.limit=256",
      "--set", "teacher.epochs=1", "--set", "stages.0.steps=1", "--set", "stages.1.steps=1",
-     "--set", "stages.2.steps=1", "--set", "stages.3.steps=4", "--set", "train.batch_size=64"],
+     "--set", "stages.2.steps=1", "--set", "stages.3.steps=4", "--set", "train.batch_size=64",
+     # the QAT stage's own settings (a stage's "qat" object): observers frozen from its step 2
+     "--set", "stages.3.qat.freeze_observers_at_step=2"],
     capture_output=True, text=True)
 log = run.stdout + run.stderr
 assert run.returncode == 0, log
 # The depthwise student: conv1, depthwise, pointwise and fc are quantized; its 4 activation points observed.
 assert "QAT int8: 4 weight sites (per-channel, [-127, 127]), 4 activation points" in log, log
+assert "fake quantization on, observers freeze at step 2 of the stage" in log, log
 
 summary = json.load(open(os.path.join(out, "summary.json")))
 rows = {r["model"]: r for r in summary["models"]}
@@ -32,6 +35,8 @@ assert int8["test_macro_f1"] == fake["test_macro_f1"], (int8, fake)
 path = os.path.join(out, "student.int8.pt")
 size = os.path.getsize(path)
 assert summary["int8"]["file_bytes"] == size, (summary["int8"], size)
-# float32 state of the 16,650 parameters (+ BatchNorm running stats) is 67 KB; the int8 file is well under half.
-assert summary["int8"]["float32_bytes"] > 2 * size, summary["int8"]
+# float32 state of the 16,650 parameters (+ BatchNorm running stats) is 67 KB; the int8 file (int8 weights,
+# float32 scales and remainder, a small index) is at most 0.30 of it.
+assert summary["int8"]["float32_bytes"] == 67032, summary["int8"]
+assert size <= 0.30 * summary["int8"]["float32_bytes"], summary["int8"]
 print(f"ok: int8 file {size} bytes, accuracy {int8['test_accuracy']} == fake-quant {fake['test_accuracy']}")

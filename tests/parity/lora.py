@@ -20,3 +20,19 @@ y = x @ w0.T + b + (alpha / r) * (x @ a.T) @ bb.T
 (y * g).sum().backward()
 kdref.save(os.path.join(out, "lora.json"), x=x, w0=w0, b=b, a=a.detach(), bb=bb.detach(), g=g, y=y.detach(),
            grad_a=a.grad, grad_b=bb.grad)
+
+# Dropout on the adapter's input (PEFT: lora_B(lora_A(lora_dropout(x))) * scaling), p = 0.25, s = 4/2.
+# Eval mode: no dropout. Train mode: the mask torch's own dropout draws right after manual_seed(123),
+# which is what the C++ forward draws (the base matmul draws nothing); the adapter gradients of
+# sum(y * g) through that mask.
+p = 0.25
+s2 = 4.0 / 2
+a2 = torch.randn(2, 6, dtype=dt, requires_grad=True)
+b2 = torch.randn(4, 2, dtype=dt, requires_grad=True)
+y_eval = x @ w0.T + b + s2 * (x @ a2.T) @ b2.T
+torch.manual_seed(123)
+xd = torch.nn.functional.dropout(x, p, training=True)
+y_train = x @ w0.T + b + s2 * (xd @ a2.T) @ b2.T
+(y_train * g).sum().backward()
+kdref.save(os.path.join(out, "lora_dropout.json"), a=a2.detach(), bb=b2.detach(), y_eval=y_eval.detach(),
+           y_train=y_train.detach(), kept=(xd != 0).to(torch.int64), grad_a=a2.grad, grad_b=b2.grad)

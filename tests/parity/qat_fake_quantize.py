@@ -40,6 +40,14 @@ CONFIGS = {
                     qscheme=torch.per_tensor_symmetric), (6, 5)),
     "pt_sym_u8": (dict(observer=MinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
                        qscheme=torch.per_tensor_symmetric), (6, 5)),
+    # per-tensor symmetric int8 on the narrow grid [-127, 127] (kd::qat's per_channel(false) weights), running min/max
+    "pt_sym127": (dict(observer=MinMaxObserver, quant_min=-127, quant_max=127, dtype=torch.qint8,
+                       qscheme=torch.per_tensor_symmetric), (6, 5)),
+    # per-tensor symmetric int8 [-127, 127], moving average (c = 0.01, torch's default, and c = 0.3)
+    "pt_sym_ma": (dict(observer=MovingAverageMinMaxObserver, quant_min=-127, quant_max=127, dtype=torch.qint8,
+                       qscheme=torch.per_tensor_symmetric), (6, 5)),
+    "pt_sym_ma30": (dict(observer=MovingAverageMinMaxObserver, quant_min=-127, quant_max=127, dtype=torch.qint8,
+                         qscheme=torch.per_tensor_symmetric, averaging_constant=0.3), (4, 7)),
 }
 STEPS = 4
 

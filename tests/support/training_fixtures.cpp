@@ -3,8 +3,8 @@
 namespace kd::testing {
 
 MlpImpl::MlpImpl(int64_t hidden) {
-  fc1 = register_module("fc1", torch::nn::Linear(8, hidden));
-  fc2 = register_module("fc2", torch::nn::Linear(hidden, 4));
+  fc1 = register_module("fc1", kd::nn::Linear(8, hidden));
+  fc2 = register_module("fc2", kd::nn::Linear(hidden, 4));
 }
 
 kd::ModelOutput MlpImpl::forward(const torch::Tensor& x) {

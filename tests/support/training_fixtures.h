@@ -12,11 +12,12 @@
 namespace kd::testing {
 
 /// Linear(8, hidden) - tanh - Linear(hidden, 4), the tanh output as hidden_states[0].
-/// No BatchNorm or dropout: micro-batching must not change the maths.
+/// No BatchNorm or dropout: micro-batching must not change the maths. The layers are kd::nn::Linear,
+/// so LoRA attaches real adapters (with dropout if asked).
 struct MlpImpl : kd::Model {
   explicit MlpImpl(int64_t hidden = 16);
   kd::ModelOutput forward(const torch::Tensor& x) override;
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  kd::nn::Linear fc1{nullptr}, fc2{nullptr};
 };
 
 /// n examples x ~ N(0, 1)^8 labelled by argmax(x·W) for a random W [8, 4]: learnable by MlpImpl.

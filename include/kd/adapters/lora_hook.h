@@ -25,8 +25,19 @@ struct HookOptions {
 /// `trainable` patterns name explicitly, e.g. a classifier head; the adapted
 /// layers' own weights stay frozen regardless), A and B join the optimizer at
 /// the stage's lr, and before every forward the effective weights are written
-/// (LoRAImpl::refresh). At stage end: save the adapter if asked, then merge if asked.
-/// A stage that starts with the adapters merged (a second LoRA stage) unmerges them first.
+/// (LoRAImpl::refresh; attached kd::nn::Linear adapters need nothing). At stage end: save the
+/// adapter if asked, then merge if asked. A stage that starts with the adapters merged (a second
+/// LoRA stage) unmerges them first.
+///
+/// At the second forward of a stage the hook checks that the first one ran through each attached
+/// kd::nn::Linear's own forward: a layer declared as torch::nn::Linear but holding a
+/// kd::nn::LinearImpl calls the base forward and skips its adapter. If no attached layer was
+/// reached that is kd::Error (kModel), naming them and the fix; if only some were (a model that
+/// skips layers on some inputs), a warning names those. (When the adapters are all that trains and
+/// none is reached, LibTorch's first backward already fails: nothing in the loss requires grad.)
+///
+/// rewrites_weights() stays true even when every target is attached: kd::StagedTrainer refuses EMA
+/// with such hooks, and EMA averages the student's parameters only, never the adapters.
 ///
 /// Example:
 /// ```
@@ -42,7 +53,7 @@ class Hook : public StageHook {
   bool rewrites_weights() const override { return true; }
   bool persists_after_stage() const override { return !options_.merge_at_end(); }
   std::vector<torch::Tensor> on_stage_begin(torch::nn::Module& student, const Stage& stage) override;
-  void before_forward(const StepInfo&) override { lora_->refresh(); }
+  void before_forward(const StepInfo&) override;
   void sync_weights() override { lora_->refresh(); }
   void on_stage_end(torch::nn::Module& student, const Stage& stage) override;
   std::shared_ptr<torch::nn::Module> state() override { return lora_.ptr(); }
@@ -55,6 +66,8 @@ class Hook : public StageHook {
   LoRA lora_;
   HookOptions options_;
   ParameterReport stage_report_;
+  std::vector<int64_t> calls_at_stage_begin_;
+  int64_t forwards_in_stage_ = 0;
 };
 
 }  // namespace kd::lora

@@ -10,6 +10,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "kd/core/model.h"
+#include "kd/nn/linear.h"
 #include "kd/quant/fake_quantize.h"
 
 namespace kd::models {
@@ -43,7 +44,8 @@ struct CnnTeacherOptions {
 
 /// conv(in→w1)-BN-ReLU, conv(w1→w1)-BN-ReLU, maxpool2, conv(w1→w2)-BN-ReLU,
 /// conv(w2→w2)-BN-ReLU, maxpool2, flatten, linear(→hidden)-ReLU, linear(→classes);
-/// all convs 3×3, padding 1. With defaults: 0.87 M parameters.
+/// all convs 3×3, padding 1. With defaults: 0.87 M parameters. The linear layers are
+/// kd::nn::Linear, so kd::lora attaches real adapters to them (LoRA dropout works).
 ///
 /// hidden_states: [0] after the first pool [B, w1, S/2, S/2], [1] after the
 /// second pool [B, w2, S/4, S/4]; attentions (when `attention_maps`): their
@@ -60,7 +62,7 @@ class CnnTeacherImpl : public Model {
  private:
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr}, conv4{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr}, bn4{nullptr};
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  kd::nn::Linear fc1{nullptr}, fc2{nullptr};  // kd::nn::Linear: LoRA can attach real adapters (dropout)
   // Activation quantization points (options.activation_quant); identities when null.
   qat::FakeQuantize act_in{nullptr}, act_conv2{nullptr}, act_conv3{nullptr}, act_conv4{nullptr}, act_fc1{nullptr},
       act_fc2{nullptr};
@@ -98,7 +100,7 @@ class DepthwiseCnnStudentImpl : public Model {
  private:
   torch::nn::Conv2d conv1{nullptr}, depthwise{nullptr}, pointwise{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
-  torch::nn::Linear fc{nullptr};
+  kd::nn::Linear fc{nullptr};
   qat::FakeQuantize act_in{nullptr}, act_depthwise{nullptr}, act_pointwise{nullptr}, act_fc{nullptr};
 };
 TORCH_MODULE(DepthwiseCnnStudent);

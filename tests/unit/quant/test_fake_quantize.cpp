@@ -53,6 +53,9 @@ std::vector<Config> configs() {
       {"pc_aff", base(0, 255, false, true, Observer::kMinMax).ch_axis(0)},
       {"pt_sym", base(-128, 127, true, false, Observer::kMinMax)},
       {"pt_sym_u8", base(0, 255, true, false, Observer::kMinMax)},
+      {"pt_sym127", FakeQuantizeOptions::weight_int8(/*per_channel=*/false, /*narrow_range=*/true).observer(Observer::kMinMax)},
+      {"pt_sym_ma", FakeQuantizeOptions::weight_int8(/*per_channel=*/false, /*narrow_range=*/true)},
+      {"pt_sym_ma30", base(-127, 127, true, false, Observer::kMovingAverage).averaging_constant(0.3)},
   };
 }
 
@@ -69,15 +72,28 @@ TEST(FakeQuantize, MatchesTorchAoOverSeveralCalls) {
       auto y = fq(x);
       EXPECT_EQ(y.scalar_type(), torch::kFloat);
       (y * ref()[p + "g" + ks].to(torch::kFloat)).sum().backward();
+      // Bit-identical: the references are float32 values written exactly (float64 repr), so equality is exact.
+      const auto f32 = [&](const std::string& n) { return ref()[p + n + ks].to(torch::kFloat); };
       EXPECT_EQ(fq->scale.sizes(), ref()[p + "scale" + ks].sizes());
-      EXPECT_LT(max_rel_error(fq->scale, ref()[p + "scale" + ks]), 1e-6);
+      EXPECT_TRUE(torch::equal(fq->scale, f32("scale"))) << fq->scale << f32("scale");
       EXPECT_TRUE(torch::equal(fq->zero_point.to(torch::kLong), ref()[p + "zp" + ks])) << fq->zero_point;
-      EXPECT_LT(max_rel_error(fq->min_val, ref()[p + "min" + ks]), 1e-6);
-      EXPECT_LT(max_rel_error(fq->max_val, ref()[p + "max" + ks]), 1e-6);
-      EXPECT_LT(max_rel_error(y, ref()[p + "y" + ks]), 1e-6);
-      EXPECT_LT(max_rel_error(x.grad(), ref()[p + "dx" + ks]), 1e-6);
+      EXPECT_TRUE(torch::equal(fq->min_val, f32("min"))) << fq->min_val << f32("min");
+      EXPECT_TRUE(torch::equal(fq->max_val, f32("max"))) << fq->max_val << f32("max");
+      EXPECT_TRUE(torch::equal(y, f32("y"))) << max_rel_error(y, f32("y"));
+      EXPECT_TRUE(torch::equal(x.grad(), f32("dx")));
     }
   }
+}
+
+TEST(FakeQuantize, NarrowPerTensorSymmetricGridIsCentredOnZero) {
+  // [-127, 127] per tensor (closed form): z = 0 and s = max|x| / 127, so the largest magnitude maps to ±127.
+  FakeQuantize fq(FakeQuantizeOptions::weight_int8(/*per_channel=*/false, /*narrow_range=*/true));
+  const auto x = torch::tensor({-2.54f, 0.3f, 1.0f, -0.066f});
+  const auto y = fq(x);
+  EXPECT_EQ(fq->zero_point.item<int>(), 0);
+  EXPECT_EQ(fq->scale.item<float>(), 2.54f / 127.0f);
+  const auto q = torch::round(y / fq->scale);
+  EXPECT_TRUE(torch::equal(q, torch::tensor({-127.f, 15.f, 50.f, -3.f})));
 }
 
 TEST(FakeQuantize, LaterCallsClampAndTheStraightThroughGradientIsClipped) {
