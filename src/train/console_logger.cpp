@@ -2,7 +2,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <map>
+#include <vector>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -13,6 +16,67 @@
 #include "kd/train/stage.h"
 
 namespace kd {
+
+namespace {
+
+// Metrics in the order a reader looks for them; anything else follows alphabetically.
+const std::vector<std::string>& preferred_metrics() {
+  static const std::vector<std::string> order = {"accuracy", "macro_f1", "nll", "perplexity", "bits_per_byte",
+                                                 "token_accuracy"};
+  return order;
+}
+
+}  // namespace
+
+std::string summary_table(const TrainSummary& summary) {
+  // Each stage's last evaluation, stages in the order they first evaluated.
+  std::vector<const EvalResult*> rows;
+  for (const auto& e : summary.evaluations) {
+    auto it = std::find_if(rows.begin(), rows.end(), [&](const EvalResult* r) { return r->stage == e.stage; });
+    if (it == rows.end()) rows.push_back(&e); else *it = &e;
+  }
+  std::vector<std::string> columns;
+  for (const auto& m : preferred_metrics()) {
+    if (std::any_of(rows.begin(), rows.end(), [&](const EvalResult* r) { return r->metrics.count(m) > 0; })) {
+      columns.push_back(m);
+    }
+  }
+  std::map<std::string, bool> others;  // sorted, unique
+  for (const auto* r : rows) {
+    for (const auto& [name, v] : r->metrics) {
+      if (std::find(columns.begin(), columns.end(), name) == columns.end()) others[name] = true;
+    }
+  }
+  for (const auto& [name, unused] : others) columns.push_back(name);
+
+  size_t stage_width = 5;
+  for (const auto* r : rows) stage_width = std::max(stage_width, r->stage.size());
+  std::string out;
+  if (!rows.empty()) {
+    out += fmt::format("{:<{}}  {:>8}", "stage", stage_width, "step");
+    for (const auto& c : columns) out += fmt::format("  {:>{}}", c, std::max<size_t>(c.size(), 8));
+    out += "\n";
+    for (const auto* r : rows) {
+      out += fmt::format("{:<{}}  {:>8}", r->stage, stage_width, r->global_step);
+      for (const auto& c : columns) {
+        auto it = r->metrics.find(c);
+        const size_t w = std::max<size_t>(c.size(), 8);
+        out += it == r->metrics.end() ? fmt::format("  {:>{}}", "-", w) : fmt::format("  {:>{}.4f}", it->second, w);
+      }
+      out += "\n";
+    }
+  }
+  std::string ending = "finished";
+  if (summary.stopped_by_signal != 0) ending = fmt::format("stopped by signal {}", summary.stopped_by_signal);
+  out += fmt::format("{} steps{}; {}", with_thousands(summary.steps),
+                     summary.resumed ? fmt::format(" (resumed at step {})", summary.resumed_from_step) : std::string(),
+                     ending);
+  if (summary.nonfinite_steps > 0) {
+    out += fmt::format("; {} non-finite step(s) not applied, {} rollback(s), learning rates x{:.4g}",
+                       summary.nonfinite_steps, summary.rollbacks, summary.lr_scale);
+  }
+  return out;
+}
 
 ConsoleLogger::ConsoleLogger(int64_t every) : every_(every), tty_(::isatty(::fileno(stdout)) == 1) {}
 
@@ -76,6 +140,7 @@ void ConsoleLogger::on_fit_end(const TrainSummary& summary) {
                  "x{:.4g}",
                  summary.nonfinite_steps, summary.rollbacks, summary.lr_scale);
   }
+  spdlog::info("summary:\n{}", summary_table(summary));
 }
 
 void ConsoleLogger::on_eval(const EvalResult& result) {

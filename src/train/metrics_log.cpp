@@ -1,10 +1,13 @@
 #include "kd/train/metrics_log.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <vector>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -50,6 +53,12 @@ void drop_partial_last_line(const std::string& path) {
   }
   in.close();
   if (keep != size) std::filesystem::resize_file(path, keep, ec);
+}
+
+std::string metrics_object(const std::map<std::string, double>& metrics) {
+  std::string out;
+  for (const auto& [name, v] : metrics) out += fmt::format("{}{}:{}", out.empty() ? "" : ",", json_quote(name), json_number(v));
+  return "{" + out + "}";
 }
 
 }  // namespace
@@ -103,18 +112,25 @@ void MetricsLog::on_fit_begin(const FitInfo& i) {
 }
 
 void MetricsLog::on_fit_end(const TrainSummary& s) {
+  // "final": each stage's last evaluation, so the run's result is one line to read back.
+  std::vector<const EvalResult*> last;
+  for (const auto& e : s.evaluations) {
+    auto it = std::find_if(last.begin(), last.end(), [&](const EvalResult* r) { return r->stage == e.stage; });
+    if (it == last.end()) last.push_back(&e); else *it = &e;
+  }
+  std::string final_metrics;
+  for (const auto* e : last) {
+    final_metrics += fmt::format("{}{}:{{\"global_step\":{},\"metrics\":{}}}", final_metrics.empty() ? "" : ",",
+                                 json_quote(e->stage), e->global_step, metrics_object(e->metrics));
+  }
   write_line(fmt::format(
-      R"({{"event":"fit_end","global_step":{},"stopped_by_signal":{},"nonfinite_steps":{},"rollbacks":{},"lr_scale":{}}})",
-      s.steps, s.stopped_by_signal, s.nonfinite_steps, s.rollbacks, json_number(s.lr_scale)));
+      R"({{"event":"fit_end","global_step":{},"stopped_by_signal":{},"nonfinite_steps":{},"rollbacks":{},"lr_scale":{},"final":{{{}}}}})",
+      s.steps, s.stopped_by_signal, s.nonfinite_steps, s.rollbacks, json_number(s.lr_scale), final_metrics));
 }
 
 void MetricsLog::on_eval(const EvalResult& result) {
-  std::string metrics;
-  for (const auto& [name, v] : result.metrics) {
-    metrics += fmt::format("{}{}:{}", metrics.empty() ? "" : ",", json_quote(name), json_number(v));
-  }
-  write_line(fmt::format(R"({{"event":"eval","stage":{},"global_step":{},"metrics":{{{}}}}})", json_quote(result.stage),
-                         result.global_step, metrics));
+  write_line(fmt::format(R"({{"event":"eval","stage":{},"global_step":{},"metrics":{}}})", json_quote(result.stage),
+                         result.global_step, metrics_object(result.metrics)));
 }
 
 }  // namespace kd

@@ -5,10 +5,12 @@ usage: qat_tiny.py KD_TRAIN CONFIG OUT_DIR
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 kd_train, config, out = sys.argv[1:4]
+shutil.rmtree(out, ignore_errors=True)  # a fresh run: an earlier run's checkpoints there would be refused
 run = subprocess.run(
     [kd_train, "distill", "--config", config, "--out", out, "--threads", "1", "--set", "data.limit=256",
      "--set", "teacher.epochs=1", "--set", "stages.0.steps=1", "--set", "stages.1.steps=1",

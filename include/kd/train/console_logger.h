@@ -12,9 +12,23 @@ namespace kd {
 /// in place (at most 10 times a second) with step/total, loss, speed and ETA.
 /// Otherwise (logs, CI): a spdlog line every `every` optimizer steps and at
 /// each stage's last step, with the loss parts and lr as well. Evaluations are
-/// logged as they come.
+/// logged as they come. At the end of `fit` it prints `summary_table`.
 ///
 /// Example: `trainer.add_callback(std::make_shared<kd::ConsoleLogger>(100));`
+/// The run's result as a small table: one row per stage with the stage's last
+/// evaluation (accuracy, macro-F1, NLL, perplexity, bits per byte, token accuracy:
+/// the columns some evaluation reported, other metrics after them), then the
+/// steps run and how the run ended. Stages that never evaluated have no row.
+///
+/// Example: `std::puts(kd::summary_table(trainer.fit(data)).c_str());`
+/// ```
+/// stage          step  accuracy  macro_f1
+/// features        430    0.7812    0.7701
+/// logits         1290    0.8862    0.8859
+/// 1290 steps; finished
+/// ```
+std::string summary_table(const TrainSummary& summary);
+
 class ConsoleLogger : public Callback {
  public:
   explicit ConsoleLogger(int64_t every = 100);

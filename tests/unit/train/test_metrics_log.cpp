@@ -69,6 +69,8 @@ TEST(MetricsLog, FitEventsCarryTheModelSizesAndTheRunsEnd) {
     s.steps = 900;
     s.nonfinite_steps = 1;
     s.lr_scale = 0.5;
+    s.evaluations = {{"features", 300, {{"accuracy", 0.5}}}, {"logits", 600, {{"accuracy", 0.8}}},
+                     {"logits", 900, {{"accuracy", 0.875}, {"macro_f1", 0.75}}}};
     log.on_fit_end(s);
   }
   std::ifstream in(path);
@@ -85,6 +87,12 @@ TEST(MetricsLog, FitEventsCarryTheModelSizesAndTheRunsEnd) {
   EXPECT_EQ(lines[2]["event"], "fit_end");
   EXPECT_EQ(lines[2]["global_step"], 900);
   EXPECT_DOUBLE_EQ(lines[2]["lr_scale"].get<double>(), 0.5);
+  // Each stage's last evaluation.
+  ASSERT_EQ(lines[2]["final"].size(), 2u);
+  EXPECT_EQ(lines[2]["final"]["features"]["global_step"], 300);
+  EXPECT_EQ(lines[2]["final"]["logits"]["global_step"], 900);
+  EXPECT_DOUBLE_EQ(lines[2]["final"]["logits"]["metrics"]["accuracy"].get<double>(), 0.875);
+  EXPECT_DOUBLE_EQ(lines[2]["final"]["logits"]["metrics"]["macro_f1"].get<double>(), 0.75);
 }
 
 TEST(MetricsLog, ALineAKilledProcessLeftHalfWrittenIsCutOffBeforeAppending) {
