@@ -268,7 +268,7 @@ void LoRAImpl::load_adapter(const std::string& path) {
   c10::IValue format, rank, alpha, rslora, sites;
   try {
     archive.load_from(path);
-  } catch (const c10::Error&) {
+  } catch (const std::exception&) {  // c10::Error, or torch::jit::ErrorReport from a damaged archive
     throw Error(ErrorCategory::kFormat, fmt::format("'{}' is not a LoRA adapter file (it could not be read as a "
                                                     "LibTorch archive; is it truncated?)",
                                                     path));

@@ -123,11 +123,17 @@ void load_module(torch::nn::Module& module, const fs::path& path, const torch::D
     torch::serialize::InputArchive archive;
     archive.load_from(path.string(), device);
     module.load(archive);
+  } catch (const Error&) {
+    throw;
   } catch (const c10::Error& e) {
     throw Error(ErrorCategory::kFormat,
                 fmt::format("{} '{}' cannot be loaded into {}: {} (was it saved from another architecture? the "
                             "config's \"student\" section must match the run that wrote it)",
                             what, path.string(), module.name(), e.what_without_backtrace()));
+  } catch (const std::exception& e) {  // e.g. torch::jit::ErrorReport from a damaged archive
+    std::string message = e.what();
+    throw Error(ErrorCategory::kFormat, fmt::format("{} '{}' cannot be read: {} (is it truncated or damaged?)", what,
+                                                    path.string(), message.substr(0, message.find('\n'))));
   }
 }
 

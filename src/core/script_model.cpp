@@ -91,6 +91,8 @@ std::shared_ptr<ScriptModel> ScriptModel::load(const std::string& path,
   }
   try {
     return std::make_shared<ScriptModel>(torch::jit::load(path, device), path);
+  } catch (const Error&) {
+    throw;
   } catch (const c10::Error& e) {
     // The first line of LibTorch's message says what failed; its backtrace helps nobody here.
     std::string what = e.what_without_backtrace();
@@ -98,6 +100,10 @@ std::shared_ptr<ScriptModel> ScriptModel::load(const std::string& path,
                 fmt::format("'{}' is not a loadable TorchScript archive ({}); save it with "
                             "torch.jit.save from a PyTorch at most as new as this LibTorch ({})",
                             path, what.substr(0, what.find('\n')), TORCH_VERSION));
+  } catch (const std::exception& e) {  // torch::jit::ErrorReport and friends from a damaged archive
+    std::string what = e.what();
+    throw Error(ErrorCategory::kFormat, fmt::format("'{}' is not a loadable TorchScript archive ({})", path,
+                                                    what.substr(0, what.find('\n'))));
   }
 }
 

@@ -40,7 +40,7 @@ TensorDataset load_fashion_mnist(Split split, const FashionMnistOptions& options
                             shape_string(images), shape_string(labels)));
   }
   TensorDataset all{((images.to(torch::kFloat32) / 255.0 - 0.2860) / 0.3530).unsqueeze(1),
-                    labels.to(torch::kInt64)};
+                    labels.to(torch::kInt64), torch::Tensor()};  // images: no padding mask
 
   TensorDataset out = all;
   if (split != Split::kTest) {
@@ -55,7 +55,8 @@ TensorDataset load_fashion_mnist(Split split, const FashionMnistOptions& options
     out = all.select(split == Split::kValidation ? idx.slice(0, 0, n_val) : idx.slice(0, n_val));
   }
   if (options.limit() > 0 && options.limit() < out.size()) {
-    out = {out.inputs.slice(0, 0, options.limit()).clone(), out.targets.slice(0, 0, options.limit()).clone()};
+    out = {out.inputs.slice(0, 0, options.limit()).clone(), out.targets.slice(0, 0, options.limit()).clone(),
+           torch::Tensor()};
   }
   return out;
 }

@@ -73,7 +73,7 @@ torch::Tensor parse_idx(const std::string& bytes, const std::string& source) {
                             source, count, bytes.size() - header));
   }
   auto out = torch::empty(shape, torch::kUInt8);
-  std::memcpy(out.data_ptr<uint8_t>(), bytes.data() + header, count);
+  if (count > 0) std::memcpy(out.data_ptr<uint8_t>(), bytes.data() + header, count);  // null data_ptr when empty
   return out;
 }
 

@@ -339,7 +339,7 @@ std::vector<Int8Record> read_int8_file(const std::string& path) {
     for (auto s : shape) numel *= s;
     const char* p = blob(offset, static_cast<uint64_t>(numel) * d.bytes, what);
     auto t = torch::empty(shape, torch::TensorOptions().dtype(d.type));
-    std::memcpy(t.data_ptr(), p, static_cast<size_t>(numel) * d.bytes);
+    if (numel > 0) std::memcpy(t.data_ptr(), p, static_cast<size_t>(numel) * d.bytes);  // null data_ptr when empty
     return t;
   };
 

@@ -24,12 +24,14 @@ const std::regex& name_pattern() {
 
 torch::Tensor string_tensor(const std::string& s) {
   auto t = torch::empty({static_cast<int64_t>(s.size())}, torch::kUInt8);
-  std::memcpy(t.data_ptr<uint8_t>(), s.data(), s.size());
+  // An empty tensor's data pointer is null, and memcpy's arguments must not be, even for 0 bytes (UBSan).
+  if (!s.empty()) std::memcpy(t.data_ptr<uint8_t>(), s.data(), s.size());
   return t;
 }
 
 std::string tensor_string(const torch::Tensor& t) {
   auto c = t.contiguous();
+  if (c.numel() == 0) return std::string();
   return std::string(reinterpret_cast<const char*>(c.data_ptr<uint8_t>()), static_cast<size_t>(c.numel()));
 }
 
@@ -212,9 +214,16 @@ TrainingState CheckpointManager::load(const std::string& path, const CheckpointC
       std::lock_guard<std::mutex> lock(gen.mutex());
       gen.set_state(state_d);
     }
+  } catch (const Error&) {
+    throw;
   } catch (const c10::Error& e) {
     std::string what = e.what_without_backtrace();
     throw refuse(fmt::format("it does not match the model being restored ({})", what.substr(0, what.find('\n'))));
+  } catch (const std::exception& e) {
+    // LibTorch's unpickler throws other types too (torch::jit::ErrorReport for a damaged type name; found
+    // by fuzz_checkpoint): any of them means the archive cannot be read.
+    std::string what = e.what();
+    throw refuse(fmt::format("its archive cannot be read ({})", what.substr(0, what.find('\n'))));
   }
   return state;
 }

@@ -1,5 +1,6 @@
 #include "kd/train/metrics.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
@@ -9,6 +10,29 @@
 #include "kd/core/model_output.h"
 
 namespace kd {
+
+namespace {
+
+// Runs `fn(start, end, logits)` over the dataset in batches, in eval mode without autograd, on the
+// model's device; the model's train/eval mode is restored afterwards, also when fn throws.
+template <class Fn>
+void for_each_batch(Model& model, const data::TensorDataset& dataset, int64_t batch_size, Fn fn) {
+  struct RestoreMode {
+    Model& model;
+    bool training;
+    ~RestoreMode() { model.train(training); }
+  } restore{model, model.is_training()};
+  torch::NoGradGuard no_grad;
+  model.eval();
+  const auto params = model.parameters();
+  const auto device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  for (int64_t start = 0; start < dataset.size(); start += batch_size) {
+    const auto end = std::min(dataset.size(), start + batch_size);
+    fn(start, end, model.forward(dataset.inputs.slice(0, start, end).to(device)).logits);
+  }
+}
+
+}  // namespace
 
 ClassificationMetrics::ClassificationMetrics(int64_t num_classes)
     : num_classes_(num_classes), confusion_(torch::zeros({num_classes, num_classes}, torch::kInt64)) {
@@ -78,18 +102,10 @@ double ClassificationMetrics::macro_f1() const {
 
 ClassificationMetrics evaluate_classifier(Model& model, const data::TensorDataset& dataset, int64_t num_classes,
                                           int64_t batch_size) {
-  torch::NoGradGuard no_grad;
-  const bool was_training = model.is_training();
-  model.eval();
-  const auto params = model.parameters();
-  const auto device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
   ClassificationMetrics metrics(num_classes);
-  for (int64_t start = 0; start < dataset.size(); start += batch_size) {
-    const auto end = std::min(dataset.size(), start + batch_size);
-    metrics.update(model.forward(dataset.inputs.slice(0, start, end).to(device)).logits.cpu(),
-                   dataset.targets.slice(0, start, end));
-  }
-  model.train(was_training);
+  for_each_batch(model, dataset, batch_size, [&](int64_t start, int64_t end, const torch::Tensor& logits) {
+    metrics.update(logits.cpu(), dataset.targets.slice(0, start, end));
+  });
   return metrics;
 }
 
@@ -106,18 +122,11 @@ double LanguageModelMetrics::token_accuracy() const {
 
 LanguageModelMetrics evaluate_language_model(Model& model, const data::TensorDataset& dataset, int64_t ignore_index,
                                              int64_t batch_size) {
-  torch::NoGradGuard no_grad;
-  const bool was_training = model.is_training();
-  model.eval();
-  const auto params = model.parameters();
-  const auto device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
   LanguageModelMetrics m;
-  for (int64_t start = 0; start < dataset.size(); start += batch_size) {
-    const auto end = std::min(dataset.size(), start + batch_size);
-    const auto logits = model.forward(dataset.inputs.slice(0, start, end).to(device)).logits.to(torch::kCPU, torch::kDouble);
+  for_each_batch(model, dataset, batch_size, [&](int64_t start, int64_t end, const torch::Tensor& output) {
+    const auto logits = output.to(torch::kCPU, torch::kDouble);
     const auto targets = dataset.targets.slice(0, start, end);
     if (logits.dim() != 3 || targets.dim() != 2 || logits.size(0) != targets.size(0) || logits.size(1) != targets.size(1)) {
-      model.train(was_training);
       throw Error(ErrorCategory::kShape,
                   fmt::format("evaluate_language_model: logits {} and targets {} do not line up; expected [B, L, V] "
                               "and [B, L]",
@@ -130,8 +139,7 @@ LanguageModelMetrics evaluate_language_model(Model& model, const data::TensorDat
     m.nll_sum -= logp.masked_select(counted).sum().item<double>();
     m.token_correct += (logits.argmax(-1) == targets).masked_select(counted).sum().item<double>();
     m.tokens += counted.sum().item<int64_t>();
-  }
-  model.train(was_training);
+  });
   return m;
 }
 

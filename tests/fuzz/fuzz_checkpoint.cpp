@@ -44,7 +44,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   Tiny model;
   try {
-    kd::CheckpointManager manager(kd::CheckpointOptions(folder()));
+    kd::CheckpointManager manager{kd::CheckpointOptions(folder())};
     manager.load(path, {&model, nullptr, nullptr, nullptr});
   } catch (const kd::Error&) {
   }

@@ -86,8 +86,8 @@ TEST(Teacher, InputGradientsFlowButParametersStayFrozen) {
 }
 
 TEST(Teacher, NullModelIsRejected) {
-  EXPECT_THROW(kd::Teacher(kd::ModelPtr()), kd::Error);
-  EXPECT_THROW(kd::Student(kd::ModelPtr()), kd::Error);
+  EXPECT_THROW(kd::Teacher{kd::ModelPtr{}}, kd::Error);
+  EXPECT_THROW(kd::Student{kd::ModelPtr{}}, kd::Error);
 }
 
 }  // namespace

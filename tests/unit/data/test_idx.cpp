@@ -38,6 +38,14 @@ TEST(Idx, ParsesShapeAndBigEndianSizes) {
   EXPECT_EQ(t[1][2][299].item<int>(), static_cast<uint8_t>((2 * 3 * 300 - 1) * 7));
 }
 
+// Found by fuzz_idx under UBSan: a zero-length dimension once reached memcpy with an empty tensor's
+// null data pointer. It is a valid, empty file.
+TEST(Idx, AZeroLengthDimensionGivesAnEmptyTensor) {
+  auto t = kd::data::parse_idx(idx_bytes({0, 28, 28}, {}), "empty.idx");
+  EXPECT_EQ(t.sizes(), torch::IntArrayRef({0, 28, 28}));
+  EXPECT_EQ(t.numel(), 0);
+}
+
 TEST(Idx, RejectsBadInputWithAClearMessage) {
   auto msg = expect_error(idx_bytes({4}, {1, 2, 3}), kd::ErrorCategory::kFormat);
   EXPECT_NE(msg.find("promises 4 bytes"), std::string::npos) << msg;

@@ -375,7 +375,7 @@ TEST(FeatureL2, BadInputsThrowClearErrors) {
   batch.teacher.hidden_states[1] = torch::randn({4, 2});
   expect_error(kd::FeatureL2Options({{1, 0}}), kd::ErrorCategory::kValue, {"student hidden state 0", "NaN"});
 
-  EXPECT_THROW(kd::FeatureL2(kd::FeatureL2Options()), kd::Error);                           // no pairs
+  EXPECT_THROW(kd::FeatureL2{kd::FeatureL2Options()}, kd::Error);                           // no pairs
   EXPECT_THROW(kd::FeatureL2(kd::FeatureL2Options({{0, 0, 1.0, 2, 0}})), kd::Error);       // one width only
   EXPECT_THROW(kd::FeatureL2(kd::FeatureL2Options({{0, 0, -1.0}})), kd::Error);            // negative weight
 }

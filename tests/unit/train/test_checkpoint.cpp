@@ -1,9 +1,11 @@
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <zlib.h>
 
 #include "kd/core/error.h"
 #include "kd/train/checkpoint.h"
@@ -123,6 +125,29 @@ TEST(Checkpoint, DifferentFingerprintOrModelIsRefused) {
   torch::nn::Linear other(3, 3);
   EXPECT_THROW(mgr.load(path, {other.get(), nullptr, nullptr}), kd::Error);
   EXPECT_THROW(mgr.load(dir + "/ckpt-0000000001-00000000.pt", {net.get(), nullptr, nullptr}), kd::Error);
+}
+
+// Found by fuzz_checkpoint: an archive whose pickled type name is damaged makes LibTorch throw
+// torch::jit::ErrorReport (not a c10::Error), which once escaped the loader and ended the process.
+// The file is named with its own CRC-32, so the loader gets past the checksum to the archive.
+TEST(Checkpoint, AnArchiveLibTorchCannotUnpickleIsRefusedWithAKdError) {
+  std::ifstream in(std::string(KD_SOURCE_DIR) + "/tests/fuzz/corpus/checkpoint/damaged-type-name.pt", std::ios::binary);
+  ASSERT_TRUE(in.good());
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto crc = static_cast<uint32_t>(
+      crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size())));
+  const auto dir = kd::testing::temp_dir("ckpt_damaged");
+  char name[64];
+  std::snprintf(name, sizeof name, "/ckpt-0000000001-%08x.pt", crc);
+  std::ofstream(dir + name, std::ios::binary) << bytes;
+  Net net;
+  kd::CheckpointManager mgr{kd::CheckpointOptions(dir)};
+  try {
+    mgr.load(dir + name, {net.get(), nullptr, nullptr});
+    FAIL() << "a damaged archive was loaded";
+  } catch (const kd::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(name + 1), std::string::npos) << e.what();  // names the file
+  }
 }
 
 }  // namespace
