@@ -266,6 +266,9 @@ void LoRAImpl::load_adapter(const std::string& path) {
   }
   torch::serialize::InputArchive archive;
   c10::IValue format, rank, alpha, rslora, sites;
+  if (auto damage = find_archive_damage(path)) {
+    throw Error(ErrorCategory::kFormat, fmt::format("'{}' is not a usable LoRA adapter file: {}", path, *damage));
+  }
   try {
     archive.load_from(path);
   } catch (const std::exception&) {  // c10::Error, or torch::jit::ErrorReport from a damaged archive

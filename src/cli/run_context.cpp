@@ -119,6 +119,10 @@ void load_module(torch::nn::Module& module, const fs::path& path, const torch::D
   if (!fs::exists(path)) {
     throw Error(ErrorCategory::kFile, fmt::format("{} '{}' does not exist", what, path.string()));
   }
+  if (auto damage = find_archive_damage(path.string())) {
+    throw Error(ErrorCategory::kFormat,
+                fmt::format("{} '{}' is damaged: {} (copy it again, or write it again)", what, path.string(), *damage));
+  }
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(path.string(), device);

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "kd/core/archive_file.h"
 #include "kd/core/error.h"
 
 namespace kd {
@@ -88,6 +89,9 @@ std::shared_ptr<ScriptModel> ScriptModel::load(const std::string& path,
                 fmt::format("TorchScript file '{}' does not exist; export the model with "
                             "torch.jit.save(torch.jit.script(model), '{}') or fix the path",
                             path, path));
+  }
+  if (auto damage = find_archive_damage(path)) {
+    throw Error(ErrorCategory::kFormat, fmt::format("'{}' is not a loadable TorchScript archive: {}", path, *damage));
   }
   try {
     return std::make_shared<ScriptModel>(torch::jit::load(path, device), path);

@@ -115,24 +115,21 @@ void TeacherCache::build(const std::string& path, Teacher& teacher, const Tensor
     } else {
       rows.emplace_back("logits", out.logits.to(torch::kCPU, dtype));
     }
-    for (int64_t i : options.hidden_states()) {
-      const int64_t count = static_cast<int64_t>(out.hidden_states.size());
-      const int64_t r = i < 0 ? count + i : i;
-      if (r < 0 || r >= count) {
-        throw Error(ErrorCategory::kValue, fmt::format("TeacherCache: hidden_states index {} is out of range: the teacher "
-                                                       "exposes {} layer(s)", i, count));
+    // Negative indices count from the last layer, as in the losses' layer pairs.
+    auto add_layers = [&](const char* key, const std::vector<int64_t>& wanted, const std::vector<torch::Tensor>& have,
+                          const char* unit) {
+      const auto count = static_cast<int64_t>(have.size());
+      for (int64_t i : wanted) {
+        const int64_t r = i < 0 ? count + i : i;
+        if (r < 0 || r >= count) {
+          throw Error(ErrorCategory::kValue, fmt::format("TeacherCache: {} index {} is out of range: the teacher "
+                                                         "exposes {} {}", key, i, count, unit));
+        }
+        rows.emplace_back(fmt::format("{}.{}", key, r), have[r].to(torch::kCPU, dtype));
       }
-      rows.emplace_back(fmt::format("hidden_states.{}", r), out.hidden_states[r].to(torch::kCPU, dtype));
-    }
-    for (int64_t i : options.attentions()) {
-      const int64_t count = static_cast<int64_t>(out.attentions.size());
-      const int64_t r = i < 0 ? count + i : i;
-      if (r < 0 || r >= count) {
-        throw Error(ErrorCategory::kValue, fmt::format("TeacherCache: attentions index {} is out of range: the teacher "
-                                                       "exposes {} attention map(s)", i, count));
-      }
-      rows.emplace_back(fmt::format("attentions.{}", r), out.attentions[r].to(torch::kCPU, dtype));
-    }
+    };
+    add_layers("hidden_states", options.hidden_states(), out.hidden_states, "layer(s)");
+    add_layers("attentions", options.attentions(), out.attentions, "attention map(s)");
   };
 
   write_atomically(path, [&](const std::string& tmp) {

@@ -165,6 +165,8 @@ TrainingState CheckpointManager::load(const std::string& path, const CheckpointC
                              actual_crc, expected_crc));
   }
 
+  if (auto damage = find_archive_damage(path)) throw refuse(*damage);
+
   torch::serialize::InputArchive archive;
   TrainingState state;
   try {

@@ -29,12 +29,7 @@ const std::vector<std::string>& preferred_metrics() {
 }  // namespace
 
 std::string summary_table(const TrainSummary& summary) {
-  // Each stage's last evaluation, stages in the order they first evaluated.
-  std::vector<const EvalResult*> rows;
-  for (const auto& e : summary.evaluations) {
-    auto it = std::find_if(rows.begin(), rows.end(), [&](const EvalResult* r) { return r->stage == e.stage; });
-    if (it == rows.end()) rows.push_back(&e); else *it = &e;
-  }
+  const std::vector<const EvalResult*> rows = last_evaluation_per_stage(summary);
   std::vector<std::string> columns;
   for (const auto& m : preferred_metrics()) {
     if (std::any_of(rows.begin(), rows.end(), [&](const EvalResult* r) { return r->metrics.count(m) > 0; })) {

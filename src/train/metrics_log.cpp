@@ -113,13 +113,8 @@ void MetricsLog::on_fit_begin(const FitInfo& i) {
 
 void MetricsLog::on_fit_end(const TrainSummary& s) {
   // "final": each stage's last evaluation, so the run's result is one line to read back.
-  std::vector<const EvalResult*> last;
-  for (const auto& e : s.evaluations) {
-    auto it = std::find_if(last.begin(), last.end(), [&](const EvalResult* r) { return r->stage == e.stage; });
-    if (it == last.end()) last.push_back(&e); else *it = &e;
-  }
   std::string final_metrics;
-  for (const auto* e : last) {
+  for (const auto* e : last_evaluation_per_stage(s)) {
     final_metrics += fmt::format("{}{}:{{\"global_step\":{},\"metrics\":{}}}", final_metrics.empty() ? "" : ",",
                                  json_quote(e->stage), e->global_step, metrics_object(e->metrics));
   }

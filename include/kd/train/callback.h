@@ -2,6 +2,7 @@
 /// \file
 /// The documented way to extend the training loop.
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -56,6 +57,17 @@ struct TrainSummary {
   int64_t rollbacks = 0;        ///< returns to the last checkpoint (NonFinitePolicy::kRollback)
   double lr_scale = 1.0;        ///< what non-finite steps left of the configured learning rates
 };
+
+/// Each stage's last evaluation in `summary`, stages in the order they first evaluated: the run's
+/// result, as kd::summary_table prints it and MetricsLog's `fit_end` line reports it ("final").
+inline std::vector<const EvalResult*> last_evaluation_per_stage(const TrainSummary& summary) {
+  std::vector<const EvalResult*> last;
+  for (const auto& e : summary.evaluations) {
+    auto it = std::find_if(last.begin(), last.end(), [&](const EvalResult* r) { return r->stage == e.stage; });
+    if (it == last.end()) last.push_back(&e); else *it = &e;
+  }
+  return last;
+}
 
 /// Override what you need; every hook does nothing by default. Callbacks run
 /// on the training thread, in the order they were added.

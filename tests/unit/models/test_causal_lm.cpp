@@ -9,10 +9,8 @@
 
 namespace {
 using namespace kd::models;
+using kd::testing::kFloat32Atol;
 using kd::testing::max_rel_error;
-// float32 against a float64 reference (or against another float32 summation order): round-off of
-// about 1e-6 on O(1) activations, so elements near zero are held to this absolute tolerance.
-constexpr double kF32Atol = 1e-5;
 
 const kd::testing::Reference& ref() {
   static const kd::testing::Reference r(kd::testing::run_python("transformer.py") + "/transformer.json");
@@ -57,10 +55,10 @@ TEST(CausalLM, MatchesThePyTorchReferenceInFloat64) {
 TEST(CausalLM, MatchesTheReferenceInFloat32) {
   auto lm = reference_model(torch::kFloat32);
   const auto out = lm->forward(ref()["lm.tokens"]);
-  EXPECT_LT(max_rel_error(out.logits, ref()["lm.logits"], kF32Atol), 1e-5);
+  EXPECT_LT(max_rel_error(out.logits, ref()["lm.logits"], kFloat32Atol), 1e-5);
   for (int l = 0; l < 2; ++l) {
-    EXPECT_LT(max_rel_error(out.hidden_states[l], ref()["lm.h" + std::to_string(l)], kF32Atol), 1e-5) << l;
-    EXPECT_LT(max_rel_error(out.attentions[l], ref()["lm.a" + std::to_string(l)], kF32Atol), 1e-5) << l;
+    EXPECT_LT(max_rel_error(out.hidden_states[l], ref()["lm.h" + std::to_string(l)], kFloat32Atol), 1e-5) << l;
+    EXPECT_LT(max_rel_error(out.attentions[l], ref()["lm.a" + std::to_string(l)], kFloat32Atol), 1e-5) << l;
   }
 }
 

@@ -11,10 +11,8 @@
 
 namespace {
 using namespace kd::models;
+using kd::testing::kFloat32Atol;
 using kd::testing::max_rel_error;
-// float32 against a float64 reference (or against another float32 summation order): round-off of
-// about 1e-6 on O(1) activations, so elements near zero are held to this absolute tolerance.
-constexpr double kF32Atol = 1e-5;
 
 const kd::testing::Reference& ref() {
   static const kd::testing::Reference r(kd::testing::run_python("transformer.py") + "/transformer.json");
@@ -65,10 +63,10 @@ TEST(TransformerEncoder, MatchesTheReferenceInFloat32) {
   load(*enc, "enc");
   enc->eval();
   const auto out = enc->forward(ref()["enc.tokens"]);
-  EXPECT_LT(max_rel_error(out.logits, ref()["enc.logits"], kF32Atol), 1e-5);
+  EXPECT_LT(max_rel_error(out.logits, ref()["enc.logits"], kFloat32Atol), 1e-5);
   for (int l = 0; l < 3; ++l) {
-    EXPECT_LT(max_rel_error(out.hidden_states[l], ref()["enc.h" + std::to_string(l)], kF32Atol), 1e-5);
-    EXPECT_LT(max_rel_error(out.attentions[l], ref()["enc.a" + std::to_string(l)], kF32Atol), 1e-5);
+    EXPECT_LT(max_rel_error(out.hidden_states[l], ref()["enc.h" + std::to_string(l)], kFloat32Atol), 1e-5);
+    EXPECT_LT(max_rel_error(out.attentions[l], ref()["enc.a" + std::to_string(l)], kFloat32Atol), 1e-5);
   }
 }
 
@@ -79,11 +77,11 @@ TEST(TransformerEncoder, AppendedPaddingLeavesRealPositionsUnchanged) {
   const auto tokens = torch::randint(1, 50, {2, 10}, torch::kInt64);
   const auto padded = torch::cat({tokens, torch::zeros({2, 6}, torch::kInt64)}, 1);
   const auto a = enc->forward(tokens), b = enc->forward(padded);
-  EXPECT_LT(max_rel_error(b.logits, a.logits, kF32Atol), 1e-5);
+  EXPECT_LT(max_rel_error(b.logits, a.logits, kFloat32Atol), 1e-5);
   for (size_t l = 0; l < 2; ++l) {
-    EXPECT_LT(max_rel_error(b.hidden_states[l].slice(1, 0, 10), a.hidden_states[l], kF32Atol), 1e-5);
+    EXPECT_LT(max_rel_error(b.hidden_states[l].slice(1, 0, 10), a.hidden_states[l], kFloat32Atol), 1e-5);
     const auto att = b.attentions[l].slice(2, 0, 10);
-    EXPECT_LT(max_rel_error(att.slice(3, 0, 10), a.attentions[l], kF32Atol), 1e-5);
+    EXPECT_LT(max_rel_error(att.slice(3, 0, 10), a.attentions[l], kFloat32Atol), 1e-5);
     EXPECT_EQ(att.slice(3, 10).abs().max().item<double>(), 0.0);  // padded keys get no attention
   }
   // Without a pad token, the same tokens are ordinary inputs and do change the result.

@@ -127,26 +127,35 @@ TEST(Checkpoint, DifferentFingerprintOrModelIsRefused) {
   EXPECT_THROW(mgr.load(dir + "/ckpt-0000000001-00000000.pt", {net.get(), nullptr, nullptr}), kd::Error);
 }
 
-// Found by fuzz_checkpoint: an archive whose pickled type name is damaged makes LibTorch throw
-// torch::jit::ErrorReport (not a c10::Error), which once escaped the loader and ended the process.
-// The file is named with its own CRC-32, so the loader gets past the checksum to the archive.
-TEST(Checkpoint, AnArchiveLibTorchCannotUnpickleIsRefusedWithAKdError) {
-  std::ifstream in(std::string(KD_SOURCE_DIR) + "/tests/fuzz/corpus/checkpoint/damaged-type-name.pt", std::ios::binary);
-  ASSERT_TRUE(in.good());
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto crc = static_cast<uint32_t>(
-      crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size())));
-  const auto dir = kd::testing::temp_dir("ckpt_damaged");
-  char name[64];
-  std::snprintf(name, sizeof name, "/ckpt-0000000001-%08x.pt", crc);
-  std::ofstream(dir + name, std::ios::binary) << bytes;
-  Net net;
-  kd::CheckpointManager mgr{kd::CheckpointOptions(dir)};
-  try {
-    mgr.load(dir + name, {net.get(), nullptr, nullptr});
-    FAIL() << "a damaged archive was loaded";
-  } catch (const kd::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(name + 1), std::string::npos) << e.what();  // names the file
+// Found by fuzz_checkpoint. damaged-type-name.pt: LibTorch threw torch::jit::ErrorReport (not a
+// c10::Error), which once escaped the loader and ended the process. damaged-code-entry.pt: a damaged
+// code/ entry crashed LibTorch 1.13's TorchScript parser (SEGV) before kd::find_archive_damage was
+// checked first. Python's zipfile, reading its entries in directory order, finds four with a wrong
+// CRC-32, the first archive/data/3 (then three code/ entries). Each file is named with its own
+// CRC-32, so the loader gets past the file checksum to the archive inside.
+TEST(Checkpoint, DamagedArchivesTheFuzzerFoundAreRefusedWithAKdError) {
+  for (const std::string seed : {"damaged-type-name.pt", "damaged-code-entry.pt"}) {
+    SCOPED_TRACE(seed);
+    std::ifstream in(std::string(KD_SOURCE_DIR) + "/tests/fuzz/corpus/checkpoint/" + seed, std::ios::binary);
+    ASSERT_TRUE(in.good());
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto crc = static_cast<uint32_t>(
+        crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size())));
+    const auto dir = kd::testing::temp_dir("ckpt_damaged");
+    char name[64];
+    std::snprintf(name, sizeof name, "/ckpt-0000000001-%08x.pt", crc);
+    std::ofstream(dir + name, std::ios::binary) << bytes;
+    Net net;
+    kd::CheckpointManager mgr{kd::CheckpointOptions(dir)};
+    try {
+      mgr.load(dir + name, {net.get(), nullptr, nullptr});
+      FAIL() << "a damaged archive was loaded";
+    } catch (const kd::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(name + 1), std::string::npos) << e.what();  // names the file
+      if (seed == "damaged-code-entry.pt") {
+        EXPECT_NE(std::string(e.what()).find("entry 'archive/data/3' fails its CRC-32"), std::string::npos) << e.what();
+      }
+    }
   }
 }
 
