@@ -129,6 +129,7 @@ class TokenModel(nn.Module):
         super().__init__()
         self.heads, self.causal = heads, causal
         self.embed = nn.Embedding(vocab, d)
+        nn.init.normal_(self.embed.weight, 0.0, 0.02)  # as kdistill's token models
         self.blocks = nn.ModuleList(Block(d, heads, ffn) for _ in range(layers))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, vocab, bias=False) if causal else nn.Linear(d, classes)
