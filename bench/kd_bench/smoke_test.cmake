@@ -1,0 +1,20 @@
+# ctest kd_bench_smoke: `kd-bench --workload w1 --steps 2` prints one JSON line with issue 7's fields.
+#   cmake -DKD_BENCH=<path> -P smoke_test.cmake
+execute_process(COMMAND ${KD_BENCH} --workload w1 --steps 2 --warmup 0 --pool 2
+                OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "kd-bench exited with ${rc}: ${out}")
+endif()
+string(STRIP "${out}" out)
+foreach(field workload mode steps_per_s samples_per_s achieved_gflops peak_rss_mb loss)
+  string(JSON value ERROR_VARIABLE err GET "${out}" ${field})
+  if(err)
+    message(FATAL_ERROR "kd-bench's JSON line has no '${field}': ${out}")
+  endif()
+endforeach()
+string(JSON w GET "${out}" workload)
+string(JSON sps GET "${out}" steps_per_s)
+if(NOT w STREQUAL "w1" OR NOT sps GREATER 0)
+  message(FATAL_ERROR "unexpected kd-bench result: ${out}")
+endif()
+message(STATUS "kd-bench: ${out}")
