@@ -50,6 +50,17 @@ void clear_grads(torch::optim::Optimizer& opt) {
   }
 }
 
+// The part every workload's step ends with: the loss phase's lap, backward, the update, gradients to none.
+double finish_step(const torch::Tensor& loss, torch::optim::Optimizer& opt, Clock::time_point& t, PhaseTimes& times) {
+  lap(t, times.loss);
+  loss.backward();
+  lap(t, times.backward);
+  opt.step();
+  clear_grads(opt);
+  lap(t, times.optimizer);
+  return loss.item<double>();
+}
+
 // Inference tensors cannot be saved for backward: the teacher outputs the losses read become normal tensors.
 torch::Tensor as_normal(const torch::Tensor& t) { return t.is_inference() ? t.clone() : t; }
 
@@ -108,13 +119,7 @@ class W1 : public Workload {
     lap(t, times.student);
     const auto loss = 0.9 * soft_kl(batch.student.logits, batch.teacher.logits, 4.0, o_.kl) +
                       0.1 * functional::hard_label_ce(batch.student.logits, y) + feat_->forward(batch).total;
-    lap(t, times.loss);
-    loss.backward();
-    lap(t, times.backward);
-    opt_->step();
-    clear_grads(*opt_);
-    lap(t, times.optimizer);
-    return loss.item<double>();
+    return finish_step(loss, *opt_, t, times);
   }
 
  private:
@@ -204,13 +209,7 @@ class W2 : public Workload {
     lap(t, times.student);
     const auto loss = soft_kl(batch.student.logits, batch.teacher.logits, 2.0, o_.kl) + feat_->forward(batch).total +
                       attn_->forward(batch).total;
-    lap(t, times.loss);
-    loss.backward();
-    lap(t, times.backward);
-    opt_->step();
-    clear_grads(*opt_);
-    lap(t, times.optimizer);
-    return loss.item<double>();
+    return finish_step(loss, *opt_, t, times);
   }
 
  private:
@@ -252,13 +251,7 @@ class W3 : public Workload {
     const auto student_logits = student_->forward(x).logits;
     lap(t, times.student);
     const auto loss = soft_kl(student_logits, teacher_logits, 1.0, o_.kl);
-    lap(t, times.loss);
-    loss.backward();
-    lap(t, times.backward);
-    opt_->step();
-    clear_grads(*opt_);
-    lap(t, times.optimizer);
-    return loss.item<double>();
+    return finish_step(loss, *opt_, t, times);
   }
 
  private:
