@@ -240,10 +240,44 @@ std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32
     }
   }
   if (cache->size_ <= 0 || entries.empty()) throw bad("the header lists no examples or no entries");
+  // Only what build() writes, with shapes the file can hold: a damaged header must drive neither
+  // lookup() past its layer vectors nor an entry's rows past the mapping (found by fuzz_teacher_cache).
+  constexpr int64_t kMaxLayers = 1 << 16;
+  if (cache->layers_ < 0 || cache->layers_ > kMaxLayers || cache->attention_layers_ < 0 ||
+      cache->attention_layers_ > kMaxLayers) {
+    throw bad(fmt::format("it claims {} layers and {} attention maps", cache->layers_, cache->attention_layers_));
+  }
+  auto check_layer = [&](const std::string& name, size_t prefix, int64_t count) {
+    const std::string digits = name.substr(prefix);
+    if (digits.empty() || digits.size() > 6 || digits.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoll(digits) >= count) {
+      throw bad(fmt::format("entry '{}' names none of the {} layers its header lists", name, count));
+    }
+  };
+  for (const auto& e : entries) {
+    if (e.name.rfind("hidden_states.", 0) == 0) {
+      check_layer(e.name, 14, cache->layers_);
+    } else if (e.name.rfind("attentions.", 0) == 0) {
+      check_layer(e.name, 11, cache->attention_layers_);
+    } else if (e.name != "logits" && e.name != "topk_logits" && e.name != "topk_indices") {
+      throw bad(fmt::format("unknown entry '{}'", e.name));
+    }
+  }
   size_t offset = (end_pos + 5 + kAlign - 1) / kAlign * kAlign;
   for (auto& e : entries) {
+    size_t row = c10::elementSize(e.dtype);  // checked: a product that passes the file's length is refused
+    for (int64_t d : e.shape) {
+      if (d < 0 || (d > 0 && row > length / static_cast<size_t>(d))) {
+        throw bad(fmt::format("entry '{}' has a shape larger than the file", e.name));
+      }
+      row *= static_cast<size_t>(d);
+    }
+    if (row > 0 && static_cast<size_t>(cache->size_) > length / row) {
+      throw bad(fmt::format("entry '{}' needs more bytes than the file has", e.name));
+    }
     e.offset = offset;
-    offset = (offset + row_bytes(e.dtype, e.shape) * cache->size_ + kAlign - 1) / kAlign * kAlign;
+    offset = (offset + row * static_cast<size_t>(cache->size_) + kAlign - 1) / kAlign * kAlign;
+    if (offset > length) throw bad(fmt::format("{} bytes, too few for its entries (truncated or corrupt)", length));
   }
   if (offset != length) throw bad(fmt::format("{} bytes instead of {} (truncated or corrupt)", length, offset));
   if (file_teacher != teacher_fp || file_data != data_fp) {

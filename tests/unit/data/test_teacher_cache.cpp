@@ -228,4 +228,41 @@ TEST(TeacherCache, ACacheBuiltWithOtherOptionsIsRefusedAndRebuilt) {
   EXPECT_EQ(TeacherCache::open(path, tfp, dfp)->top_k(), 3);  // no options asked: not checked
 }
 
+// Found by fuzz_teacher_cache: a header whose "layers" line was damaged (so the cache claimed 0 layers)
+// while it listed entry hidden_states.0 made lookup() index past its layer vector. open() now checks
+// each entry against the header's layer counts, and each shape against the file's length.
+TEST(TeacherCache, AHeaderWhoseEntriesItsLayerCountsDoNotCoverIsRefused) {
+  torch::manual_seed(8);
+  kd::Teacher teacher(std::make_shared<NetImpl>(8));
+  auto ds = data(12);
+  const auto dir = kd::testing::temp_dir("tcache_hdr");
+  const uint32_t tfp = kd::data::module_fingerprint(*teacher->model()), dfp = kd::data::dataset_fingerprint(ds);
+  TeacherCache::build(dir + "/good.cache", teacher, ds, TeacherCacheOptions().hidden_states({-1}));
+  std::ifstream in(dir + "/good.cache", std::ios::binary);
+  const std::string good((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_NE(good.find("\nlayers 2\n"), std::string::npos);
+  ASSERT_NE(good.find("entry hidden_states.1 "), std::string::npos);
+  EXPECT_NO_THROW(TeacherCache::open(dir + "/good.cache", tfp, dfp));
+  // Each edit keeps the file's length, so only the header's meaning changes.
+  const std::vector<std::pair<std::string, std::string>> edits = {
+      {"\nlayers 2\n", "\nlayersi2\n"},                           // the layer count lost: 0 layers
+      {"entry hidden_states.1 ", "entry hidden_states.7 "},        // a layer the teacher does not have
+      {"entry hidden_states.1 ", "entry hidden_statesX1 "},        // an entry build() never writes
+      {"\nlayers 2\n", "\nlayers-2\n"}};                          // a negative count
+  for (const auto& [from, to] : edits) {
+    SCOPED_TRACE(to);
+    std::string bad = good;
+    bad.replace(bad.find(from), from.size(), to);
+    std::ofstream(dir + "/bad.cache", std::ios::binary | std::ios::trunc) << bad;
+    try {
+      auto cache = TeacherCache::open(dir + "/bad.cache", tfp, dfp);
+      cache->lookup(torch::tensor({0}, torch::kLong));
+      FAIL() << "a damaged header was accepted";
+    } catch (const kd::Error& e) {
+      EXPECT_EQ(e.category(), kd::ErrorCategory::kFormat) << e.what();
+      EXPECT_NE(std::string(e.what()).find("bad.cache"), std::string::npos) << e.what();
+    }
+  }
+}
+
 }  // namespace
