@@ -4,6 +4,7 @@
 ///   kd-bench --workload w1|w2|w3 --steps N [--mode online|cached] [--warmup W] [--threads T]
 ///            [--inference-mode 0|1] [--fold-bn 0|1] [--channels-last 0|1] [--mkldnn 0|1] [--kl fused|chunked|autograd]
 ///   kd-bench --workload sgemm [--size 2048] [--steps 10]
+///   kd-bench --workload w2 --steps 4 --profile w2.trace.json   (then bench/profile_ops.py)
 ///
 /// Thread settings: `--threads` sets ATen's intra-op pool; unless OMP_WAIT_POLICY is already set
 /// (or `--omp-passive 0`), kd-bench re-executes itself once with OMP_WAIT_POLICY=PASSIVE, because
@@ -32,6 +33,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include "workloads.h"
@@ -99,6 +101,10 @@ int main(int argc, char** argv) {
   bool omp_passive = true;
   app.add_option("--omp-passive", omp_passive, "re-run under OMP_WAIT_POLICY=PASSIVE unless it is set (thread setting)");
   app.add_option("--size", size, "sgemm: matrix size n")->check(CLI::PositiveNumber);
+  std::string profile_path;
+  app.add_option("--profile", profile_path,
+                 "write the timed steps' operator trace (LibTorch's profiler, Chrome trace format) to this file; "
+                 "bench/profile_ops.py sums it per operator");
   CLI11_PARSE(app, argc, argv);
 
   spdlog::set_level(spdlog::level::warn);  // stdout carries only the JSON line
@@ -107,6 +113,8 @@ int main(int argc, char** argv) {
     auto j = sgemm(size, static_cast<int>(steps));
     j["threads"] = torch::get_num_threads();
     j["omp_wait_policy"] = std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "";
+    // Recorded, never changed: some machines pin OpenBLAS's kernels here for correctness (RESULTS.md).
+    j["openblas_coretype"] = std::getenv("OPENBLAS_CORETYPE") ? std::getenv("OPENBLAS_CORETYPE") : "";
     std::printf("%s\n", j.dump().c_str());
     return 0;
   }
@@ -117,9 +125,14 @@ int main(int argc, char** argv) {
   kd::bench::PhaseTimes ignored, times;
   double loss = 0.0;
   for (int64_t s = 0; s < warmup; ++s) loss = w->step(s, ignored);
+  // The legacy profiler: its Chrome trace has the same layout as Python's
+  // torch.autograd.profiler.profile(use_kineto=False).export_chrome_trace, so one script reads both.
+  auto profile = profile_path.empty() ? nullptr
+                                      : std::make_unique<torch::autograd::profiler::RecordProfile>(profile_path);
   const auto start = Clock::now();
   for (int64_t s = 0; s < steps; ++s) loss = w->step(warmup + s, times);
   const double elapsed = seconds_since(start);
+  profile.reset();  // writes the trace
 
   const double per_step_ms = 1e3 / static_cast<double>(steps);
   nlohmann::json j = {
@@ -140,6 +153,7 @@ int main(int argc, char** argv) {
       {"setup_s", build_s},
       {"cache_build_s", w->setup_seconds()},
       {"omp_wait_policy", std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : ""},
+      {"openblas_coretype", std::getenv("OPENBLAS_CORETYPE") ? std::getenv("OPENBLAS_CORETYPE") : ""},
       {"options",
        {{"inference_mode", o.inference_mode}, {"fold_bn", o.fold_bn}, {"channels_last", o.channels_last}, {"mkldnn", o.mkldnn}, {"kl", o.kl}}},
       {"phase_ms",

@@ -2,7 +2,7 @@
 """Plain-PyTorch twin of kd-bench: issue 7's workloads W1, W2, W3 as a competent PyTorch user writes them.
 
     /usr/bin/python3 bench/python/kd_bench.py --workload w1|w2|w3 --steps N [--mode online|cached]
-                                              [--warmup W] [--threads T] [--inference-mode]
+                                              [--warmup W] [--threads T] [--inference-mode] [--profile FILE]
 
 Prints one JSON line with the same fields as kd-bench (bench/kd_bench/main.cpp). The models are
 the same architectures as kdistill's (CnnTeacher / DepthwiseCnnStudent, TransformerEncoder and
@@ -12,6 +12,7 @@ idiom; --inference-mode uses torch.inference_mode() and clones what the losses s
 FLOPs: the analytic count of bench/kd_bench/flops.h (see bench/RESULTS.md).
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -305,6 +306,8 @@ def main():
     ap.add_argument("--pool", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--inference-mode", action="store_true")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="write the timed steps' operator trace (legacy profiler, Chrome trace) to FILE")
     args = ap.parse_args()
     if args.mode == "cached" and args.workload != "w1":
         ap.error("cached mode is W1's only")
@@ -317,10 +320,15 @@ def main():
     times = dict(ignored)
     for i in range(args.warmup):
         loss = w.step(i, ignored)
-    t = time.perf_counter()
-    for i in range(args.steps):
-        loss = w.step(args.warmup + i, times)
-    elapsed = time.perf_counter() - t
+    # The legacy profiler, as kd-bench's --profile uses: bench/profile_ops.py reads both traces alike.
+    prof = torch.autograd.profiler.profile(use_kineto=False) if args.profile else contextlib.nullcontext()
+    with prof:
+        t = time.perf_counter()
+        for i in range(args.steps):
+            loss = w.step(args.warmup + i, times)
+        elapsed = time.perf_counter() - t
+    if args.profile:
+        prof.export_chrome_trace(args.profile)
     print(json.dumps({
         "workload": args.workload, "mode": args.mode, "impl": "python", "threads": torch.get_num_threads(),
         "steps": args.steps, "warmup": args.warmup, "batch": w.batch_size, "seconds": elapsed,
@@ -329,6 +337,8 @@ def main():
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "loss": loss,
         "setup_s": setup, "cache_build_s": getattr(w, "cache_build_s", 0.0), "torch": torch.__version__,
         "options": {"inference_mode": args.inference_mode},
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", ""),
         "phase_ms": {k: v * 1e3 / args.steps for k, v in times.items()},
     }, sort_keys=True))
 
