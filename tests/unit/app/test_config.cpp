@@ -120,6 +120,13 @@ TEST(Config, WrongTypeAndOutOfRangeNameValueAndWhatIsAllowed) {
   EXPECT_NE(msg.find("'train' must be an object"), std::string::npos) << msg;
   msg = error_of({}, {"nothing"});
   EXPECT_NE(msg.find("key.path=value"), std::string::npos) << msg;
+  // Numbers too large for an integer key are a type error, not a conversion (undefined beyond int64).
+  for (const char* huge : {"-2.2e88", "1e19", "9223372036854775808.0"}) {
+    msg = error_of({}, {std::string("data.limit=") + huge});
+    EXPECT_NE(msg.find("'data.limit' must be an integer"), std::string::npos) << huge << ": " << msg;
+  }
+  // A whole number written as a float is still one.
+  EXPECT_EQ(resolve_config({}, {"data.limit=2e3"})["data"]["limit"].get<double>(), 2000.0);
 }
 
 TEST(Config, MissingAndMalformedFiles) {
