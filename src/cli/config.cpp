@@ -153,11 +153,14 @@ void check(const json& schema, const json& value, const std::string& path, const
   }
 }
 
-json parse_value(const std::string& text) {
+// `origin` names the --set for errors.
+json parse_value(const std::string& text, const std::string& origin) {
   try {
     return json::parse(text);
   } catch (const json::parse_error&) {
     return json(text);  // bare words are strings: --set train.device=cuda
+  } catch (const json::exception& e) {  // e.g. out_of_range: a number beyond a double (1e999)
+    throw Error(ErrorCategory::kConfig, fmt::format("{}: the value is not usable: {}", origin, e.what()));
   }
 }
 
@@ -266,7 +269,7 @@ nlohmann::json parse_config_text(const std::string& text, const std::string& ori
   json layer;
   try {
     layer = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number beyond a double
     throw Error(ErrorCategory::kConfig, fmt::format("{}: not valid JSON: {}", origin, e.what()));
   }
   validate_config(layer, origin);
@@ -289,7 +292,7 @@ nlohmann::json resolve_config(const std::vector<std::string>& files, const std::
       throw Error(ErrorCategory::kConfig,
                   fmt::format("--set '{}': expected key.path=value, e.g. --set stages.2.epochs=3", o));
     }
-    config = with_override(config, o.substr(0, eq), parse_value(o.substr(eq + 1)), "--set " + o);
+    config = with_override(config, o.substr(0, eq), parse_value(o.substr(eq + 1), "--set " + o), "--set " + o);
     validate_config(config, "--set " + o);
   }
   return config;

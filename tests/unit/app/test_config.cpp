@@ -125,6 +125,13 @@ TEST(Config, WrongTypeAndOutOfRangeNameValueAndWhatIsAllowed) {
     msg = error_of({}, {std::string("data.limit=") + huge});
     EXPECT_NE(msg.find("'data.limit' must be an integer"), std::string::npos) << huge << ": " << msg;
   }
+  // A number beyond a double is an error naming where it came from, in a file or a --set.
+  msg = error_of({}, {"data.limit=1e999"});
+  EXPECT_NE(msg.find("--set data.limit=1e999"), std::string::npos) << msg;
+  const auto dir = kd::testing::temp_dir("config");
+  const auto huge = write(dir, "huge.json", "{\"data\": {\"limit\": -2222222222e22222222222221}}");
+  msg = error_of({huge}, {});
+  EXPECT_NE(msg.find("huge.json: not valid JSON"), std::string::npos) << msg;
   // A whole number written as a float is still one.
   EXPECT_EQ(resolve_config({}, {"data.limit=2e3"})["data"]["limit"].get<double>(), 2000.0);
 }

@@ -159,6 +159,35 @@ TEST(Checkpoint, DamagedArchivesTheFuzzerFoundAreRefusedWithAKdError) {
   }
 }
 
+TEST(Checkpoint, ATensorWithoutItsDataIsRefusedAndTheModelKeepsItsWeights) {
+  // fuzz_checkpoint's find: a valid archive whose fc.weight record gives a shape its data does not
+  // fill. LibTorch's Module::load would take it and leave a weight that fails on first use.
+  struct Tiny : torch::nn::Module {
+    Tiny() { fc = register_module("fc", torch::nn::Linear(3, 2)); }
+    torch::nn::Linear fc{nullptr};
+  };
+  std::ifstream in(std::string(KD_SOURCE_DIR) + "/tests/fuzz/corpus/checkpoint/unallocated-weight.pt", std::ios::binary);
+  ASSERT_TRUE(in.good());
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto crc = static_cast<uint32_t>(
+      crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size())));
+  const auto dir = kd::testing::temp_dir("ckpt_unallocated");
+  char name[64];
+  std::snprintf(name, sizeof name, "/ckpt-0000000001-%08x.pt", crc);
+  std::ofstream(dir + name, std::ios::binary) << bytes;
+  Tiny model;
+  const auto before = model.fc->weight.clone();
+  kd::CheckpointManager mgr{kd::CheckpointOptions(dir)};
+  try {
+    mgr.load(dir + name, {&model, nullptr, nullptr});
+    FAIL() << "a tensor without its data was loaded";
+  } catch (const kd::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'student.fc."), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(torch::equal(model.fc->weight, before));
+  EXPECT_EQ(model.fc->forward(torch::zeros({1, 3})).sizes(), (std::vector<int64_t>{1, 2}));
+}
+
 }  // namespace
 
 TEST(Checkpoint, AFullDiskFailsTheSaveCleanlyAndLeavesTheLastCheckpointWhole) {
