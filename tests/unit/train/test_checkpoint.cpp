@@ -127,6 +127,20 @@ TEST(Checkpoint, DifferentFingerprintOrModelIsRefused) {
   EXPECT_THROW(mgr.load(dir + "/ckpt-0000000001-00000000.pt", {net.get(), nullptr, nullptr}), kd::Error);
 }
 
+// The fuzz seed `seed` copied into `dir` under the checkpoint name its CRC-32 gives (so the loader
+// gets past the file checksum to the archive); returns the file's path.
+std::string seed_as_checkpoint(const std::string& seed, const std::string& dir) {
+  std::ifstream in(std::string(KD_SOURCE_DIR) + "/tests/fuzz/corpus/checkpoint/" + seed, std::ios::binary);
+  EXPECT_TRUE(in.good()) << seed;
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto crc = static_cast<uint32_t>(
+      crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size())));
+  char name[64];
+  std::snprintf(name, sizeof name, "/ckpt-0000000001-%08x.pt", crc);
+  std::ofstream(dir + name, std::ios::binary) << bytes;
+  return dir + name;
+}
+
 // Found by fuzz_checkpoint. damaged-type-name.pt: LibTorch threw torch::jit::ErrorReport (not a
 // c10::Error), which once escaped the loader and ended the process. damaged-code-entry.pt: a damaged
 // code/ entry crashed LibTorch 1.13's TorchScript parser (SEGV) before kd::find_archive_damage was
@@ -136,22 +150,15 @@ TEST(Checkpoint, DifferentFingerprintOrModelIsRefused) {
 TEST(Checkpoint, DamagedArchivesTheFuzzerFoundAreRefusedWithAKdError) {
   for (const std::string seed : {"damaged-type-name.pt", "damaged-code-entry.pt"}) {
     SCOPED_TRACE(seed);
-    std::ifstream in(std::string(KD_SOURCE_DIR) + "/tests/fuzz/corpus/checkpoint/" + seed, std::ios::binary);
-    ASSERT_TRUE(in.good());
-    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const auto crc = static_cast<uint32_t>(
-        crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size())));
-    const auto dir = kd::testing::temp_dir("ckpt_damaged");
-    char name[64];
-    std::snprintf(name, sizeof name, "/ckpt-0000000001-%08x.pt", crc);
-    std::ofstream(dir + name, std::ios::binary) << bytes;
+    const auto path = seed_as_checkpoint(seed, kd::testing::temp_dir("ckpt_damaged"));
     Net net;
-    kd::CheckpointManager mgr{kd::CheckpointOptions(dir)};
+    kd::CheckpointManager mgr{kd::CheckpointOptions(std::filesystem::path(path).parent_path().string())};
     try {
-      mgr.load(dir + name, {net.get(), nullptr, nullptr});
+      mgr.load(path, {net.get(), nullptr, nullptr});
       FAIL() << "a damaged archive was loaded";
     } catch (const kd::Error& e) {
-      EXPECT_NE(std::string(e.what()).find(name + 1), std::string::npos) << e.what();  // names the file
+      EXPECT_NE(std::string(e.what()).find(std::filesystem::path(path).filename().string()), std::string::npos)
+          << e.what();  // names the file
       if (seed == "damaged-code-entry.pt") {
         EXPECT_NE(std::string(e.what()).find("entry 'archive/data/3' fails its CRC-32"), std::string::npos) << e.what();
       }
@@ -166,20 +173,13 @@ TEST(Checkpoint, ATensorWithoutItsDataIsRefusedAndTheModelKeepsItsWeights) {
     Tiny() { fc = register_module("fc", torch::nn::Linear(3, 2)); }
     torch::nn::Linear fc{nullptr};
   };
-  std::ifstream in(std::string(KD_SOURCE_DIR) + "/tests/fuzz/corpus/checkpoint/unallocated-weight.pt", std::ios::binary);
-  ASSERT_TRUE(in.good());
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto crc = static_cast<uint32_t>(
-      crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size())));
   const auto dir = kd::testing::temp_dir("ckpt_unallocated");
-  char name[64];
-  std::snprintf(name, sizeof name, "/ckpt-0000000001-%08x.pt", crc);
-  std::ofstream(dir + name, std::ios::binary) << bytes;
+  const auto path = seed_as_checkpoint("unallocated-weight.pt", dir);
   Tiny model;
   const auto before = model.fc->weight.clone();
   kd::CheckpointManager mgr{kd::CheckpointOptions(dir)};
   try {
-    mgr.load(dir + name, {&model, nullptr, nullptr});
+    mgr.load(path, {&model, nullptr, nullptr});
     FAIL() << "a tensor without its data was loaded";
   } catch (const kd::Error& e) {
     EXPECT_NE(std::string(e.what()).find("'student.fc."), std::string::npos) << e.what();
