@@ -1,9 +1,9 @@
 #include "config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <iterator>
-#include <cmath>
 #include <limits>
 #include <map>
 

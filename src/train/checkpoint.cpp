@@ -245,7 +245,8 @@ TrainingState CheckpointManager::load(const std::string& path, const CheckpointC
       archive.read(key, a);
       load_from(a);
     };
-    // Modules check every tensor before taking any: a refused checkpoint leaves them as they were.
+    // Each module's tensors are all checked before it takes any, so a damaged tensor never reaches it
+    // (a module refused after an earlier one loaded still leaves that earlier one loaded).
     auto load_module = [&](torch::nn::Module& module, const char* key) {
       sub(key, [&](auto& a) {
         if (auto why = unusable_entry(module, a, std::string(key) + ".")) throw refuse(*why);
