@@ -23,6 +23,8 @@
 #include "kd/data/split.h"
 #include "kd/data/teacher_cache.h"
 #include "kd/data/tensor_dataset.h"
+#include "kd/dist/gradient_sync.h"
+#include "kd/dist/process_group.h"
 #include "kd/losses/any_loss.h"
 #include "kd/losses/attention_mse.h"
 #include "kd/losses/distill_batch.h"

@@ -79,11 +79,14 @@ int run_distill(const json& config, bool resume) {
   int64_t student_bytes = 0;
   with_rng_restored([&] { student_bytes = parameter_bytes(*build_student(config, specs, out).model); });
   refuse_stale_checkpoints(out / "checkpoints", resume);
-  ensure_output_folder(out);
-  // Checkpoints hold the student, two AdamW moments and the EMA; keep_last + 1 exist while one is written.
-  require_free_space(out, (4 * (a.trainer.keep_last() + 1) + 2) * student_bytes + (1 << 20),
-                     "distilling the student (its checkpoints and student.pt)");
-  save_text(out / "config.json", config.dump(2) + "\n");
+  const bool main_rank = is_main_rank();  // the only rank that writes (data-parallel runs)
+  if (main_rank) {
+    ensure_output_folder(out);
+    // Checkpoints hold the student, two AdamW moments and the EMA; keep_last + 1 exist while one is written.
+    require_free_space(out, (4 * (a.trainer.keep_last() + 1) + 2) * student_bytes + (1 << 20),
+                       "distilling the student (its checkpoints and student.pt)");
+    save_text(out / "config.json", config.dump(2) + "\n");
+  }
 
   const Splits data = load_splits(a, device);
   const auto& train = data.train;
@@ -116,7 +119,8 @@ int run_distill(const json& config, bool resume) {
     const std::string given = config["teacher"]["cache"]["path"];
     const std::string cache_path = given.empty() ? (out / "teacher.cache").string() : given;
     if (given.empty()) {
-      options.teacher_cache(data::TeacherCache::open_or_build(cache_path, teacher, train, copts));
+      // Data-parallel: each rank runs the teacher over its share of the data into the one file.
+      options.teacher_cache(data::TeacherCache::open_or_build(cache_path, teacher, train, copts, process_group().get()));
     } else {  // a cache made elsewhere is used as it is: it must fit this teacher, data and options
       if (!fs::exists(given)) {
         throw Error(ErrorCategory::kFile,
@@ -131,9 +135,11 @@ int run_distill(const json& config, bool resume) {
                  fmt::join(copts.hidden_states(), ", "), fmt::join(copts.attentions(), ", "));
   }
   kd::StagedTrainer trainer(kd::Student(student_model), teacher, kd::build_stages(specs_with_hooks), options);
-  trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
-  if (!resume) fs::remove(out / "metrics.jsonl");  // a fresh run starts a fresh log; a resumed one appends
-  trainer.add_callback(std::make_shared<kd::MetricsLog>((out / "metrics.jsonl").string()));
+  if (main_rank) {
+    trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
+    if (!resume) fs::remove(out / "metrics.jsonl");  // a fresh run starts a fresh log; a resumed one appends
+    trainer.add_callback(std::make_shared<kd::MetricsLog>((out / "metrics.jsonl").string()));
+  }
   trainer.add_callback(timer);
   std::shared_ptr<FloatBeforeQat> float_before_qat;
   for (size_t i = 1; i < specs_with_hooks.size() && qat_hook; ++i) {
@@ -146,6 +152,7 @@ int run_distill(const json& config, bool resume) {
   }
   const auto fit = fit_stoppable(trainer, train, val, resume, "student.pt and summary.json were not written");
   if (fit.resumed) spdlog::info("resumed from step {}", fit.resumed_from_step);
+  if (!main_rank) return 0;  // rank 0 holds the same student and writes and reports it
   save_module(student_model, out / "student.pt");
 
   const auto tm = kd::evaluate_classifier(*teacher_model, test, 10);

@@ -11,21 +11,29 @@ int run_teacher(const json& config, bool resume) {
   a.teacher_path.clear();  // this command trains the teacher into OUT, whatever teacher.path says
   const torch::Device device = set_up_process(a);
   const fs::path out(a.out);
-  ensure_output_folder(out);
-  save_text(out / "teacher_config.json", config.dump(2) + "\n");
+  if (is_main_rank()) {
+    ensure_output_folder(out);
+    save_text(out / "teacher_config.json", config.dump(2) + "\n");
+  }
   const Splits data = load_splits(a, device);
-  if (!resume && fs::exists(out / "teacher.pt")) {
+  // Every rank decides before rank 0 moves the old teacher aside, and trains only once it has.
+  const bool replace = !resume && fs::exists(out / "teacher.pt");
+  const auto& group = process_group();
+  if (group) group->barrier();
+  if (replace && is_main_rank()) {
     // A fresh teacher replaces the old one only once it is fully trained (save_module is atomic).
     fs::rename(out / "teacher.pt", out / "teacher.previous.pt");
   }
+  if (group) group->barrier();
   double seconds = 0;
   models::CnnTeacher teacher{nullptr};
   try {
     teacher = train_or_load_teacher(a, device, data, seconds, resume, config);
   } catch (...) {
-    if (fs::exists(out / "teacher.previous.pt")) fs::rename(out / "teacher.previous.pt", out / "teacher.pt");
+    if (is_main_rank() && fs::exists(out / "teacher.previous.pt")) fs::rename(out / "teacher.previous.pt", out / "teacher.pt");
     throw;
   }
+  if (!is_main_rank()) return 0;
   fs::remove(out / "teacher.previous.pt");
   const auto m = evaluate_classifier(*teacher, data.test, 10);
   fmt::print("\nCnnTeacher: {} parameters, test accuracy {:.2f}%, macro-F1 {:.4f} ({} images), {:.0f} s\n",

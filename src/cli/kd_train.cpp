@@ -4,6 +4,7 @@
 //   kd-train distill [common options] [--resume]      teacher (trained or loaded), then the config's stages
 //   kd-train eval    [common options] [--model FILE] [--which student|teacher]
 //   kd-train list
+//   kd-train --nproc N teacher|distill ...            N data-parallel ranks on this machine (c10d Gloo)
 //
 // common options: [--config FILE]... [--set key.path=value]... [--out DIR] [--device D] [--seed N] [--threads N]
 //
@@ -23,16 +24,24 @@
 #include "commands.h"
 #include "config.h"
 #include "kd/core/error.h"
+#include "kd/dist/process_group.h"
 #include "kd/train/stop_signal.h"
+#include "launcher.h"
 #include "run_context.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"kd-train: knowledge distillation with kdistill"};
   app.require_subcommand(1);
+  app.fallthrough();  // --nproc may come after the subcommand too
   std::vector<std::string> configs, sets;
   std::string out, device, model_file, which = "student";
   int64_t seed = -1, threads = -1;
   bool resume = false;
+  int nproc = 1;
+  app.add_option("--nproc", nproc,
+                 "data-parallel: start N ranks of teacher/distill on this machine (c10d Gloo over loopback); for "
+                 "several machines start each rank yourself with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set")
+      ->check(CLI::Range(1, 256));
   const std::string defaults = "Defaults (every key a config may set):\n" + kd::app::distill_defaults().dump(2);
   auto add_common = [&](CLI::App* cmd) {
     cmd->add_option("--config", configs, "JSON config file (repeatable; later files override earlier)")
@@ -66,6 +75,30 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
+    if (nproc > 1) {
+      if (kd::dist::environment_has_ranks()) {
+        throw kd::Error(kd::ErrorCategory::kConfig,
+                        "--nproc starts the ranks itself, but WORLD_SIZE is already set in the environment (this is "
+                        "one rank of a job): drop --nproc, or unset RANK/WORLD_SIZE");
+      }
+      if (!*distill && !*teacher) {
+        throw kd::Error(kd::ErrorCategory::kConfig, "--nproc applies to `teacher` and `distill` only");
+      }
+      std::vector<std::string> args;
+      for (int i = 1; i < argc; ++i) {
+        const std::string s = argv[i];
+        if (s == "--nproc") { ++i; continue; }
+        if (s.rfind("--nproc=", 0) == 0) continue;
+        args.push_back(s);
+      }
+      kd::app::LaunchOptions launch;
+      launch.nproc = nproc;
+      launch.name = argv[0];
+      const int status = kd::app::launch_local_ranks("/proc/self/exe", args, launch);
+      const int signal = kd::app::forwarded_signal();
+      if (signal && status == kd::StopSignal::exit_code(signal)) return kd::StopSignal::exit_by(signal);
+      return status;
+    }
     if (*list) return kd::app::run_list();
     // Named flags are shorthands for --set and win over it, as the command line's last word.
     if (!out.empty()) sets.push_back("out=" + nlohmann::json(out).dump());

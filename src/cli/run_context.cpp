@@ -81,11 +81,36 @@ void require_free_space(const fs::path& folder, int64_t bytes, const std::string
   }
 }
 
+namespace {
+std::shared_ptr<dist::ProcessGroup> g_process_group;
+}
+
+const std::shared_ptr<dist::ProcessGroup>& process_group() { return g_process_group; }
+bool is_main_rank() { return !g_process_group || g_process_group->is_main(); }
+
 torch::Device set_up_process(const RunArgs& a) {
-  // LibTorch's own default here is sometimes 1 thread; use every core unless told otherwise.
-  torch::set_num_threads(a.threads > 0 ? a.threads : std::max(1u, std::thread::hardware_concurrency()));
+  int64_t local_ranks = 1;
+  if (dist::environment_has_ranks() && !g_process_group) {
+    const auto o = dist::options_from_environment();
+    if (o.world_size() > 1) {
+      if (o.rank() != 0) {
+        spdlog::set_level(spdlog::level::warn);
+        spdlog::set_pattern(fmt::format("[%Y-%m-%d %H:%M:%S.%e] [rank {}] [%^%l%$] %v", o.rank()));
+      }
+      g_process_group = dist::ProcessGroup::create(o);
+      const char* local = std::getenv("LOCAL_WORLD_SIZE");
+      local_ranks = local && std::atoi(local) > 0 ? std::atoi(local) : o.world_size();
+      spdlog::info("data-parallel: rank {} of {} (rendezvous {}:{})", o.rank(), o.world_size(), o.master_addr(),
+                   o.master_port());
+    }
+  }
+  // LibTorch's own default here is sometimes 1 thread; use every core (shared among local ranks) unless told otherwise.
+  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  torch::set_num_threads(a.threads > 0 ? a.threads : static_cast<int>(std::max<int64_t>(1, cores / local_ranks)));
   torch::manual_seed(a.seed);
-  return resolve_device(a.device);
+  auto device = resolve_device(a.device);
+  if (g_process_group && device.is_cuda()) device = torch::Device(torch::kCUDA, g_process_group->options().local_rank());
+  return device;
 }
 
 Splits load_splits(const RunArgs& a, const torch::Device& device) {
@@ -152,6 +177,7 @@ std::string config_fingerprint(json config) {
 
 StagedTrainerOptions trainer_options(const RunArgs& a) {
   return StagedTrainerOptions(a.trainer)
+      .process_group(g_process_group)
       .batch_size(a.batch_size)
       .weight_decay(a.weight_decay)
       .seed(a.seed)
@@ -229,14 +255,20 @@ models::CnnTeacher train_or_load_teacher(const RunArgs& a, const torch::Device& 
                               .checkpoint_dir(ckpt_dir.string())
                               .checkpoint_every(a.checkpoint_every)
                               .fingerprint(config_fingerprint(teacher_part)));
-    trainer.add_callback(std::make_shared<ConsoleLogger>(a.log_every));
-    if (!resume) fs::remove(out / "teacher_metrics.jsonl");
-    trainer.add_callback(std::make_shared<MetricsLog>((out / "teacher_metrics.jsonl").string()));
+    if (is_main_rank()) {
+      trainer.add_callback(std::make_shared<ConsoleLogger>(a.log_every));
+      if (!resume) fs::remove(out / "teacher_metrics.jsonl");
+      trainer.add_callback(std::make_shared<MetricsLog>((out / "teacher_metrics.jsonl").string()));
+    }
     teacher->options.attention_maps(false);  // cross-entropy needs logits only
     fit_stoppable(trainer, data.train, data.validation, resume, fmt::format("{} was not written", path.string()));
     teacher->options.attention_maps(true);
-    save_module(teacher.ptr(), path);
-    fs::remove_all(ckpt_dir);  // teacher.pt is the finished product; its checkpoints would only block a new run
+    if (is_main_rank()) {
+      save_module(teacher.ptr(), path);
+      fs::remove_all(ckpt_dir);  // teacher.pt is the finished product; its checkpoints would only block a new run
+    }
+    // The other ranks go on only once teacher.pt is complete and the checkpoints are gone.
+    if (g_process_group) g_process_group->barrier();
   }
   seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return teacher;
@@ -283,7 +315,8 @@ StudentSetup build_student(const json& config, const std::vector<StageSpec>& spe
         if (!setup.lora_hook) {
           auto lora = lora::apply(setup.model, lora_options_from_json(config["lora"], "config"));
           setup.lora_hook = std::make_shared<lora::Hook>(
-              lora, lora_hook_options_from_json(config["lora"]).save_adapter_to((out / "lora_adapter.pt").string()));
+              lora, lora_hook_options_from_json(config["lora"]).save_adapter_to(
+                        is_main_rank() ? (out / "lora_adapter.pt").string() : std::string()));
         }
         return setup.lora_hook;
       }

@@ -49,8 +49,16 @@ void ensure_output_folder(const fs::path& out);
 /// and what needs the space — before training starts, rather than failing at a checkpoint hours in.
 void require_free_space(const fs::path& folder, int64_t bytes, const std::string& what);
 
-/// Threads (0 = every core) and the seed; returns the resolved device.
+/// Threads (0 = every core, shared out among the local ranks), the seed, and — when the environment
+/// names several ranks (kd-train --nproc N, or torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT)
+/// — the data-parallel group; ranks other than 0 log warnings and errors only, prefixed "[rank N]".
+/// Returns the resolved device (cuda:LOCAL_RANK for CUDA ranks).
 torch::Device set_up_process(const RunArgs& a);
+
+/// This process's data-parallel group (null for a single process); set by set_up_process.
+const std::shared_ptr<dist::ProcessGroup>& process_group();
+/// Rank 0 or a single process: the one that writes outputs (models, summaries, metrics, checkpoints).
+bool is_main_rank();
 
 struct Splits {
   data::TensorDataset train, validation, test;

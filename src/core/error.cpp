@@ -15,6 +15,7 @@ const char* to_string(ErrorCategory category) {
     case ErrorCategory::kConfig: return "config";
     case ErrorCategory::kDevice: return "device";
     case ErrorCategory::kState: return "state";
+    case ErrorCategory::kDistributed: return "distributed";
   }
   return "unknown";
 }

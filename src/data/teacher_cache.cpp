@@ -18,6 +18,7 @@
 #include "kd/core/atomic_file.h"
 #include "kd/core/device.h"
 #include "kd/core/error.h"
+#include "kd/dist/process_group.h"
 
 namespace kd::data {
 namespace {
@@ -81,7 +82,7 @@ uint32_t dataset_fingerprint(const TensorDataset& dataset) {
 }
 
 void TeacherCache::build(const std::string& path, Teacher& teacher, const TensorDataset& dataset,
-                         const TeacherCacheOptions& options) {
+                         const TeacherCacheOptions& options, dist::ProcessGroup* group) {
   const int64_t n = dataset.size();
   if (n == 0) throw Error(ErrorCategory::kValue, "TeacherCache::build: the dataset is empty");
   if (options.top_k() < 0 || options.batch_size() <= 0) {
@@ -132,50 +133,130 @@ void TeacherCache::build(const std::string& path, Teacher& teacher, const Tensor
     add_layers("attentions", options.attentions(), out.attentions, "attention map(s)");
   };
 
-  write_atomically(path, [&](const std::string& tmp) {
-    std::fstream file(tmp, std::ios::out | std::ios::binary | std::ios::trunc);
-    if (!file) throw Error(ErrorCategory::kFile, fmt::format("cannot create '{}'", tmp));
-    std::vector<Entry> layout;
-    std::vector<std::pair<std::string, torch::Tensor>> rows;
-    size_t data_start = 0;
-    for (int64_t start = 0; start < n; start += options.batch_size()) {
-      const int64_t end = std::min(n, start + options.batch_size());
+  // The layout (header, entries, offsets) from the teacher's output for one example, so that every
+  // rank knows it before any writes.
+  std::vector<Entry> layout;
+  std::vector<std::pair<std::string, torch::Tensor>> rows;
+  entries_of(teacher->forward(dataset.inputs.slice(0, 0, 1).to(device)), rows);
+  std::ostringstream header;
+  header << kMagic << "\nversion 2\n"
+         << fmt::format("teacher {:08x}\ndata {:08x}\noptions {}\nsize {}\ntop_k {}\nlayers {}\nattention_layers {}\n",
+                        teacher_fp, data_fp, describe(options), n, options.top_k(), layer_count, attention_count);
+  for (const auto& [name, t] : rows) {
+    Entry e{name, t.scalar_type(), t.sizes().slice(1).vec(), 0};
+    header << "entry " << name << " " << storage_name(e.dtype);
+    for (auto d : e.shape) header << " " << d;
+    header << "\n";
+    layout.push_back(e);
+  }
+  header << "end\n";
+  const std::string head = header.str();
+  size_t file_size = (head.size() + kAlign - 1) / kAlign * kAlign;
+  for (auto& e : layout) {
+    e.offset = file_size;
+    file_size = (file_size + row_bytes(e.dtype, e.shape) * n + kAlign - 1) / kAlign * kAlign;
+  }
+
+  // Data-parallel: each rank runs the teacher over its contiguous share of the batches.
+  const int64_t world = group ? group->world_size() : 1;
+  const int64_t rank = group ? group->rank() : 0;
+  const int64_t batches = (n + options.batch_size() - 1) / options.batch_size();
+  auto rows_of = [&](int64_t r) {
+    const auto [b0, b1] = dist::shard_range(batches, r, world);
+    return std::pair<int64_t, int64_t>{std::min(n, b0 * options.batch_size()), std::min(n, b1 * options.batch_size())};
+  };
+  // Writes rows [first, last) of every entry; entry k's row i goes to base[k] + row_bytes · (i − first).
+  auto write_rows = [&](std::fstream& file, const std::vector<size_t>& base, int64_t first, int64_t last) {
+    for (int64_t start = first; start < last; start += options.batch_size()) {
+      const int64_t end = std::min(last, start + options.batch_size());
       entries_of(teacher->forward(dataset.inputs.slice(0, start, end).to(device)), rows);
-      if (layout.empty()) {
-        std::ostringstream header;
-        header << kMagic << "\nversion 2\n"
-               << fmt::format("teacher {:08x}\ndata {:08x}\noptions {}\nsize {}\ntop_k {}\nlayers {}\nattention_layers {}\n",
-                              teacher_fp, data_fp, describe(options), n, options.top_k(), layer_count, attention_count);
-        for (const auto& [name, t] : rows) {
-          Entry e{name, t.scalar_type(), t.sizes().slice(1).vec(), 0};
-          header << "entry " << name << " " << storage_name(e.dtype);
-          for (auto d : e.shape) header << " " << d;
-          header << "\n";
-          layout.push_back(e);
-        }
-        header << "end\n";
-        const std::string h = header.str();
-        data_start = (h.size() + kAlign - 1) / kAlign * kAlign;
-        size_t offset = data_start;
-        for (auto& e : layout) {
-          e.offset = offset;
-          offset = (offset + row_bytes(e.dtype, e.shape) * n + kAlign - 1) / kAlign * kAlign;
-        }
-        file.write(h.data(), static_cast<std::streamsize>(h.size()));
-        // Size the file up front so a short file is recognisably truncated.
-        file.seekp(static_cast<std::streamoff>(offset - 1));
-        file.put('\0');
+      if (rows.size() != layout.size()) {
+        throw Error(ErrorCategory::kModel, "TeacherCache: the teacher returned different outputs for different batches");
       }
       for (size_t k = 0; k < rows.size(); ++k) {
         const auto t = rows[k].second.contiguous();
         const size_t rb = row_bytes(layout[k].dtype, layout[k].shape);
-        file.seekp(static_cast<std::streamoff>(layout[k].offset + rb * start));
+        file.seekp(static_cast<std::streamoff>(base[k] + rb * (start - first)));
         file.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(rb * (end - start)));
+      }
+    }
+  };
+  // A rank other than 0 writes its rows to PATH.part<rank>, entry after entry; rank 0 copies them in.
+  auto part_path = [&](int64_t r) { return fmt::format("{}.part{}", path, r); };
+  auto part_bases = [&](int64_t r) {
+    const auto [first, last] = rows_of(r);
+    std::vector<size_t> base;
+    size_t at = 0;
+    for (const auto& e : layout) {
+      base.push_back(at);
+      at += row_bytes(e.dtype, e.shape) * static_cast<size_t>(last - first);
+    }
+    return base;
+  };
+  // Building takes as long as the teacher needs; a rank that dies still fails the others at once.
+  constexpr double kBuildWait = 6 * 3600.0;
+  const auto [my_first, my_last] = rows_of(rank);
+
+  if (rank != 0) {
+    const std::string part = part_path(rank);
+    {
+      std::fstream file(part, std::ios::out | std::ios::binary | std::ios::trunc);
+      if (!file) throw Error(ErrorCategory::kFile, fmt::format("cannot create the teacher-cache part '{}'", part));
+      write_rows(file, part_bases(rank), my_first, my_last);
+      file.flush();
+      if (!file) throw Error(ErrorCategory::kFile, fmt::format("writing '{}' failed (disk full?)", part));
+    }
+    group->barrier(kBuildWait);  // parts written
+    group->barrier(kBuildWait);  // rank 0 merged them and renamed the cache into place
+    return;
+  }
+
+  write_atomically(path, [&](const std::string& tmp) {
+    std::fstream file(tmp, std::ios::out | std::ios::binary | std::ios::trunc);
+    if (!file) throw Error(ErrorCategory::kFile, fmt::format("cannot create '{}'", tmp));
+    file.write(head.data(), static_cast<std::streamsize>(head.size()));
+    // Size the file up front so a short file is recognisably truncated.
+    file.seekp(static_cast<std::streamoff>(file_size - 1));
+    file.put('\0');
+    std::vector<size_t> base;
+    for (const auto& e : layout) base.push_back(e.offset + row_bytes(e.dtype, e.shape) * my_first);
+    write_rows(file, base, my_first, my_last);
+    if (group) {
+      group->barrier(kBuildWait);
+      std::vector<char> buffer(1 << 20);
+      for (int64_t r = 1; r < world; ++r) {
+        const auto [first, last] = rows_of(r);
+        const auto pbase = part_bases(r);
+        std::ifstream in(part_path(r), std::ios::binary);
+        if (!in) {
+          throw Error(ErrorCategory::kFile,
+                      fmt::format("the teacher-cache part '{}' of rank {} is missing: with ranks on several machines the "
+                                  "output folder must be one folder they all share",
+                                  part_path(r), r));
+        }
+        for (size_t k = 0; k < layout.size(); ++k) {
+          size_t left = row_bytes(layout[k].dtype, layout[k].shape) * static_cast<size_t>(last - first);
+          in.seekg(static_cast<std::streamoff>(pbase[k]));
+          file.seekp(static_cast<std::streamoff>(layout[k].offset + row_bytes(layout[k].dtype, layout[k].shape) * first));
+          while (left > 0) {
+            const size_t chunk = std::min(left, buffer.size());
+            if (!in.read(buffer.data(), static_cast<std::streamsize>(chunk))) {
+              throw Error(ErrorCategory::kFile, fmt::format("the teacher-cache part '{}' of rank {} is shorter than its "
+                                                            "rows (written by another build?)", part_path(r), r));
+            }
+            file.write(buffer.data(), static_cast<std::streamsize>(chunk));
+            left -= chunk;
+          }
+        }
       }
     }
     file.flush();
     if (!file) throw Error(ErrorCategory::kFile, fmt::format("writing '{}' failed (disk full?)", tmp));
   });
+  if (group) {
+    for (int64_t r = 1; r < world; ++r) std::filesystem::remove(part_path(r));
+    group->barrier(kBuildWait);
+  }
 }
 
 std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32_t teacher_fp, uint32_t data_fp,
@@ -298,16 +379,26 @@ std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32
 
 std::unique_ptr<TeacherCache> TeacherCache::open_or_build(const std::string& path, Teacher& teacher,
                                                           const TensorDataset& dataset,
-                                                          const TeacherCacheOptions& options) {
+                                                          const TeacherCacheOptions& options,
+                                                          dist::ProcessGroup* group) {
+  std::unique_ptr<TeacherCache> cache;
   if (std::filesystem::exists(path)) {
     try {
-      return open(path, module_fingerprint(*teacher->model()), dataset_fingerprint(dataset), options);
+      cache = open(path, module_fingerprint(*teacher->model()), dataset_fingerprint(dataset), options);
     } catch (const Error& e) {
       if (e.category() != ErrorCategory::kState && e.category() != ErrorCategory::kFormat) throw;
       // stale or damaged: rebuilt below
     }
   }
-  build(path, teacher, dataset, options);
+  bool rebuild = !cache;
+  if (group && group->world_size() > 1) {  // every rank builds, or none does
+    std::vector<torch::Tensor> flag = {torch::tensor({int64_t(rebuild)}, torch::kInt64)};
+    group->all_reduce_max(flag);
+    rebuild = flag[0].item<int64_t>() != 0;
+  }
+  if (!rebuild) return cache;
+  cache.reset();
+  build(path, teacher, dataset, options, group && group->world_size() > 1 ? group : nullptr);
   return open(path, module_fingerprint(*teacher->model()), dataset_fingerprint(dataset), options);
 }
 

@@ -41,6 +41,16 @@ ClassificationMetrics::ClassificationMetrics(int64_t num_classes)
   }
 }
 
+ClassificationMetrics ClassificationMetrics::from_confusion(const torch::Tensor& confusion) {
+  if (confusion.dim() != 2 || confusion.size(0) != confusion.size(1)) {
+    throw Error(ErrorCategory::kShape,
+                fmt::format("a confusion matrix must be square [C, C], got {}", shape_string(confusion)));
+  }
+  ClassificationMetrics m(confusion.size(0));
+  m.confusion_ = confusion.to(torch::kCPU, torch::kInt64).clone();
+  return m;
+}
+
 void ClassificationMetrics::update(const torch::Tensor& logits, const torch::Tensor& targets) {
   if (logits.dim() != 2 || logits.size(1) != num_classes_) {
     throw Error(ErrorCategory::kShape, fmt::format("ClassificationMetrics: logits {} must be [B, {}]",

@@ -97,11 +97,11 @@ void MetricsLog::on_step_end(const StepReport& r) {
     parts += fmt::format("{}{}:{}", parts.empty() ? "" : ",", json_quote(name), json_number(v.item<double>()));
   }
   write_line(fmt::format(
-      R"({{"event":"step","global_step":{},"stage_step":{},"epoch":{},"progress":{},"loss":{},"parts":{{{}}},"lr":{},"grad_norm":{},"samples_per_s":{},"skipped_nonfinite":{},"nonfinite_total":{}}})",
+      R"({{"event":"step","global_step":{},"stage_step":{},"epoch":{},"progress":{},"loss":{},"parts":{{{}}},"lr":{},"grad_norm":{},"samples_per_s":{},"skipped_nonfinite":{},"nonfinite_total":{},"communication_s":{}}})",
       r.step.global_step, r.step.stage_step, r.step.epoch, json_number(r.step.progress),
       json_number(r.loss.total.defined() ? r.loss.total.item<double>() : NAN), parts, json_number(r.lr),
       json_number(r.grad_norm), json_number(r.samples_per_s), r.skipped_nonfinite ? "true" : "false",
-      r.nonfinite_total));
+      r.nonfinite_total, json_number(r.communication_s)));
 }
 
 void MetricsLog::on_fit_begin(const FitInfo& i) {

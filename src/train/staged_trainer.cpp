@@ -11,6 +11,7 @@
 
 #include "kd/core/error.h"
 #include "kd/data/hard_example_sampler.h"
+#include "kd/dist/gradient_sync.h"
 #include "kd/losses/loss_traits.h"
 #include "kd/train/checkpoint.h"
 #include "kd/train/ema.h"
@@ -295,17 +296,40 @@ EvalResult StagedTrainer::evaluate(const data::TensorDataset& dataset, const std
   r.global_step = global_step;
   if (dataset.size() == 0) return r;
   const EvalTask task = eval_task_for(dataset);
+  // Data-parallel: each rank scores its shard, then the counts are summed.
+  auto* group = options_.process_group().get();
+  data::TensorDataset shard;
+  if (group && group->world_size() > 1) {
+    const auto [begin, end] = dist::shard_range(dataset.size(), group->rank(), group->world_size());
+    shard = dataset.select(torch::arange(begin, end, torch::kInt64));
+  }
+  const data::TensorDataset& mine = shard.inputs.defined() ? shard : dataset;
   if (task == EvalTask::kClassification) {
     if (options_.num_classes() <= 0) {
       throw Error(ErrorCategory::kValue, "eval_task kClassification needs num_classes > 0 in StagedTrainerOptions");
     }
-    const auto metrics = evaluate_classifier(*student_->model(), dataset, options_.num_classes());
+    auto metrics = mine.size() > 0 ? evaluate_classifier(*student_->model(), mine, options_.num_classes())
+                                   : ClassificationMetrics(options_.num_classes());
+    if (shard.inputs.defined()) {
+      std::vector<torch::Tensor> counts = {metrics.confusion().clone()};
+      group->all_reduce_sum(counts);
+      metrics = ClassificationMetrics::from_confusion(counts[0]);
+    }
     r.metrics["accuracy"] = metrics.accuracy();
     r.metrics["macro_f1"] = metrics.macro_f1();
     const auto f1 = metrics.per_class_f1();
     for (size_t c = 0; c < f1.size(); ++c) r.metrics[fmt::format("f1.{}", c)] = f1[c];
   } else if (task == EvalTask::kLanguageModel) {
-    const auto m = evaluate_language_model(*student_->model(), dataset, options_.ignore_index());
+    auto m = mine.size() > 0 ? evaluate_language_model(*student_->model(), mine, options_.ignore_index())
+                             : LanguageModelMetrics{};
+    if (shard.inputs.defined()) {
+      std::vector<torch::Tensor> sums = {
+          torch::tensor({double(m.tokens), m.nll_sum, m.token_correct}, torch::kDouble)};
+      group->all_reduce_sum(sums);
+      m.tokens = static_cast<int64_t>(sums[0][0].item<double>());
+      m.nll_sum = sums[0][1].item<double>();
+      m.token_correct = sums[0][2].item<double>();
+    }
     r.metrics["nll"] = m.nll();
     r.metrics["perplexity"] = m.perplexity();
     r.metrics["bits_per_byte"] = m.bits_per_byte();
@@ -378,6 +402,21 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
   all_losses->to(device);
 
   teacher_entropy_ = torch::Tensor();
+  dist::ProcessGroup* group = o.process_group() && o.process_group()->world_size() > 1 ? o.process_group().get() : nullptr;
+  const bool is_main = !group || group->is_main();
+  // Only rank 0 logs and writes metrics; the others see the same reduced values.
+  const std::vector<std::shared_ptr<Callback>> no_callbacks;
+  const auto& callbacks = is_main ? callbacks_ : no_callbacks;
+  // The stop request of any rank, so that all ranks stop after the same step.
+  const auto stop_requested = [&] {
+    int signal = StopSignal::requested();
+    if (group) {
+      std::vector<torch::Tensor> flag = {torch::tensor({int64_t(signal)}, torch::kInt64)};
+      group->all_reduce_max(flag);
+      signal = static_cast<int>(flag[0].item<int64_t>());
+    }
+    return signal;
+  };
   const bool can_eval = validation && validation->size() > 0 && eval_task_for(*validation) != EvalTask::kNone;
   TrainSummary summary;
   TrainingState state;
@@ -394,7 +433,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
     summary.nonfinite_steps = state.nonfinite_steps;
     summary.rollbacks = state.rollbacks;
     summary.lr_scale = state.lr_scale;
-    for (auto& cb : callbacks_) cb->on_fit_end(summary);
+    for (auto& cb : callbacks) cb->on_fit_end(summary);
     if (stop_signal) {
       spdlog::warn("stopped by signal {} after step {}{}", stop_signal, state.global_step,
                    ckpt ? fmt::format("; continue with resume from {}", o.checkpoint_dir()) : std::string());
@@ -436,7 +475,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
       info.stages = static_cast<int64_t>(stages_.size());
       info.resumed = summary.resumed;
       info.resumed_from_step = summary.resumed_from_step;
-      for (auto& cb : callbacks_) cb->on_fit_begin(info);
+      for (auto& cb : callbacks) cb->on_fit_begin(info);
       fit_began = true;
     }
 
@@ -486,12 +525,23 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
           state.batch_in_epoch = 0;
         }
         resume_path.reset();
+        if (group) {
+          // Every rank starts the stage from rank 0's weights: the student, the loss's and the hooks' own.
+          std::vector<torch::Tensor> start = student_->parameters();
+          for (auto& b : student_->buffers()) start.push_back(b);
+          for (auto& p : all_losses->parameters()) start.push_back(p);
+          for (auto& b : all_losses->buffers()) start.push_back(b);
+          for (auto& p : hook_params) start.push_back(p);
+          torch::NoGradGuard no_grad;
+          dist::broadcast_from_main(*group, start);
+        }
+        const auto student_buffers = student_->buffers();
 
         StepInfo info;
         info.stage_steps = total;
         info.global_step = state.global_step;
         info.stage_step = state.stage_step;
-        for (auto& cb : callbacks_) cb->on_stage_begin(stage, info);
+        for (auto& cb : callbacks) cb->on_stage_begin(stage, info);
         spdlog::info("stage {}/{} '{}': {} steps ({} per epoch of {} examples)", si + 1, stages_.size(), stage.name(),
                      total, steps_per_epoch, n);
 
@@ -500,6 +550,11 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
         auto order = torch::tensor(epoch_order(train, si, state.epoch), torch::kInt64);
         while (state.stage_step < total) {
           const auto start = Clock::now();
+          const double communication_before = group ? group->communication_seconds() : 0.0;
+          if (group && !student_buffers.empty()) {
+            torch::NoGradGuard no_grad;
+            dist::broadcast_from_main(*group, student_buffers);
+          }
           info.global_step = state.global_step;
           info.stage_step = state.stage_step;
           info.epoch = state.epoch;
@@ -524,7 +579,16 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
 
           optimizer->zero_grad();
           LossResult step_result;
-          for (const auto& idx : micro) {
+          for (const auto& global_idx : micro) {
+            // Data-parallel: this rank's shard of the micro-batch. A rank whose shard is empty runs one
+            // example with weight 0, so that every rank reports the same loss parts.
+            torch::Tensor idx = global_idx;
+            double weight = 1.0;
+            if (group) {
+              const auto [begin, end] = dist::shard_range(global_idx.numel(), group->rank(), group->world_size());
+              idx = begin < end ? global_idx.slice(0, begin, end) : global_idx.slice(0, 0, 1);
+              if (begin == end) weight = 0.0;
+            }
             DistillBatch batch;
             batch.inputs = train.inputs.index_select(0, idx).to(device);
             batch.targets = train.targets.index_select(0, idx).to(device);
@@ -562,7 +626,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
                           fmt::format("stage '{}': the loss returned a total of shape {}, expected a scalar",
                                       stage.name(), shape_string(r.total)));
             }
-            const double share = double(idx.numel()) / double(examples);
+            const double share = weight * double(idx.numel()) / double(examples);
             (r.total * share).backward();
             step_result.total = step_result.total.defined() ? step_result.total + r.total.detach() * share
                                                             : r.total.detach() * share;
@@ -575,8 +639,18 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
           }
 
           std::vector<torch::Tensor> all_params;
-          for (auto& group : optimizer->param_groups()) {
-            for (auto& p : group.params()) all_params.push_back(p);
+          for (auto& g : optimizer->param_groups()) {
+            for (auto& p : g.params()) all_params.push_back(p);
+          }
+          if (group) {
+            // Each rank's part was weighted by its share of the step's examples: the sums are the step's means.
+            dist::all_reduce_gradients(*group, all_params);
+            std::vector<torch::Tensor> reported = {step_result.total.detach().clone()};
+            for (auto& [name, v] : step_result.parts) reported.push_back(v.detach().clone());
+            group->all_reduce_sum(reported);
+            step_result.total = reported[0];
+            size_t k = 1;
+            for (auto& [name, v] : step_result.parts) v = reported[k++];
           }
           std::vector<torch::Tensor> norms;
           for (auto& p : all_params) if (p.grad().defined()) norms.push_back(p.grad().detach().norm().to(torch::kDouble));
@@ -585,7 +659,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
           const bool finite = std::isfinite(loss_value) && std::isfinite(grad_norm);
           schedule.apply(*optimizer, state.stage_step, base_lrs);
           if (state.lr_scale != 1.0) {
-            for (auto& group : optimizer->param_groups()) group.options().set_lr(group.options().get_lr() * state.lr_scale);
+            for (auto& g : optimizer->param_groups()) g.options().set_lr(g.options().get_lr() * state.lr_scale);
           }
           const double lr = optimizer->param_groups()[0].options().get_lr();
           if (finite) {
@@ -637,7 +711,8 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
           report.samples_per_s = examples / std::max(1e-9, std::chrono::duration<double>(Clock::now() - start).count());
           report.skipped_nonfinite = !finite;
           report.nonfinite_total = state.nonfinite_steps;
-          for (auto& cb : callbacks_) cb->on_step_end(report);
+          report.communication_s = group ? group->communication_seconds() - communication_before : 0.0;
+          for (auto& cb : callbacks) cb->on_step_end(report);
 
           const bool stage_done = state.stage_step == total;
           if (stage_done) {
@@ -645,8 +720,8 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
             for (auto& h : stage.hooks()) h->on_stage_end(*student_, stage);
           }
           // A stop during a stage's last step comes after the stage's end (evaluation, callbacks).
-          const int stop_signal = stage_done ? 0 : StopSignal::requested();
-          if (ckpt &&
+          const int stop_signal = stage_done ? 0 : stop_requested();
+          if (ckpt && is_main &&
               (stage_done || stop_signal || (o.checkpoint_every() > 0 && state.global_step % o.checkpoint_every() == 0))) {
             // A finished stage is saved as the start of the next one, so a resume never repeats it.
             TrainingState saved = state;
@@ -669,7 +744,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
                               : evaluate(*validation, stage.name(), state.global_step);
             for (auto& h : stage.hooks()) h->on_eval_end();
             if (!result.metrics.empty()) {
-              for (auto& cb : callbacks_) cb->on_eval(result);
+              for (auto& cb : callbacks) cb->on_eval(result);
               summary.evaluations.push_back(result);
             }
           }
@@ -678,10 +753,10 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
         info.global_step = state.global_step;
         info.stage_step = state.stage_step;
         info.progress = 1.0;
-        for (auto& cb : callbacks_) cb->on_stage_end(stage, info);
+        for (auto& cb : callbacks) cb->on_stage_end(stage, info);
         // The stage-end checkpoint holds everything up to here.
-        if (const int stop_signal = StopSignal::requested(); stop_signal && si + 1 < static_cast<int64_t>(stages_.size())) {
-          return finish(stop_signal);
+        if (si + 1 < static_cast<int64_t>(stages_.size())) {
+          if (const int stop_signal = stop_requested()) return finish(stop_signal);
         }
       }
     } catch (const Rollback&) {

@@ -9,9 +9,26 @@
 #include <string>
 #include <vector>
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "kd/core/error.h"
+
 namespace kd::testing {
+
+/// Expects `fn()` to throw kd::Error of `category` whose message contains each of `pieces`.
+/// Example: `expect_kd_error([&] { f(); }, kd::ErrorCategory::kConfig, {"RANK='2'", "[0, 1]"});`
+template <typename Fn>
+void expect_kd_error(Fn fn, kd::ErrorCategory category, const std::vector<std::string>& pieces) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected kd::Error (" << kd::to_string(category) << ")";
+  } catch (const kd::Error& e) {
+    EXPECT_EQ(e.category(), category) << e.what();
+    for (const auto& p : pieces) EXPECT_THAT(e.what(), ::testing::HasSubstr(p));
+  }
+}
 
 /// Named tensors read from a reference file (float64 unless stored as int64).
 class Reference {

@@ -18,6 +18,7 @@ enum class ErrorCategory {
   kConfig,    ///< a configuration key, type or value is wrong
   kDevice,    ///< the requested device is not available
   kState,     ///< an operation was called in the wrong state
+  kDistributed,  ///< the rendezvous, another rank or a collective operation failed (kd::dist)
 };
 
 /// Human-readable name of a category ("file", "shape", ...).

@@ -14,6 +14,10 @@
 #include "kd/core/teacher.h"
 #include "kd/data/tensor_dataset.h"
 
+namespace kd::dist {
+class ProcessGroup;
+}
+
 namespace kd::data {
 
 /// What the cache stores per example.
@@ -59,18 +63,26 @@ class TeacherCache {
   TeacherCache& operator=(const TeacherCache&) = delete;
 
   /// Runs `teacher` over `dataset` (in order, under no-grad) and writes `path`.
+  ///
+  /// With a process group, every rank calls it: each runs the teacher over its contiguous share of
+  /// the batches (kd::dist::shard_range) and writes those rows to `path.part<rank>`; rank 0 copies
+  /// them into the one file and renames it into place, and every rank returns once it is there, so
+  /// N ranks build it in about 1/N of the time. The file is the same as one process's. `path` must
+  /// be in a folder all ranks share.
   static void build(const std::string& path, Teacher& teacher, const TensorDataset& dataset,
-                    const TeacherCacheOptions& options = {});
+                    const TeacherCacheOptions& options = {}, dist::ProcessGroup* group = nullptr);
   /// Opens `path`; kd::Error (kFormat) for a truncated or foreign file, and
   /// (kState) when it was written for another teacher or dataset, naming both
   /// fingerprints, or — when `expected` is given — with other options, naming both.
   static std::unique_ptr<TeacherCache> open(const std::string& path, uint32_t teacher_fingerprint,
                                             uint32_t data_fingerprint,
                                             const std::optional<TeacherCacheOptions>& expected = std::nullopt);
-  /// open() if the file exists and matches; otherwise (missing or stale) build() first.
+  /// open() if the file exists and matches; otherwise (missing or stale) build() first. With a
+  /// process group the ranks agree (any rank that finds it missing or stale makes all rebuild it).
   static std::unique_ptr<TeacherCache> open_or_build(const std::string& path, Teacher& teacher,
                                                      const TensorDataset& dataset,
-                                                     const TeacherCacheOptions& options = {});
+                                                     const TeacherCacheOptions& options = {},
+                                                     dist::ProcessGroup* group = nullptr);
 
   /// The teacher's outputs for examples `indices` (int64 [B]), as float32 on the CPU.
   /// Stored hidden states and attention maps sit at their teacher positions; the

@@ -30,6 +30,9 @@ struct StepReport {
   /// The loss or a gradient was NaN/Inf, so the optimizer did not step (see NonFinitePolicy).
   bool skipped_nonfinite = false;
   int64_t nonfinite_total = 0;  ///< steps with a non-finite loss or gradient so far in the run
+  /// Data-parallel runs: wall seconds of this step spent in collectives (gradient buckets, loss
+  /// parts, buffers, the stop flag); 0 for one process.
+  double communication_s = 0.0;
 };
 
 /// Sizes of the models taking part, given to callbacks before the first step.
@@ -70,7 +73,8 @@ inline std::vector<const EvalResult*> last_evaluation_per_stage(const TrainSumma
 }
 
 /// Override what you need; every hook does nothing by default. Callbacks run
-/// on the training thread, in the order they were added.
+/// on the training thread, in the order they were added; in a data-parallel run on rank 0 only,
+/// with losses and evaluations already reduced over the ranks.
 ///
 /// Example:
 /// ```

@@ -27,6 +27,8 @@ namespace kd {
 class ClassificationMetrics {
  public:
   explicit ClassificationMetrics(int64_t num_classes);
+  /// From a confusion matrix (int64 [C, C], true class × prediction), e.g. one summed over ranks.
+  static ClassificationMetrics from_confusion(const torch::Tensor& confusion);
 
   /// Adds a batch: `logits` [B, C] (argmax is the prediction) and `targets` [B].
   void update(const torch::Tensor& logits, const torch::Tensor& targets);

@@ -14,6 +14,7 @@
 #include "kd/data/augmentation.h"
 #include "kd/data/teacher_cache.h"
 #include "kd/data/tensor_dataset.h"
+#include "kd/dist/process_group.h"
 #include "kd/train/autocast.h"
 #include "kd/train/callback.h"
 #include "kd/train/stage.h"
@@ -105,6 +106,13 @@ struct StagedTrainerOptions {
   /// Teacher outputs read from this cache (built over the same training set,
   /// in the same order) instead of running the teacher: no teacher forward at all.
   TORCH_ARG(std::shared_ptr<data::TeacherCache>, teacher_cache) = nullptr;
+  /// Data-parallel training over these ranks (kd::dist::ProcessGroup; null: this process alone).
+  /// batch_size stays the global micro-batch: each rank takes its shard of every micro-batch
+  /// (kd::dist::shard_range), gradients are summed in buckets, so N ranks follow the same
+  /// trajectory as one process with the same batch (up to float summation order; BatchNorm
+  /// statistics are per rank and rank 0's are broadcast every step). Only rank 0 writes
+  /// checkpoints and calls the callbacks; evaluation is sharded and its counts summed.
+  TORCH_ARG(std::shared_ptr<dist::ProcessGroup>, process_group) = nullptr;
 };
 
 /// Runs `stages` in order over `train`: per micro-batch the frozen teacher (if
@@ -122,6 +130,10 @@ struct StagedTrainerOptions {
 ///
 /// Non-finite values: every step checks its loss and gradient norm; options().nonfinite says
 /// whether to stop, skip the update, lower the learning rate or roll back (NonFinitePolicy).
+///
+/// Data-parallel: see StagedTrainerOptions::process_group. A checkpoint does not depend on the
+/// number of ranks (its data position counts global micro-batches), so a run may resume on a
+/// different world size.
 ///
 /// Resume: with `resume` true and a checkpoint in checkpoint_dir, training
 /// continues from its stage, step and data position with the saved weights,

@@ -28,6 +28,22 @@ TEST(ClassificationMetrics, HandComputedConfusionF1AndAccuracy) {
   EXPECT_EQ(m.confusion()[0][1].item<int64_t>(), 1);
 }
 
+// Data-parallel evaluation sums the ranks' confusion matrices: the sum of two halves' counts
+// must score as the whole (the hand-computed case above).
+TEST(ClassificationMetrics, FromSummedConfusionCountsScoresAsTheWhole) {
+  kd::ClassificationMetrics a(3), b(3);
+  a.update_predictions(torch::tensor({0, 0, 1}, torch::kLong), torch::tensor({0, 0, 0}, torch::kLong));
+  b.update_predictions(torch::tensor({1, 2, 2}, torch::kLong), torch::tensor({1, 1, 2}, torch::kLong));
+  const auto m = kd::ClassificationMetrics::from_confusion(a.confusion() + b.confusion());
+  EXPECT_EQ(m.count(), 6);
+  EXPECT_DOUBLE_EQ(m.accuracy(), 4.0 / 6.0);
+  EXPECT_NEAR(m.macro_f1(), (0.8 + 0.5 + 2.0 / 3.0) / 3.0, 1e-15);
+  EXPECT_TRUE(torch::equal(kd::ClassificationMetrics::from_confusion(torch::tensor({{2, 1, 0}, {0, 1, 1}, {0, 0, 1}}))
+                               .confusion(),
+                           m.confusion()));
+  EXPECT_THROW(kd::ClassificationMetrics::from_confusion(torch::zeros({2, 3}, torch::kLong)), kd::Error);
+}
+
 TEST(ClassificationMetrics, LogitsArgmaxAndBadInput) {
   kd::ClassificationMetrics m(2);
   m.update(torch::tensor({{2.0, 1.0}, {0.0, 3.0}}), torch::tensor({0, 0}, torch::kLong));
