@@ -3,6 +3,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <map>
+#include <tuple>
+#include <utility>
 
 #include <fmt/format.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -149,6 +151,44 @@ void ProcessGroup::all_reduce_sum(std::vector<torch::Tensor>& tensors) {
   collective(options_, "all-reduce (sum)", communication_s_, [&] {
     impl_->flat(tensors, [&](std::vector<torch::Tensor>& b) { return impl_->group->allreduce(b); });
   });
+}
+
+struct PendingAllReduce : PendingCollective {
+  PendingAllReduce(ProcessGroup& group, std::vector<torch::Tensor> tensors) : group(group), tensors(std::move(tensors)) {}
+  void wait() override {
+    collective(group.options_, "all-reduce (sum)", group.communication_s_, [&] {
+      for (auto& [work, idx, buffer] : works) {
+        work->wait();
+        int64_t offset = 0;
+        torch::NoGradGuard no_grad;
+        for (size_t i : idx) {
+          const int64_t n = tensors[i].numel();
+          tensors[i].copy_(buffer.slice(0, offset, offset + n).view(tensors[i].sizes()));
+          offset += n;
+        }
+      }
+    });
+  }
+  ProcessGroup& group;
+  std::vector<torch::Tensor> tensors;
+  // c10d's work handle (c10d::ProcessGroup::Work in LibTorch 1.13, c10d::Work in 2.x).
+  using WorkPtr = decltype(std::declval<c10d::ProcessGroupGloo&>().allreduce(std::declval<std::vector<at::Tensor>&>()));
+  std::vector<std::tuple<WorkPtr, std::vector<size_t>, torch::Tensor>> works;
+};
+
+std::unique_ptr<PendingCollective> ProcessGroup::all_reduce_sum_async(std::vector<torch::Tensor> tensors) {
+  auto pending = std::make_unique<PendingAllReduce>(*this, std::move(tensors));
+  if (pending->tensors.empty() || world_size() == 1) return pending;
+  collective(options_, "all-reduce (sum)", communication_s_, [&] {
+    for (const auto& [kind, idx] : group_by_kind(pending->tensors)) {
+      std::vector<torch::Tensor> parts;
+      for (size_t i : idx) parts.push_back(pending->tensors[i].detach().reshape({-1}).cpu());
+      std::vector<torch::Tensor> buffer = {torch::cat(parts)};
+      auto work = impl_->group->allreduce(buffer);
+      pending->works.emplace_back(work, idx, buffer[0]);
+    }
+  });
+  return pending;
 }
 
 void ProcessGroup::all_reduce_max(std::vector<torch::Tensor>& tensors) {

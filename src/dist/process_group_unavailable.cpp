@@ -17,6 +17,7 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const ProcessGroupOptions&) {
 
 // No ProcessGroup can exist in this build, so these are never reached.
 void ProcessGroup::all_reduce_sum(std::vector<torch::Tensor>&) {}
+std::unique_ptr<PendingCollective> ProcessGroup::all_reduce_sum_async(std::vector<torch::Tensor>) { return nullptr; }
 void ProcessGroup::all_reduce_max(std::vector<torch::Tensor>&) {}
 void ProcessGroup::broadcast(std::vector<torch::Tensor>&, int64_t) {}
 void ProcessGroup::barrier(double) {}

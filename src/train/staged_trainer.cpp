@@ -503,6 +503,13 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
           throw Error(ErrorCategory::kValue, fmt::format("stage '{}': the student has no parameters", stage.name()));
         }
         auto optimizer = make_optimizer(o, stage, *student_, hook_params, loss_params, base_lrs);
+        std::vector<torch::Tensor> all_params;
+        for (auto& g : optimizer->param_groups()) {
+          for (auto& p : g.params()) all_params.push_back(p);
+        }
+        // Data-parallel: the step's last backward sends its gradients in buckets while it runs.
+        std::unique_ptr<dist::GradientSync> gradient_sync;
+        if (group) gradient_sync = std::make_unique<dist::GradientSync>(o.process_group(), all_params);
         const auto before_forward = [&](const StepInfo& step) {
           for (auto& h : stage.hooks()) h->before_forward(step);
         };
@@ -579,7 +586,8 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
 
           optimizer->zero_grad();
           LossResult step_result;
-          for (const auto& global_idx : micro) {
+          for (size_t m = 0; m < micro.size(); ++m) {
+            const auto& global_idx = micro[m];
             // Data-parallel: this rank's shard of the micro-batch. A rank whose shard is empty runs one
             // example with weight 0, so that every rank reports the same loss parts.
             torch::Tensor idx = global_idx;
@@ -627,6 +635,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
                                       stage.name(), shape_string(r.total)));
             }
             const double share = weight * double(idx.numel()) / double(examples);
+            if (gradient_sync && m + 1 == micro.size()) gradient_sync->arm();
             (r.total * share).backward();
             step_result.total = step_result.total.defined() ? step_result.total + r.total.detach() * share
                                                             : r.total.detach() * share;
@@ -638,16 +647,11 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
             }
           }
 
-          std::vector<torch::Tensor> all_params;
-          for (auto& g : optimizer->param_groups()) {
-            for (auto& p : g.params()) all_params.push_back(p);
-          }
-          if (group) {
+          if (gradient_sync) {
             // Each rank's part was weighted by its share of the step's examples: the sums are the step's means.
-            dist::all_reduce_gradients(*group, all_params);
             std::vector<torch::Tensor> reported = {step_result.total.detach().clone()};
             for (auto& [name, v] : step_result.parts) reported.push_back(v.detach().clone());
-            group->all_reduce_sum(reported);
+            gradient_sync->finish(reported);
             step_result.total = reported[0];
             size_t k = 1;
             for (auto& [name, v] : step_result.parts) v = reported[k++];

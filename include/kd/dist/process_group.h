@@ -38,6 +38,15 @@ bool environment_has_ranks();
 /// interface this rank is reached at (default: loopback for a local job, else the host name's address).
 ProcessGroupOptions options_from_environment();
 
+/// A collective started by ProcessGroup::all_reduce_sum_async and not yet waited for.
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  /// Blocks until the collective is done and writes its result into the tensors it was given;
+  /// kd::Error (kDistributed) as ProcessGroup's blocking calls. Call it once.
+  virtual void wait() = 0;
+};
+
 /// One rank of a data-parallel job. All collectives are blocking, run on CPU tensors through
 /// Gloo (CUDA tensors are staged through host memory), and throw kd::Error (kDistributed) when
 /// another rank died, timed out or disagreed, naming this rank and the operation.
@@ -65,6 +74,10 @@ class ProcessGroup {
   /// Element-wise sum over the ranks, in place; all tensors of one call in one coalesced operation
   /// when they share dtype and device.
   void all_reduce_sum(std::vector<torch::Tensor>& tensors);
+  /// all_reduce_sum that returns at once: the ranks exchange in the background (Gloo's own
+  /// threads) while the caller goes on, e.g. with the rest of a backward pass. The tensors must
+  /// stay alive and unchanged until wait(); every rank must start its collectives in the same order.
+  std::unique_ptr<PendingCollective> all_reduce_sum_async(std::vector<torch::Tensor> tensors);
   /// Element-wise maximum over the ranks, in place.
   void all_reduce_max(std::vector<torch::Tensor>& tensors);
   /// Overwrites `tensors` on every rank with rank `root`'s (same shapes and dtypes on every rank).
@@ -73,11 +86,13 @@ class ProcessGroup {
   /// longer while rank 0 alone builds a file the others then read.
   void barrier(double timeout_s = 0);
 
-  /// Wall seconds spent inside collectives since creation (the communication share of a step).
+  /// Wall seconds spent inside collectives since creation (the communication share of a step);
+  /// for an asynchronous one, the time its wait() blocked.
   double communication_seconds() const { return communication_s_; }
 
  private:
   struct Impl;
+  friend struct PendingAllReduce;
   ProcessGroup(ProcessGroupOptions options, std::unique_ptr<Impl> impl);
   ProcessGroupOptions options_;
   std::unique_ptr<Impl> impl_;

@@ -203,6 +203,58 @@ std::string file_bytes(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
+// GradientSync on its own: buckets of one parameter each, so that they leave during backward; two micro-batches (the first unarmed, accumulated locally); a parameter
+// only rank 0 uses and one no rank uses. Reference: one process running both ranks' inputs.
+struct TinyNet {
+  torch::Tensor w1, w2, only_rank0, unused;
+  TinyNet() {
+    torch::manual_seed(4);
+    w1 = torch::randn({5, 3}, torch::kDouble).requires_grad_();
+    w2 = torch::randn({3, 2}, torch::kDouble).requires_grad_();
+    only_rank0 = torch::randn({2}, torch::kDouble).requires_grad_();
+    unused = torch::randn({4}, torch::kDouble).requires_grad_();
+  }
+  // Buckets go in reverse: w2, w1, only_rank0, unused.
+  std::vector<torch::Tensor> params() const { return {unused, only_rank0, w1, w2}; }
+  // The loss of rank `r`'s micro-batch `m`.
+  torch::Tensor loss(int r, int m) const {
+    const auto x = torch::arange(10 * (2 * r + m), 10 * (2 * r + m) + 10, torch::kDouble).reshape({2, 5}) / 30.0;
+    auto y = torch::tanh(x.matmul(w1)).matmul(w2);
+    auto l = y.pow(2).sum();
+    return r == 0 ? l + (y * only_rank0).sum() : l;
+  }
+};
+
+TEST(DataParallel, GradientSyncSumsAccumulatedGradientsWhileBackwardRuns) {
+  const int rank = my_rank();
+  const int port = rank == 0 ? free_port() : test_port();
+  pid_t child = rank == 0 ? spawn_rank_1(port) : 0;
+  TinyNet net;
+  auto group = join(rank, port);
+  kd::dist::GradientSync sync(group, net.params(), kd::dist::GradientSyncOptions().first_bucket_bytes(1).bucket_bytes(1));
+  EXPECT_EQ(sync.bucket_count(), 4);
+  net.loss(rank, 0).backward();  // unarmed: accumulates locally
+  sync.arm();
+  const auto last = net.loss(rank, 1);
+  last.backward();
+  std::vector<torch::Tensor> extra = {last.detach().clone()};
+  sync.finish(extra);
+  // w2's and w1's buckets left during backward on both ranks, only_rank0's on rank 0 only (rank 1
+  // sends its zeros in finish(), still third, so the ranks' exchanges pair up); `unused` never did.
+  EXPECT_EQ(sync.buckets_sent_during_backward(), rank == 0 ? 3 : 2);
+
+  TinyNet alone;
+  torch::Tensor total = alone.loss(0, 0) + alone.loss(0, 1) + alone.loss(1, 0) + alone.loss(1, 1);
+  total.backward();
+  EXPECT_TRUE(torch::allclose(net.w1.grad(), alone.w1.grad(), 1e-12, 1e-12));
+  EXPECT_TRUE(torch::allclose(net.w2.grad(), alone.w2.grad(), 1e-12, 1e-12));
+  ASSERT_TRUE(net.only_rank0.grad().defined());  // rank 1 sent zeros for it
+  EXPECT_TRUE(torch::allclose(net.only_rank0.grad(), alone.only_rank0.grad(), 1e-12, 1e-12));
+  EXPECT_FALSE(net.unused.grad().defined());  // no rank had a gradient: still none
+  EXPECT_NEAR(extra[0].item<double>(), (alone.loss(0, 1) + alone.loss(1, 1)).item<double>(), 1e-9);
+  if (rank == 0) ASSERT_EQ(wait_exit_code(child), 0);
+}
+
 // Two ranks share the teacher forwards of the cache build: 100 examples in batches of 16 are 7
 // batches, rank 0 runs 4 and rank 1 runs 3; the merged file must be byte for byte one process's.
 TEST(DataParallel, TwoRanksBuildTheSameTeacherCacheAsOneProcess) {
