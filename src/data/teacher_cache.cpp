@@ -195,7 +195,9 @@ void TeacherCache::build(const std::string& path, Teacher& teacher, const Tensor
   };
   // Building takes as long as the teacher needs; a rank that dies still fails the others at once.
   constexpr double kBuildWait = 6 * 3600.0;
-  const auto [my_first, my_last] = rows_of(rank);
+  // Plain variables, not a structured binding: the lambda below captures them (C++17 forbids that).
+  const auto my_rows = rows_of(rank);
+  const int64_t my_first = my_rows.first, my_last = my_rows.second;
 
   if (rank != 0) {
     const std::string part = part_path(rank);

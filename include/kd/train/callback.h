@@ -30,8 +30,9 @@ struct StepReport {
   /// The loss or a gradient was NaN/Inf, so the optimizer did not step (see NonFinitePolicy).
   bool skipped_nonfinite = false;
   int64_t nonfinite_total = 0;  ///< steps with a non-finite loss or gradient so far in the run
-  /// Data-parallel runs: wall seconds of this step spent in collectives (gradient buckets, loss
-  /// parts, buffers, the stop flag); 0 for one process.
+  /// Data-parallel runs: wall seconds of this step spent blocked in collectives (buffers, gradient
+  /// buckets, loss parts, the stop flag; a bucket sent during backward counts only its wait);
+  /// 0 for one process.
   double communication_s = 0.0;
 };
 
