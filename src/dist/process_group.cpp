@@ -37,28 +37,55 @@ std::map<std::pair<int, std::string>, std::vector<size_t>> group_by_kind(const s
   return groups;
 }
 
+// c10d's work handle (c10d::ProcessGroup::Work in LibTorch 1.13, c10d::Work in 2.x).
+using WorkPtr = decltype(std::declval<c10d::ProcessGroupGloo&>().allreduce(std::declval<std::vector<at::Tensor>&>()));
+
+// One collective per kind of tensor (dtype, device), each over one flat CPU buffer.
+struct FlatWork {
+  WorkPtr work;
+  std::vector<size_t> tensors;  // indices of the tensors in the buffer, in order
+  torch::Tensor buffer;
+};
+
+// Flattens each kind of tensor into one CPU buffer and starts `op` on it.
+template <typename Op>
+std::vector<FlatWork> start_flat(const std::vector<torch::Tensor>& tensors, Op op) {
+  std::vector<FlatWork> works;
+  for (const auto& [kind, idx] : group_by_kind(tensors)) {
+    std::vector<torch::Tensor> parts;
+    for (size_t i : idx) parts.push_back(tensors[i].detach().reshape({-1}).cpu());
+    std::vector<torch::Tensor> buffer = {torch::cat(parts)};
+    auto work = op(buffer);
+    works.push_back({work, idx, buffer[0]});
+  }
+  return works;
+}
+
+// Waits for each started collective and writes its buffer back into the tensors, in place.
+void finish_flat(std::vector<torch::Tensor>& tensors, std::vector<FlatWork>& works) {
+  torch::NoGradGuard no_grad;
+  for (auto& w : works) {
+    w.work->wait();
+    int64_t offset = 0;
+    for (size_t i : w.tensors) {
+      const int64_t n = tensors[i].numel();
+      tensors[i].copy_(w.buffer.slice(0, offset, offset + n).view(tensors[i].sizes()));
+      offset += n;
+    }
+  }
+}
+
 }  // namespace
 
 struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::TCPStore> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
 
-  // Flattens each kind of tensor into one CPU buffer, runs `op` on it, writes the result back.
+  // A blocking collective: start, wait, write back.
   template <typename Op>
   void flat(std::vector<torch::Tensor>& tensors, Op op) {
-    for (const auto& [kind, idx] : group_by_kind(tensors)) {
-      std::vector<torch::Tensor> parts;
-      for (size_t i : idx) parts.push_back(tensors[i].detach().reshape({-1}).cpu());
-      std::vector<torch::Tensor> buffer = {torch::cat(parts)};
-      op(buffer)->wait();
-      int64_t offset = 0;
-      torch::NoGradGuard no_grad;
-      for (size_t i : idx) {
-        const int64_t n = tensors[i].numel();
-        tensors[i].copy_(buffer[0].slice(0, offset, offset + n).view(tensors[i].sizes()));
-        offset += n;
-      }
-    }
+    auto works = start_flat(tensors, op);
+    finish_flat(tensors, works);
   }
 };
 
@@ -156,37 +183,18 @@ void ProcessGroup::all_reduce_sum(std::vector<torch::Tensor>& tensors) {
 struct PendingAllReduce : PendingCollective {
   PendingAllReduce(ProcessGroup& group, std::vector<torch::Tensor> tensors) : group(group), tensors(std::move(tensors)) {}
   void wait() override {
-    collective(group.options_, "all-reduce (sum)", group.communication_s_, [&] {
-      for (auto& [work, idx, buffer] : works) {
-        work->wait();
-        int64_t offset = 0;
-        torch::NoGradGuard no_grad;
-        for (size_t i : idx) {
-          const int64_t n = tensors[i].numel();
-          tensors[i].copy_(buffer.slice(0, offset, offset + n).view(tensors[i].sizes()));
-          offset += n;
-        }
-      }
-    });
+    collective(group.options_, "all-reduce (sum)", group.communication_s_, [&] { finish_flat(tensors, works); });
   }
   ProcessGroup& group;
   std::vector<torch::Tensor> tensors;
-  // c10d's work handle (c10d::ProcessGroup::Work in LibTorch 1.13, c10d::Work in 2.x).
-  using WorkPtr = decltype(std::declval<c10d::ProcessGroupGloo&>().allreduce(std::declval<std::vector<at::Tensor>&>()));
-  std::vector<std::tuple<WorkPtr, std::vector<size_t>, torch::Tensor>> works;
+  std::vector<FlatWork> works;
 };
 
 std::unique_ptr<PendingCollective> ProcessGroup::all_reduce_sum_async(std::vector<torch::Tensor> tensors) {
   auto pending = std::make_unique<PendingAllReduce>(*this, std::move(tensors));
   if (pending->tensors.empty() || world_size() == 1) return pending;
   collective(options_, "all-reduce (sum)", communication_s_, [&] {
-    for (const auto& [kind, idx] : group_by_kind(pending->tensors)) {
-      std::vector<torch::Tensor> parts;
-      for (size_t i : idx) parts.push_back(pending->tensors[i].detach().reshape({-1}).cpu());
-      std::vector<torch::Tensor> buffer = {torch::cat(parts)};
-      auto work = impl_->group->allreduce(buffer);
-      pending->works.emplace_back(work, idx, buffer[0]);
-    }
+    pending->works = start_flat(pending->tensors, [&](std::vector<torch::Tensor>& b) { return impl_->group->allreduce(b); });
   });
   return pending;
 }
