@@ -12,6 +12,7 @@
 #include "kd/core/model.h"
 #include "kd/core/model_output.h"
 #include "kd/core/multi_teacher.h"
+#include "kd/core/script_export.h"
 #include "kd/core/script_model.h"
 #include "kd/core/student.h"
 #include "kd/core/teacher.h"

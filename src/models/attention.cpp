@@ -38,10 +38,12 @@ AttentionOutput MultiHeadSelfAttentionImpl::forward(const torch::Tensor& x, cons
     throw Error(ErrorCategory::kShape, fmt::format("attention expects x [B, L, {}], got {}", options.d_model(),
                                                    shape_string(x)));
   }
-  const int64_t B = x.size(0), L = x.size(1), H = options.heads(), dh = options.d_model() / H;
+  const int64_t H = options.heads(), dh = options.d_model() / H;
   // [B, L, D] -> [B, H, L, d], contiguous: RoPE's elementwise ops keep their input's layout, and the
   // batched matmuls below run ~15% faster on contiguous heads than on transposed views (measured on CPU).
-  auto heads = [&](const torch::Tensor& t) { return t.view({B, L, H, dh}).transpose(1, 2).contiguous(); };
+  // No B or L as numbers (unflatten / flatten instead of view / reshape): a trace (kd::trace_to_script)
+  // would record them as constants and fix the batch size of the exported file.
+  auto heads = [&](const torch::Tensor& t) { return t.unflatten(-1, {H, dh}).transpose(1, 2).contiguous(); };
   const auto q = apply_rotary(heads(q_proj->forward(x)), rope);
   const auto k = apply_rotary(heads(k_proj->forward(x)), rope);
   const auto v = heads(v_proj->forward(x));
@@ -49,7 +51,7 @@ AttentionOutput MultiHeadSelfAttentionImpl::forward(const torch::Tensor& x, cons
   if (blocked.defined()) scores = scores.masked_fill(blocked, -std::numeric_limits<double>::infinity());
   auto probs = torch::softmax(scores, -1);
   auto context = torch::matmul(dropout->forward(probs), v);  // [B, H, L, d]
-  auto out = o_proj->forward(context.transpose(1, 2).reshape({B, L, options.d_model()}));
+  auto out = o_proj->forward(context.transpose(1, 2).flatten(2));
   return {out, probs};
 }
 

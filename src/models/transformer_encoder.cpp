@@ -72,7 +72,7 @@ int64_t TransformerEncoderImpl::depth_for(int64_t real_length) const {
 
 ModelOutput TransformerEncoderImpl::forward(const torch::Tensor& input) {
   const auto tokens = detail::check_tokens(input, options.vocab(), options.max_len(), kName);
-  const int64_t B = tokens.size(0), L = tokens.size(1);
+  const int64_t L = tokens.size(1);  // no B as a number: see MultiHeadSelfAttention (traces keep the batch free)
 
   ModelOutput out;
   auto e = embed->forward(tokens);
@@ -86,7 +86,7 @@ ModelOutput TransformerEncoderImpl::forward(const torch::Tensor& input) {
     real = tokens.ne(options.pad_token());
     const auto counts = real.sum(1);
     // An all-padding row keeps every key (finite numbers; it pools to zeros and is ignored).
-    blocked = real.logical_not().logical_and(counts.gt(0).unsqueeze(1)).view({B, 1, 1, L});
+    blocked = real.logical_not().logical_and(counts.gt(0).unsqueeze(1)).unsqueeze(1).unsqueeze(2);
     if (options.dynamic_depth()) longest = counts.max().item<int64_t>();
   }
   const int64_t depth = depth_for(longest);
