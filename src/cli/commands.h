@@ -15,7 +15,21 @@ int run_teacher(const nlohmann::json& config, bool resume);
 /// written by distill/teacher, or an int8 file "*.int8.pt" written by distill with a QAT stage.
 /// `which` is "student" or "teacher" (the architecture to load it into).
 int run_eval(const nlohmann::json& config, const std::string& which, const std::string& model_file);
-/// Registered losses with their keys, models, data sets.
+/// Registered losses with their keys, tasks with their models and data sets.
 int run_list();
+
+/// What `kd-train export` is asked for.
+struct ExportArgs {
+  std::string which = "student";  ///< "student" or "teacher": the config's architecture to load
+  std::string model_file;         ///< the saved model (default OUT/<which>.pt)
+  std::string format = "torchscript";  ///< "torchscript" or "int8"
+  std::string to;                 ///< the file to write (default OUT/<which>.ts.pt or OUT/<which>.int8.pt)
+  bool with_layers = false;       ///< TorchScript: forward returns (logits, hidden_states, attentions)
+  int64_t calibration_batches = 32;  ///< int8 from a float model: training batches its observers see
+};
+/// Writes OUT/<which>.pt (or `model_file`) as a TorchScript file, read back and compared with the C++
+/// model on test inputs, or — students only — as an int8 file after post-training calibration on
+/// training batches, scored on the test split next to the float model.
+int run_export(const nlohmann::json& config, const ExportArgs& args);
 
 }  // namespace kd::app

@@ -13,6 +13,7 @@
 #include "kd/core/error.h"
 #include "kd/train/recipes.h"
 #include "stage_config.h"
+#include "task.h"
 
 namespace kd::app {
 namespace {
@@ -51,6 +52,24 @@ const std::map<std::string, Range>& ranges() {
       {"student.width1", {1, 4096}},
       {"student.width2", {1, 4096}},
       {"student.hidden", {1, 65536}},
+      {"teacher.steps", {0, 1e9}},
+      {"data.eval_limit", {0, 1e9}},
+      {"data.max_len", {1, 65536}},
+      {"data.context", {1, 65536}},
+      {"teacher.layers", {1, 1024}},
+      {"teacher.d_model", {1, 65536}},
+      {"teacher.heads", {1, 1024}},
+      {"teacher.ffn", {0, 1 << 20}},
+      {"teacher.dropout", {0, 0.999}},
+      {"student.layers", {1, 1024}},
+      {"student.d_model", {1, 65536}},
+      {"student.heads", {1, 1024}},
+      {"student.ffn", {0, 1 << 20}},
+      {"student.dropout", {0, 0.999}},
+      {"generate.tokens", {0, 1e6}},
+      {"generate.temperature", {0, 100}},
+      {"generate.top_k", {0, 1e6}},
+      {"generate.seed", {0, 9.007199254740992e15}},
       {"lora.rank", {1, 4096}},
       {"lora.alpha", {0, 1e6, true}},
       {"lora.dropout", {0, 0.999}},
@@ -60,20 +79,42 @@ const std::map<std::string, Range>& ranges() {
   return r;
 }
 
-// String keys with a fixed set of values.
-const std::map<std::string, std::vector<std::string>>& choices() {
-  static const std::map<std::string, std::vector<std::string>> c = {
+// String keys with a fixed set of values; the student's architectures depend on the task.
+std::map<std::string, std::vector<std::string>> choices(const std::string& task) {
+  std::map<std::string, std::vector<std::string>> c = {
+      {"task", task_names()},
       {"train.precision", {"fp32", "bf16"}},
       {"teacher.cache.dtype", {"float32", "float16", "bfloat16"}},
       {"train.optimizer", {"adamw", "sgd"}},
       {"train.hardness", {"teacher_entropy", "disagreement"}},
       {"train.augment", {"none", "shift_flip"}},
       {"train.nonfinite", {"skip", "lower_lr", "rollback", "stop"}},
-      {"student.model", {"depthwise_cnn", "cnn"}},
       {"qat.weight_observer", {"moving_average", "minmax"}},
       {"qat.activation_observer", {"moving_average", "minmax"}},
   };
+  c["student.model"] = task == "spam"      ? std::vector<std::string>{"transformer"}
+                       : task == "byte_lm" ? std::vector<std::string>{"causal_lm"}
+                                           : std::vector<std::string>{"depthwise_cnn", "cnn"};
   return c;
+}
+
+// The other tasks whose schema has the key at dotted `path` (for "set task to use it" hints).
+std::vector<std::string> tasks_with_key(const std::string& path, const std::string& except) {
+  std::vector<std::string> found;
+  for (const auto& t : task_names()) {
+    if (t == except) continue;
+    const json* node = &task_defaults(t);
+    bool ok = true;
+    for (size_t start = 0, dot; ok && start <= path.size(); start = dot + 1) {
+      dot = path.find('.', start);
+      if (dot == std::string::npos) dot = path.size();
+      const std::string key = path.substr(start, dot - start);
+      ok = node->is_object() && node->contains(key);
+      if (ok) node = &(*node)[key];
+    }
+    if (ok) found.push_back(t);
+  }
+  return found;
 }
 
 std::string type_name(const json& v) {
@@ -102,7 +143,8 @@ bool same_type(const json& schema, const json& v) {
   return std::string(schema.type_name()) == v.type_name();
 }
 
-void check(const json& schema, const json& value, const std::string& path, const std::string& origin) {
+void check(const json& schema, const json& value, const std::string& path, const std::string& origin,
+           const std::string& task) {
   for (const auto& [key, v] : value.items()) {
     const std::string here = path.empty() ? key : path + "." + key;
     if (here == "stages" && schema.contains(key)) {
@@ -113,8 +155,13 @@ void check(const json& schema, const json& value, const std::string& path, const
       std::vector<std::string> allowed;
       for (const auto& [k, _] : schema.items()) allowed.push_back(k);
       const std::string best = closest_name(key, allowed);
-      const std::string hint =
+      std::string hint =
           best.empty() ? "" : fmt::format("did you mean '{}'? ", path.empty() ? best : path + "." + best);
+      // A key of another task (student.layers in a fashion_mnist config): say which, and how to switch.
+      if (const auto others = tasks_with_key(here, task); !others.empty()) {
+        hint = fmt::format("'{}' is a key of task {} (this config's task is \"{}\"; set \"task\": \"{}\" to use it); ",
+                           here, fmt::join(others, " and "), task, others.front());
+      }
       throw Error(ErrorCategory::kConfig,
                   fmt::format("{}: unknown key '{}'; {}allowed keys{}: {}", origin, here, hint,
                               path.empty() ? "" : " under '" + path + "'", fmt::join(allowed, ", ")));
@@ -128,14 +175,23 @@ void check(const json& schema, const json& value, const std::string& path, const
                     fmt::format("{}: '{}' must be an object with keys {}, got {} ({})", origin, here,
                                 fmt::join(keys, ", "), type_name(v), v.dump()));
       }
-      check(s, v, here, origin);
+      check(s, v, here, origin, task);
       continue;
     }
     if (!same_type(s, v)) {
       throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' must be {} (like {}), got {} ({})", origin, here,
                                                       type_name(s), s.dump(), type_name(v), v.dump()));
     }
-    if (auto it = choices().find(here); it != choices().end()) {
+    if (s.is_array() && !s.empty()) {  // a list of numbers (or strings) like its default
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (!same_type(s.front(), v[i])) {
+          throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}[{}]' must be {} (like {}), got {} ({})", origin, here,
+                                                          i, type_name(s.front()), s.dump(), type_name(v[i]), v[i].dump()));
+        }
+      }
+    }
+    const auto allowed_values = choices(task);
+    if (auto it = allowed_values.find(here); it != allowed_values.end()) {
       const auto& allowed = it->second;
       if (std::find(allowed.begin(), allowed.end(), v.get<std::string>()) == allowed.end()) {
         throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' = {} is not allowed; use one of: {}", origin, here,
@@ -195,11 +251,16 @@ json with_override(json config, const std::string& path, const json& value, cons
 
 }  // namespace
 
-const nlohmann::json& distill_defaults() {
-  static const json defaults = {
+namespace {
+
+// The Fashion-MNIST recipe: also every section the other tasks share (lora, qat, train).
+json fashion_mnist_defaults() {
+  return {
+      {"task", "fashion_mnist"},
       {"out", "runs/default"},
       {"data",
        {{"root", "/usr/share/datasets/fashion-mnist"}, {"limit", 0}, {"validation_size", 5000}, {"split_seed", 0}}},
+      // steps > 0 trains the teacher for that many optimizer steps instead of `epochs`.
       // cache.enabled: the teacher runs once over the training set; its logits (all, or the top_k) and the
       // hidden states / attention maps the stages' losses name are read from OUT/teacher.cache afterwards.
       // path: a teacher state written by `kd-train teacher` to use instead of OUT/teacher.pt ("" = OUT's,
@@ -207,6 +268,7 @@ const nlohmann::json& distill_defaults() {
       // when stale); a given one must match this teacher, data and options.
       {"teacher",
        {{"epochs", 2},
+        {"steps", 0},
         {"path", ""},
         {"cache", {{"enabled", false}, {"top_k", 0}, {"dtype", "float16"}, {"path", ""}}}}},
       // width1/width2 as in DepthwiseCnnStudentOptions; hidden is used by "cnn" (the teacher's architecture) only.
@@ -227,7 +289,7 @@ const nlohmann::json& distill_defaults() {
         {"freeze_observers_at", 0.5}}},
       {"train",
        {{"batch_size", 128},
-        {"lr", 1e-3},
+        {"lr", 1e-3},  // the teacher's (each stage has its own "lr")
         {"weight_decay", 1e-2},
         {"seed", 0},
         {"threads", 0},
@@ -254,47 +316,182 @@ const nlohmann::json& distill_defaults() {
         {"lr_backoff", 0.5},
         {"max_consecutive_nonfinite", 5}}},
   };
-  return defaults;
 }
 
-void validate_config(const nlohmann::json& config, const std::string& origin) {
+// A transformer's shape in a "teacher" / "student" section (ffn 0 = 4·d_model).
+json transformer_section(int64_t layers, int64_t d_model, int64_t heads) {
+  return {{"layers", layers}, {"d_model", d_model}, {"heads", heads}, {"ffn", 0}, {"dropout", 0.1}};
+}
+
+json teacher_section(int64_t epochs, int64_t steps, json shape) {
+  shape["epochs"] = epochs;
+  shape["steps"] = steps;
+  shape["path"] = "";
+  shape["cache"] = {{"enabled", false}, {"top_k", 0}, {"dtype", "float16"}, {"path", ""}};
+  return shape;
+}
+
+// spam: a 6-layer byte encoder distilled into 2 layers with the three phases: hidden states of teacher
+// layers 3 and 6 -> student layers 1 and 2 (projected 64 -> 128), attention maps of the same layers
+// (4 teacher heads averaged in pairs onto 2), then soft targets and hard labels.
+json spam_defaults() {
+  json d = fashion_mnist_defaults();
+  d["task"] = "spam";
+  d["out"] = "runs/spam";
+  // root "" = where scripts/setup installs the corpus ($KD_DATA_DIR or ~/.cache/kdistill/spam-assassin).
+  // limit caps every split, eval_limit (when > 0) the validation and test splits; max_len: bytes per mail.
+  d["data"] = {{"root", ""}, {"limit", 0}, {"eval_limit", 0}, {"max_len", 128}, {"split_seed", 0}};
+  d["teacher"] = teacher_section(4, 0, transformer_section(6, 128, 4));
+  // dynamic_depth: a batch whose longest real length is <= depth_thresholds[i] bytes runs depth_layers[i] layers.
+  d["student"] = transformer_section(2, 64, 2);
+  d["student"]["model"] = "transformer";
+  d["student"]["dynamic_depth"] = false;
+  d["student"]["depth_thresholds"] = {64};
+  d["student"]["depth_layers"] = {1};
+  d["stages"] = json::parse(R"([
+    {"name": "features", "epochs": 1,
+     "losses": [{"type": "feature_l2", "name": "feat", "weight": 1.0, "teacher_layers": [2, 5], "student_layers": [0, 1],
+                 "teacher_dims": [128, 128], "student_dims": [64, 64]}]},
+    {"name": "attention", "epochs": 1,
+     "losses": [{"type": "feature_l2", "name": "feat", "weight": 1.0, "teacher_layers": [2, 5], "student_layers": [0, 1],
+                 "teacher_dims": [128, 128], "student_dims": [64, 64]},
+                {"type": "attention_mse", "name": "attn", "weight": 0.5, "teacher_layers": [2, 5], "student_layers": [0, 1]}]},
+    {"name": "logits", "epochs": 3,
+     "losses": [{"type": "feature_l2", "name": "feat", "weight": 1.0, "teacher_layers": [2, 5], "student_layers": [0, 1],
+                 "teacher_dims": [128, 128], "student_dims": [64, 64]},
+                {"type": "attention_mse", "name": "attn", "weight": 0.5, "teacher_layers": [2, 5], "student_layers": [0, 1]},
+                {"type": "temperature_kl", "name": "kl", "weight": 0.8, "temperature": 3.0},
+                {"type": "hard_label_ce", "name": "ce", "weight": 0.2}]}
+  ])");
+  d["lora"]["targets"] = {"q_proj", "v_proj"};
+  d["qat"]["activations"] = false;  // the encoder has no activation quantization points: weights only
+  d["train"]["batch_size"] = 32;
+  d["train"]["lr"] = 5e-4;
+  d["train"]["warmup_steps"] = 50;
+  d["train"]["log_every"] = 50;
+  return d;
+}
+
+// byte_lm: a 4-layer byte LM (d 192) distilled into 2 layers of half the width by per-token KL at T = 1
+// plus the next-byte cross-entropy; "generate" prints samples of both models before and after.
+json byte_lm_defaults() {
+  json d = fashion_mnist_defaults();
+  d["task"] = "byte_lm";
+  d["out"] = "runs/byte_lm";
+  // context: bytes per training window; eval_limit: validation / test windows scored (0 = all).
+  d["data"] = {{"root", ""}, {"limit", 0}, {"eval_limit", 512}, {"context", 128}, {"split_seed", 0}};
+  d["teacher"] = teacher_section(1, 1500, transformer_section(4, 192, 3));
+  d["student"] = transformer_section(2, 96, 2);
+  d["student"]["model"] = "causal_lm";
+  d["stages"] = json::parse(R"([
+    {"name": "distill", "steps": 1500,
+     "losses": [{"type": "temperature_kl", "name": "kl", "weight": 0.5, "temperature": 1.0},
+                {"type": "hard_label_ce", "name": "ce", "weight": 0.5}]}
+  ])");
+  // Samples printed before and after training: `tokens` bytes after `prompt`, temperature + top-k.
+  d["generate"] = {{"prompt", "Subject: "}, {"tokens", 160}, {"temperature", 0.8}, {"top_k", 20}, {"seed", 0}};
+  d["lora"]["targets"] = {"q_proj", "v_proj"};
+  d["qat"]["activations"] = false;
+  d["train"]["batch_size"] = 16;
+  d["train"]["warmup_steps"] = 100;
+  d["train"]["log_every"] = 100;
+  return d;
+}
+
+void validate_for(const json& config, const std::string& task, const std::string& origin) {
   if (!config.is_object()) {
     throw Error(ErrorCategory::kConfig, fmt::format("{}: the configuration must be a JSON object, got {}", origin,
                                                     type_name(config)));
   }
-  check(distill_defaults(), config, "", origin);
+  check(task_defaults(task), config, "", origin, task);
 }
 
-nlohmann::json parse_config_text(const std::string& text, const std::string& origin) {
+json parse_layer(const std::string& text, const std::string& origin) {
   json layer;
   try {
     layer = json::parse(text);
   } catch (const json::exception& e) {  // parse_error, and out_of_range for a number beyond a double
     throw Error(ErrorCategory::kConfig, fmt::format("{}: not valid JSON: {}", origin, e.what()));
   }
+  if (!layer.is_object()) {
+    throw Error(ErrorCategory::kConfig, fmt::format("{}: the configuration must be a JSON object, got {}", origin,
+                                                    type_name(layer)));
+  }
+  return layer;
+}
+
+}  // namespace
+
+const nlohmann::json& task_defaults(const std::string& task) {
+  static const json fashion_mnist = fashion_mnist_defaults(), spam = spam_defaults(), byte_lm = byte_lm_defaults();
+  if (task == "fashion_mnist") return fashion_mnist;
+  if (task == "spam") return spam;
+  if (task == "byte_lm") return byte_lm;
+  throw Error(ErrorCategory::kConfig,
+              fmt::format("'task' = \"{}\" is not a task; use one of: {}", task, fmt::join(task_names(), ", ")));
+}
+
+const nlohmann::json& distill_defaults() { return task_defaults("fashion_mnist"); }
+
+std::string task_named_in(const nlohmann::json& layer, const std::string& origin) {
+  if (!layer.is_object() || !layer.contains("task")) return "";
+  const json& t = layer["task"];
+  const auto& names = task_names();
+  if (!t.is_string() || std::find(names.begin(), names.end(), t.get<std::string>()) == names.end()) {
+    throw Error(ErrorCategory::kConfig, fmt::format("{}: 'task' = {} is not allowed; use one of: {}", origin, t.dump(),
+                                                    fmt::join(names, ", ")));
+  }
+  return t.get<std::string>();
+}
+
+void validate_config(const nlohmann::json& config, const std::string& origin) {
+  const std::string task = task_named_in(config, origin);
+  validate_for(config, task.empty() ? "fashion_mnist" : task, origin);
+}
+
+nlohmann::json parse_config_text(const std::string& text, const std::string& origin) {
+  json layer = parse_layer(text, origin);
   validate_config(layer, origin);
   return layer;
 }
 
 nlohmann::json resolve_config(const std::vector<std::string>& files, const std::vector<std::string>& overrides) {
-  json config = distill_defaults();
+  // The task decides the defaults (and so the schema), so find it first: the last file naming one,
+  // then any --set task=...
+  std::vector<json> layers;
+  std::string task = "fashion_mnist";
   for (const auto& file : files) {
     std::ifstream in(file);
     if (!in) {
       throw Error(ErrorCategory::kFile, fmt::format("config file '{}' cannot be opened; check the path", file));
     }
     const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    config.merge_patch(parse_config_text(text, file));
+    layers.push_back(parse_layer(text, file));
+    if (const auto t = task_named_in(layers.back(), file); !t.empty()) task = t;
   }
+  std::vector<std::pair<std::string, json>> sets;  // (key path, value)
   for (const auto& o : overrides) {
     const auto eq = o.find('=');
     if (eq == std::string::npos || eq == 0) {
       throw Error(ErrorCategory::kConfig,
                   fmt::format("--set '{}': expected key.path=value, e.g. --set stages.2.epochs=3", o));
     }
-    config = with_override(config, o.substr(0, eq), parse_value(o.substr(eq + 1), "--set " + o), "--set " + o);
-    validate_config(config, "--set " + o);
+    sets.emplace_back(o.substr(0, eq), parse_value(o.substr(eq + 1), "--set " + o));
+    if (sets.back().first == "task") {
+      task = task_named_in(json{{"task", sets.back().second}}, "--set " + o);
+    }
   }
+  json config = task_defaults(task);
+  for (size_t i = 0; i < files.size(); ++i) {
+    validate_for(layers[i], task, files[i]);
+    config.merge_patch(layers[i]);
+  }
+  for (size_t i = 0; i < sets.size(); ++i) {
+    const std::string origin = "--set " + overrides[i];
+    config = with_override(config, sets[i].first, sets[i].second, origin);
+    validate_for(config, task, origin);
+  }
+  config["task"] = task;
   return config;
 }
 

@@ -11,22 +11,31 @@
 
 namespace kd::app {
 
-/// The default configuration of `kd-train distill`; it doubles as the schema:
-/// every allowed key appears here, with the type its value must have.
+/// The default configuration of `kd-train distill` for `task` ("fashion_mnist", "spam", "byte_lm"; see
+/// task.h); it doubles as that task's schema: every allowed key appears here, with the type its value
+/// must have. kd::Error (kConfig) for an unknown task, naming the ones there are.
+const nlohmann::json& task_defaults(const std::string& task);
+
+/// task_defaults("fashion_mnist"): what `kd-train distill` runs with no config.
 const nlohmann::json& distill_defaults();
+
+/// The task a config layer names ("task" key), or "" when it names none; kd::Error (kConfig) naming
+/// `origin` when the value is not a task.
+std::string task_named_in(const nlohmann::json& layer, const std::string& origin);
 
 /// Layers `files` (JSON objects, later ones win) and `overrides`
 /// ("a.b.c=value", value parsed as JSON when it parses, else as a string)
-/// over the defaults, then validates the result. Throws kd::Error (kConfig
+/// over the defaults of the task they name (the last "task" of the files, or a --set task=...;
+/// fashion_mnist when none does), then validates the result. Throws kd::Error (kConfig
 /// or kFile) naming the file, the JSON path, the bad value and what is allowed,
 /// with a close-match suggestion for misspelt keys.
 nlohmann::json resolve_config(const std::vector<std::string>& files, const std::vector<std::string>& overrides);
 
-/// Parses one config layer (a --config file's text) and validates it on its own; `origin` names it
-/// in messages. Throws kd::Error (kConfig) for text that is not JSON or not a valid layer.
+/// Parses one config layer (a --config file's text) and validates it on its own against the schema
+/// of the task it names (fashion_mnist if none); `origin` names it in messages. Throws kd::Error (kConfig) for text that is not JSON or not a valid layer.
 nlohmann::json parse_config_text(const std::string& text, const std::string& origin);
 
-/// Checks `config` against the schema in distill_defaults() and the value ranges.
+/// Checks `config` against the schema of its task (task_defaults(config["task"])) and the value ranges.
 /// `origin` names where the values came from, for messages.
 void validate_config(const nlohmann::json& config, const std::string& origin);
 

@@ -1,8 +1,10 @@
 // kd-train: the command-line front end of kdistill.
 //
-//   kd-train teacher [common options]                 train the CNN teacher into OUT/teacher.pt
+//   kd-train teacher [common options]                 train the task's teacher into OUT/teacher.pt
 //   kd-train distill [common options] [--resume]      teacher (trained or loaded), then the config's stages
 //   kd-train eval    [common options] [--model FILE] [--which student|teacher]
+//   kd-train export  [common options] [--model FILE] [--which student|teacher] [--format torchscript|int8]
+//                    [--to FILE] [--with-layers] [--calibration-batches N]
 //   kd-train list
 //   kd-train --nproc N teacher|distill ...            N data-parallel ranks on this machine (c10d Gloo)
 //
@@ -16,6 +18,8 @@
 // CNN teacher from scratch (no pretrained weights can be downloaded), then
 // distill a depthwise-separable student with the progressive three-stage recipe
 // (features -> + attention -> + KL(T=3) and hard labels; kd::progressive3).
+// "task": "spam" or "byte_lm" in a config (or --set task=spam) switches to the
+// SpamAssassin tasks (configs/spam_transformer.json, configs/byte_lm.json).
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -42,7 +46,10 @@ int main(int argc, char** argv) {
                  "data-parallel: start N ranks of teacher/distill on this machine (c10d Gloo over loopback); for "
                  "several machines start each rank yourself with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set")
       ->check(CLI::Range(1, 256));
-  const std::string defaults = "Defaults (every key a config may set):\n" + kd::app::distill_defaults().dump(2);
+  const std::string defaults =
+      "Defaults of task fashion_mnist (every key a config may set; `kd-train list` shows the other tasks' data, "
+      "teacher and student keys):\n" +
+      kd::app::distill_defaults().dump(2);
   auto add_common = [&](CLI::App* cmd) {
     cmd->add_option("--config", configs, "JSON config file (repeatable; later files override earlier)")
         ->check(CLI::ExistingFile);
@@ -54,7 +61,7 @@ int main(int argc, char** argv) {
         ->check(CLI::NonNegativeNumber);
     cmd->footer(defaults);
   };
-  auto* teacher = app.add_subcommand("teacher", "train the CNN teacher from scratch into OUT/teacher.pt");
+  auto* teacher = app.add_subcommand("teacher", "train the task's teacher from scratch into OUT/teacher.pt");
   add_common(teacher);
   auto* distill = app.add_subcommand(
       "distill", "distill a student from a teacher; with no config: the default Fashion-MNIST recipe");
@@ -62,12 +69,29 @@ int main(int argc, char** argv) {
   distill->add_flag("--resume", resume,
                     "continue from the newest checkpoint in OUT/checkpoints (same config; the teacher is reloaded)");
   teacher->add_flag("--resume", resume, "continue from the newest checkpoint in OUT/teacher_checkpoints");
-  auto* eval = app.add_subcommand("eval", "test-set accuracy, macro-F1 and per-class F1 of a saved model");
+  auto* eval = app.add_subcommand("eval", "test-set scores of a saved model (accuracy, macro-F1 and per-class F1; "
+                                          "language models: bits per byte, perplexity, token accuracy)");
   add_common(eval);
   eval->add_option("--which", which, "the architecture to load: student (the config's) or teacher")
       ->check(CLI::IsMember({"student", "teacher"}));
   eval->add_option("--model", model_file, "the saved model (default: OUT/<which>.pt)")->check(CLI::ExistingFile);
-  auto* list = app.add_subcommand("list", "list the registered losses (with their option keys), models and data sets");
+  kd::app::ExportArgs export_args;
+  auto* exp = app.add_subcommand("export", "write a trained model as a TorchScript file or (students) an int8 file");
+  add_common(exp);
+  exp->add_option("--which", export_args.which, "the architecture to load: student (the config's) or teacher")
+      ->check(CLI::IsMember({"student", "teacher"}));
+  exp->add_option("--model", export_args.model_file, "the saved model (default: OUT/<which>.pt)")->check(CLI::ExistingFile);
+  exp->add_option("--format", export_args.format,
+                  "torchscript (torch.jit.load-able; default) or int8 (kd::qat::load_int8-able, calibrated on training "
+                  "batches when the model was trained in float)")
+      ->check(CLI::IsMember({"torchscript", "int8"}));
+  exp->add_option("--to", export_args.to, "the file to write (default: OUT/<which>.ts.pt or OUT/<which>.int8.pt)");
+  exp->add_flag("--with-layers", export_args.with_layers,
+                "TorchScript: forward returns (logits, hidden_states, attentions), so the file can be a teacher");
+  exp->add_option("--calibration-batches", export_args.calibration_batches,
+                  "int8: training batches (train.batch_size each) the observers see before quantizing")
+      ->check(CLI::Range(1, 1000000));
+  auto* list = app.add_subcommand("list", "list the registered losses (with their option keys), tasks, models and data sets");
 
   try {
     app.parse(argc, argv);
@@ -109,6 +133,7 @@ int main(int argc, char** argv) {
     if (*teacher) return kd::app::run_teacher(config, resume);
     if (*distill) return kd::app::run_distill(config, resume);
     if (*eval) return kd::app::run_eval(config, which, model_file);
+    if (*exp) return kd::app::run_export(config, export_args);
   } catch (const kd::app::Stopped& e) {
     spdlog::warn("{}", e.what());
     spdlog::default_logger()->flush();

@@ -16,9 +16,8 @@
 namespace kd::app {
 
 RunArgs::RunArgs(const json& c)
-    : out(c["out"]), data_root(c["data"]["root"]), device(c["train"]["device"]), teacher_path(c["teacher"]["path"]),
-      teacher_epochs(c["teacher"]["epochs"]), batch_size(c["train"]["batch_size"]), limit(c["data"]["limit"]),
-      validation_size(c["data"]["validation_size"]), split_seed(c["data"]["split_seed"]),
+    : task(task_of(c)), out(c["out"]), device(c["train"]["device"]), teacher_path(c["teacher"]["path"]),
+      teacher_epochs(c["teacher"]["epochs"]), teacher_steps(c["teacher"]["steps"]), batch_size(c["train"]["batch_size"]),
       threads(c["train"]["threads"]), log_every(c["train"]["log_every"]),
       checkpoint_every(c["train"]["checkpoint_every"]), seed(c["train"]["seed"]), lr(c["train"]["lr"]),
       weight_decay(c["train"]["weight_decay"]),
@@ -113,17 +112,8 @@ torch::Device set_up_process(const RunArgs& a) {
   return device;
 }
 
-Splits load_splits(const RunArgs& a, const torch::Device& device) {
-  auto opts = data::FashionMnistOptions()
-                  .root(a.data_root)
-                  .limit(a.limit)
-                  .validation_size(a.validation_size)
-                  .split_seed(a.split_seed);
-  Splits s{data::load_fashion_mnist(data::Split::kTrain, opts), data::load_fashion_mnist(data::Split::kValidation, opts),
-           data::load_fashion_mnist(data::Split::kTest, opts)};
-  spdlog::info("Fashion-MNIST: {} train, {} validation, {} test images; device {}; {} threads", s.train.size(),
-               s.validation.size(), s.test.size(), device.str(), torch::get_num_threads());
-  return s;
+Splits load_splits(const RunArgs& a, const json& config, const torch::Device& device) {
+  return a.task.load_splits(config, device);
 }
 
 void save_module(const std::shared_ptr<torch::nn::Module>& module, const fs::path& path) {
@@ -166,6 +156,27 @@ void load_module(torch::nn::Module& module, const fs::path& path, const torch::D
   }
 }
 
+bool is_int8_file(const fs::path& path) {
+  const std::string file = path.filename().string();
+  return file.size() > 8 && file.compare(file.size() - 8, 8, ".int8.pt") == 0;
+}
+
+LoadedModel load_model_file(const json& config, const std::string& which, const fs::path& path,
+                            const torch::Device& device) {
+  const Task& task = task_of(config);
+  const bool int8 = is_int8_file(path);
+  LoadedModel m;
+  m.model = which == "teacher" ? task.make_teacher(config, &m.name) : task.make_student(config, int8, &m.name);
+  m.model->to(device);
+  if (int8) {
+    m.int8_report = qat::load_int8(*m.model, path.string()).to_string();
+    m.name += " (int8 file)";
+  } else {
+    load_module(*m.model, path, device, which);
+  }
+  return m;
+}
+
 std::string config_fingerprint(json config) {
   config.erase("out");
   for (const char* k : {"threads", "device", "log_every", "checkpoint_every", "keep_last"}) {
@@ -182,15 +193,14 @@ StagedTrainerOptions trainer_options(const RunArgs& a) {
       .weight_decay(a.weight_decay)
       .seed(a.seed)
       .precision(a.precision)
-      .num_classes(10);
+      .num_classes(a.task.num_classes())
+      .eval_task(a.task.eval_task());
 }
 
-json model_row(const std::string& name, const torch::nn::Module& m, const ClassificationMetrics& test) {
-  return {{"model", name},
-          {"parameters", parameter_count(m)},
-          {"parameter_bytes", parameter_bytes(m)},
-          {"test_accuracy", test.accuracy()},
-          {"test_macro_f1", test.macro_f1()}};
+json model_row(const std::string& name, const torch::nn::Module& m, const Scores& test) {
+  json row = {{"model", name}, {"parameters", parameter_count(m)}, {"parameter_bytes", parameter_bytes(m)}};
+  for (const auto& [k, v] : test.values) row["test_" + k] = v;
+  return row;
 }
 
 void refuse_stale_checkpoints(const fs::path& dir, bool resume) {
@@ -223,10 +233,12 @@ TrainSummary fit_stoppable(StagedTrainer& trainer, const data::TensorDataset& tr
   return fit;
 }
 
-models::CnnTeacher train_or_load_teacher(const RunArgs& a, const torch::Device& device, const Splits& data,
-                                         double& seconds, bool resume, const json& config) {
+TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device, const Splits& data,
+                                   double& seconds, bool resume, const json& config) {
   const fs::path out(a.out);
-  auto teacher = models::CnnTeacher(models::CnnTeacherOptions());
+  TeacherModel t;
+  t.model = a.task.make_teacher(config, &t.name);
+  auto& teacher = t.model;
   teacher->to(device);
   const fs::path path = a.teacher_path.empty() ? out / "teacher.pt" : fs::path(a.teacher_path);
   const auto t0 = std::chrono::steady_clock::now();
@@ -238,19 +250,26 @@ models::CnnTeacher train_or_load_teacher(const RunArgs& a, const torch::Device& 
   }
   if (fs::exists(path)) {
     load_module(*teacher, path, device, "teacher");
-    spdlog::info("teacher: loaded {}{}", path.string(), a.teacher_path.empty() ? " (delete it to train a new one)" : "");
+    spdlog::info("teacher: loaded {} ({}){}", path.string(), t.name,
+                 a.teacher_path.empty() ? " (delete it to train a new one)" : "");
   } else {
     // Checkpoints (weights, two AdamW moments, EMA) for keep_last + 1 files at once, and the teacher file.
     require_free_space(out, (4 * (a.trainer.keep_last() + 1) + 1) * parameter_bytes(*teacher) + (1 << 20),
                        "training the teacher (its checkpoints and teacher.pt)");
     const fs::path ckpt_dir = out / "teacher_checkpoints";
     refuse_stale_checkpoints(ckpt_dir, resume);
-    spdlog::info("teacher: training CnnTeacher ({} parameters) from scratch for {} epoch(s)", parameter_count(*teacher),
-                 a.teacher_epochs);
-    // What decides the teacher: its data, epochs and the train section, not the student's stages.
-    json teacher_part = {{"data", config["data"]}, {"teacher", config["teacher"]}, {"train", config["train"]}};
-    StagedTrainer trainer(Student(teacher.ptr()), std::nullopt,
-                          {Stage("teacher", torch::nn::AnyModule(HardLabelCE())).epochs(a.teacher_epochs).lr(a.lr)},
+    spdlog::info("teacher: training {} ({} parameters) from scratch for {}", t.name, parameter_count(*teacher),
+                 a.teacher_steps > 0 ? fmt::format("{} steps", a.teacher_steps)
+                                     : fmt::format("{} epoch(s)", a.teacher_epochs));
+    // What decides the teacher: the task, its data, the teacher section and the train section, not the
+    // student's stages.
+    const json teacher_part = {
+        {"task", config["task"]}, {"data", config["data"]}, {"teacher", config["teacher"]}, {"train", config["train"]}};
+    StagedTrainer trainer(Student(teacher), std::nullopt,
+                          {Stage("teacher", torch::nn::AnyModule(HardLabelCE()))
+                               .epochs(a.teacher_epochs)
+                               .steps(a.teacher_steps)
+                               .lr(a.lr)},
                           trainer_options(a)
                               .checkpoint_dir(ckpt_dir.string())
                               .checkpoint_every(a.checkpoint_every)
@@ -260,18 +279,20 @@ models::CnnTeacher train_or_load_teacher(const RunArgs& a, const torch::Device& 
       if (!resume) fs::remove(out / "teacher_metrics.jsonl");
       trainer.add_callback(std::make_shared<MetricsLog>((out / "teacher_metrics.jsonl").string()));
     }
-    teacher->options.attention_maps(false);  // cross-entropy needs logits only
+    // Cross-entropy needs logits only: a CNN skips its spatial attention maps while it trains.
+    auto* cnn = dynamic_cast<models::CnnTeacherImpl*>(teacher.get());
+    if (cnn) cnn->options.attention_maps(false);
     fit_stoppable(trainer, data.train, data.validation, resume, fmt::format("{} was not written", path.string()));
-    teacher->options.attention_maps(true);
+    if (cnn) cnn->options.attention_maps(true);
     if (is_main_rank()) {
-      save_module(teacher.ptr(), path);
+      save_module(teacher, path);
       fs::remove_all(ckpt_dir);  // teacher.pt is the finished product; its checkpoints would only block a new run
     }
     // The other ranks go on only once teacher.pt is complete and the checkpoints are gone.
     if (g_process_group) g_process_group->barrier();
   }
   seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return teacher;
+  return t;
 }
 
 bool config_uses_hook(const json& config, const std::string& hook) {
@@ -283,25 +304,16 @@ bool config_uses_hook(const json& config, const std::string& hook) {
 }
 
 std::shared_ptr<Model> make_student_model(const json& config, bool activation_quant, std::string* name) {
-  const json& sc = config["student"];
-  if (sc["model"] == "cnn") {
-    if (name) {
-      *name = fmt::format("Cnn({}/{}/{})", sc["width1"].get<int64_t>(), sc["width2"].get<int64_t>(),
-                          sc["hidden"].get<int64_t>());
+  return task_of(config).make_student(config, activation_quant, name);
+}
+
+bool stages_read_teacher(const std::vector<StageSpec>& specs) {
+  for (const auto& s : specs) {
+    for (const auto& l : s.losses()) {
+      if (l.type() != "hard_label_ce") return true;
     }
-    return models::CnnTeacher(models::CnnTeacherOptions()
-                                  .width1(sc["width1"])
-                                  .width2(sc["width2"])
-                                  .hidden(sc["hidden"])
-                                  .activation_quant(activation_quant))
-        .ptr();
   }
-  if (name) *name = "DepthwiseCnnStudent";
-  return models::DepthwiseCnnStudent(models::DepthwiseCnnStudentOptions()
-                                         .width1(sc["width1"])
-                                         .width2(sc["width2"])
-                                         .activation_quant(activation_quant))
-      .ptr();
+  return false;
 }
 
 StudentSetup build_student(const json& config, const std::vector<StageSpec>& specs, const fs::path& out) {

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include <torch/torch.h>
 
 #include "kd/kd.h"
+#include "task.h"
 
 namespace kd::app {
 
@@ -30,9 +32,9 @@ struct Stopped : std::runtime_error {
 /// The resolved configuration's scalar settings, typed (see config.cpp for the schema and defaults).
 struct RunArgs {
   explicit RunArgs(const json& c);
-  std::string out, data_root, device, teacher_path;
-  int64_t teacher_epochs, batch_size, limit, validation_size;
-  uint64_t split_seed;
+  const Task& task;  ///< what the config's "task" names: data, architectures, scores
+  std::string out, device, teacher_path;
+  int64_t teacher_epochs, teacher_steps, batch_size;
   int threads;
   int64_t log_every, checkpoint_every;
   uint64_t seed;
@@ -60,11 +62,8 @@ const std::shared_ptr<dist::ProcessGroup>& process_group();
 /// Rank 0 or a single process: the one that writes outputs (models, summaries, metrics, checkpoints).
 bool is_main_rank();
 
-struct Splits {
-  data::TensorDataset train, validation, test;
-};
-/// Fashion-MNIST train/validation/test as the config's data section says; logs their sizes.
-Splits load_splits(const RunArgs& a, const torch::Device& device);
+/// The task's train/validation/test splits as the config's data section says (Task::load_splits).
+Splits load_splits(const RunArgs& a, const json& config, const torch::Device& device);
 
 /// Atomic writes of a module's state and of a text file.
 void save_module(const std::shared_ptr<torch::nn::Module>& module, const fs::path& path);
@@ -73,15 +72,38 @@ void save_text(const fs::path& path, const std::string& text);
 /// naming the file and what `what` it should have held.
 void load_module(torch::nn::Module& module, const fs::path& path, const torch::Device& device, const std::string& what);
 
+/// Whether `path` names an int8 student file ("*.int8.pt", written by kd::qat::export_int8).
+bool is_int8_file(const fs::path& path);
+
+/// A model read from a file, with its display name.
+struct LoadedModel {
+  std::shared_ptr<Model> model;
+  std::string name;
+  std::optional<std::string> int8_report;  ///< for an int8 file: what load_int8 reported
+};
+/// The config's teacher or student architecture (`which`: "teacher" or "student") with the weights in
+/// `path`: a float state (teacher.pt, student.pt) or, for the student, an int8 file (loaded into a fresh
+/// student with its activation quantization points). kd::Error naming the file when it is missing,
+/// damaged or of another architecture.
+LoadedModel load_model_file(const json& config, const std::string& which, const fs::path& path,
+                            const torch::Device& device);
+
 /// What decides the training result: everything but where it goes and how it is shown or scheduled.
 std::string config_fingerprint(json config);
 StagedTrainerOptions trainer_options(const RunArgs& a);
-json model_row(const std::string& name, const torch::nn::Module& m, const ClassificationMetrics& test);
+/// A summary.json row: {"model", "parameters", "parameter_bytes", "test_<score>" for each score}.
+json model_row(const std::string& name, const torch::nn::Module& m, const Scores& test);
 
-/// OUT/teacher.pt if it exists, else a CnnTeacher trained from scratch for teacher.epochs and saved there,
-/// with checkpoints in OUT/teacher_checkpoints (continued when `resume`). `seconds` receives the time spent.
-models::CnnTeacher train_or_load_teacher(const RunArgs& a, const torch::Device& device, const Splits& data,
-                                         double& seconds, bool resume, const json& config);
+/// The teacher kd-train distils from, with its display name.
+struct TeacherModel {
+  std::shared_ptr<Model> model;
+  std::string name;
+};
+/// OUT/teacher.pt (or teacher.path) if it exists, else the task's teacher trained from scratch for
+/// teacher.steps (when > 0) or teacher.epochs and saved there, with checkpoints in OUT/teacher_checkpoints
+/// (continued when `resume`). `seconds` receives the time spent.
+TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device, const Splits& data,
+                                   double& seconds, bool resume, const json& config);
 
 /// Refuses to start a fresh run (not `resume`) over checkpoints of an earlier one in `dir`: resuming would
 /// later mix the two, and pruning would delete the new run's checkpoints (kd::Error naming the folder).
@@ -101,9 +123,12 @@ struct StudentSetup {
   std::shared_ptr<qat::Hook> qat_hook;
 };
 /// With `activation_quant` (set when a stage lists "qat", and for loading an int8 file) the model
-/// has its activation quantization points.
+/// has its activation quantization points (models that have them).
 StudentSetup build_student(const json& config, const std::vector<StageSpec>& specs, const fs::path& out);
 std::shared_ptr<Model> make_student_model(const json& config, bool activation_quant, std::string* name = nullptr);
+/// Whether any stage's loss reads the teacher: false when every term is hard_label_ce (the student trained
+/// alone, as a baseline), and then the trainer runs no teacher.
+bool stages_read_teacher(const std::vector<StageSpec>& specs);
 /// Whether any stage of the config lists `hook`.
 bool config_uses_hook(const json& config, const std::string& hook);
 

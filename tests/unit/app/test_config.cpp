@@ -7,6 +7,7 @@
 #include "config.h"
 #include "kd/train/recipes.h"
 #include "stage_config.h"
+#include "task.h"
 #include "kd/core/error.h"
 #include "reference.h"
 
@@ -163,8 +164,68 @@ TEST(Config, StageHooksAreCheckedByName) {
   EXPECT_THAT(msg, HasSubstr("'qat.freeze_observers_at' = 1.5 is out of range"));
 }
 
+TEST(Config, TheTaskPicksItsDefaultsFromFilesOrSet) {
+  const auto dir = kd::testing::temp_dir("config");
+  EXPECT_EQ(resolve_config({}, {})["task"], "fashion_mnist");
+  auto spam = resolve_config({}, {"task=spam", "student.layers=3"});
+  EXPECT_EQ(spam["student"]["model"], "transformer");
+  EXPECT_EQ(spam["student"]["layers"], 3);
+  EXPECT_EQ(spam["data"]["max_len"], 128);
+  EXPECT_FALSE(spam["data"].contains("validation_size"));  // a Fashion-MNIST key
+  // A file names the task; a later --set of a key of that task applies on top of its defaults.
+  const auto lm = write(dir, "lm.json", R"({"task": "byte_lm", "data": {"context": 64}})");
+  auto c = resolve_config({lm}, {"generate.tokens=10"});
+  EXPECT_EQ(c["task"], "byte_lm");
+  EXPECT_EQ(c["data"]["context"], 64);
+  EXPECT_EQ(c["data"]["eval_limit"], 512);  // byte_lm's default
+  EXPECT_EQ(c["generate"]["tokens"], 10);
+  EXPECT_EQ(c["student"]["model"], "causal_lm");
+  // --set task wins over the file's, and the file is then checked against that task's keys.
+  const auto msg = error_of({lm}, {"task=spam"});
+  EXPECT_THAT(msg, HasSubstr("lm.json: unknown key 'data.context'; 'data.context' is a key of task byte_lm (this "
+                             "config's task is \"spam\""));
+  const auto plain = write(dir, "plain.json", R"({"train": {"batch_size": 8}})");
+  EXPECT_EQ(resolve_config({plain}, {"task=byte_lm"})["student"]["model"], "causal_lm");
+}
+
+TEST(Config, TaskErrorsNameTheTasksAndTheirKeys) {
+  auto msg = error_of({}, {"task=spamm"});
+  EXPECT_THAT(msg, HasSubstr("--set task=spamm: 'task' = \"spamm\" is not allowed; use one of: fashion_mnist, spam, byte_lm"));
+  // A key of another task: say which task has it and how to switch.
+  msg = error_of({}, {"student.layers=3"});
+  EXPECT_THAT(msg, HasSubstr("unknown key 'student.layers'; 'student.layers' is a key of task spam and byte_lm (this "
+                             "config's task is \"fashion_mnist\"; set \"task\": \"spam\" to use it)"));
+  msg = error_of({}, {"task=spam", "data.validation_size=100"});
+  EXPECT_THAT(msg, HasSubstr("'data.validation_size' is a key of task fashion_mnist"));
+  // Each task has its own student architectures.
+  msg = error_of({}, {"task=spam", "student.model=depthwise_cnn"});
+  EXPECT_THAT(msg, HasSubstr("'student.model' = \"depthwise_cnn\" is not allowed; use one of: transformer"));
+  msg = error_of({}, {"task=byte_lm", "student.model=transformer"});
+  EXPECT_THAT(msg, HasSubstr("use one of: causal_lm"));
+  // Lists: every element has the default's element type.
+  msg = error_of({}, {"task=spam", "student.depth_layers=[1, \"two\"]"});
+  EXPECT_THAT(msg, HasSubstr("'student.depth_layers[1]' must be an integer (like [1]), got a string (\"two\")"));
+  msg = error_of({}, {"task=byte_lm", "teacher.heads=0"});
+  EXPECT_THAT(msg, HasSubstr("'teacher.heads' = 0 is out of range; allowed [1, 1024]"));
+  const auto dir = kd::testing::temp_dir("config");
+  const auto bad = write(dir, "bad_task.json", R"({"task": 3})");
+  msg = error_of({bad}, {});
+  EXPECT_THAT(msg, HasSubstr("bad_task.json: 'task' = 3 is not allowed"));
+}
+
+TEST(Config, EveryTasksDefaultsAreAValidConfigWithValidStages) {
+  for (const auto& task : kd::app::task_names()) {
+    SCOPED_TRACE(task);
+    const auto& d = kd::app::task_defaults(task);
+    EXPECT_EQ(d["task"], task);
+    EXPECT_NO_THROW(kd::app::validate_config(d, "defaults"));
+    EXPECT_NO_THROW(kd::app::stages_from_json(d["stages"], "defaults"));
+  }
+}
+
 TEST(Config, ShippedConfigsAreValid) {
-  for (const char* name : {"fashion_mnist.json", "quick.json", "lora.json", "qat.json"}) {
+  for (const char* name : {"fashion_mnist.json", "quick.json", "lora.json", "qat.json", "spam_transformer.json",
+                           "byte_lm.json", "r1_gradient.json"}) {
     SCOPED_TRACE(name);
     EXPECT_NO_THROW(resolve_config({std::string(KD_SOURCE_DIR) + "/configs/" + name}, {}));
   }

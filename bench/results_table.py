@@ -1,0 +1,304 @@
+"""The README's results table: every model of every task, trained by kd-train from the shipped configs
+over several seeds, then mean ± std of each figure, written as Markdown (into the README between the
+results-table markers), JSON, and PNG training curves rendered from the runs' metrics.jsonl.
+
+usage: python3 bench/results_table.py [--kd-train build/src/cli/kd-train] [--runs runs/table]
+           [--results bench/results/table] [--seeds 0 1 2] [--tasks fashion_mnist spam byte_lm]
+           [--threads 2] [--readme README.md] [--table-only]
+
+For each task and seed the teacher is trained once (`kd-train teacher --seed S`), then each student
+variant is distilled from that teacher (`kd-train distill --config ... --set teacher.path=...`).
+A run whose summary.json (teacher: teacher.pt) exists is not run again, so the script can be
+stopped and started again; --table-only only rebuilds the table and the charts from the runs there.
+The curves need matplotlib (Debian: python3-matplotlib, installed by scripts/setup): run the script
+with /usr/bin/python3.
+"""
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+# (label, config files, extra --set overrides). Every student of a task trains for the same number
+# of epochs (or steps); the configs say how they spend them.
+VARIANTS = {
+    "fashion_mnist": [
+        ("student alone (hard labels)", ["configs/fashion_mnist_alone.json"], []),
+        ("distilled: plain KL", ["configs/fashion_mnist_kl.json"], []),
+        ("distilled: three-phase", ["configs/fashion_mnist.json"], []),
+        ("distilled: R1 gradient matching", ["configs/r1_gradient.json"], []),
+        ("distilled: three-phase + int8 QAT", ["configs/qat.json"], []),
+    ],
+    "spam": [
+        ("student alone (hard labels)", ["configs/spam_transformer.json", "configs/spam_alone.json"], []),
+        ("distilled: three-phase", ["configs/spam_transformer.json"], []),
+    ],
+    "byte_lm": [
+        ("student alone (next-byte CE)", ["configs/byte_lm.json", "configs/byte_lm_alone.json"], []),
+        ("distilled: per-token KL + CE", ["configs/byte_lm.json"], []),
+    ],
+}
+TEACHER_CONFIG = {"fashion_mnist": "configs/fashion_mnist.json", "spam": "configs/spam_transformer.json",
+                  "byte_lm": "configs/byte_lm.json"}
+TITLES = {"fashion_mnist": "Fashion-MNIST (10 000 test images)",
+          "spam": "SpamAssassin spam/ham (1 209 test mails)",
+          "byte_lm": "SpamAssassin byte LM (512 validation windows of 128 bytes)"}
+# Validation evaluations per stage for the curves (steps between them), on top of each stage's end.
+EVAL_EVERY = {"fashion_mnist": 215, "spam": 66, "byte_lm": 250}
+
+
+def slug(label):
+    return "".join(c if c.isalnum() else "_" for c in label.split(":")[-1].strip().lower()).strip("_")
+
+
+def run(cmd, log):
+    print("+", " ".join(shlex.quote(c) for c in cmd), ">", log, flush=True)
+    t0 = time.time()
+    with open(log, "w") as f:
+        f.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        f.flush()
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if rc != 0:
+        sys.exit(f"failed ({rc}): see {log}")
+    return time.time() - t0
+
+
+DEFAULT_STAGES = {"fashion_mnist": 3, "spam": 3, "byte_lm": 1}  # the tasks' default recipes (kd-train list)
+
+
+def stage_count(task, configs):
+    n = DEFAULT_STAGES[task]
+    for c in configs:
+        with open(c) as f:
+            j = json.load(f)
+        if "stages" in j:
+            n = len(j["stages"])
+    return n
+
+
+def train_all(a):
+    for task in a.tasks:
+        for seed in a.seeds:
+            base = os.path.join(a.runs, task, f"seed{seed}")
+            tdir = os.path.join(base, "teacher")
+            os.makedirs(tdir, exist_ok=True)
+            common = ["--seed", str(seed), "--threads", str(a.threads)]
+            if not os.path.exists(os.path.join(tdir, "teacher.pt")):
+                seconds = run([a.kd_train, "teacher", "--config", TEACHER_CONFIG[task], "--out", tdir] + common,
+                              os.path.join(tdir, "log.txt"))
+                with open(os.path.join(tdir, "seconds.json"), "w") as f:
+                    json.dump({"teacher_seconds": seconds}, f)
+            for label, configs, sets in VARIANTS[task]:
+                out = os.path.join(base, slug(label))
+                if os.path.exists(os.path.join(out, "summary.json")):
+                    continue
+                cmd = [a.kd_train, "distill", "--out", out] + common
+                for c in configs:
+                    cmd += ["--config", c]
+                cmd += ["--set", "teacher.path=" + json.dumps(os.path.join(tdir, "teacher.pt"))]
+                for i in range(stage_count(task, configs)):
+                    cmd += ["--set", f"stages.{i}.eval_every={EVAL_EVERY[task]}"]
+                for s in sets:
+                    cmd += ["--set", s]
+                os.makedirs(out, exist_ok=True)
+                run(cmd, os.path.join(out, "log.txt"))
+
+
+def mean_std(values, scale=1.0, digits=2):
+    values = [scale * v for v in values]
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def collect(a, task):
+    """Rows of (label, params, bytes on disk, {score: [per seed]}, [seconds per seed])."""
+    rows = []
+    lm = task == "byte_lm"
+    scores = ["bits_per_byte"] if lm else ["accuracy", "macro_f1"]
+    teacher = {"label": None, "params": None, "bytes": None, "scores": {s: [] for s in scores}, "seconds": []}
+    for seed in a.seeds:
+        base = os.path.join(a.runs, task, f"seed{seed}")
+        tdir = os.path.join(base, "teacher")
+        first = slug(VARIANTS[task][0][0])
+        with open(os.path.join(base, first, "summary.json")) as f:
+            row = json.load(f)["models"][0]
+        teacher["label"] = f"teacher {row['model']}"
+        teacher["params"] = row["parameters"]
+        teacher["bytes"] = os.path.getsize(os.path.join(tdir, "teacher.pt"))
+        for s in scores:
+            teacher["scores"][s].append(row["test_" + s])
+        with open(os.path.join(tdir, "seconds.json")) as f:
+            teacher["seconds"].append(json.load(f)["teacher_seconds"])
+    rows.append(teacher)
+    for label, _, _ in VARIANTS[task]:
+        r = {"label": label, "params": None, "bytes": None, "scores": {s: [] for s in scores}, "seconds": []}
+        for seed in a.seeds:
+            out = os.path.join(a.runs, task, f"seed{seed}", slug(label))
+            with open(os.path.join(out, "summary.json")) as f:
+                summary = json.load(f)
+            # The deliverable: the int8 file where QAT wrote one, else the float student.
+            models = summary["models"]
+            student = next((m for m in models if m["model"].endswith("(int8 file)")), models[1])
+            r["params"] = student["parameters"]
+            int8 = os.path.join(out, "student.int8.pt")
+            r["bytes"] = os.path.getsize(int8 if os.path.exists(int8) else os.path.join(out, "student.pt"))
+            if os.path.exists(int8):
+                r["label"] = label + " (int8 file)"
+            for s in scores:
+                r["scores"][s].append(student["test_" + s])
+            r["seconds"].append(summary["student_seconds"])
+        rows.append(r)
+    return rows, scores
+
+
+def markdown(a, task, rows, scores):
+    lm = task == "byte_lm"
+    head = "| model | parameters | bytes on disk | " + (
+        "validation bits per byte ↓ |" if lm else "test accuracy % | test macro-F1 % |") + " training time (s) |"
+    lines = [f"**{TITLES[task]}** — mean ± std over seeds {', '.join(map(str, a.seeds))}", "", head,
+             "|---|---|---|" + ("---|" if lm else "---|---|") + "---|"]
+    for r in rows:
+        cells = [mean_std(r["scores"]["bits_per_byte"], digits=3)] if lm else [
+            mean_std(r["scores"]["accuracy"], 100), mean_std(r["scores"]["macro_f1"], 100)]
+        lines.append(f"| {r['label']} | {r['params']:,} | {r['bytes']:,} | " + " | ".join(cells) +
+                     f" | {statistics.mean(r['seconds']):.0f} |")
+    lines.append("")
+    return lines
+
+
+def targets(task, rows):
+    """The issue's targets, as measured (mean of the seeds)."""
+    m = lambda r, s: statistics.mean(r["scores"][s])
+    teacher, by = rows[0], {r["label"]: r for r in rows[1:]}
+    alone = rows[1]
+    out = []
+    if task == "fashion_mnist":
+        d = by["distilled: three-phase"]
+        share = d["params"] / teacher["params"]
+        retained = m(d, "accuracy") / m(teacher, "accuracy")
+        gain = 100 * (m(d, "accuracy") - m(alone, "accuracy"))
+        out.append(f"Targets (three-phase student): parameters {100 * share:.2f} % of the teacher's (≤ 5 %: "
+                   f"{'met' if share <= 0.05 else 'missed'}); accuracy {100 * retained:.2f} % of the teacher's "
+                   f"(≥ 98 %: {'met' if retained >= 0.98 else 'missed'}); {gain:+.2f} points over the student "
+                   f"alone (≥ +0.5: {'met' if gain >= 0.5 else 'missed'}).")
+    elif task == "spam":
+        d = by["distilled: three-phase"]
+        gap = 100 * (m(teacher, "macro_f1") - m(d, "macro_f1"))
+        out.append(f"Target: the distilled student's macro-F1 is {gap:.2f} points below the teacher's (within 1: "
+                   f"{'met' if gap <= 1.0 else 'missed'}).")
+    else:
+        d = rows[2]
+        t, s, al = m(teacher, "bits_per_byte"), m(d, "bits_per_byte"), m(alone, "bits_per_byte")
+        out.append(f"Target: distilled student {s:.3f} bits/byte vs teacher {t:.3f} and student alone {al:.3f}: "
+                   f"{'closer to the teacher' if abs(s - t) < abs(al - t) else 'not closer to the teacher'} "
+                   f"({'met' if abs(s - t) < abs(al - t) else 'missed'}).")
+    return out + [""]
+
+
+def curves(a, task, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lm = task == "byte_lm"
+    metric = "bits_per_byte" if lm else "accuracy"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    seed = a.seeds[0]
+    # Left: the loss parts of the recipe's run (the last variant that is not QAT).
+    recipe = [v for v in VARIANTS[task] if "QAT" not in v[0]][-1][0]
+    if task == "fashion_mnist":
+        recipe = "distilled: three-phase"
+    events = read_metrics(os.path.join(a.runs, task, f"seed{seed}", slug(recipe), "metrics.jsonl"))
+    steps = [e for e in events if e["event"] == "step"]
+    names = sorted({k for e in steps for k in e["parts"] if not k.startswith("w.") and "." not in k})
+    for name in names:
+        xs = [e["global_step"] for e in steps if name in e["parts"]]
+        ys = smooth([e["parts"][name] for e in steps if name in e["parts"]])
+        left.plot(xs, ys, label=name)
+    left.plot([e["global_step"] for e in steps], smooth([e["loss"] for e in steps]), label="total", color="black")
+    for e in events:
+        if e["event"] == "stage_begin" and e["global_step"] > 0:
+            left.axvline(e["global_step"], color="grey", linestyle=":")
+    left.set_yscale("log")
+    left.set_xlabel("step")
+    left.set_title(f"{recipe} (seed {seed}): loss parts (moving mean of 25 steps)")
+    left.legend(fontsize=8)
+    # Right: validation score of every variant against its step.
+    for label, _, _ in VARIANTS[task]:
+        ev = [e for e in read_metrics(os.path.join(a.runs, task, f"seed{seed}", slug(label), "metrics.jsonl"))
+              if e["event"] == "eval" and metric in e["metrics"]]
+        right.plot([e["global_step"] for e in ev], [(1 if lm else 100) * e["metrics"][metric] for e in ev],
+                   marker=".", label=label)
+    right.set_xlabel("step")
+    right.set_ylabel("validation bits per byte" if lm else "validation accuracy %")
+    if not lm:
+        right.set_ylim(bottom=80)
+    right.set_title(f"{TITLES[task].split(' (')[0]}: validation {'bits per byte' if lm else 'accuracy'} (seed {seed})")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def read_metrics(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def smooth(values, n=25):
+    out, acc = [], []
+    for v in values:
+        acc.append(v)
+        if len(acc) > n:
+            acc.pop(0)
+        out.append(sum(acc) / len(acc))
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--kd-train", default="build/src/cli/kd-train")
+    p.add_argument("--runs", default="runs/table")
+    p.add_argument("--results", default="bench/results/table")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--tasks", nargs="+", default=["fashion_mnist", "spam", "byte_lm"], choices=list(VARIANTS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--readme", default="README.md")
+    p.add_argument("--table-only", action="store_true")
+    a = p.parse_args()
+    if not a.table_only:
+        train_all(a)
+    os.makedirs(a.results, exist_ok=True)
+    command = "python3 bench/results_table.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    lines, data = [], {}
+    for task in a.tasks:
+        rows, scores = collect(a, task)
+        data[task] = rows
+        lines += markdown(a, task, rows, scores) + targets(task, rows)
+        png = os.path.join(a.results, f"curves_{task}.png")
+        curves(a, task, png)
+        lines += [f"![{task} training curves]({png})", ""]
+    lines.append(f"Made by `{command.strip()}` (training time: each run's own wall time on this 2-core machine; "
+                 "bytes on disk: the file a user ships, teacher.pt / student.pt, or the int8 file).")
+    table = "\n".join(lines) + "\n"
+    with open(os.path.join(a.results, "table.md"), "w") as f:
+        f.write(table)
+    with open(os.path.join(a.results, "results.json"), "w") as f:
+        json.dump({"command": command, "seeds": a.seeds, "tasks": data}, f, indent=1)
+    print(table)
+    if a.readme and os.path.exists(a.readme):
+        text = open(a.readme).read()
+        begin, end = "<!-- results-table:begin -->", "<!-- results-table:end -->"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            _, tail = rest.split(end, 1)
+            with open(a.readme, "w") as f:
+                f.write(head + begin + "\n" + table + end + tail)
+            print(f"README table updated: {a.readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+// kd-train export: a trained model as a TorchScript file (for Python, C++ or any TorchScript runtime)
+// or as a compact int8 file (post-training calibration when the model was trained in float).
+#include <algorithm>
+#include <filesystem>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <torch/script.h>
+
+#include "commands.h"
+#include "hook_config.h"
+#include "kd/core/script_export.h"
+#include "run_context.h"
+
+namespace kd::app {
+namespace {
+
+// Copies every parameter and buffer of `from` into the tensor of the same name in `to` (which may have more:
+// activation quantization placeholders). kd::Error naming the first tensor `to` lacks or shapes differently.
+void copy_state(const torch::nn::Module& from, torch::nn::Module& to) {
+  torch::NoGradGuard no_grad;
+  auto params = to.named_parameters(), buffers = to.named_buffers();
+  auto copy = [&](const std::string& name, const torch::Tensor& src) {
+    torch::Tensor* dst = params.find(name);
+    if (!dst) dst = buffers.find(name);
+    if (!dst || !dst->defined() || dst->sizes() != src.sizes()) {
+      throw Error(ErrorCategory::kShape, fmt::format("cannot copy '{}' {} into the quantizable student ({})", name,
+                                                     shape_string(src), dst && dst->defined() ? shape_string(*dst) : "absent"));
+    }
+    dst->copy_(src);
+  };
+  for (const auto& p : from.named_parameters()) copy(p.key(), p.value());
+  for (const auto& b : from.named_buffers()) {
+    if (b.value().defined()) copy(b.key(), b.value());
+  }
+}
+
+// Largest |a − b| over two models' logits on the same inputs (the exported file against the C++ model).
+double max_difference(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+}
+
+}  // namespace
+
+int run_export(const json& config, const ExportArgs& e) {
+  const RunArgs a(config);
+  const torch::Device device = set_up_process(a);
+  const fs::path out(a.out);
+  const fs::path from = e.model_file.empty() ? out / (e.which + ".pt") : fs::path(e.model_file);
+  if (e.format == "int8" && e.which != "student") {
+    throw Error(ErrorCategory::kConfig, "--format int8 exports students only (kd-train eval reads int8 students); use "
+                                        "--which student, or --format torchscript for the teacher");
+  }
+  if (e.format == "int8" && is_int8_file(from)) {
+    throw Error(ErrorCategory::kConfig, fmt::format("'{}' is an int8 file already; export it with --format torchscript, "
+                                                    "or give the float student (student.pt) with --model",
+                                                    from.string()));
+  }
+  const std::string default_name = e.format == "int8" ? e.which + ".int8.pt" : e.which + ".ts.pt";
+  const fs::path to = e.to.empty() ? out / default_name : fs::path(e.to);
+  if (fs::absolute(to) == fs::absolute(from)) {
+    throw Error(ErrorCategory::kConfig, fmt::format("--to '{}' is the model being exported; choose another file",
+                                                    to.string()));
+  }
+  if (!to.parent_path().empty()) ensure_output_folder(to.parent_path());
+  // A student trained with a QAT stage was saved with its activation quantization points.
+  const bool qat_state = e.which == "student" && !is_int8_file(from) && config_uses_hook(config, "qat");
+  LoadedModel loaded = [&] {
+    if (!qat_state) return load_model_file(config, e.which, from, device);
+    LoadedModel m;
+    m.model = make_student_model(config, /*activation_quant=*/true, &m.name);
+    m.model->to(device);
+    load_module(*m.model, from, device, "student");
+    return m;
+  }();
+  loaded.model->eval();
+  const Splits data = load_splits(a, config, device);
+  const auto probe = data.test.inputs.slice(0, 0, std::min<int64_t>(8, data.test.size()));
+
+  if (e.format == "torchscript") {
+    if (e.which == "student" && config["student"].value("dynamic_depth", false)) {
+      spdlog::warn("the student has dynamic depth; a trace records the depth of one input length ({} tokens: {}), "
+                   "so the TorchScript file runs that depth for every input",
+                   a.task.example_input(config).size(1), "the full length");
+    }
+    const auto bytes = export_torchscript(*loaded.model, a.task.example_input(config).to(device), to.string(),
+                                          ScriptExportOptions().with_layers(e.with_layers));
+    // Read back as any user would, and compare on test inputs.
+    auto script = torch::jit::load(to.string(), device);
+    script.eval();
+    torch::NoGradGuard no_grad;
+    const auto want = loaded.model->forward(probe).logits;
+    const auto got_value = script.forward({probe});
+    const auto got = got_value.isTuple() ? got_value.toTuple()->elements()[0].toTensor() : got_value.toTensor();
+    fmt::print("{} ({} parameters) -> {}: TorchScript, {} bytes{}; read back with torch::jit::load, largest logit "
+               "difference on {} test inputs {:.3g}\n",
+               loaded.name, parameter_count(*loaded.model), to.string(), bytes,
+               e.with_layers ? ", forward returns (logits, hidden_states, attentions)" : ", forward returns the logits",
+               probe.size(0), max_difference(got, want));
+    fmt::print("  Python: m = torch.jit.load(\"{}\"); logits = m(x)   C++: torch::jit::load, or kd::ScriptModel::load\n",
+               to.string());
+    return 0;
+  }
+
+  // int8: weights (and activation points, for models that have them) quantized after calibration on
+  // training batches with the observers the config's "qat" section names; fake quantization off meanwhile.
+  auto student = make_student_model(config, /*activation_quant=*/true);
+  student->to(device);
+  copy_state(*loaded.model, *student);
+  auto q = qat::prepare(student, qat_options_from_json(config["qat"], "config"));
+  student->eval();
+  q->enable_fake_quant(false);
+  q->enable_observers(true);
+  const int64_t n = data.train.size(), batches = std::max<int64_t>(1, e.calibration_batches);
+  const int64_t batch = std::max<int64_t>(1, std::min<int64_t>(a.batch_size, n));
+  {
+    torch::NoGradGuard no_grad;
+    for (int64_t b = 0; b < batches && b * batch < n; ++b) {
+      q->refresh();
+      student->forward(data.train.inputs.slice(0, b * batch, std::min(n, (b + 1) * batch)));
+    }
+  }
+  q->freeze_observers();
+  q->enable_fake_quant(true);
+  q->refresh();
+  const auto written = qat::export_int8(*student, *q, to.string());
+  auto fresh = make_student_model(config, /*activation_quant=*/true);
+  fresh->to(device);
+  qat::load_int8(*fresh, to.string());
+  const auto float_scores = a.task.evaluate(*loaded.model, data.test);
+  const auto int8_scores = a.task.evaluate(*fresh, data.test);
+  fmt::print("{} -> {}: {}\n  {}; calibrated on {} training batch(es) of {}\n", loaded.name, to.string(),
+             written.to_string(), q->summary(), std::min(batches, (n + batch - 1) / batch), batch);
+  fmt::print("  test ({} examples): float {}\n                       int8 file {}\n", data.test.size(),
+             float_scores.to_string(), int8_scores.to_string());
+  return 0;
+}
+
+}  // namespace kd::app

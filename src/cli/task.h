@@ -1,0 +1,76 @@
+#pragma once
+// kd-train's tasks: what a config's "task" names. A task composes library parts for the app:
+// the data set and its splits (kd::data), the teacher's and the student's architectures
+// (kd::models) from the config's "teacher" / "student" sections, and how a model is scored
+// (kd::evaluate_classifier or kd::evaluate_language_model).
+//
+//   fashion_mnist  Fashion-MNIST images, CnnTeacher -> DepthwiseCnnStudent (or a plain CNN)
+//   spam           SpamAssassin mails as padded bytes, spam/ham: TransformerEncoder 6 -> 2 layers
+//   byte_lm        SpamAssassin mails as byte windows, next-byte prediction: CausalLM -> smaller CausalLM
+//
+// Each task's default config (config.cpp, task_defaults) is also its schema.
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include "kd/core/model.h"
+#include "kd/data/tensor_dataset.h"
+#include "kd/train/staged_trainer.h"
+
+namespace kd::app {
+
+struct Splits {
+  data::TensorDataset train, validation, test;
+};
+
+/// A model's scores on one split, in the order kd-train prints them; the first is the headline
+/// ("accuracy" for classifiers, "bits_per_byte" for language models).
+struct Scores {
+  std::vector<std::pair<std::string, double>> values;
+  /// The value named `name`; kd::Error (kValue) naming the ones there are when it is missing.
+  double at(const std::string& name) const;
+  const std::string& headline() const { return values.front().first; }
+  /// {"accuracy": 0.91, "macro_f1": 0.91}
+  nlohmann::json to_json() const;
+  /// "accuracy 91.83%, macro-F1 0.9183" / "bits/byte 2.1340, perplexity 4.3900, token accuracy 45.21%"
+  std::string to_string() const;
+};
+
+class Task {
+ public:
+  virtual ~Task() = default;
+  /// The config's "task" value.
+  virtual std::string name() const = 0;
+  /// What it is, for logs: "Fashion-MNIST", "SpamAssassin spam/ham", "SpamAssassin byte LM".
+  virtual std::string title() const = 0;
+  /// Train / validation / test splits as the config's "data" section says; logs their sizes.
+  /// kd::Error (kFile) naming the data folder and the install command when the data are missing.
+  virtual Splits load_splits(const nlohmann::json& config, const torch::Device& device) const = 0;
+  /// The teacher's architecture (untrained); `name` receives its display name.
+  virtual std::shared_ptr<Model> make_teacher(const nlohmann::json& config, std::string* name = nullptr) const = 0;
+  /// The student's architecture (untrained); with `activation_quant` its activation quantization points
+  /// (models that have them). `name` receives its display name.
+  virtual std::shared_ptr<Model> make_student(const nlohmann::json& config, bool activation_quant,
+                                              std::string* name = nullptr) const = 0;
+  /// Classes of a classification task; 0 for language modelling.
+  virtual int64_t num_classes() const = 0;
+  EvalTask eval_task() const { return num_classes() > 0 ? EvalTask::kClassification : EvalTask::kLanguageModel; }
+  /// Whether a larger headline score is better (accuracy) or a smaller one (bits per byte).
+  bool higher_is_better() const { return num_classes() > 0; }
+  /// Scores of `model` on `split` (eval mode, no grad; the model's training flag is restored).
+  Scores evaluate(Model& model, const data::TensorDataset& split) const;
+  /// One example input of the shape the task's models take, for tracing (kd-train export).
+  virtual torch::Tensor example_input(const nlohmann::json& config) const = 0;
+};
+
+/// The task a resolved config names (its "task" key).
+const Task& task_of(const nlohmann::json& config);
+/// Every task's name, for messages and `kd-train list`.
+const std::vector<std::string>& task_names();
+
+}  // namespace kd::app
