@@ -36,24 +36,12 @@
 #include <vector>
 
 #include "kd/losses/temperature_kl.h"
+#include "peak_memory.h"
 
 namespace {
 
-int64_t status_kib(const std::string& key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(key + ":", 0) == 0) return std::stoll(line.substr(key.size() + 1));
-  }
-  return -1;
-}
-
-bool reset_peak() {
-  std::ofstream out("/proc/self/clear_refs");
-  out << "5";
-  out.flush();
-  return static_cast<bool>(out);
-}
+using kd::bench::reset_peak;
+using kd::bench::status_kib;
 
 struct Config {
   std::string path;     // "naive" or "kd"

@@ -47,6 +47,7 @@
 #include "kd/models/attention.h"
 #include "kd/models/causal_lm.h"
 #include "kd/models/cnn.h"
+#include "kd/models/linear_attention.h"
 #include "kd/models/rope.h"
 #include "kd/models/sampling.h"
 #include "kd/models/transformer_block.h"

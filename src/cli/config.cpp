@@ -90,6 +90,7 @@ std::map<std::string, std::vector<std::string>> choices(const std::string& task)
       {"train.augment", {"none", "shift_flip"}},
       {"train.nonfinite", {"skip", "lower_lr", "rollback", "stop"}},
       {"qat.weight_observer", {"moving_average", "minmax"}},
+      {"student.attention", {"softmax", "linear"}},
       {"qat.activation_observer", {"moving_average", "minmax"}},
   };
   c["student.model"] = task == "spam"      ? std::vector<std::string>{"transformer"}
@@ -346,6 +347,8 @@ json spam_defaults() {
   d["student"] = transformer_section(2, 64, 2);
   d["student"]["model"] = "transformer";
   d["student"]["dynamic_depth"] = false;
+  // attention: "softmax", or "linear" (kernel feature map, O(L); attention terms then see its surrogate).
+  d["student"]["attention"] = "softmax";
   d["student"]["depth_thresholds"] = {64};
   d["student"]["depth_layers"] = {1};
   d["stages"] = json::parse(R"([

@@ -158,14 +158,18 @@ class SpamTask : public Task {
  private:
   static std::shared_ptr<Model> encoder(const json& s, const json& config, bool student, const char* section,
                                         std::string* name) {
-    if (name) *name = transformer_name("TransformerEncoder", s);
+    if (name) {
+      *name = transformer_name("TransformerEncoder", s);
+      if (s.value("attention", "softmax") == "linear") name->insert(name->size() - 1, ", linear attention");
+    }
     return build(section, [&]() -> std::shared_ptr<Model> {
       auto o = transformer_shape(models::TransformerEncoderOptions(), s)
                    .pad_token(0)
                    .num_classes(2)
                    .max_len(config["data"]["max_len"]);
       if (student) {
-        o.dynamic_depth(s["dynamic_depth"])
+        o.attention(s["attention"] == "linear" ? models::AttentionKind::kLinear : models::AttentionKind::kSoftmax)
+            .dynamic_depth(s["dynamic_depth"])
             .depth_thresholds(s["depth_thresholds"].get<std::vector<int64_t>>())
             .depth_layers(s["depth_layers"].get<std::vector<int64_t>>());
       }

@@ -20,8 +20,14 @@ void TransformerBlockImpl::reset() {
     return torch::nn::LayerNorm(torch::nn::LayerNormOptions({d}).eps(options.layer_norm_eps()));
   };
   ln1 = register_module("ln1", ln());
-  attn = register_module(
-      "attn", MultiHeadSelfAttention(MultiHeadSelfAttentionOptions(d, options.heads()).dropout(options.dropout())));
+  if (options.attention() == AttentionKind::kLinear) {
+    // No dropout on attention weights: the linear form never forms them (the residual dropout remains).
+    linear_attn = register_module(
+        "attn", LinearSelfAttention(LinearSelfAttentionOptions(d, options.heads()).surrogate(options.attention_surrogate())));
+  } else {
+    attn = register_module(
+        "attn", MultiHeadSelfAttention(MultiHeadSelfAttentionOptions(d, options.heads()).dropout(options.dropout())));
+  }
   ln2 = register_module("ln2", ln());
   fc1 = register_module("fc1", torch::nn::Linear(d, options.ffn()));
   fc2 = register_module("fc2", torch::nn::Linear(options.ffn(), d));
@@ -30,7 +36,7 @@ void TransformerBlockImpl::reset() {
 
 AttentionOutput TransformerBlockImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
                                               const torch::Tensor& blocked) {
-  auto a = attn->forward(ln1->forward(x), rope, blocked);
+  auto a = attn ? attn->forward(ln1->forward(x), rope, blocked) : linear_attn->forward(ln1->forward(x), rope, blocked);
   const auto h = x + dropout->forward(a.output);
   const auto out = h + dropout->forward(fc2->forward(torch::gelu(fc1->forward(ln2->forward(h)))));
   return {out, a.probabilities};

@@ -54,7 +54,10 @@ TransformerEncoderImpl::TransformerEncoderImpl(TransformerEncoderOptions options
   dropout_ = register_module("dropout", torch::nn::Dropout(o.dropout()));
   blocks = register_module("blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < o.layers(); ++i) {
-    block_list_.emplace_back(TransformerBlockOptions(o.d_model(), o.heads(), ffn).dropout(o.dropout()));
+    block_list_.emplace_back(TransformerBlockOptions(o.d_model(), o.heads(), ffn)
+                                 .dropout(o.dropout())
+                                 .attention(o.attention())
+                                 .attention_surrogate(o.attention_maps()));
     blocks->push_back(block_list_.back());
   }
   ln_f = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
@@ -97,7 +100,7 @@ ModelOutput TransformerEncoderImpl::forward(const torch::Tensor& input) {
     auto r = block_list_[static_cast<size_t>(i)]->forward(x, rope, blocked);
     x = r.output;
     out.hidden_states.push_back(x);
-    out.attentions.push_back(r.probabilities);
+    if (r.probabilities.defined()) out.attentions.push_back(r.probabilities);
   }
   const auto h = ln_f->forward(x);
   torch::Tensor pooled;

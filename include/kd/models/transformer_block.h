@@ -13,6 +13,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "kd/models/attention.h"
+#include "kd/models/linear_attention.h"
 
 namespace kd::models {
 
@@ -27,6 +28,11 @@ struct TransformerBlockOptions {
   TORCH_ARG(double, dropout) = 0.0;
   /// ε of both LayerNorms.
   TORCH_ARG(double, layer_norm_eps) = 1e-5;
+  /// Softmax attention (`attn` is a MultiHeadSelfAttention) or linear attention (`linear_attn`, a
+  /// LinearSelfAttention registered under the same name "attn", so parameter names do not change).
+  TORCH_ARG(AttentionKind, attention) = AttentionKind::kSoftmax;
+  /// Linear attention only: also return its attention surrogate (O(L²); see LinearSelfAttention).
+  TORCH_ARG(bool, attention_surrogate) = true;
 };
 
 /// A pre-LN block (the GPT-2 / pre-LN arrangement: normalise, transform, add):
@@ -47,13 +53,15 @@ class TransformerBlockImpl : public torch::nn::Cloneable<TransformerBlockImpl> {
  public:
   explicit TransformerBlockImpl(TransformerBlockOptions options);
   void reset() override;
-  /// x [B, L, D]; `blocked` as in MultiHeadSelfAttention. Returns the block output [B, L, D]
-  /// and the attention probabilities [B, H, L, L].
+  /// x [B, L, D]; `blocked` as in MultiHeadSelfAttention (linear attention: key padding only). Returns
+  /// the block output [B, L, D] and the attention probabilities [B, H, L, L] (linear attention: its
+  /// surrogate, or undefined when attention_surrogate is off).
   AttentionOutput forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& blocked = {});
 
   TransformerBlockOptions options;
   torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
-  MultiHeadSelfAttention attn{nullptr};
+  MultiHeadSelfAttention attn{nullptr};       ///< softmax attention, or null
+  LinearSelfAttention linear_attn{nullptr};   ///< linear attention, or null
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
   torch::nn::Dropout dropout{nullptr};
 };

@@ -48,6 +48,12 @@ struct TransformerEncoderOptions {
   TORCH_ARG(std::vector<int64_t>, depth_thresholds) = std::vector<int64_t>{128, 512};
   /// Layers run per threshold, non-decreasing, each in [1, layers].
   TORCH_ARG(std::vector<int64_t>, depth_layers) = std::vector<int64_t>{4, 8};
+  /// Every block's attention: softmax (O(L²)) or linear (kernel feature map, O(L); see
+  /// LinearSelfAttention). With linear attention `attentions` holds each block's attention surrogate,
+  /// or nothing when attention_maps is off.
+  TORCH_ARG(AttentionKind, attention) = AttentionKind::kSoftmax;
+  /// Linear attention only: compute the O(L²) surrogates for `attentions` (needed by attention transfer).
+  TORCH_ARG(bool, attention_maps) = true;
 };
 
 /// An encoder over token ids [B, L] (int64):

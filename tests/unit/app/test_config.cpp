@@ -225,7 +225,8 @@ TEST(Config, EveryTasksDefaultsAreAValidConfigWithValidStages) {
 
 TEST(Config, ShippedConfigsAreValid) {
   for (const char* name : {"fashion_mnist.json", "quick.json", "lora.json", "qat.json", "spam_transformer.json",
-                           "byte_lm.json", "r1_gradient.json"}) {
+                           "byte_lm.json", "r1_gradient.json", "spam_alone.json", "byte_lm_alone.json",
+                           "spam_linear_attention.json"}) {
     SCOPED_TRACE(name);
     EXPECT_NO_THROW(resolve_config({std::string(KD_SOURCE_DIR) + "/configs/" + name}, {}));
   }

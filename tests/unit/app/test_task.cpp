@@ -63,6 +63,13 @@ TEST(Task, ConfigNamesTheModelsOfItsTask) {
   tokens.fill_(65);
   EXPECT_EQ(s->forward(tokens).hidden_states.size(), 2u);
 
+  // A linear-attention student: same parameters, its surrogate maps in `attentions`.
+  auto lin = resolve_config({}, {"task=spam", "student.attention=linear"});
+  auto ls = task_of(lin).make_student(lin, false, &name);
+  EXPECT_EQ(name, "TransformerEncoder(2x64, 2 heads, linear attention)");
+  EXPECT_EQ(kd::parameter_count(*ls), encoder_params(2, 64, 2));
+  EXPECT_TRUE(dynamic_cast<kd::models::TransformerEncoderImpl*>(ls.get())->blocks->ptr<kd::models::TransformerBlockImpl>(0)->linear_attn);
+
   // The example input of each task goes through its models (for kd-train export).
   for (const char* t : {"fashion_mnist", "spam", "byte_lm"}) {
     SCOPED_TRACE(t);
