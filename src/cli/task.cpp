@@ -124,6 +124,16 @@ data::SpamAssassinOptions corpus_options(const json& d) {
   return o;
 }
 
+// One task's three splits of the corpus (`make`: classification or language_model), capped as "data" says.
+Splits corpus_splits(const json& d, const torch::Device& device,
+                     data::TensorDataset (data::SpamAssassin::*make)(data::Split) const, std::string& data_dir) {
+  data::SpamAssassin corpus(corpus_options(d));
+  data_dir = corpus.data_dir();
+  return capped({(corpus.*make)(data::Split::kTrain), (corpus.*make)(data::Split::kValidation),
+                 (corpus.*make)(data::Split::kTest)},
+                d, device);
+}
+
 class SpamTask : public Task {
  public:
   std::string name() const override { return "spam"; }
@@ -132,14 +142,12 @@ class SpamTask : public Task {
 
   Splits load_splits(const json& config, const torch::Device& device) const override {
     const json& d = config["data"];
-    data::SpamAssassin corpus(corpus_options(d));
-    Splits s = capped({corpus.classification(data::Split::kTrain), corpus.classification(data::Split::kValidation),
-                       corpus.classification(data::Split::kTest)},
-                      d, device);
+    std::string dir;
+    const Splits s = corpus_splits(d, device, &data::SpamAssassin::classification, dir);
     auto spam = [](const data::TensorDataset& x) { return x.targets.sum().item<int64_t>(); };
     spdlog::info("SpamAssassin spam/ham ({}): {} train ({} spam), {} validation ({} spam), {} test ({} spam) mails, "
                  "first {} bytes of each; device {}; {} threads",
-                 corpus.data_dir(), s.train.size(), spam(s.train), s.validation.size(), spam(s.validation),
+                 dir, s.train.size(), spam(s.train), s.validation.size(), spam(s.validation),
                  s.test.size(), spam(s.test), d["max_len"].get<int64_t>(), device.str(), torch::get_num_threads());
     return s;
   }
@@ -186,14 +194,12 @@ class ByteLmTask : public Task {
 
   Splits load_splits(const json& config, const torch::Device& device) const override {
     const json& d = config["data"];
-    data::SpamAssassin corpus(corpus_options(d));
-    Splits s = capped({corpus.language_model(data::Split::kTrain), corpus.language_model(data::Split::kValidation),
-                       corpus.language_model(data::Split::kTest)},
-                      d, device);
+    std::string dir;
+    const Splits s = corpus_splits(d, device, &data::SpamAssassin::language_model, dir);
     const int64_t context = d["context"];
     spdlog::info("SpamAssassin byte LM ({}): windows of {} bytes: {} train, {} validation, {} test ({} / {} / {} "
                  "predicted bytes); device {}; {} threads",
-                 corpus.data_dir(), context, s.train.size(), s.validation.size(), s.test.size(),
+                 dir, context, s.train.size(), s.validation.size(), s.test.size(),
                  s.train.size() * context, s.validation.size() * context, s.test.size() * context, device.str(),
                  torch::get_num_threads());
     return s;

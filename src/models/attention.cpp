@@ -7,6 +7,7 @@
 
 #include "kd/core/error.h"
 #include "kd/core/model_output.h"
+#include "token_input.h"
 
 namespace kd::models {
 
@@ -16,12 +17,8 @@ MultiHeadSelfAttentionImpl::MultiHeadSelfAttentionImpl(MultiHeadSelfAttentionOpt
 }
 
 void MultiHeadSelfAttentionImpl::reset() {
-  const int64_t d = options.d_model(), h = options.heads();
-  if (d <= 0 || h <= 0 || d % h != 0 || (d / h) % 2 != 0) {
-    throw Error(ErrorCategory::kValue,
-                fmt::format("attention: d_model {} must split into {} heads of an even size (RoPE rotates pairs)",
-                            d, h));
-  }
+  const int64_t d = options.d_model();
+  detail::check_heads("attention", d, options.heads());
   if (!(options.dropout() >= 0.0 && options.dropout() < 1.0)) {
     throw Error(ErrorCategory::kValue, fmt::format("attention: dropout must be in [0, 1), got {}", options.dropout()));
   }
@@ -34,10 +31,7 @@ void MultiHeadSelfAttentionImpl::reset() {
 
 AttentionOutput MultiHeadSelfAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
                                                     const torch::Tensor& blocked) {
-  if (x.dim() != 3 || x.size(2) != options.d_model()) {
-    throw Error(ErrorCategory::kShape, fmt::format("attention expects x [B, L, {}], got {}", options.d_model(),
-                                                   shape_string(x)));
-  }
+  detail::check_attention_input("attention", x, options.d_model());
   const int64_t H = options.heads(), dh = options.d_model() / H;
   // [B, L, D] -> [B, H, L, d], contiguous: RoPE's elementwise ops keep their input's layout, and the
   // batched matmuls below run ~15% faster on contiguous heads than on transposed views (measured on CPU).

@@ -5,6 +5,7 @@
 
 #include "kd/core/error.h"
 #include "kd/core/model_output.h"
+#include "token_input.h"
 
 namespace kd::models {
 
@@ -13,13 +14,8 @@ LinearSelfAttentionImpl::LinearSelfAttentionImpl(LinearSelfAttentionOptions opti
 }
 
 void LinearSelfAttentionImpl::reset() {
-  const int64_t d = options.d_model(), h = options.heads();
-  if (d <= 0 || h <= 0 || d % h != 0 || (d / h) % 2 != 0) {
-    throw Error(ErrorCategory::kValue,
-                fmt::format("linear attention: d_model {} must split into {} heads of an even size (RoPE rotates "
-                            "pairs)",
-                            d, h));
-  }
+  const int64_t d = options.d_model();
+  detail::check_heads("linear attention", d, options.heads());
   if (!(options.eps() > 0.0)) {
     throw Error(ErrorCategory::kValue, fmt::format("linear attention: eps must be > 0, got {}", options.eps()));
   }
@@ -31,10 +27,7 @@ void LinearSelfAttentionImpl::reset() {
 
 AttentionOutput LinearSelfAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
                                                  const torch::Tensor& blocked) {
-  if (x.dim() != 3 || x.size(2) != options.d_model()) {
-    throw Error(ErrorCategory::kShape, fmt::format("linear attention expects x [B, L, {}], got {}", options.d_model(),
-                                                   shape_string(x)));
-  }
+  detail::check_attention_input("linear attention", x, options.d_model());
   const int64_t H = options.heads(), dh = options.d_model() / H;
   // [B, L, D] -> [B, H, L, d] without B or L as numbers (a trace keeps them free; see MultiHeadSelfAttention).
   auto heads = [&](const torch::Tensor& t) { return t.unflatten(-1, {H, dh}).transpose(1, 2); };

@@ -47,11 +47,24 @@ void check_sizes(const char* model, int64_t vocab, int64_t d_model, int64_t head
   if (vocab <= 0) fail(fmt::format("vocab must be > 0, got {}", vocab));
   if (layers <= 0) fail(fmt::format("layers must be > 0, got {}", layers));
   if (max_len <= 0) fail(fmt::format("max_len must be > 0, got {}", max_len));
-  if (d_model <= 0 || heads <= 0 || d_model % heads != 0 || (d_model / heads) % 2 != 0) {
-    fail(fmt::format("d_model {} must split into {} heads of an even size (RoPE rotates pairs)", d_model, heads));
-  }
+  check_heads(model, d_model, heads);
   if (!(dropout >= 0.0 && dropout < 1.0)) fail(fmt::format("dropout must be in [0, 1), got {}", dropout));
   if (!(rope_base > 1.0)) fail(fmt::format("rope_base must be > 1, got {}", rope_base));
+}
+
+void check_heads(const char* layer, int64_t d_model, int64_t heads) {
+  if (d_model <= 0 || heads <= 0 || d_model % heads != 0 || (d_model / heads) % 2 != 0) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("{}: d_model {} must split into {} heads of an even size (RoPE rotates pairs)", layer,
+                            d_model, heads));
+  }
+}
+
+void check_attention_input(const char* layer, const torch::Tensor& x, int64_t d_model) {
+  if (x.dim() != 3 || x.size(2) != d_model) {
+    throw Error(ErrorCategory::kShape,
+                fmt::format("{} expects x [B, L, {}], got {}", layer, d_model, shape_string(x)));
+  }
 }
 
 int64_t ffn_width(const char* model, int64_t ffn, int64_t d_model) {

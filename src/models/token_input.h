@@ -18,4 +18,9 @@ void check_sizes(const char* model, int64_t vocab, int64_t d_model, int64_t head
 /// The ffn width: `ffn`, or 4·d_model when it is 0.
 int64_t ffn_width(const char* model, int64_t ffn, int64_t d_model);
 
+/// Attention layers: kd::Error (kValue) unless d_model splits into `heads` heads of an even size (RoPE
+/// rotates pairs), and (kShape) unless x is [B, L, d_model]. `layer` names the layer in the message.
+void check_heads(const char* layer, int64_t d_model, int64_t heads);
+void check_attention_input(const char* layer, const torch::Tensor& x, int64_t d_model);
+
 }  // namespace kd::models::detail
