@@ -20,6 +20,7 @@
 #include "kd/data/fashion_mnist.h"
 #include "kd/data/hard_example_sampler.h"
 #include "kd/data/idx.h"
+#include "kd/data/mixing.h"
 #include "kd/data/spam_assassin.h"
 #include "kd/data/split.h"
 #include "kd/data/teacher_cache.h"

@@ -47,6 +47,8 @@ const std::map<std::string, Range>& ranges() {
       {"train.min_lr_factor", {0, 1}},
       {"train.ema_decay", {0, 0.999999999}},
       {"train.hard_example_mix", {0, 1}},
+      {"train.mix_alpha", {0, 1e3, true}},
+      {"train.mix_probability", {0, 1}},
       {"train.lr_backoff", {0, 1, true}},
       {"train.max_consecutive_nonfinite", {1, 1e6}},
       {"student.width1", {1, 4096}},
@@ -87,7 +89,7 @@ std::map<std::string, std::vector<std::string>> choices(const std::string& task)
       {"teacher.cache.dtype", {"float32", "float16", "bfloat16"}},
       {"train.optimizer", {"adamw", "sgd"}},
       {"train.hardness", {"teacher_entropy", "disagreement"}},
-      {"train.augment", {"none", "shift_flip"}},
+      {"train.augment", {"none", "shift_flip", "cutmix", "token_mix"}},
       {"train.nonfinite", {"skip", "lower_lr", "rollback", "stop"}},
       {"qat.weight_observer", {"moving_average", "minmax"}},
       {"student.attention", {"softmax", "linear"}},
@@ -310,7 +312,12 @@ json fashion_mnist_defaults() {
         {"eval_on_ema", false},
         {"hard_example_mix", 0.0},
         {"hardness", "teacher_entropy"},
+        // augment: "shift_flip" (images), "cutmix" (images) or "token_mix" (spam): mixing ones make soft
+        // targets in the proportion each example contributes, λ ~ Beta(mix_alpha, mix_alpha), a batch mixed with
+        // probability mix_probability; all refuse the teacher cache (the inputs change every epoch).
         {"augment", "none"},
+        {"mix_alpha", 1.0},
+        {"mix_probability", 1.0},
         // NaN/Inf loss or gradient: "skip" the update, "lower_lr" (skip and x lr_backoff), "rollback" to the
         // newest checkpoint (and x lr_backoff), or "stop"; max_consecutive_nonfinite in a row always stop.
         {"nonfinite", "skip"},

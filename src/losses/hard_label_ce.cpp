@@ -22,6 +22,26 @@ void check_smoothing(double eps) {
 
 namespace functional {
 
+torch::Tensor soft_target_ce(const torch::Tensor& logits, const torch::Tensor& targets, const HardLabelCEOptions& options) {
+  const int64_t C = logits.size(-1);
+  auto y = targets.to(logits.device(), logits.scalar_type()).reshape({-1, C});
+  const auto sums = y.sum(-1);
+  if (y.numel() > 0 && (y.min().item<double>() < 0 || (sums - 1).abs().max().item<double>() > 1e-3)) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("HardLabelCE: soft targets {} must be distributions over the {} classes (non-negative, "
+                            "rows summing to 1)",
+                            shape_string(targets), C));
+  }
+  const double eps = options.label_smoothing();
+  if (eps > 0) y = (1 - eps) * y + eps / static_cast<double>(C);
+  const auto loss = -(y * torch::log_softmax(logits.reshape({-1, C}), -1)).sum(-1).mean();
+  if (!std::isfinite(loss.item<double>())) {
+    throw Error(ErrorCategory::kValue, fmt::format("HardLabelCE: the loss is not finite: logits {} contain NaN or ±inf",
+                                                   shape_string(logits)));
+  }
+  return loss;
+}
+
 torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& targets,
                             const HardLabelCEOptions& options) {
   check_smoothing(options.label_smoothing());
@@ -31,6 +51,7 @@ torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& ta
   if (!logits.defined()) {
     throw Error(ErrorCategory::kModel, "HardLabelCE: the student output has no logits; make the model return logits");
   }
+  if (targets.is_floating_point() && targets.sizes() == logits.sizes()) return soft_target_ce(logits, targets, options);
   if (logits.dim() < 2 || logits.sizes().slice(0, logits.dim() - 1) != targets.sizes()) {
     throw Error(ErrorCategory::kShape,
                 fmt::format("HardLabelCE: logits {} and targets {} disagree; targets must have the "

@@ -601,7 +601,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
             batch.inputs = train.inputs.index_select(0, idx).to(device);
             batch.targets = train.targets.index_select(0, idx).to(device);
             if (train.mask.defined()) batch.mask = train.mask.index_select(0, idx).to(device);
-            if (o.augmentation()) o.augmentation()->apply(batch.inputs, batch.targets);
+            if (o.augmentation()) o.augmentation()->apply(batch.inputs, batch.targets, batch.mask);
             batch.step = info;
             LossResult r;
             before_forward(info);

@@ -6,7 +6,9 @@ hard_label_ce.json holds, for each label smoothing eps in {0, 0.1, 0.35}:
          cross_entropy), targets [2, 3] with -100 at two positions;
 - "custom": the [B, C] case with ignore_index = 2 instead of -100 (rows with target 2 ignored,
          the -100 row is changed to class 0);
-the loss (reduction "mean") and its gradient w.r.t. the logits.
+the loss (reduction "mean") and its gradient w.r.t. the logits; and
+- "soft": the [B, C] logits against probability targets soft_targets [6, 5] (what CutMix makes),
+         cross_entropy's probability-target form.
 """
 import os
 
@@ -42,5 +44,13 @@ for eps_name, eps in (("e0", 0.0), ("e10", 0.1), ("e35", 0.35)):
     loss = F.cross_entropy(x, custom_targets, ignore_index=2, label_smoothing=eps)
     loss.backward()
     res[f"custom_{eps_name}_loss"], res[f"custom_{eps_name}_grad"] = loss, x.grad
+
+soft_targets = torch.softmax(torch.randn(6, 5, dtype=dt), -1)
+res.update(soft_targets=soft_targets)
+for eps_name, eps in (("e0", 0.0), ("e10", 0.1), ("e35", 0.35)):
+    x = bc_logits.clone().requires_grad_()
+    loss = F.cross_entropy(x, soft_targets, label_smoothing=eps)
+    loss.backward()
+    res[f"soft_{eps_name}_loss"], res[f"soft_{eps_name}_grad"] = loss, x.grad
 
 kdref.save(os.path.join(out, "hard_label_ce.json"), **res)

@@ -31,8 +31,13 @@ class Augmentation {
  public:
   virtual ~Augmentation() = default;
   virtual std::string name() const = 0;
-  /// Transforms a batch in place: `inputs` [B, ...] and `targets` [B] (or [B, ...]).
+  /// Transforms a batch in place: `inputs` [B, ...] and `targets` [B] (or [B, ...]). A mixing
+  /// augmentation may replace class indices by soft targets [B, C] (kd::HardLabelCE takes both).
   virtual void apply(torch::Tensor& inputs, torch::Tensor& targets) = 0;
+  /// The same with the batch's padding mask [B, L] (1 = real token; undefined for unpadded data),
+  /// which the trainer passes: override it when the transform moves tokens (kd::data::TokenMix).
+  /// By default the mask is left as it is.
+  virtual void apply(torch::Tensor& inputs, torch::Tensor& targets, torch::Tensor& mask) { apply(inputs, targets); }
   /// True when the result differs from call to call (so cached teacher outputs go stale).
   virtual bool stochastic() const { return true; }
 };
@@ -62,6 +67,7 @@ class RandomShiftFlip : public Augmentation {
  public:
   explicit RandomShiftFlip(RandomShiftFlipOptions options = {});
   std::string name() const override { return "random_shift_flip"; }
+  using Augmentation::apply;
   void apply(torch::Tensor& inputs, torch::Tensor& targets) override;
   /// The deterministic core: shifts (dy, dx) [B] int64 and flips [B] bool given.
   torch::Tensor transform(const torch::Tensor& inputs, const torch::Tensor& dy, const torch::Tensor& dx,

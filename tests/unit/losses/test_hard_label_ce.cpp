@@ -41,6 +41,23 @@ TEST(HardLabelCE, MatchesPyTorchCrossEntropy) {
   }
 }
 
+TEST(HardLabelCE, SoftTargetsMatchPyTorchProbabilityTargets) {
+  for (const auto& [name, eps] : kSmoothing) {
+    SCOPED_TRACE(name);
+    expect_case("soft_" + name, ref()["bc_logits"], ref()["soft_targets"], kd::HardLabelCEOptions().label_smoothing(eps));
+  }
+  // Closed forms: a one-hot row is the hard label; a mixture is the mixture of the two hard losses.
+  const auto logits = ref()["bc_logits"];
+  const auto a = torch::tensor({0, 4, 1, 2, 1, 3}), b = torch::tensor({3, 3, 0, 0, 4, 2});
+  const auto onehot = [](const torch::Tensor& t) { return torch::one_hot(t, 5).to(torch::kFloat64); };
+  EXPECT_LT(max_rel_error(kd::functional::hard_label_ce(logits, onehot(a)), kd::functional::hard_label_ce(logits, a)), 1e-12);
+  const auto mixed = kd::functional::hard_label_ce(logits, 0.7 * onehot(a) + 0.3 * onehot(b));
+  const auto want = 0.7 * kd::functional::hard_label_ce(logits, a) + 0.3 * kd::functional::hard_label_ce(logits, b);
+  EXPECT_LT(max_rel_error(mixed, want), 1e-12);
+  kd::testing::expect_kd_error([&] { kd::functional::hard_label_ce(logits, 0.5 * onehot(a)); }, kd::ErrorCategory::kValue,
+                               {"soft targets [6, 5] must be distributions"});
+}
+
 TEST(HardLabelCE, ModuleReportsCEAndHonoursTheMask) {
   const auto logits = ref()["seq_logits"], targets = ref()["seq_targets"];
   kd::HardLabelCE ce(kd::HardLabelCEOptions().label_smoothing(0.1));
