@@ -19,15 +19,8 @@ namespace {
 
 // `tokens` bytes after the prompt, sampled at T = 0.8 from the 20 likeliest (same seed for every model).
 std::string sample(kd::models::CausalLM& lm, const std::string& prompt, int64_t tokens) {
-  auto ids = torch::empty({static_cast<int64_t>(prompt.size())}, torch::kLong);
-  for (size_t i = 0; i < prompt.size(); ++i) ids[i] = static_cast<int64_t>(static_cast<unsigned char>(prompt[i]));
-  const auto out = lm->generate(ids, tokens, kd::models::GenerateOptions().temperature(0.8).top_k(20).seed(0));
-  std::string text;
-  for (int64_t i = 0; i < out.numel(); ++i) {
-    const auto c = out[i].item<int64_t>();
-    text += (c == '\n' || (c >= 32 && c < 127)) ? static_cast<char>(c) : '.';
-  }
-  return text;
+  return kd::models::printable_bytes(lm->generate(kd::models::byte_tokens(prompt), tokens,
+                                                  kd::models::GenerateOptions().temperature(0.8).top_k(20).seed(0)));
 }
 
 }  // namespace

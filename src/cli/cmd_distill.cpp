@@ -58,22 +58,12 @@ struct FloatBeforeQat : kd::Callback {
 std::string sample_text(kd::Model& model, const json& g) {
   auto* lm = dynamic_cast<models::CausalLMImpl*>(&model);
   if (!lm || g["tokens"].get<int64_t>() == 0) return "";
-  const std::string prompt = g["prompt"];
-  auto ids = torch::empty({static_cast<int64_t>(prompt.size())}, torch::kLong);
-  for (size_t i = 0; i < prompt.size(); ++i) ids[i] = static_cast<int64_t>(static_cast<unsigned char>(prompt[i]));
-  if (prompt.empty()) ids = torch::full({1}, 10, torch::kLong);  // start from a newline
-  const auto out = lm->generate(ids.to(lm->embed->weight.device()), g["tokens"],
-                                models::GenerateOptions()
-                                    .temperature(g["temperature"])
-                                    .top_k(g["top_k"])
-                                    .seed(g["seed"].get<uint64_t>()))
-                       .cpu();
-  std::string text;
-  for (int64_t i = 0; i < out.numel(); ++i) {
-    const auto c = out[i].item<int64_t>();
-    text += (c == '\n' || (c >= 32 && c < 127)) ? static_cast<char>(c) : '.';
-  }
-  return text;
+  const std::string prompt = g["prompt"].get<std::string>().empty() ? "\n" : g["prompt"].get<std::string>();
+  return models::printable_bytes(lm->generate(models::byte_tokens(prompt).to(lm->embed->weight.device()), g["tokens"],
+                                              models::GenerateOptions()
+                                                  .temperature(g["temperature"])
+                                                  .top_k(g["top_k"])
+                                                  .seed(g["seed"].get<uint64_t>())));
 }
 
 // The teacher outputs the stages read: logits, and the layers their feature / attention terms name.

@@ -87,4 +87,19 @@ torch::Tensor CausalLMImpl::generate(const torch::Tensor& prompt, int64_t max_ne
   return prompt.dim() == 1 ? seq.squeeze(0) : seq;
 }
 
+torch::Tensor byte_tokens(const std::string& text) {
+  auto ids = torch::empty({static_cast<int64_t>(text.size())}, torch::kLong);
+  auto* p = ids.data_ptr<int64_t>();
+  for (size_t i = 0; i < text.size(); ++i) p[i] = static_cast<unsigned char>(text[i]);
+  return ids;
+}
+
+std::string printable_bytes(const torch::Tensor& tokens) {
+  const auto t = tokens.reshape({-1}).to(torch::kCPU, torch::kLong).contiguous();
+  const auto* p = t.data_ptr<int64_t>();
+  std::string text;
+  for (int64_t i = 0; i < t.numel(); ++i) text += (p[i] == '\n' || (p[i] >= 32 && p[i] < 127)) ? static_cast<char>(p[i]) : '.';
+  return text;
+}
+
 }  // namespace kd::models

@@ -3,6 +3,7 @@
 /// A byte-level causal transformer language model with temperature / top-k generation.
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <torch/arg.h>
@@ -82,5 +83,15 @@ class CausalLMImpl : public Model {
   torch::nn::Dropout dropout_{nullptr};
 };
 TORCH_MODULE(CausalLM);
+
+/// Byte-level text as token ids: every byte of `text` (0–255) as int64 [L], for CausalLM::generate.
+///
+/// Example: `auto out = lm->generate(kd::models::byte_tokens("Subject: "), 100);`
+torch::Tensor byte_tokens(const std::string& text);
+
+/// Token ids [L] as printable text: bytes 32–126 and '\n' as themselves, every other byte as '.'.
+///
+/// Example: `std::cout << kd::models::printable_bytes(lm->generate(prompt, 100)) << "\n";`
+std::string printable_bytes(const torch::Tensor& tokens);
 
 }  // namespace kd::models

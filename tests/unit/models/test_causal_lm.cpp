@@ -177,3 +177,16 @@ TEST(CausalLM, BadInputsNameTheValueAndTheLimit) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(CausalLM, ByteTextRoundTripsThroughTokenIds) {
+  const std::string text = "Subj\xE9" "ct:\n\t~";  // a Latin-1 byte, a newline, a tab, the last printable byte
+  const auto ids = kd::models::byte_tokens(text);
+  EXPECT_TRUE(torch::equal(ids, torch::tensor({83, 117, 98, 106, 233, 99, 116, 58, 10, 9, 126}, torch::kLong)));
+  EXPECT_EQ(kd::models::printable_bytes(ids), "Subj.ct:\n.~");
+  EXPECT_EQ(kd::models::printable_bytes(ids.view({1, -1})), "Subj.ct:\n.~");  // any shape, read in order
+  EXPECT_EQ(kd::models::byte_tokens("").numel(), 0);
+}
+
+}  // namespace
