@@ -28,13 +28,16 @@ VARIANTS = {
     "fashion_mnist": [
         ("student alone (hard labels)", ["configs/fashion_mnist_alone.json"], []),
         ("distilled: plain KL", ["configs/fashion_mnist_kl.json"], []),
-        ("distilled: three-phase", ["configs/fashion_mnist.json"], []),
+        ("distilled: three-phase", ["configs/fashion_mnist_three_phase.json"], []),
         ("distilled: R1 gradient matching", ["configs/r1_gradient.json"], []),
-        ("distilled: three-phase + int8 QAT", ["configs/qat.json"], []),
+        ("distilled: three-phase + int8 QAT", ["configs/fashion_mnist_qat.json"], []),
+        ("distilled: three-phase + CutMix", ["configs/fashion_mnist_three_phase.json"], ["train.augment=cutmix"]),
     ],
     "spam": [
         ("student alone (hard labels)", ["configs/spam_transformer.json", "configs/spam_alone.json"], []),
         ("distilled: three-phase", ["configs/spam_transformer.json"], []),
+        ("distilled: three-phase, linear-attention student", ["configs/spam_linear_attention.json"], []),
+        ("distilled: three-phase + TokenMix", ["configs/spam_transformer.json"], ["train.augment=token_mix"]),
     ],
     "byte_lm": [
         ("student alone (next-byte CE)", ["configs/byte_lm.json", "configs/byte_lm_alone.json"], []),
@@ -51,7 +54,7 @@ EVAL_EVERY = {"fashion_mnist": 215, "spam": 66, "byte_lm": 250}
 
 
 def slug(label):
-    return "".join(c if c.isalnum() else "_" for c in label.split(":")[-1].strip().lower()).strip("_")
+    return "".join(c if c.isalnum() else "_" for c in label.split(":", 1)[-1].strip().lower()).strip("_")
 
 
 def run(cmd, log):

@@ -5,7 +5,7 @@
 // configs/byte_lm.json.
 //
 //   build/examples/byte_lm [teacher_steps] [student_steps] [context] [eval_windows]
-//     defaults 1500, 1500, 128 bytes per window, 512 validation windows.
+//     defaults 1000, 1000, 128 bytes per window, 512 validation windows.
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -27,8 +27,8 @@ std::string sample(kd::models::CausalLM& lm, const std::string& prompt, int64_t 
 
 int main(int argc, char** argv) try {
   torch::manual_seed(0);
-  const int64_t teacher_steps = argc > 1 ? std::atoll(argv[1]) : 1500;
-  const int64_t student_steps = argc > 2 ? std::atoll(argv[2]) : 1500;
+  const int64_t teacher_steps = argc > 1 ? std::atoll(argv[1]) : 1000;
+  const int64_t student_steps = argc > 2 ? std::atoll(argv[2]) : 1000;
   const int64_t context = argc > 3 ? std::atoll(argv[3]) : 128;
   const int64_t eval_windows = argc > 4 ? std::atoll(argv[4]) : 512;
 

@@ -390,11 +390,11 @@ json byte_lm_defaults() {
   d["out"] = "runs/byte_lm";
   // context: bytes per training window; eval_limit: validation / test windows scored (0 = all).
   d["data"] = {{"root", ""}, {"limit", 0}, {"eval_limit", 512}, {"context", 128}, {"split_seed", 0}};
-  d["teacher"] = teacher_section(1, 1500, transformer_section(4, 192, 3));
+  d["teacher"] = teacher_section(1, 1000, transformer_section(4, 192, 3));
   d["student"] = transformer_section(2, 96, 2);
   d["student"]["model"] = "causal_lm";
   d["stages"] = json::parse(R"([
-    {"name": "distill", "steps": 1500,
+    {"name": "distill", "steps": 1000,
      "losses": [{"type": "temperature_kl", "name": "kl", "weight": 0.5, "temperature": 1.0},
                 {"type": "hard_label_ce", "name": "ce", "weight": 0.5}]}
   ])");
