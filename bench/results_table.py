@@ -32,6 +32,7 @@ VARIANTS = {
         ("distilled: R1 gradient matching", ["configs/r1_gradient.json"], []),
         ("distilled: three-phase + int8 QAT", ["configs/fashion_mnist_qat.json"], []),
         ("distilled: three-phase + CutMix", ["configs/fashion_mnist_three_phase.json"], ["train.augment=cutmix"]),
+        ("distilled: three-phase, 50 % of weights pruned", ["configs/fashion_mnist_pruned.json"], []),
     ],
     "spam": [
         ("student alone (hard labels)", ["configs/spam_transformer.json", "configs/spam_alone.json"], []),

@@ -13,6 +13,7 @@
 #include "kd/core/atomic_file.h"
 #include "kd/core/error.h"
 #include "kd/core/format.h"
+#include "kd/core/name_matcher.h"
 #include "kd/core/script_model.h"
 #include "kd/nn/linear.h"
 
@@ -21,38 +22,6 @@ namespace {
 
 constexpr const char* kFormatTag = "kdistill-lora-adapter";
 constexpr int64_t kFormatVersion = 1;
-
-// A plain target matches the name or its trailing dotted parts; "re:..." is a regex.
-struct Matcher {
-  std::vector<std::string> plain;
-  std::vector<std::regex> regexes;
-
-  explicit Matcher(const std::vector<std::string>& targets) {
-    for (const auto& t : targets) {
-      if (t.rfind("re:", 0) == 0) {
-        try {
-          regexes.emplace_back(t.substr(3), std::regex::ECMAScript);
-        } catch (const std::regex_error& e) {
-          throw Error(ErrorCategory::kConfig, fmt::format("LoRA: target '{}' is not a valid regex: {}", t, e.what()));
-        }
-      } else {
-        plain.push_back(t);
-      }
-    }
-  }
-  bool empty() const { return plain.empty() && regexes.empty(); }
-  bool operator()(const std::string& name) const {
-    if (empty()) return true;
-    for (const auto& t : plain) {
-      if (name == t) return true;
-      if (name.size() > t.size() && name.compare(name.size() - t.size(), t.size(), t) == 0 &&
-          name[name.size() - t.size() - 1] == '.') {
-        return true;
-      }
-    }
-    return std::any_of(regexes.begin(), regexes.end(), [&](const std::regex& re) { return std::regex_search(name, re); });
-  }
-};
 
 }  // namespace
 
@@ -99,7 +68,7 @@ LoRAImpl::LoRAImpl(std::shared_ptr<torch::nn::Module> model, Options options) : 
                 "LoRA: TorchScript models are not supported (their layers are not torch::nn::Linear modules that "
                 "LibTorch can re-parametrise); build the student as a C++ module (kd::Model) to use LoRA");
   }
-  const Matcher wanted(options_.targets());
+  const NameMatcher wanted(options_.targets(), "LoRA");
   // Registered first: attached adapters read it on every forward.
   merged_ = register_buffer("merged", torch::zeros({}, torch::kInt64));
   std::vector<std::string> linears, plain;

@@ -112,7 +112,8 @@ int run_distill(const json& config, bool resume) {
   // Stages of hard labels only train the student alone (a baseline): the teacher is scored, not run.
   const bool teacher_in_training = stages_read_teacher(specs);
 
-  auto [student_model, student_name, specs_with_hooks, lora_hook, qat_hook] = build_student(config, specs, out);
+  auto [student_model, student_name, specs_with_hooks, lora_hook, qat_hook, prune_hook] =
+      build_student(config, specs, out);
   student_model->to(device);
   std::vector<std::string> plan;
   for (const auto& s : specs) {
@@ -256,6 +257,20 @@ int run_distill(const json& config, bool resume) {
                        {"total_parameters", r.total},
                        {"trainable_fraction", r.fraction()}};
   }
+  if (prune_hook) {
+    const auto r = prune_hook->pruning()->report();
+    json sites = json::array();
+    for (const auto& s : r.sites) {
+      sites.push_back({{"name", s.name}, {"units", s.units}, {"pruned_units", s.pruned_units},
+                       {"parameters", s.parameters}, {"zero_parameters", s.zero_parameters}});
+    }
+    summary["pruning"] = {{"granularity", config["prune"]["granularity"]},
+                          {"target_sparsity", prune_hook->pruning()->target_sparsity()},
+                          {"covered_parameters", r.parameters},
+                          {"zero_parameters", r.zero_parameters},
+                          {"sparsity", r.sparsity()},
+                          {"sites", sites}};
+  }
   if (!samples.is_null() && !samples["teacher"].get<std::string>().empty()) {
     samples["student_after"] = sample_text(*student_model, config["generate"]);
     samples["generate"] = config["generate"];
@@ -298,6 +313,7 @@ int run_distill(const json& config, bool resume) {
     fmt::print("\n");
   }
   if (lora_hook) fmt::print("  LoRA stage(s): {}\n", lora_hook->stage_report().to_string());
+  if (prune_hook) fmt::print("  {}\n", prune_hook->pruning()->report().to_string());
   const double tp = kd::parameter_count(*teacher_model), sp = kd::parameter_count(*student_model);
   if (a.task.higher_is_better()) {
     fmt::print("  student: {:.1f}% of the teacher's parameters, {:.1f}% of its {}\n", 100 * sp / tp,

@@ -77,6 +77,9 @@ const std::map<std::string, Range>& ranges() {
       {"lora.dropout", {0, 0.999}},
       {"qat.averaging_constant", {0, 1, true}},
       {"qat.freeze_observers_at", {0, 1}},
+      {"prune.start", {0, 0.999}},
+      {"prune.end", {0, 0.999}},
+      {"prune.update_every", {1, 1e6}},
   };
   return r;
 }
@@ -93,6 +96,7 @@ std::map<std::string, std::vector<std::string>> choices(const std::string& task)
       {"train.nonfinite", {"skip", "lower_lr", "rollback", "stop"}},
       {"qat.weight_observer", {"moving_average", "minmax"}},
       {"student.attention", {"softmax", "linear"}},
+      {"prune.granularity", {"unstructured", "channel", "head"}},
       {"qat.activation_observer", {"moving_average", "minmax"}},
   };
   c["student.model"] = task == "spam"      ? std::vector<std::string>{"transformer"}
@@ -290,6 +294,16 @@ json fashion_mnist_defaults() {
         {"averaging_constant", 0.01},
         {"exclude", json::array()},
         {"freeze_observers_at", 0.5}}},
+      // Used by stages that list "prune" (see kd::prune::Options, kd::prune::HookOptions): magnitude pruning of
+      // single weights ("unstructured"), output channels ("channel") or attention heads ("head"), sparsity from
+      // start to end over each such stage (cubic; a stage's own "prune": {"start", "end"} overrides it).
+      {"prune",
+       {{"granularity", "unstructured"},
+        {"targets", json::array()},
+        {"exclude", json::array()},
+        {"start", 0.0},
+        {"end", 0.5},
+        {"update_every", 10}}},
       {"train",
        {{"batch_size", 128},
         {"lr", 1e-3},  // the teacher's (each stage has its own "lr")

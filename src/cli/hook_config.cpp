@@ -96,6 +96,50 @@ qat::StageOptions qat_stage_options_from_json(const json& j, const std::string& 
   return o;
 }
 
+prune::Options prune_options_from_json(const json& j, const std::string& origin) {
+  const std::string g = j.at("granularity");
+  const char* what = "a layer name (\"fc\", a dotted suffix like \"attn.q_proj\", or \"re:<regex>\")";
+  return prune::Options()
+      .granularity(g == "channel" ? prune::Granularity::kChannel
+                   : g == "head"  ? prune::Granularity::kHead
+                                  : prune::Granularity::kUnstructured)
+      .targets(strings_at(j.at("targets"), origin, "prune.targets", what))
+      .exclude(strings_at(j.at("exclude"), origin, "prune.exclude", what));
+}
+
+prune::StageSparsity prune_stage_from_json(const json& j, const std::string& origin, const std::string& path,
+                                           prune::StageSparsity defaults) {
+  const auto fail = [&](const std::string& where, const std::string& problem) {
+    throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' {}", origin, where, problem));
+  };
+  if (!j.is_object()) fail(path, fmt::format("must be an object with keys start, end, got {}", j.dump()));
+  for (const auto& [key, v] : j.items()) {
+    const std::string here = path + "." + key;
+    if (key != "start" && key != "end") {
+      const auto best = closest_name(key, {"start", "end"});
+      fail(here, fmt::format("is not a key of a stage's pruning schedule; {}allowed: start, end",
+                             best.empty() ? "" : "did you mean '" + best + "'? "));
+    }
+    if (!v.is_number() || v.get<double>() < 0 || v.get<double>() >= 1) {
+      fail(here, fmt::format("must be a sparsity in [0, 1), got {}", v.dump()));
+    }
+    (key == "start" ? defaults.start : defaults.end) = v.get<double>();
+  }
+  return defaults;
+}
+
+prune::HookOptions prune_hook_options_from_json(const json& j, const json& stages) {
+  const prune::StageSparsity schedule{j.at("start").get<double>(), j.at("end").get<double>()};
+  prune::StageSchedules per_stage;
+  for (size_t i = 0; stages.is_array() && i < stages.size(); ++i) {
+    const auto& s = stages[i];
+    if (!s.is_object() || !s.contains("prune")) continue;
+    per_stage[s.value("name", std::string())] =
+        prune_stage_from_json(s["prune"], "config", fmt::format("stages[{}].prune", i), schedule);
+  }
+  return prune::HookOptions().schedule(schedule).stages(per_stage).update_every(j.at("update_every").get<int64_t>());
+}
+
 qat::HookOptions qat_hook_options_from_json(const json& j, const json& stages) {
   auto options = qat::HookOptions().freeze_observers_at(j.at("freeze_observers_at").get<double>());
   for (size_t i = 0; stages.is_array() && i < stages.size(); ++i) {

@@ -19,6 +19,8 @@
 
 #include "kd/adapters/lora.h"
 #include "kd/adapters/lora_hook.h"
+#include "kd/prune/pruning.h"
+#include "kd/prune/pruning_hook.h"
 #include "kd/quant/qat.h"
 #include "kd/quant/qat_hook.h"
 
@@ -42,5 +44,15 @@ const std::vector<std::string>& qat_stage_keys();
 /// "freeze_observers_at_step" (integer >= 0). Throws kd::Error (kConfig) naming `origin` and the path.
 qat::StageOptions qat_stage_options_from_json(const nlohmann::json& stage_qat, const std::string& origin,
                                               const std::string& path);
+
+/// kd::prune::Options from the "prune" object (granularity, targets, exclude).
+prune::Options prune_options_from_json(const nlohmann::json& prune, const std::string& origin);
+/// kd::prune::HookOptions from the "prune" object (start, end, update_every) plus the per-stage
+/// "prune": {"start", "end"} objects of `stages`, keyed by stage name.
+prune::HookOptions prune_hook_options_from_json(const nlohmann::json& prune, const nlohmann::json& stages);
+/// One stage's "prune" object at JSON path `path`: {"start": s, "end": s}, each in [0, 1) (both optional;
+/// missing ones come from the top-level "prune"). kd::Error (kConfig) naming `origin` and the path.
+prune::StageSparsity prune_stage_from_json(const nlohmann::json& stage_prune, const std::string& origin,
+                                           const std::string& path, prune::StageSparsity defaults = {});
 
 }  // namespace kd::app

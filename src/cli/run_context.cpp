@@ -348,6 +348,14 @@ StudentSetup build_student(const json& config, const std::vector<StageSpec>& spe
         }
         return setup.lora_hook;
       }
+      if (name == "prune") {
+        if (!setup.prune_hook) {
+          setup.prune_hook = std::make_shared<prune::Hook>(
+              prune::prepare(setup.model, prune_options_from_json(config["prune"], "config")),
+              prune_hook_options_from_json(config["prune"], config["stages"]));
+        }
+        return setup.prune_hook;
+      }
       if (!setup.qat_hook) {
         setup.qat_hook = std::make_shared<qat::Hook>(qat::prepare(setup.model, qat_options_from_json(config["qat"], "config")),
                                                      qat_hook_options_from_json(config["qat"], config["stages"]));

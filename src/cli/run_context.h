@@ -121,6 +121,7 @@ struct StudentSetup {
   std::vector<StageSpec> specs;  // with hooks
   std::shared_ptr<lora::Hook> lora_hook;
   std::shared_ptr<qat::Hook> qat_hook;
+  std::shared_ptr<prune::Hook> prune_hook;
 };
 /// With `activation_quant` (set when a stage lists "qat", and for loading an int8 file) the model
 /// has its activation quantization points (models that have them).

@@ -139,7 +139,7 @@ json param_groups_to_json(const std::vector<ParamGroup>& groups) {
 }  // namespace
 
 const std::vector<std::string>& known_hooks() {
-  static const std::vector<std::string> names = {"lora", "qat"};
+  static const std::vector<std::string> names = {"lora", "qat", "prune"};
   return names;
 }
 
@@ -167,7 +167,8 @@ std::vector<std::string> stage_hook_names(const json& stage, const std::string& 
 const nlohmann::json& stage_defaults() {
   static const json d = {{"name", ""},   {"epochs", 1},        {"steps", 0},      {"lr", 1e-3},
                          {"loss_lr", -1.0}, {"trainable", json::array()}, {"eval_every", 0}, {"losses", json::array()},
-                         {"hooks", json::array()}, {"param_groups", json::array()}, {"ema", true}, {"qat", json::object()}};
+                         {"hooks", json::array()}, {"param_groups", json::array()}, {"ema", true}, {"qat", json::object()},
+                         {"prune", json::object()}};
   return d;
 }
 
@@ -229,6 +230,12 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
       qat_stage_options_from_json(s["qat"], origin, path + ".qat");
       if (std::find(hooks.begin(), hooks.end(), "qat") == hooks.end()) {
         fail(origin, path + ".qat", "sets QAT options but the stage does not list \"qat\" in its \"hooks\"; add it there");
+      }
+    }
+    if (s.contains("prune")) {  // this stage's sparsity schedule
+      prune_stage_from_json(s["prune"], origin, path + ".prune");
+      if (std::find(hooks.begin(), hooks.end(), "prune") == hooks.end()) {
+        fail(origin, path + ".prune", "sets a pruning schedule but the stage does not list \"prune\" in its \"hooks\"; add it there");
       }
     }
     const json losses = s.value("losses", json::array());

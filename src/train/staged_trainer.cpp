@@ -670,6 +670,7 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
             consecutive_nonfinite = 0;
             if (o.clip_norm() > 0) torch::nn::utils::clip_grad_norm_(all_params, o.clip_norm());
             optimizer->step();
+            for (auto& h : stage.hooks()) h->after_step(info);
             if (stage_ema) stage_ema->update(*student_);
           } else {
             ++state.nonfinite_steps;

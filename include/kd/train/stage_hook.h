@@ -21,6 +21,7 @@ struct Stage;
 /// The trainer calls, for each stage that lists the hook:
 ///   on_stage_begin (after the stage's `trainable` patterns are applied; also when resuming inside the stage)
 ///   before_forward (before every training forward: each micro-batch)
+///   after_step     (after every optimizer step that was applied, before the EMA update)
 ///   sync_weights   (at the stage's start or resume, at each epoch boundary and before each evaluation)
 ///   on_eval_begin / on_eval_end (around each evaluation inside the stage, after sync_weights)
 ///   on_stage_end   (after the last optimizer step, before the stage's final checkpoint and evaluation)
@@ -52,6 +53,9 @@ class StageHook {
   virtual std::vector<torch::Tensor> on_stage_begin(torch::nn::Module& student, const Stage& stage) { return {}; }
   /// Before each training micro-batch's forward: may advance state (QAT's observers watch the weights).
   virtual void before_forward(const StepInfo& step) {}
+  /// After the optimizer changed the parameters (skipped for a step whose update was dropped):
+  /// e.g. pruning puts its zeros back where the optimizer's moments moved them.
+  virtual void after_step(const StepInfo& step) {}
   /// Brings rewritten weights up to date with the parameters without advancing any state, so forwards
   /// outside training steps (evaluation, the sampler's epoch pass) neither see stale weights nor move
   /// an observer; a resume therefore replays exactly the state changes of an uninterrupted run.

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "config.h"
+#include "hook_config.h"
 #include "kd/train/recipes.h"
 #include "stage_config.h"
 #include "task.h"
@@ -223,11 +224,29 @@ TEST(Config, EveryTasksDefaultsAreAValidConfigWithValidStages) {
   }
 }
 
+TEST(Config, PruningIsAStageHookWithItsOwnSchedule) {
+  auto c = resolve_config({}, {"stages.2.hooks=[\"prune\"]", "stages.2.prune={\"end\": 0.7}", "prune.granularity=channel"});
+  const auto options = kd::app::prune_hook_options_from_json(c["prune"], c["stages"]);
+  EXPECT_DOUBLE_EQ(options.stages().at("logits").end, 0.7);
+  EXPECT_DOUBLE_EQ(options.stages().at("logits").start, 0.0);  // from the top-level "prune"
+  EXPECT_EQ(kd::app::prune_options_from_json(c["prune"], "config").granularity(), kd::prune::Granularity::kChannel);
+  auto msg = error_of({}, {"stages.2.prune={\"end\": 0.7}"});
+  EXPECT_THAT(msg, HasSubstr("'stages[2].prune' sets a pruning schedule but the stage does not list \"prune\""));
+  msg = error_of({}, {"stages.2.hooks=[\"prune\"]", "stages.2.prune={\"ends\": 0.7}"});
+  EXPECT_THAT(msg, HasSubstr("'stages[2].prune.ends' is not a key of a stage's pruning schedule; did you mean 'end'?"));
+  msg = error_of({}, {"stages.2.hooks=[\"prune\"]", "stages.2.prune={\"end\": 1}"});
+  EXPECT_THAT(msg, HasSubstr("'stages[2].prune.end' must be a sparsity in [0, 1), got 1"));
+  msg = error_of({}, {"prune.granularity=rows"});
+  EXPECT_THAT(msg, HasSubstr("use one of: unstructured, channel, head"));
+  msg = error_of({}, {"stages.2.hooks=[\"prun\"]"});
+  EXPECT_THAT(msg, HasSubstr("did you mean 'prune'? a stage hook is one of: lora, qat, prune"));
+}
+
 TEST(Config, ShippedConfigsAreValid) {
   for (const char* name : {"fashion_mnist.json", "quick.json", "lora.json", "qat.json", "spam_transformer.json",
                            "byte_lm.json", "r1_gradient.json", "spam_alone.json", "byte_lm_alone.json",
                            "spam_linear_attention.json", "fashion_mnist_alone.json", "fashion_mnist_kl.json",
-                           "fashion_mnist_three_phase.json", "fashion_mnist_qat.json"}) {
+                           "fashion_mnist_three_phase.json", "fashion_mnist_qat.json", "fashion_mnist_pruned.json"}) {
     SCOPED_TRACE(name);
     EXPECT_NO_THROW(resolve_config({std::string(KD_SOURCE_DIR) + "/configs/" + name}, {}));
   }
