@@ -31,14 +31,15 @@ VARIANTS = {
         ("distilled: three-phase", ["configs/fashion_mnist_three_phase.json"], []),
         ("distilled: R1 gradient matching", ["configs/r1_gradient.json"], []),
         ("distilled: three-phase + int8 QAT", ["configs/fashion_mnist_qat.json"], []),
-        ("distilled: three-phase + CutMix", ["configs/fashion_mnist_three_phase.json"], ["train.augment=cutmix"]),
+        ("distilled: three-phase + CutMix", ["configs/fashion_mnist_cutmix.json"], []),
+        ("distilled: three-phase + FGSM examples (ε 0.05, half of each batch)", ["configs/fashion_mnist_adversarial.json"], []),
         ("distilled: three-phase, 50 % of weights pruned", ["configs/fashion_mnist_pruned.json"], []),
     ],
     "spam": [
         ("student alone (hard labels)", ["configs/spam_transformer.json", "configs/spam_alone.json"], []),
         ("distilled: three-phase", ["configs/spam_transformer.json"], []),
         ("distilled: three-phase, linear-attention student", ["configs/spam_linear_attention.json"], []),
-        ("distilled: three-phase + TokenMix", ["configs/spam_transformer.json"], ["train.augment=token_mix"]),
+        ("distilled: three-phase + TokenMix", ["configs/spam_token_mix.json"], []),
     ],
     "byte_lm": [
         ("student alone (next-byte CE)", ["configs/byte_lm.json", "configs/byte_lm_alone.json"], []),
@@ -55,7 +56,7 @@ EVAL_EVERY = {"fashion_mnist": 215, "spam": 66, "byte_lm": 250}
 
 
 def slug(label):
-    return "".join(c if c.isalnum() else "_" for c in label.split(":", 1)[-1].strip().lower()).strip("_")
+    return "".join(c if c.isascii() and c.isalnum() else "_" for c in label.split(":", 1)[-1].strip().lower()).strip("_")
 
 
 def run(cmd, log):

@@ -62,6 +62,7 @@
 #include "kd/quant/int8_file.h"
 #include "kd/quant/qat.h"
 #include "kd/quant/qat_hook.h"
+#include "kd/train/adversarial.h"
 #include "kd/train/autocast.h"
 #include "kd/train/callback.h"
 #include "kd/train/checkpoint.h"

@@ -48,6 +48,8 @@ const std::map<std::string, Range>& ranges() {
       {"train.ema_decay", {0, 0.999999999}},
       {"train.hard_example_mix", {0, 1}},
       {"train.mix_alpha", {0, 1e3, true}},
+      {"train.adversarial_epsilon", {0, 10}},
+      {"train.adversarial_ratio", {0, 1}},
       {"train.mix_probability", {0, 1}},
       {"train.lr_backoff", {0, 1, true}},
       {"train.max_consecutive_nonfinite", {1, 1e6}},
@@ -332,6 +334,10 @@ json fashion_mnist_defaults() {
         {"augment", "none"},
         {"mix_alpha", 1.0},
         {"mix_probability", 1.0},
+        // adversarial_epsilon > 0: adversarial_ratio of every batch is replaced by examples made against the
+        // student (images: FGSM with step epsilon; token ids: HotFlip of that share of each sequence's tokens).
+        {"adversarial_epsilon", 0.0},
+        {"adversarial_ratio", 0.5},
         // NaN/Inf loss or gradient: "skip" the update, "lower_lr" (skip and x lr_backoff), "rollback" to the
         // newest checkpoint (and x lr_backoff), or "stop"; max_consecutive_nonfinite in a row always stop.
         {"nonfinite", "skip"},

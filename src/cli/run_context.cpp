@@ -56,6 +56,10 @@ RunArgs::RunArgs(const json& c)
                                                     task.name(), images ? "\"cutmix\"" : "\"none\""));
   }
   const auto mix = data::MixOptions(task.num_classes()).alpha(t["mix_alpha"]).probability(t["mix_probability"]);
+  trainer.adversarial(AdversarialOptions()
+                          .epsilon(t["adversarial_epsilon"])
+                          .ratio(t["adversarial_ratio"])
+                          .pad_token(task.name() == "fashion_mnist" ? -1 : 0));
   if (augment == "shift_flip") trainer.augmentation(std::make_shared<data::RandomShiftFlip>());
   if (augment == "cutmix") trainer.augmentation(std::make_shared<data::CutMix>(mix));
   if (augment == "token_mix") trainer.augmentation(std::make_shared<data::TokenMix>(mix));

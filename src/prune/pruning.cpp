@@ -113,10 +113,11 @@ PruningImpl::PruningImpl(std::shared_ptr<torch::nn::Module> model, Options optio
       site->cols.push_back(attn->o->weight);
       site->mask = torch::ones({attn->heads});
     } else {
-      const auto weight = m.named_parameters(false)["weight"];
+      const auto own = m.named_parameters(/*recurse=*/false);  // find() points into this dictionary
+      const auto weight = own["weight"];
       site->rows.push_back(weight);
       if (options_.granularity() == Granularity::kChannel) {
-        if (auto* b = m.named_parameters(false).find("bias"); b && b->defined()) site->rows.push_back(*b);
+        if (const auto* b = own.find("bias"); b && b->defined()) site->rows.push_back(*b);
         site->mask = torch::ones({weight.size(0)});
       } else {
         site->mask = torch::ones(weight.sizes());

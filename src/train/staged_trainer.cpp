@@ -164,6 +164,15 @@ StagedTrainer::StagedTrainer(Student student, std::optional<Teacher> teacher, st
                 "the 'rollback' non-finite policy returns to the newest checkpoint, but no checkpoint_dir is set; set "
                 "one (and checkpoint_every), or choose 'skip', 'lower_lr' or 'stop'");
   }
+  if (o.adversarial().epsilon() > 0 && o.teacher_cache()) {
+    throw Error(ErrorCategory::kConfig,
+                "adversarial examples change the inputs every step, so cached teacher outputs would belong to other "
+                "inputs: run the teacher online (no teacher_cache) or set adversarial epsilon to 0");
+  }
+  if (o.adversarial().epsilon() < 0 || o.adversarial().ratio() < 0 || o.adversarial().ratio() > 1) {
+    throw Error(ErrorCategory::kConfig, fmt::format("adversarial: epsilon must be >= 0 (got {}) and ratio in [0, 1] (got {})",
+                                                    o.adversarial().epsilon(), o.adversarial().ratio()));
+  }
   if (o.augmentation() && o.augmentation()->stochastic() && o.teacher_cache()) {
     throw Error(ErrorCategory::kConfig,
                 fmt::format("augmentation '{}' changes the inputs every epoch, so teacher outputs cached for the "
@@ -605,6 +614,9 @@ TrainSummary StagedTrainer::fit(const data::TensorDataset& train, const data::Te
             batch.step = info;
             LossResult r;
             before_forward(info);
+            if (o.adversarial().epsilon() > 0) {
+              batch.inputs = adversarial_inputs(*student_->model(), batch.inputs, batch.targets, batch.mask, o.adversarial());
+            }
             {
               AutocastGuard autocast(device, o.precision());
               if (input_grad) {

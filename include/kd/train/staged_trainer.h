@@ -15,6 +15,7 @@
 #include "kd/data/teacher_cache.h"
 #include "kd/data/tensor_dataset.h"
 #include "kd/dist/process_group.h"
+#include "kd/train/adversarial.h"
 #include "kd/train/autocast.h"
 #include "kd/train/callback.h"
 #include "kd/train/stage.h"
@@ -103,6 +104,11 @@ struct StagedTrainerOptions {
   /// Applied to every training micro-batch before the teacher and the student see it
   /// (kd::data::RandomShiftFlip or your own); refused with a teacher_cache when stochastic.
   TORCH_ARG(std::shared_ptr<data::Augmentation>, augmentation) = nullptr;
+  /// Adversarial distillation (epsilon > 0): a share of every training micro-batch is replaced by
+  /// FGSM / HotFlip examples made against the student (kd::adversarial_inputs), after the
+  /// augmentation and the stage hooks' before_forward; the teacher and the student then both see
+  /// them. Refused with a teacher_cache (the inputs change every step).
+  TORCH_ARG(AdversarialOptions, adversarial) = {};
   /// Teacher outputs read from this cache (built over the same training set,
   /// in the same order) instead of running the teacher: no teacher forward at all.
   TORCH_ARG(std::shared_ptr<data::TeacherCache>, teacher_cache) = nullptr;

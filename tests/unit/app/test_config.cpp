@@ -246,7 +246,8 @@ TEST(Config, ShippedConfigsAreValid) {
   for (const char* name : {"fashion_mnist.json", "quick.json", "lora.json", "qat.json", "spam_transformer.json",
                            "byte_lm.json", "r1_gradient.json", "spam_alone.json", "byte_lm_alone.json",
                            "spam_linear_attention.json", "fashion_mnist_alone.json", "fashion_mnist_kl.json",
-                           "fashion_mnist_three_phase.json", "fashion_mnist_qat.json", "fashion_mnist_pruned.json"}) {
+                           "fashion_mnist_three_phase.json", "fashion_mnist_qat.json", "fashion_mnist_pruned.json",
+                           "fashion_mnist_cutmix.json", "fashion_mnist_adversarial.json", "spam_token_mix.json"}) {
     SCOPED_TRACE(name);
     EXPECT_NO_THROW(resolve_config({std::string(KD_SOURCE_DIR) + "/configs/" + name}, {}));
   }
