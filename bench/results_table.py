@@ -4,7 +4,7 @@ results-table markers), JSON, and PNG training curves rendered from the runs' me
 
 usage: python3 bench/results_table.py [--kd-train build/src/cli/kd-train] [--runs runs/table]
            [--results bench/results/table] [--seeds 0 1 2] [--tasks fashion_mnist spam byte_lm]
-           [--threads 2] [--readme README.md] [--table-only]
+           [--threads 2] [--readme README.md] [--table-only] [--extras]
 
 For each task and seed the teacher is trained once (`kd-train teacher --seed S`), then each student
 variant is distilled from that teacher (`kd-train distill --config ... --set teacher.path=...`).
@@ -23,7 +23,8 @@ import sys
 import time
 
 # (label, config files, extra --set overrides). Every student of a task trains for the same number
-# of epochs (or steps); the configs say how they spend them.
+# of epochs (or steps); the configs say how they spend them. Labels in EXTRAS (CutMix, adversarial
+# examples, pruning, linear attention, TokenMix) are run and shown only with --extras.
 VARIANTS = {
     "fashion_mnist": [
         ("student alone (hard labels)", ["configs/fashion_mnist_alone.json"], []),
@@ -46,6 +47,9 @@ VARIANTS = {
         ("distilled: per-token KL + CE", ["configs/byte_lm.json"], []),
     ],
 }
+EXTRAS = {"distilled: three-phase + CutMix", "distilled: three-phase + FGSM examples (ε 0.05, half of each batch)",
+          "distilled: three-phase, 50 % of weights pruned", "distilled: three-phase, linear-attention student",
+          "distilled: three-phase + TokenMix"}
 TEACHER_CONFIG = {"fashion_mnist": "configs/fashion_mnist.json", "spam": "configs/spam_transformer.json",
                   "byte_lm": "configs/byte_lm.json"}
 TITLES = {"fashion_mnist": "Fashion-MNIST (10 000 test images)",
@@ -84,6 +88,10 @@ def stage_count(task, configs):
     return n
 
 
+def variants(a, task):
+    return [v for v in VARIANTS[task] if a.extras or v[0] not in EXTRAS]
+
+
 def train_all(a):
     for task in a.tasks:
         for seed in a.seeds:
@@ -96,7 +104,7 @@ def train_all(a):
                               os.path.join(tdir, "log.txt"))
                 with open(os.path.join(tdir, "seconds.json"), "w") as f:
                     json.dump({"teacher_seconds": seconds}, f)
-            for label, configs, sets in VARIANTS[task]:
+            for label, configs, sets in variants(a, task):
                 out = os.path.join(base, slug(label))
                 if os.path.exists(os.path.join(out, "summary.json")):
                     continue
@@ -138,7 +146,7 @@ def collect(a, task):
         with open(os.path.join(tdir, "seconds.json")) as f:
             teacher["seconds"].append(json.load(f)["teacher_seconds"])
     rows.append(teacher)
-    for label, _, _ in VARIANTS[task]:
+    for label, _, _ in variants(a, task):
         r = {"label": label, "params": None, "bytes": None, "scores": {s: [] for s in scores}, "seconds": []}
         for seed in a.seeds:
             out = os.path.join(a.runs, task, f"seed{seed}", slug(label))
@@ -213,9 +221,7 @@ def curves(a, task, path):
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
     seed = a.seeds[0]
     # Left: the loss parts of the recipe's run (the last variant that is not QAT).
-    recipe = [v for v in VARIANTS[task] if "QAT" not in v[0]][-1][0]
-    if task == "fashion_mnist":
-        recipe = "distilled: three-phase"
+    recipe = "distilled: three-phase" if task != "byte_lm" else VARIANTS[task][-1][0]
     events = read_metrics(os.path.join(a.runs, task, f"seed{seed}", slug(recipe), "metrics.jsonl"))
     steps = [e for e in events if e["event"] == "step"]
     names = sorted({k for e in steps for k in e["parts"] if not k.startswith("w.") and "." not in k})
@@ -232,7 +238,7 @@ def curves(a, task, path):
     left.set_title(f"{recipe} (seed {seed}): loss parts (moving mean of 25 steps)")
     left.legend(fontsize=8)
     # Right: validation score of every variant against its step.
-    for label, _, _ in VARIANTS[task]:
+    for label, _, _ in variants(a, task):
         ev = [e for e in read_metrics(os.path.join(a.runs, task, f"seed{seed}", slug(label), "metrics.jsonl"))
               if e["event"] == "eval" and metric in e["metrics"]]
         right.plot([e["global_step"] for e in ev], [(1 if lm else 100) * e["metrics"][metric] for e in ev],
@@ -273,6 +279,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--readme", default="README.md")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--extras", action="store_true", help="also the rows of CutMix, FGSM, pruning, linear attention, TokenMix")
     a = p.parse_args()
     if not a.table_only:
         train_all(a)

@@ -42,27 +42,9 @@ RunArgs::RunArgs(const json& c)
                                            : NonFinitePolicy::kSkipStep)
       .lr_backoff(t["lr_backoff"])
       .max_consecutive_nonfinite(t["max_consecutive_nonfinite"]);
-  const std::string augment = t["augment"];
-  const bool images = task.name() == "fashion_mnist";
-  if ((augment == "shift_flip" || augment == "cutmix") && !images) {
-    throw Error(ErrorCategory::kConfig, fmt::format("config: 'train.augment' = \"{}\" transforms images, but task '{}' "
-                                                    "has {}; use {}",
-                                                    augment, task.name(), task.name() == "spam" ? "token sequences" : "byte windows",
-                                                    task.name() == "spam" ? "\"token_mix\" or \"none\"" : "\"none\""));
-  }
-  if (augment == "token_mix" && task.name() != "spam") {
-    throw Error(ErrorCategory::kConfig, fmt::format("config: 'train.augment' = \"token_mix\" mixes labelled token "
-                                                    "sequences (task spam), not task '{}'; use {}",
-                                                    task.name(), images ? "\"cutmix\"" : "\"none\""));
-  }
-  const auto mix = data::MixOptions(task.num_classes()).alpha(t["mix_alpha"]).probability(t["mix_probability"]);
-  trainer.adversarial(AdversarialOptions()
-                          .epsilon(t["adversarial_epsilon"])
-                          .ratio(t["adversarial_ratio"])
-                          .pad_token(task.name() == "fashion_mnist" ? -1 : 0));
-  if (augment == "shift_flip") trainer.augmentation(std::make_shared<data::RandomShiftFlip>());
-  if (augment == "cutmix") trainer.augmentation(std::make_shared<data::CutMix>(mix));
-  if (augment == "token_mix") trainer.augmentation(std::make_shared<data::TokenMix>(mix));
+  trainer.augmentation(task.augmentation(t));
+  trainer.adversarial(
+      AdversarialOptions().epsilon(t["adversarial_epsilon"]).ratio(t["adversarial_ratio"]).pad_token(task.pad_token()));
 }
 
 void ensure_output_folder(const fs::path& out) {

@@ -9,6 +9,7 @@
 
 #include "kd/core/error.h"
 #include "kd/data/fashion_mnist.h"
+#include "kd/data/mixing.h"
 #include "kd/data/spam_assassin.h"
 #include "kd/models/causal_lm.h"
 #include "kd/models/cnn.h"
@@ -114,6 +115,10 @@ class FashionMnistTask : public Task {
   }
 
   torch::Tensor example_input(const json&) const override { return torch::zeros({1, 1, 28, 28}); }
+  int64_t pad_token() const override { return -1; }
+
+ protected:
+  std::vector<std::string> augmentations() const override { return {"shift_flip", "cutmix"}; }
 };
 
 // Both text tasks read the same corpus; "data" holds where it is and how it is split.
@@ -162,6 +167,9 @@ class SpamTask : public Task {
   torch::Tensor example_input(const json& config) const override {
     return torch::ones({1, config["data"]["max_len"].get<int64_t>()}, torch::kLong);
   }
+
+ protected:
+  std::vector<std::string> augmentations() const override { return {"token_mix"}; }
 
  private:
   static std::shared_ptr<Model> encoder(const json& s, const json& config, bool student, const char* section,
@@ -216,6 +224,9 @@ class ByteLmTask : public Task {
     return torch::zeros({1, config["data"]["context"].get<int64_t>()}, torch::kLong);
   }
 
+ protected:
+  std::vector<std::string> augmentations() const override { return {}; }  // windows of a stream: nothing to mix
+
  private:
   static std::shared_ptr<Model> lm(const json& s, const json& config, const char* section, std::string* name) {
     if (name) *name = transformer_name("CausalLM", s);
@@ -256,6 +267,21 @@ std::string Scores::to_string() const {
     }
   }
   return fmt::format("{}", fmt::join(parts, ", "));
+}
+
+std::shared_ptr<data::Augmentation> Task::augmentation(const json& train) const {
+  const std::string name = train["augment"];
+  if (name == "none") return nullptr;
+  const auto fits = augmentations();
+  if (std::find(fits.begin(), fits.end(), name) == fits.end()) {
+    throw Error(ErrorCategory::kConfig,
+                fmt::format("config: 'train.augment' = \"{}\" does not fit task '{}' ({}); it takes: none{}{}", name,
+                            this->name(), title(), fits.empty() ? "" : ", ", fmt::join(fits, ", ")));
+  }
+  const auto mix = data::MixOptions(num_classes()).alpha(train["mix_alpha"]).probability(train["mix_probability"]);
+  if (name == "shift_flip") return std::make_shared<data::RandomShiftFlip>();
+  if (name == "cutmix") return std::make_shared<data::CutMix>(mix);
+  return std::make_shared<data::TokenMix>(mix);
 }
 
 Scores Task::evaluate(Model& model, const data::TensorDataset& split) const {

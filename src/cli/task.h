@@ -19,6 +19,7 @@
 #include <torch/types.h>
 
 #include "kd/core/model.h"
+#include "kd/data/augmentation.h"
 #include "kd/data/tensor_dataset.h"
 #include "kd/train/staged_trainer.h"
 
@@ -66,6 +67,16 @@ class Task {
   Scores evaluate(Model& model, const data::TensorDataset& split) const;
   /// One example input of the shape the task's models take, for tracing (kd-train export).
   virtual torch::Tensor example_input(const nlohmann::json& config) const = 0;
+  /// The token id of padding (never written by adversarial token flips), or −1 for inputs without.
+  virtual int64_t pad_token() const { return 0; }
+  /// The training-batch augmentation the "train" section names ("augment", "mix_alpha",
+  /// "mix_probability"), or null for "none"; kd::Error (kConfig) naming the ones that fit this
+  /// task's inputs when it names another.
+  std::shared_ptr<data::Augmentation> augmentation(const nlohmann::json& train) const;
+
+ protected:
+  /// The augmentations that fit this task's inputs (besides "none").
+  virtual std::vector<std::string> augmentations() const = 0;
 };
 
 /// The task a resolved config names (its "task" key).
