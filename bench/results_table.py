@@ -122,21 +122,29 @@ def train_all(a):
 
 def mean_std(values, scale=1.0, digits=2):
     values = [scale * v for v in values]
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"  # one seed: no spread to show
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def collect(a, task):
-    """Rows of (label, params, bytes on disk, {score: [per seed]}, [seconds per seed])."""
+    """Rows of {label, params, bytes on disk, scores: {score: [per seed]}, seconds: [per seed], seeds: [seeds run]}.
+    A seed whose run has not finished (no summary.json) is left out of that row, which names the seeds it has."""
     rows = []
     lm = task == "byte_lm"
     scores = ["bits_per_byte"] if lm else ["accuracy", "macro_f1"]
-    teacher = {"label": None, "params": None, "bytes": None, "scores": {s: [] for s in scores}, "seconds": []}
+    empty = lambda label: {"label": label, "params": None, "bytes": None, "scores": {s: [] for s in scores},
+                           "seconds": [], "seeds": []}
+    teacher = empty(None)
     for seed in a.seeds:
         base = os.path.join(a.runs, task, f"seed{seed}")
         tdir = os.path.join(base, "teacher")
-        first = slug(VARIANTS[task][0][0])
-        with open(os.path.join(base, first, "summary.json")) as f:
+        # Every distillation of the seed scores the same teacher; take the first that finished.
+        summaries = [os.path.join(base, slug(v[0]), "summary.json") for v in variants(a, task)]
+        summary = next((p for p in summaries if os.path.exists(p)), None)
+        if summary is None or not os.path.exists(os.path.join(tdir, "seconds.json")):
+            continue
+        with open(summary) as f:
             row = json.load(f)["models"][0]
         teacher["label"] = f"teacher {row['model']}"
         teacher["params"] = row["parameters"]
@@ -145,11 +153,15 @@ def collect(a, task):
             teacher["scores"][s].append(row["test_" + s])
         with open(os.path.join(tdir, "seconds.json")) as f:
             teacher["seconds"].append(json.load(f)["teacher_seconds"])
+        teacher["seeds"].append(seed)
+    teacher["label"] = teacher["label"] or "teacher"
     rows.append(teacher)
     for label, _, _ in variants(a, task):
-        r = {"label": label, "params": None, "bytes": None, "scores": {s: [] for s in scores}, "seconds": []}
+        r = empty(label)
         for seed in a.seeds:
             out = os.path.join(a.runs, task, f"seed{seed}", slug(label))
+            if not os.path.exists(os.path.join(out, "summary.json")):
+                continue
             with open(os.path.join(out, "summary.json")) as f:
                 summary = json.load(f)
             # The deliverable: the int8 file where QAT wrote one, else the float student.
@@ -163,6 +175,7 @@ def collect(a, task):
             for s in scores:
                 r["scores"][s].append(student["test_" + s])
             r["seconds"].append(summary["student_seconds"])
+            r["seeds"].append(seed)
         rows.append(r)
     return rows, scores
 
@@ -170,14 +183,17 @@ def collect(a, task):
 def markdown(a, task, rows, scores):
     lm = task == "byte_lm"
     head = "| model | parameters | bytes on disk | " + (
-        "validation bits per byte ↓ |" if lm else "test accuracy % | test macro-F1 % |") + " training time (s) |"
-    lines = [f"**{TITLES[task]}** — mean ± std over seeds {', '.join(map(str, a.seeds))}", "", head,
-             "|---|---|---|" + ("---|" if lm else "---|---|") + "---|"]
+        "validation bits per byte ↓ |" if lm else "test accuracy % | test macro-F1 % |") + " training time (s) | seeds |"
+    lines = [f"**{TITLES[task]}** — mean ± std over the seeds each row names (of {', '.join(map(str, a.seeds))})", "",
+             head, "|---|---|---|" + ("---|" if lm else "---|---|") + "---|---|"]
     for r in rows:
+        if not r["seeds"]:
+            lines.append(f"| {r['label']} | | | " + ("| " if lm else "| | ") + "| not run yet |")
+            continue
         cells = [mean_std(r["scores"]["bits_per_byte"], digits=3)] if lm else [
             mean_std(r["scores"]["accuracy"], 100), mean_std(r["scores"]["macro_f1"], 100)]
         lines.append(f"| {r['label']} | {r['params']:,} | {r['bytes']:,} | " + " | ".join(cells) +
-                     f" | {statistics.mean(r['seconds']):.0f} |")
+                     f" | {statistics.mean(r['seconds']):.0f} | {', '.join(map(str, r['seeds']))} |")
     lines.append("")
     return lines
 
@@ -187,6 +203,9 @@ def targets(task, rows):
     m = lambda r, s: statistics.mean(r["scores"][s])
     teacher, by = rows[0], {r["label"]: r for r in rows[1:]}
     alone = rows[1]
+    needed = [teacher, alone, by.get("distilled: three-phase", rows[-1])]
+    if not all(r["seeds"] for r in needed):
+        return ["Targets: not measured yet (the teacher, the student alone and the distilled student need a run each).", ""]
     out = []
     if task == "fashion_mnist":
         d = by["distilled: three-phase"]
@@ -219,9 +238,12 @@ def curves(a, task, path):
     lm = task == "byte_lm"
     metric = "bits_per_byte" if lm else "accuracy"
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    seed = a.seeds[0]
-    # Left: the loss parts of the recipe's run (the last variant that is not QAT).
+    # Left: the loss parts of the recipe's run (the last variant that is not QAT), of the first seed that has it.
     recipe = "distilled: three-phase" if task != "byte_lm" else VARIANTS[task][-1][0]
+    seed = next((s for s in a.seeds
+                 if os.path.exists(os.path.join(a.runs, task, f"seed{s}", slug(recipe), "metrics.jsonl"))), None)
+    if seed is None:
+        return False
     events = read_metrics(os.path.join(a.runs, task, f"seed{seed}", slug(recipe), "metrics.jsonl"))
     steps = [e for e in events if e["event"] == "step"]
     names = sorted({k for e in steps for k in e["parts"] if not k.startswith("w.") and "." not in k})
@@ -239,8 +261,10 @@ def curves(a, task, path):
     left.legend(fontsize=8)
     # Right: validation score of every variant against its step.
     for label, _, _ in variants(a, task):
-        ev = [e for e in read_metrics(os.path.join(a.runs, task, f"seed{seed}", slug(label), "metrics.jsonl"))
-              if e["event"] == "eval" and metric in e["metrics"]]
+        path_metrics = os.path.join(a.runs, task, f"seed{seed}", slug(label), "metrics.jsonl")
+        if not os.path.exists(os.path.join(os.path.dirname(path_metrics), "summary.json")):
+            continue
+        ev = [e for e in read_metrics(path_metrics) if e["event"] == "eval" and metric in e["metrics"]]
         right.plot([e["global_step"] for e in ev], [(1 if lm else 100) * e["metrics"][metric] for e in ev],
                    marker=".", label=label)
     right.set_xlabel("step")
@@ -252,6 +276,7 @@ def curves(a, task, path):
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return True
 
 
 def read_metrics(path):
@@ -291,8 +316,8 @@ def main():
         data[task] = rows
         lines += markdown(a, task, rows, scores) + targets(task, rows)
         png = os.path.join(a.results, f"curves_{task}.png")
-        curves(a, task, png)
-        lines += [f"![{task} training curves]({png})", ""]
+        if curves(a, task, png):
+            lines += [f"![{task} training curves]({png})", ""]
     lines.append(f"Made by `{command.strip()}` (training time: each run's own wall time on this 2-core machine; "
                  "bytes on disk: the file a user ships, teacher.pt / student.pt, or the int8 file).")
     table = "\n".join(lines) + "\n"
