@@ -41,6 +41,7 @@ VARIANTS = {
         ("distilled: three-phase", ["configs/spam_transformer.json"], []),
         ("distilled: three-phase, linear-attention student", ["configs/spam_linear_attention.json"], []),
         ("distilled: three-phase + TokenMix", ["configs/spam_token_mix.json"], []),
+        ("distilled: three-phase, half of the fc1 channels pruned", ["configs/spam_pruned.json"], []),
     ],
     "byte_lm": [
         ("student alone (next-byte CE)", ["configs/byte_lm.json", "configs/byte_lm_alone.json"], []),
@@ -49,7 +50,7 @@ VARIANTS = {
 }
 EXTRAS = {"distilled: three-phase + CutMix", "distilled: three-phase + FGSM examples (ε 0.05, half of each batch)",
           "distilled: three-phase, 50 % of weights pruned", "distilled: three-phase, linear-attention student",
-          "distilled: three-phase + TokenMix"}
+          "distilled: three-phase + TokenMix", "distilled: three-phase, half of the fc1 channels pruned"}
 TEACHER_CONFIG = {"fashion_mnist": "configs/fashion_mnist.json", "spam": "configs/spam_transformer.json",
                   "byte_lm": "configs/byte_lm.json"}
 TITLES = {"fashion_mnist": "Fashion-MNIST (10 000 test images)",

@@ -55,6 +55,7 @@
 #include "kd/models/transformer_block.h"
 #include "kd/models/transformer_encoder.h"
 #include "kd/nn/linear.h"
+#include "kd/prune/compact.h"
 #include "kd/prune/pruning.h"
 #include "kd/prune/pruning_hook.h"
 #include "kd/quant/fake_quantize.h"

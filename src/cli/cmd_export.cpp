@@ -1,7 +1,9 @@
 // kd-train export: a trained model as a TorchScript file (for Python, C++ or any TorchScript runtime)
 // or as a compact int8 file (post-training calibration when the model was trained in float).
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
+#include <vector>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -10,6 +12,7 @@
 #include "commands.h"
 #include "hook_config.h"
 #include "kd/core/script_export.h"
+#include "kd/prune/compact.h"
 #include "run_context.h"
 
 namespace kd::app {
@@ -40,6 +43,27 @@ double max_difference(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
 }
 
+// Median milliseconds of one forward of each model on `inputs`, over rounds that alternate the two (so a
+// shared machine's slow spell hits both alike).
+std::pair<double, double> median_forward_ms(Model& a, Model& b, const torch::Tensor& inputs, int rounds = 7) {
+  torch::NoGradGuard no_grad;
+  auto time_once = [&](Model& m) {
+    const auto t0 = std::chrono::steady_clock::now();
+    m.forward(inputs);
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  };
+  time_once(a);  // warm-up: allocator and thread pool
+  time_once(b);
+  std::vector<double> ta, tb;
+  for (int r = 0; r < rounds; ++r) {
+    ta.push_back(time_once(a));
+    tb.push_back(time_once(b));
+  }
+  std::sort(ta.begin(), ta.end());
+  std::sort(tb.begin(), tb.end());
+  return {ta[ta.size() / 2], tb[tb.size() / 2]};
+}
+
 }  // namespace
 
 int run_export(const json& config, const ExportArgs& e) {
@@ -50,6 +74,9 @@ int run_export(const json& config, const ExportArgs& e) {
   if (e.format == "int8" && e.which != "student") {
     throw Error(ErrorCategory::kConfig, "--format int8 exports students only (kd-train eval reads int8 students); use "
                                         "--which student, or --format torchscript for the teacher");
+  }
+  if (e.compact && e.format != "torchscript") {
+    throw Error(ErrorCategory::kConfig, "--compact writes a TorchScript file; drop --format int8 (or --compact)");
   }
   if (e.format == "int8" && is_int8_file(from)) {
     throw Error(ErrorCategory::kConfig, fmt::format("'{}' is an int8 file already; export it with --format torchscript, "
@@ -76,6 +103,32 @@ int run_export(const json& config, const ExportArgs& e) {
   loaded.model->eval();
   const Splits data = load_splits(a, config, device);
   const auto probe = data.test.inputs.slice(0, 0, std::min<int64_t>(8, data.test.size()));
+
+  if (e.format == "torchscript" && e.compact) {
+    // The dense model stays loaded beside the compacted one: outputs, file bytes and speed side by side.
+    LoadedModel dense = load_model_file(config, e.which, from, device);
+    dense.model->eval();
+    const auto report = prune::compact(*loaded.model);
+    if (!report.changed()) {
+      spdlog::warn("--compact: nothing to remove from {}: no attention head or feed-forward channel of a transformer "
+                   "block is all zero (prune with granularity \"head\", or \"channel\" with targets [\"fc1\"]; "
+                   "convolutions are not compacted)",
+                   loaded.name);
+    }
+    torch::NoGradGuard no_grad;
+    const double diff = max_difference(loaded.model->forward(probe).logits, dense.model->forward(probe).logits);
+    const fs::path dense_file = to.string() + ".dense.tmp";
+    const auto dense_bytes = export_torchscript(*dense.model, a.task.example_input(config).to(device), dense_file.string(),
+                                                ScriptExportOptions().with_layers(e.with_layers));
+    fs::remove(dense_file);
+    const auto timing = data.test.inputs.slice(0, 0, std::min<int64_t>(64, data.test.size()));
+    const auto [dense_ms, compact_ms] = median_forward_ms(*dense.model, *loaded.model, timing);
+    fmt::print("{}\n  largest logit difference compact vs dense on {} test inputs {:.3g}; forward of {} test inputs "
+               "(median of 7 alternating rounds, {} thread(s)): dense {:.2f} ms, compact {:.2f} ms ({:.2f}x); "
+               "TorchScript dense {} bytes\n",
+               report.to_string(), probe.size(0), diff, timing.size(0), torch::get_num_threads(), dense_ms, compact_ms,
+               dense_ms / compact_ms, dense_bytes);
+  }
 
   if (e.format == "torchscript") {
     if (e.which == "student" && config["student"].value("dynamic_depth", false)) {

@@ -26,6 +26,7 @@ struct ExportArgs {
   std::string to;                 ///< the file to write (default OUT/<which>.ts.pt or OUT/<which>.int8.pt)
   bool with_layers = false;       ///< TorchScript: forward returns (logits, hidden_states, attentions)
   int64_t calibration_batches = 32;  ///< int8 from a float model: training batches its observers see
+  bool compact = false;           ///< TorchScript: remove pruned heads / feed-forward channels first (kd::prune::compact)
 };
 /// Writes OUT/<which>.pt (or `model_file`) as a TorchScript file, read back and compared with the C++
 /// model on test inputs, or — students only — as an int8 file after post-training calibration on

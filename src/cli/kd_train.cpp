@@ -4,7 +4,7 @@
 //   kd-train distill [common options] [--resume]      teacher (trained or loaded), then the config's stages
 //   kd-train eval    [common options] [--model FILE] [--which student|teacher]
 //   kd-train export  [common options] [--model FILE] [--which student|teacher] [--format torchscript|int8]
-//                    [--to FILE] [--with-layers] [--calibration-batches N]
+//                    [--to FILE] [--with-layers] [--calibration-batches N] [--compact]
 //   kd-train list
 //   kd-train --nproc N teacher|distill ...            N data-parallel ranks on this machine (c10d Gloo)
 //
@@ -91,6 +91,9 @@ int main(int argc, char** argv) {
   exp->add_option("--calibration-batches", export_args.calibration_batches,
                   "int8: training batches (train.batch_size each) the observers see before quantizing")
       ->check(CLI::Range(1, 1000000));
+  exp->add_flag("--compact", export_args.compact,
+                "TorchScript: first remove the attention heads and feed-forward channels pruning zeroed (kd::prune::compact); "
+                "prints the parameters, file bytes and forward time of the dense and the compact model");
   auto* list = app.add_subcommand("list", "list the registered losses (with their option keys), tasks, models and data sets");
 
   try {

@@ -18,21 +18,21 @@ MultiHeadSelfAttentionImpl::MultiHeadSelfAttentionImpl(MultiHeadSelfAttentionOpt
 
 void MultiHeadSelfAttentionImpl::reset() {
   const int64_t d = options.d_model();
-  detail::check_heads("attention", d, options.heads());
+  const int64_t inner = options.heads() * detail::head_size("attention", d, options.heads(), options.head_dim());
   if (!(options.dropout() >= 0.0 && options.dropout() < 1.0)) {
     throw Error(ErrorCategory::kValue, fmt::format("attention: dropout must be in [0, 1), got {}", options.dropout()));
   }
-  q_proj = register_module("q_proj", torch::nn::Linear(d, d));
-  k_proj = register_module("k_proj", torch::nn::Linear(d, d));
-  v_proj = register_module("v_proj", torch::nn::Linear(d, d));
-  o_proj = register_module("o_proj", torch::nn::Linear(d, d));
+  q_proj = register_module("q_proj", torch::nn::Linear(d, inner));
+  k_proj = register_module("k_proj", torch::nn::Linear(d, inner));
+  v_proj = register_module("v_proj", torch::nn::Linear(d, inner));
+  o_proj = register_module("o_proj", torch::nn::Linear(inner, d));
   dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
 }
 
 AttentionOutput MultiHeadSelfAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
                                                     const torch::Tensor& blocked) {
   detail::check_attention_input("attention", x, options.d_model());
-  const int64_t H = options.heads(), dh = options.d_model() / H;
+  const int64_t H = options.heads(), dh = options.head_dim() > 0 ? options.head_dim() : options.d_model() / H;
   // [B, L, D] -> [B, H, L, d], contiguous: RoPE's elementwise ops keep their input's layout, and the
   // batched matmuls below run ~15% faster on contiguous heads than on transposed views (measured on CPU).
   // No B or L as numbers (unflatten / flatten instead of view / reshape): a trace (kd::trace_to_script)

@@ -15,20 +15,20 @@ LinearSelfAttentionImpl::LinearSelfAttentionImpl(LinearSelfAttentionOptions opti
 
 void LinearSelfAttentionImpl::reset() {
   const int64_t d = options.d_model();
-  detail::check_heads("linear attention", d, options.heads());
+  const int64_t inner = options.heads() * detail::head_size("linear attention", d, options.heads(), options.head_dim());
   if (!(options.eps() > 0.0)) {
     throw Error(ErrorCategory::kValue, fmt::format("linear attention: eps must be > 0, got {}", options.eps()));
   }
-  q_proj = register_module("q_proj", torch::nn::Linear(d, d));
-  k_proj = register_module("k_proj", torch::nn::Linear(d, d));
-  v_proj = register_module("v_proj", torch::nn::Linear(d, d));
-  o_proj = register_module("o_proj", torch::nn::Linear(d, d));
+  q_proj = register_module("q_proj", torch::nn::Linear(d, inner));
+  k_proj = register_module("k_proj", torch::nn::Linear(d, inner));
+  v_proj = register_module("v_proj", torch::nn::Linear(d, inner));
+  o_proj = register_module("o_proj", torch::nn::Linear(inner, d));
 }
 
 AttentionOutput LinearSelfAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
                                                  const torch::Tensor& blocked) {
   detail::check_attention_input("linear attention", x, options.d_model());
-  const int64_t H = options.heads(), dh = options.d_model() / H;
+  const int64_t H = options.heads(), dh = options.head_dim() > 0 ? options.head_dim() : options.d_model() / H;
   // [B, L, D] -> [B, H, L, d] without B or L as numbers (a trace keeps them free; see MultiHeadSelfAttention).
   auto heads = [&](const torch::Tensor& t) { return t.unflatten(-1, {H, dh}).transpose(1, 2); };
   auto qf = torch::elu(heads(q_proj->forward(x))) + 1.0;  // φ(q) > 0

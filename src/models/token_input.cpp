@@ -52,6 +52,20 @@ void check_sizes(const char* model, int64_t vocab, int64_t d_model, int64_t head
   if (!(rope_base > 1.0)) fail(fmt::format("rope_base must be > 1, got {}", rope_base));
 }
 
+int64_t head_size(const char* layer, int64_t d_model, int64_t heads, int64_t head_dim) {
+  if (head_dim == 0) {
+    check_heads(layer, d_model, heads);
+    return d_model / heads;
+  }
+  if (d_model <= 0 || heads <= 0 || head_dim < 0 || head_dim % 2 != 0) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("{}: d_model {}, {} heads of head_dim {}: each must be positive and head_dim even (RoPE "
+                            "rotates pairs)",
+                            layer, d_model, heads, head_dim));
+  }
+  return head_dim;
+}
+
 void check_heads(const char* layer, int64_t d_model, int64_t heads) {
   if (d_model <= 0 || heads <= 0 || d_model % heads != 0 || (d_model / heads) % 2 != 0) {
     throw Error(ErrorCategory::kValue,

@@ -21,6 +21,9 @@ int64_t ffn_width(const char* model, int64_t ffn, int64_t d_model);
 /// Attention layers: kd::Error (kValue) unless d_model splits into `heads` heads of an even size (RoPE
 /// rotates pairs), and (kShape) unless x is [B, L, d_model]. `layer` names the layer in the message.
 void check_heads(const char* layer, int64_t d_model, int64_t heads);
+/// The size of one head: d_model / heads when `head_dim` is 0 (checked as check_heads), else `head_dim`,
+/// which must be even and positive (heads × head_dim may then differ from d_model: a compacted layer).
+int64_t head_size(const char* layer, int64_t d_model, int64_t heads, int64_t head_dim);
 void check_attention_input(const char* layer, const torch::Tensor& x, int64_t d_model);
 
 }  // namespace kd::models::detail

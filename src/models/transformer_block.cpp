@@ -23,10 +23,14 @@ void TransformerBlockImpl::reset() {
   if (options.attention() == AttentionKind::kLinear) {
     // No dropout on attention weights: the linear form never forms them (the residual dropout remains).
     linear_attn = register_module(
-        "attn", LinearSelfAttention(LinearSelfAttentionOptions(d, options.heads()).surrogate(options.attention_surrogate())));
+        "attn", LinearSelfAttention(LinearSelfAttentionOptions(d, options.heads())
+                                      .head_dim(options.head_dim())
+                                      .surrogate(options.attention_surrogate())));
   } else {
     attn = register_module(
-        "attn", MultiHeadSelfAttention(MultiHeadSelfAttentionOptions(d, options.heads()).dropout(options.dropout())));
+        "attn", MultiHeadSelfAttention(MultiHeadSelfAttentionOptions(d, options.heads())
+                                          .head_dim(options.head_dim())
+                                          .dropout(options.dropout())));
   }
   ln2 = register_module("ln2", ln());
   fc1 = register_module("fc1", torch::nn::Linear(d, options.ffn()));

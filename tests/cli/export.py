@@ -5,7 +5,9 @@
 - --format int8 (post-training calibration of a float student): `kd-train eval` of the int8 file must
   report the accuracy export printed for it, and the int8 file exported again as TorchScript must
   score the same in Python;
-- bad requests (an int8 teacher, --to over the model) are refused with exit status 2 and a message
+- --compact on a spam student whose fc1 channels were pruned to half: Python runs the compact and the dense
+  TorchScript files on the same tokens and gets the same logits, from fc1 layers of half the rows;
+- bad requests (an int8 teacher, --to over the model, --compact with int8) are refused with exit status 2 and a message
   that names the fix.
 
 usage: export.py KD_TRAIN OUT_DIR   (run with /usr/bin/python3: needs torch and numpy)
@@ -116,3 +118,29 @@ with torch.no_grad():
     logits = m(tokens)
 assert logits.shape == (5, 2) and torch.isfinite(logits).all(), logits
 print("ok: spam student exported and run in Python:", tuple(logits.shape))
+
+# --compact: half of each block's fc1 channels pruned (configs/spam_pruned.json), then removed from the file.
+pruned = ["--config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "spam_pruned.json"),
+          "--out", os.path.join(out, "spam_pruned"), "--threads", "1", "--set", "data.limit=32",
+          "--set", "data.max_len=48", "--set", "teacher.steps=1", "--set", "stages.0.steps=1",
+          "--set", "stages.1.steps=1", "--set", "stages.2.steps=4", "--set", "prune.update_every=1",
+          "--set", "train.batch_size=16"]
+kd("distill", *pruned)
+dense_ts = os.path.join(out, "spam_pruned", "dense.ts.pt")
+kd("export", *pruned, "--to", dense_ts)
+log = kd("export", *pruned, "--compact")
+assert "parameters 116610 -> 83586" in log and "blocks.1 heads 2 -> 2, ffn 256 -> 128" in log, log
+assert number(r"largest logit difference compact vs dense on 8 test inputs ([0-9.e+-]+)", log) < 1e-4, log
+compact = torch.jit.load(os.path.join(out, "spam_pruned", "student.ts.pt"))
+dense = torch.jit.load(dense_ts)
+assert tuple(compact.state_dict()["blocks.0.fc1.weight"].shape) == (128, 64), compact.state_dict().keys()
+assert sum(p.numel() for p in compact.parameters()) == 83586
+with torch.no_grad():
+    a, b = compact(tokens), dense(tokens)
+assert torch.allclose(a, b, atol=1e-5), (a, b)
+assert os.path.getsize(os.path.join(out, "spam_pruned", "student.ts.pt")) < 0.8 * os.path.getsize(dense_ts)
+log = kd("export", *pruned, "--compact", "--format", "int8", expect=2)
+assert "--compact writes a TorchScript file" in log, log
+log = kd("export", *fm, "--compact")  # a CNN: nothing to remove, said, and the file is still written
+assert "nothing to remove" in log and "convolutions are not compacted" in log, log
+print("ok: compact spam student: 83586 of 116610 parameters, same logits in Python as the dense file")

@@ -20,6 +20,9 @@ struct MultiHeadSelfAttentionOptions {
   /// Width of the input and output; must be divisible by `heads` into an even head size.
   TORCH_ARG(int64_t, d_model);
   TORCH_ARG(int64_t, heads);
+  /// Size of one head; 0 (default) = d_model / heads. Another value makes q, k, v d_model → heads·head_dim
+  /// and o_proj heads·head_dim → d_model: what kd::prune::compact leaves after removing pruned heads.
+  TORCH_ARG(int64_t, head_dim) = 0;
   /// Dropout on the attention probabilities (training mode only); default 0.
   TORCH_ARG(double, dropout) = 0.0;
 };

@@ -26,6 +26,9 @@ struct LinearSelfAttentionOptions {
   /// Width of the input and output; must be divisible by `heads` into an even head size (RoPE).
   TORCH_ARG(int64_t, d_model);
   TORCH_ARG(int64_t, heads);
+  /// Size of one head; 0 (default) = d_model / heads. Another value makes q, k, v d_model → heads·head_dim
+  /// and o_proj heads·head_dim → d_model: what kd::prune::compact leaves after removing pruned heads.
+  TORCH_ARG(int64_t, head_dim) = 0;
   /// Return the attention surrogate (below) as AttentionOutput::probabilities. It is an [B, H, L, L]
   /// tensor, O(L²): leave it on for attention transfer, turn it off where only the output is needed.
   TORCH_ARG(bool, surrogate) = true;

@@ -22,6 +22,8 @@ struct TransformerBlockOptions {
   TransformerBlockOptions(int64_t d_model, int64_t heads, int64_t ffn) : d_model_(d_model), heads_(heads), ffn_(ffn) {}
   TORCH_ARG(int64_t, d_model);
   TORCH_ARG(int64_t, heads);
+  /// Size of one attention head; 0 (default) = d_model / heads (see MultiHeadSelfAttentionOptions::head_dim).
+  TORCH_ARG(int64_t, head_dim) = 0;
   /// Width of the feed-forward layer (fc1: d_model → ffn, fc2: ffn → d_model).
   TORCH_ARG(int64_t, ffn);
   /// Dropout on the attention probabilities and on both residual branches (training mode only).
