@@ -55,7 +55,7 @@ TEACHER_CONFIG = {"fashion_mnist": "configs/fashion_mnist.json", "spam": "config
                   "byte_lm": "configs/byte_lm.json"}
 TITLES = {"fashion_mnist": "Fashion-MNIST (10 000 test images)",
           "spam": "SpamAssassin spam/ham (1 209 test mails)",
-          "byte_lm": "SpamAssassin byte LM (512 validation windows of 128 bytes)"}
+          "byte_lm": "SpamAssassin byte LM (512 held-out test windows of 128 bytes)"}
 # Validation evaluations per stage for the curves (steps between them), on top of each stage's end.
 EVAL_EVERY = {"fashion_mnist": 215, "spam": 66, "byte_lm": 250}
 
@@ -184,7 +184,7 @@ def collect(a, task):
 def markdown(a, task, rows, scores):
     lm = task == "byte_lm"
     head = "| model | parameters | bytes on disk | " + (
-        "validation bits per byte ↓ |" if lm else "test accuracy % | test macro-F1 % |") + " training time (s) | seeds |"
+        "test bits per byte ↓ |" if lm else "test accuracy % | test macro-F1 % |") + " training time (s) | seeds |"
     lines = [f"**{TITLES[task]}** — mean ± std over the seeds each row names (of {', '.join(map(str, a.seeds))})", "",
              head, "|---|---|---|" + ("---|" if lm else "---|---|") + "---|---|"]
     for r in rows:
