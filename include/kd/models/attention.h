@@ -17,7 +17,7 @@ namespace kd::models {
 /// Options for MultiHeadSelfAttention.
 struct MultiHeadSelfAttentionOptions {
   MultiHeadSelfAttentionOptions(int64_t d_model, int64_t heads) : d_model_(d_model), heads_(heads) {}
-  /// Width of the input and output; must be divisible by `heads` into an even head size.
+  /// Width of the input and output; must be divisible by `heads` into an even head size (unless head_dim is set).
   TORCH_ARG(int64_t, d_model);
   TORCH_ARG(int64_t, heads);
   /// Size of one head; 0 (default) = d_model / heads. Another value makes q, k, v d_model → heads·head_dim

@@ -23,7 +23,7 @@ enum class AttentionKind {
 /// Options for LinearSelfAttention.
 struct LinearSelfAttentionOptions {
   LinearSelfAttentionOptions(int64_t d_model, int64_t heads) : d_model_(d_model), heads_(heads) {}
-  /// Width of the input and output; must be divisible by `heads` into an even head size (RoPE).
+  /// Width of the input and output; must be divisible by `heads` into an even head size (RoPE; unless head_dim is set).
   TORCH_ARG(int64_t, d_model);
   TORCH_ARG(int64_t, heads);
   /// Size of one head; 0 (default) = d_model / heads. Another value makes q, k, v d_model → heads·head_dim

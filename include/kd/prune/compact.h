@@ -23,7 +23,7 @@ struct CompactReport {
   int64_t parameters_before = 0;
   int64_t parameters_after = 0;
   bool changed() const { return parameters_after != parameters_before; }
-  /// "compacted 2 transformer blocks: parameters 116,610 -> 83,842 (71.9 %); blocks.0 heads 2 -> 1, ffn 256 -> 128; ..."
+  /// "compacted 2 transformer block(s): parameters 116610 -> 83586 (71.7 %); blocks.0 heads 2 -> 2, ffn 256 -> 128; ..."
   std::string to_string() const;
 };
 
