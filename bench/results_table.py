@@ -4,7 +4,7 @@ results-table markers), JSON, and PNG training curves rendered from the runs' me
 
 usage: python3 bench/results_table.py [--kd-train build/src/cli/kd-train] [--runs runs/table]
            [--results bench/results/table] [--seeds 0 1 2] [--tasks fashion_mnist spam byte_lm]
-           [--threads 2] [--readme README.md] [--table-only] [--extras]
+           [--threads 2] [--readme README.md] [--table-only] [--extras] [--only RUN ...]
 
 For each task and seed the teacher is trained once (`kd-train teacher --seed S`), then each student
 variant is distilled from that teacher (`kd-train distill --config ... --set teacher.path=...`).
@@ -107,7 +107,7 @@ def train_all(a):
                     json.dump({"teacher_seconds": seconds}, f)
             for label, configs, sets in variants(a, task):
                 out = os.path.join(base, slug(label))
-                if os.path.exists(os.path.join(out, "summary.json")):
+                if os.path.exists(os.path.join(out, "summary.json")) or (a.only and slug(label) not in a.only):
                     continue
                 cmd = [a.kd_train, "distill", "--out", out] + common
                 for c in configs:
@@ -305,6 +305,9 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--readme", default="README.md")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--only", nargs="+", default=[], metavar="RUN",
+                   help="train only these runs (folder names, e.g. three_phase r1_gradient_matching), e.g. to split "
+                        "a seed over two processes; the table still shows every run there is")
     p.add_argument("--extras", action="store_true", help="also the rows of CutMix, FGSM, pruning, linear attention, TokenMix")
     a = p.parse_args()
     if not a.table_only:
