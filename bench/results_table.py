@@ -109,6 +109,13 @@ def train_all(a):
                 out = os.path.join(base, slug(label))
                 if os.path.exists(os.path.join(out, "summary.json")) or (a.only and slug(label) not in a.only):
                     continue
+                if os.path.isdir(out) and any(n != "log.txt" for n in os.listdir(out)):
+                    # Checkpoints without a summary: another process is training it, or it was cut off. Opening
+                    # its log here would truncate it, and kd-train would refuse the folder anyway.
+                    print(f"skipped {out}: it holds a run that has not finished (training in another process, or "
+                          f"interrupted: continue it with kd-train distill --resume --out {out}, or delete the folder)",
+                          flush=True)
+                    continue
                 cmd = [a.kd_train, "distill", "--out", out] + common
                 for c in configs:
                     cmd += ["--config", c]

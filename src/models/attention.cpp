@@ -18,7 +18,8 @@ MultiHeadSelfAttentionImpl::MultiHeadSelfAttentionImpl(MultiHeadSelfAttentionOpt
 
 void MultiHeadSelfAttentionImpl::reset() {
   const int64_t d = options.d_model();
-  const int64_t inner = options.heads() * detail::head_size("attention", d, options.heads(), options.head_dim());
+  head_size_ = detail::head_size("attention", d, options.heads(), options.head_dim());
+  const int64_t inner = options.heads() * head_size_;
   if (!(options.dropout() >= 0.0 && options.dropout() < 1.0)) {
     throw Error(ErrorCategory::kValue, fmt::format("attention: dropout must be in [0, 1), got {}", options.dropout()));
   }
@@ -32,7 +33,7 @@ void MultiHeadSelfAttentionImpl::reset() {
 AttentionOutput MultiHeadSelfAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
                                                     const torch::Tensor& blocked) {
   detail::check_attention_input("attention", x, options.d_model());
-  const int64_t H = options.heads(), dh = options.head_dim() > 0 ? options.head_dim() : options.d_model() / H;
+  const int64_t H = options.heads(), dh = head_size_;
   // [B, L, D] -> [B, H, L, d], contiguous: RoPE's elementwise ops keep their input's layout, and the
   // batched matmuls below run ~15% faster on contiguous heads than on transposed views (measured on CPU).
   // No B or L as numbers (unflatten / flatten instead of view / reshape): a trace (kd::trace_to_script)

@@ -15,7 +15,8 @@ LinearSelfAttentionImpl::LinearSelfAttentionImpl(LinearSelfAttentionOptions opti
 
 void LinearSelfAttentionImpl::reset() {
   const int64_t d = options.d_model();
-  const int64_t inner = options.heads() * detail::head_size("linear attention", d, options.heads(), options.head_dim());
+  head_size_ = detail::head_size("linear attention", d, options.heads(), options.head_dim());
+  const int64_t inner = options.heads() * head_size_;
   if (!(options.eps() > 0.0)) {
     throw Error(ErrorCategory::kValue, fmt::format("linear attention: eps must be > 0, got {}", options.eps()));
   }
@@ -28,7 +29,7 @@ void LinearSelfAttentionImpl::reset() {
 AttentionOutput LinearSelfAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope,
                                                  const torch::Tensor& blocked) {
   detail::check_attention_input("linear attention", x, options.d_model());
-  const int64_t H = options.heads(), dh = options.head_dim() > 0 ? options.head_dim() : options.d_model() / H;
+  const int64_t H = options.heads(), dh = head_size_;
   // [B, L, D] -> [B, H, L, d] without B or L as numbers (a trace keeps them free; see MultiHeadSelfAttention).
   auto heads = [&](const torch::Tensor& t) { return t.unflatten(-1, {H, dh}).transpose(1, 2); };
   auto qf = torch::elu(heads(q_proj->forward(x))) + 1.0;  // φ(q) > 0

@@ -54,7 +54,7 @@ void copy_heads(const Attention& from, Attention& to, const torch::Tensor& rows)
 template <typename Attention, typename Options>
 int64_t compact_heads(models::TransformerBlockImpl& block, Attention& attn, Options options) {
   const int64_t H = options.heads();
-  const int64_t dh = options.head_dim() > 0 ? options.head_dim() : options.d_model() / H;
+  const int64_t dh = attn->head_size();
   const auto kept = live_units(attn->v_proj->weight, attn->v_proj->bias, dh);
   if (kept.numel() == H) return H;
   Attention smaller(options.heads(kept.numel()).head_dim(dh));

@@ -54,10 +54,15 @@ class MultiHeadSelfAttentionImpl : public torch::nn::Cloneable<MultiHeadSelfAtte
   explicit MultiHeadSelfAttentionImpl(MultiHeadSelfAttentionOptions options);
   void reset() override;
   AttentionOutput forward(const torch::Tensor& x, const RotaryTables& rope, const torch::Tensor& blocked = {});
+  /// Size of one head: options.head_dim, or d_model / heads when that is 0 (set by reset()).
+  int64_t head_size() const { return head_size_; }
 
   MultiHeadSelfAttentionOptions options;
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   torch::nn::Dropout dropout{nullptr};
+
+ private:
+  int64_t head_size_ = 0;
 };
 TORCH_MODULE(MultiHeadSelfAttention);
 

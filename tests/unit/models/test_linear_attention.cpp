@@ -123,6 +123,19 @@ TEST(LinearAttention, RefusesPerQueryMasksAndBadShapes) {
                                {"even size"});
 }
 
+TEST(LinearAttention, HeadSizeIsDModelOverHeadsUnlessHeadDimIsSet) {
+  LinearSelfAttention even(LinearSelfAttentionOptions(12, 3));
+  EXPECT_EQ(even->head_size(), 4);
+  // 3 heads of 6 over d_model 12: the projections are 12 -> 18 -> 12 (what compaction leaves).
+  LinearSelfAttention wide(LinearSelfAttentionOptions(12, 3).head_dim(6));
+  EXPECT_EQ(wide->head_size(), 6);
+  EXPECT_EQ(wide->q_proj->weight.sizes(), (std::vector<int64_t>{18, 12}));
+  EXPECT_EQ(wide->o_proj->weight.sizes(), (std::vector<int64_t>{12, 18}));
+  const auto x = torch::randn({2, 5, 12});
+  EXPECT_EQ(wide->forward(x, kd::models::rotary_tables(5, 6, 10000.0, x.options())).output.sizes(), x.sizes());
+  EXPECT_EQ(std::dynamic_pointer_cast<kd::models::LinearSelfAttentionImpl>(wide->clone())->head_size(), 6);
+}
+
 TEST(LinearAttention, EncoderKeepsItsParameterNamesAndIgnoresAppendedPadding) {
   auto options = kd::models::TransformerEncoderOptions().layers(2).d_model(16).heads(2).pad_token(0).dropout(0.0);
   torch::manual_seed(2);
