@@ -141,8 +141,8 @@ def collect(a, task):
     rows = []
     lm = task == "byte_lm"
     scores = ["bits_per_byte"] if lm else ["accuracy", "macro_f1"]
-    empty = lambda label: {"label": label, "params": None, "bytes": None, "scores": {s: [] for s in scores},
-                           "seconds": [], "seeds": []}
+    empty = lambda label: {"label": label, "params": None, "zeros": None, "bytes": None,
+                           "scores": {s: [] for s in scores}, "seconds": [], "seeds": []}
     teacher = empty(None)
     for seed in a.seeds:
         base = os.path.join(a.runs, task, f"seed{seed}")
@@ -176,6 +176,8 @@ def collect(a, task):
             models = summary["models"]
             student = next((m for m in models if m["model"].endswith("(int8 file)")), models[1])
             r["params"] = student["parameters"]
+            if "pruning" in summary:  # pruned weights are zeros in the file; compaction (export --compact) removes them
+                r["zeros"] = summary["pruning"]["zero_parameters"]
             int8 = os.path.join(out, "student.int8.pt")
             r["bytes"] = os.path.getsize(int8 if os.path.exists(int8) else os.path.join(out, "student.pt"))
             if os.path.exists(int8):
@@ -200,7 +202,8 @@ def markdown(a, task, rows, scores):
             continue
         cells = [mean_std(r["scores"]["bits_per_byte"], digits=3)] if lm else [
             mean_std(r["scores"]["accuracy"], 100), mean_std(r["scores"]["macro_f1"], 100)]
-        lines.append(f"| {r['label']} | {r['params']:,} | {r['bytes']:,} | " + " | ".join(cells) +
+        params = f"{r['params']:,}" + (f" ({r['zeros']:,} of them zero)" if r["zeros"] else "")
+        lines.append(f"| {r['label']} | {params} | {r['bytes']:,} | " + " | ".join(cells) +
                      f" | {statistics.mean(r['seconds']):.0f} | {', '.join(map(str, r['seeds']))} |")
     lines.append("")
     return lines
