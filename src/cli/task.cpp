@@ -119,6 +119,7 @@ class FashionMnistTask : public Task {
 
  protected:
   std::vector<std::string> augmentations() const override { return {"shift_flip", "cutmix"}; }
+  double blank_pixel() const override { return data::kFashionMnistBlank; }
 };
 
 // Both text tasks read the same corpus; "data" holds where it is and how it is split.
@@ -279,7 +280,9 @@ std::shared_ptr<data::Augmentation> Task::augmentation(const json& train) const 
                             this->name(), title(), fits.empty() ? "" : ", ", fmt::join(fits, ", ")));
   }
   const auto mix = data::MixOptions(num_classes()).alpha(train["mix_alpha"]).probability(train["mix_probability"]);
-  if (name == "shift_flip") return std::make_shared<data::RandomShiftFlip>();
+  if (name == "shift_flip") {
+    return std::make_shared<data::RandomShiftFlip>(data::RandomShiftFlipOptions().fill(blank_pixel()));
+  }
   if (name == "cutmix") return std::make_shared<data::CutMix>(mix);
   return std::make_shared<data::TokenMix>(mix);
 }

@@ -77,6 +77,9 @@ class Task {
  protected:
   /// The augmentations that fit this task's inputs (besides "none").
   virtual std::vector<std::string> augmentations() const = 0;
+  /// An empty pixel as this task's inputs encode it, for shift_flip to fill uncovered pixels with
+  /// (image tasks whose inputs are normalised override it).
+  virtual double blank_pixel() const { return 0.0; }
 };
 
 /// The task a resolved config names (its "task" key).

@@ -39,7 +39,7 @@ TensorDataset load_fashion_mnist(Split split, const FashionMnistOptions& options
                 fmt::format("Fashion-MNIST images {} and labels {} do not form a dataset of 28x28 images",
                             shape_string(images), shape_string(labels)));
   }
-  TensorDataset all{((images.to(torch::kFloat32) / 255.0 - 0.2860) / 0.3530).unsqueeze(1),
+  TensorDataset all{((images.to(torch::kFloat32) / 255.0 - kFashionMnistMean) / kFashionMnistStd).unsqueeze(1),
                     labels.to(torch::kInt64), torch::Tensor()};  // images: no padding mask
 
   TensorDataset out = all;

@@ -7,6 +7,7 @@
 
 #include "config.h"
 #include "kd/core/error.h"
+#include "kd/data/fashion_mnist.h"
 #include "kd/data/spam_assassin.h"
 #include "kd/models/causal_lm.h"
 #include "kd/models/transformer_encoder.h"
@@ -131,6 +132,31 @@ TEST(Task, TextSplitsFollowLimitAndEvalLimit) {
   EXPECT_EQ(l.train.inputs.sizes(), (std::vector<int64_t>{30, 16}));
   // Targets are the inputs shifted by one byte.
   EXPECT_TRUE(torch::equal(l.train.targets.select(0, 0).slice(0, 0, 15), l.train.inputs.select(0, 0).slice(0, 1, 16)));
+}
+
+// shift_flip must uncover Fashion-MNIST pixels as black as the loader writes them (the data's own
+// minimum), not as 0, which after normalisation is a grey of p ≈ 0.29 the models never see at test time.
+TEST(Task, FashionMnistShiftFlipFillsUncoveredPixelsWithTheImagesBlack) {
+  auto c = resolve_config({}, {"train.augment=\"shift_flip\""});
+  auto aug = task_of(c).augmentation(c["train"]);
+  ASSERT_TRUE(aug);
+  const double black = kd::data::load_fashion_mnist(kd::data::Split::kTest).inputs.min().item<double>();
+  auto blank = torch::full({64, 1, 28, 28}, black);
+  auto targets = torch::zeros({64}, torch::kLong);
+  torch::manual_seed(0);
+  auto moved = blank.clone();
+  aug->apply(moved, targets);
+  EXPECT_NEAR(black, -0.2860 / 0.3530, 1e-6);
+  // 64 draws of (dy, dx) in [−2, 2]²: some images moved, and what they uncovered is still black.
+  EXPECT_NEAR(moved.min().item<double>(), black, 1e-6);
+  EXPECT_NEAR(moved.max().item<double>(), black, 1e-6);
+  EXPECT_TRUE(torch::equal(targets, torch::zeros({64}, torch::kLong)));
+  // The same draws on distinct pixels: some images did move (so the blank check above could fail).
+  torch::manual_seed(0);
+  const auto ramp = torch::arange(64 * 28 * 28, torch::kFloat).view({64, 1, 28, 28});
+  auto ramp_moved = ramp.clone();
+  aug->apply(ramp_moved, targets);
+  EXPECT_FALSE(torch::equal(ramp_moved, ramp));
 }
 
 TEST(Task, MissingCorpusNamesTheFolderAndTheInstallCommand) {
