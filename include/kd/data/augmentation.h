@@ -49,6 +49,8 @@ struct RandomShiftFlipOptions {
   TORCH_ARG(int64_t, max_shift) = 2;
   /// Probability that an image is mirrored left–right.
   TORCH_ARG(double, flip_probability) = 0.5;
+  /// An empty pixel in the inputs' encoding: 0 for raw images, but normalised ones have their own
+  /// (kd::data::kFashionMnistBlank for load_fashion_mnist's); 0 there would draw grey bars.
   TORCH_ARG(double, fill) = 0.0;
 };
 
