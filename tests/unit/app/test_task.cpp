@@ -141,10 +141,9 @@ TEST(Task, FashionMnistShiftFlipFillsUncoveredPixelsWithTheImagesBlack) {
   auto aug = task_of(c).augmentation(c["train"]);
   ASSERT_TRUE(aug);
   const double black = kd::data::load_fashion_mnist(kd::data::Split::kTest).inputs.min().item<double>();
-  auto blank = torch::full({64, 1, 28, 28}, black);
+  auto moved = torch::full({64, 1, 28, 28}, black);  // blank images
   auto targets = torch::zeros({64}, torch::kLong);
   torch::manual_seed(0);
-  auto moved = blank.clone();
   aug->apply(moved, targets);
   EXPECT_NEAR(black, -0.2860 / 0.3530, 1e-6);
   // 64 draws of (dy, dx) in [−2, 2]²: some images moved, and what they uncovered is still black.
