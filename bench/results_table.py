@@ -3,18 +3,25 @@ over several seeds, then mean ± std of each figure, written as Markdown (into t
 results-table markers), JSON, and PNG training curves rendered from the runs' metrics.jsonl.
 
 usage: python3 bench/results_table.py [--kd-train build/src/cli/kd-train] [--runs runs/table]
-           [--results bench/results/table] [--seeds 0 1 2] [--tasks TASK ...]
-           [--threads 2] [--readme README.md] [--table-only] [--extras] [--only RUN ...]
-           (--tasks: fashion_mnist fashion_mnist_long spam byte_lm, all by default)
+           [--archive bench/results/table/runs] [--results bench/results/table] [--seeds 0 1 2]
+           [--tasks TASK ...] [--threads 2] [--readme README.md] [--table-only] [--extras] [--only RUN ...]
+           (--tasks: fashion_mnist fashion_mnist_long fashion_mnist_24 spam byte_lm, all by default)
 
 For each task and seed the teacher is trained once (`kd-train teacher --seed S`), then each student
 variant is distilled from that teacher (`kd-train distill --config ... --set teacher.path=...`).
 A run whose summary.json (teacher: teacher.pt) exists is not run again, so the script can be
 stopped and started again; --table-only only rebuilds the table and the charts from the runs there.
+
+Runs folders do not outlive the machine they were made on, so what the table needs of each finished run
+(summary.json, file sizes, the teacher's time, metrics.jsonl without the per-step counters, gzipped) is
+copied into the archive folder, which is committed; a run missing from --runs is read from there. The seeds
+of one task can so be trained on different days (with binaries that compute the same). Only the sections
+of the tasks in --tasks are rewritten in the README (each sits between its own markers); the others stay.
 The curves need matplotlib (Debian: python3-matplotlib, installed by scripts/setup): run the script
 with /usr/bin/python3.
 """
 import argparse
+import gzip
 import json
 import os
 import shlex
@@ -43,6 +50,11 @@ VARIANTS = {
         ("student alone (hard labels)", ["configs/fashion_mnist_long_alone.json"], []),
         ("distilled: plain KL", ["configs/fashion_mnist_long_kl.json"], []),
     ],
+    # The same configs and teachers with twice the student epochs (24): does the gain grow with the budget?
+    "fashion_mnist_24": [
+        ("student alone (hard labels)", ["configs/fashion_mnist_long_alone.json"], ["stages.0.epochs=24"]),
+        ("distilled: plain KL", ["configs/fashion_mnist_long_kl.json"], ["stages.0.epochs=24"]),
+    ],
     "spam": [
         ("student alone (hard labels)", ["configs/spam_transformer.json", "configs/spam_alone.json"], []),
         ("distilled: three-phase", ["configs/spam_transformer.json"], []),
@@ -59,21 +71,103 @@ EXTRAS = {"distilled: three-phase + CutMix", "distilled: three-phase + FGSM exam
           "distilled: three-phase, 50 % of weights pruned", "distilled: three-phase, linear-attention student",
           "distilled: three-phase + TokenMix", "distilled: three-phase, half of the fc1 channels pruned"}
 TEACHER_CONFIG = {"fashion_mnist": "configs/fashion_mnist.json",
-                  "fashion_mnist_long": "configs/fashion_mnist_long_kl.json", "spam": "configs/spam_transformer.json",
+                  "fashion_mnist_long": "configs/fashion_mnist_long_kl.json",
+                  "fashion_mnist_24": "configs/fashion_mnist_long_kl.json", "spam": "configs/spam_transformer.json",
                   "byte_lm": "configs/byte_lm.json"}
 TITLES = {"fashion_mnist": "Fashion-MNIST (10 000 test images)",
           "fashion_mnist_long": "Fashion-MNIST, longer recipe: 8-epoch teacher, 12 student epochs at lr 0.003",
+          "fashion_mnist_24": "Fashion-MNIST, longer recipe with 24 student epochs: 8-epoch teacher, lr 0.003",
           "spam": "SpamAssassin spam/ham (1 209 test mails)",
           "byte_lm": "SpamAssassin byte LM (512 held-out test windows of 128 bytes)"}
 # The distilled student each task's targets are scored on, and whose loss parts the curves show.
 RECIPE = {"fashion_mnist": "distilled: three-phase", "fashion_mnist_long": "distilled: plain KL",
+          "fashion_mnist_24": "distilled: plain KL",
           "spam": "distilled: three-phase", "byte_lm": "distilled: per-token KL + CE"}
 # Validation evaluations per stage for the curves (steps between them), on top of each stage's end.
-EVAL_EVERY = {"fashion_mnist": 215, "fashion_mnist_long": 215, "spam": 66, "byte_lm": 250}
+EVAL_EVERY = {"fashion_mnist": 215, "fashion_mnist_long": 215, "fashion_mnist_24": 215, "spam": 66, "byte_lm": 250}
 
 
 def slug(label):
     return "".join(c if c.isascii() and c.isalnum() else "_" for c in label.split(":", 1)[-1].strip().lower()).strip("_")
+
+
+ARCHIVED_STEP_KEYS = ("event", "global_step", "stage_step", "epoch", "loss", "parts", "lr")  # what the curves read
+
+
+def run_dir(root, task, seed, name):
+    return os.path.join(root, task, f"seed{seed}", name)
+
+
+def archive_runs(a, task):
+    """Copies what the table reads of every finished run of the task in --runs into --archive."""
+    if not a.archive:
+        return
+    for seed in a.seeds:
+        tdir = run_dir(a.runs, task, seed, "teacher")
+        if os.path.exists(os.path.join(tdir, "seconds.json")) and os.path.exists(os.path.join(tdir, "teacher.pt")):
+            with open(os.path.join(tdir, "seconds.json")) as f:
+                record = json.load(f)
+            record["bytes"] = {"teacher.pt": os.path.getsize(os.path.join(tdir, "teacher.pt"))}
+            write_json(os.path.join(run_dir(a.archive, task, seed, "teacher"), "teacher.json"), record)
+        for label, _, _ in variants(a, task):
+            out = run_dir(a.runs, task, seed, slug(label))
+            if not os.path.exists(os.path.join(out, "summary.json")):
+                continue
+            dest = run_dir(a.archive, task, seed, slug(label))
+            with open(os.path.join(out, "summary.json")) as f:
+                write_json(os.path.join(dest, "summary.json"), json.load(f))
+            write_json(os.path.join(dest, "files.json"), {
+                n: os.path.getsize(os.path.join(out, n)) for n in ("student.pt", "student.int8.pt")
+                if os.path.exists(os.path.join(out, n))})
+            events = read_metrics(os.path.join(out, "metrics.jsonl"))
+            thin = [{k: e[k] for k in ARCHIVED_STEP_KEYS if k in e} if e["event"] == "step" else e for e in events]
+            text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in thin)
+            with open(os.path.join(dest, "metrics.jsonl.gz"), "wb") as f:
+                f.write(gzip.compress(text.encode(), mtime=0))  # mtime 0: the same run gives the same bytes
+
+
+def write_json(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(value, f, indent=1)
+        f.write("\n")
+
+
+def find_run(a, task, seed, name):
+    """The folder holding the run's results: --runs where it finished there, else the archive, else None."""
+    for root in (a.runs, a.archive):
+        if root and os.path.exists(os.path.join(run_dir(root, task, seed, name), "summary.json")):
+            return run_dir(root, task, seed, name)
+    return None
+
+
+def teacher_record(a, task, seed):
+    """{"teacher_seconds", "bytes": {"teacher.pt"}} of the seed's teacher, from --runs or the archive."""
+    tdir = run_dir(a.runs, task, seed, "teacher")
+    if os.path.exists(os.path.join(tdir, "seconds.json")) and os.path.exists(os.path.join(tdir, "teacher.pt")):
+        with open(os.path.join(tdir, "seconds.json")) as f:
+            record = json.load(f)
+        record["bytes"] = {"teacher.pt": os.path.getsize(os.path.join(tdir, "teacher.pt"))}
+        return record
+    path = os.path.join(run_dir(a.archive, task, seed, "teacher"), "teacher.json") if a.archive else ""
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return None
+
+
+def file_sizes(folder):
+    """Sizes of the files a run ships: measured in a runs folder, recorded in files.json in the archive."""
+    if os.path.exists(os.path.join(folder, "files.json")):
+        with open(os.path.join(folder, "files.json")) as f:
+            return json.load(f)
+    return {n: os.path.getsize(os.path.join(folder, n)) for n in ("student.pt", "student.int8.pt")
+            if os.path.exists(os.path.join(folder, n))}
+
+
+def metrics_path(folder):
+    plain = os.path.join(folder, "metrics.jsonl")
+    return plain if os.path.exists(plain) else plain + ".gz"
 
 
 def run(cmd, log):
@@ -88,7 +182,7 @@ def run(cmd, log):
     return time.time() - t0
 
 
-DEFAULT_STAGES = {"fashion_mnist": 3, "fashion_mnist_long": 3, "spam": 3, "byte_lm": 1}  # the tasks' default recipes (kd-train list)
+DEFAULT_STAGES = {"fashion_mnist": 3, "fashion_mnist_long": 3, "fashion_mnist_24": 3, "spam": 3, "byte_lm": 1}  # the tasks' default recipes (kd-train list)
 
 
 def stage_count(task, configs):
@@ -109,6 +203,11 @@ def train_all(a):
     for task in a.tasks:
         for seed in a.seeds:
             base = os.path.join(a.runs, task, f"seed{seed}")
+            # Runs that finished here or on an earlier machine (the archive) are not trained again.
+            pending = [v for v in variants(a, task) if not find_run(a, task, seed, slug(v[0])) and
+                       not (a.only and slug(v[0]) not in a.only)]
+            if not pending:
+                continue
             tdir = os.path.join(base, "teacher")
             os.makedirs(tdir, exist_ok=True)
             common = ["--seed", str(seed), "--threads", str(a.threads)]
@@ -117,10 +216,8 @@ def train_all(a):
                               os.path.join(tdir, "log.txt"))
                 with open(os.path.join(tdir, "seconds.json"), "w") as f:
                     json.dump({"teacher_seconds": seconds}, f)
-            for label, configs, sets in variants(a, task):
+            for label, configs, sets in pending:
                 out = os.path.join(base, slug(label))
-                if os.path.exists(os.path.join(out, "summary.json")) or (a.only and slug(label) not in a.only):
-                    continue
                 if os.path.isdir(out) and any(n != "log.txt" for n in os.listdir(out)):
                     # Checkpoints without a summary: another process is training it, or it was cut off. Opening
                     # its log here would truncate it, and kd-train would refuse the folder anyway.
@@ -138,6 +235,7 @@ def train_all(a):
                     cmd += ["--set", s]
                 os.makedirs(out, exist_ok=True)
                 run(cmd, os.path.join(out, "log.txt"))
+                archive_runs(a, task)
 
 
 def mean_std(values, scale=1.0, digits=2):
@@ -157,32 +255,29 @@ def collect(a, task):
                            "scores": {s: [] for s in scores}, "seconds": [], "seeds": []}
     teacher = empty(None)
     for seed in a.seeds:
-        base = os.path.join(a.runs, task, f"seed{seed}")
-        tdir = os.path.join(base, "teacher")
         # Every distillation of the seed scores the same teacher; take the first that finished.
-        summaries = [os.path.join(base, slug(v[0]), "summary.json") for v in variants(a, task)]
-        summary = next((p for p in summaries if os.path.exists(p)), None)
-        if summary is None or not os.path.exists(os.path.join(tdir, "seconds.json")):
+        folder = next((f for f in (find_run(a, task, seed, slug(v[0])) for v in variants(a, task)) if f), None)
+        record = teacher_record(a, task, seed)
+        if folder is None or record is None:
             continue
-        with open(summary) as f:
+        with open(os.path.join(folder, "summary.json")) as f:
             row = json.load(f)["models"][0]
         teacher["label"] = f"teacher {row['model']}"
         teacher["params"] = row["parameters"]
-        teacher["bytes"] = os.path.getsize(os.path.join(tdir, "teacher.pt"))
+        teacher["bytes"] = record["bytes"]["teacher.pt"]
         for s in scores:
             teacher["scores"][s].append(row["test_" + s])
-        with open(os.path.join(tdir, "seconds.json")) as f:
-            teacher["seconds"].append(json.load(f)["teacher_seconds"])
+        teacher["seconds"].append(record["teacher_seconds"])
         teacher["seeds"].append(seed)
     teacher["label"] = teacher["label"] or "teacher"
     rows.append(teacher)
     for label, _, _ in variants(a, task):
         r = empty(label)
         for seed in a.seeds:
-            out = os.path.join(a.runs, task, f"seed{seed}", slug(label))
-            if not os.path.exists(os.path.join(out, "summary.json")):
+            folder = find_run(a, task, seed, slug(label))
+            if folder is None:
                 continue
-            with open(os.path.join(out, "summary.json")) as f:
+            with open(os.path.join(folder, "summary.json")) as f:
                 summary = json.load(f)
             # The deliverable: the int8 file where QAT wrote one, else the float student.
             models = summary["models"]
@@ -190,9 +285,9 @@ def collect(a, task):
             r["params"] = student["parameters"]
             if "pruning" in summary:  # pruned weights are zeros in the file; compaction (export --compact) removes them
                 r["zeros"] = summary["pruning"]["zero_parameters"]
-            int8 = os.path.join(out, "student.int8.pt")
-            r["bytes"] = os.path.getsize(int8 if os.path.exists(int8) else os.path.join(out, "student.pt"))
-            if os.path.exists(int8):
+            sizes = file_sizes(folder)
+            r["bytes"] = sizes.get("student.int8.pt", sizes["student.pt"])
+            if "student.int8.pt" in sizes:
                 r["label"] = label + " (int8 file)"
             for s in scores:
                 r["scores"][s].append(student["test_" + s])
@@ -261,11 +356,10 @@ def curves(a, task, path):
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
     # Left: the loss parts of the task's recipe run, of the first seed that has it.
     recipe = RECIPE[task]
-    seed = next((s for s in a.seeds
-                 if os.path.exists(os.path.join(a.runs, task, f"seed{s}", slug(recipe), "metrics.jsonl"))), None)
+    seed = next((s for s in a.seeds if find_run(a, task, s, slug(recipe))), None)
     if seed is None:
         return False
-    events = read_metrics(os.path.join(a.runs, task, f"seed{seed}", slug(recipe), "metrics.jsonl"))
+    events = read_metrics(metrics_path(find_run(a, task, seed, slug(recipe))))
     steps = [e for e in events if e["event"] == "step"]
     names = sorted({k for e in steps for k in e["parts"] if not k.startswith("w.") and "." not in k})
     for name in names:
@@ -282,10 +376,10 @@ def curves(a, task, path):
     left.legend(fontsize=8)
     # Right: validation score of every variant against its step.
     for label, _, _ in variants(a, task):
-        path_metrics = os.path.join(a.runs, task, f"seed{seed}", slug(label), "metrics.jsonl")
-        if not os.path.exists(os.path.join(os.path.dirname(path_metrics), "summary.json")):
+        folder = find_run(a, task, seed, slug(label))
+        if folder is None:
             continue
-        ev = [e for e in read_metrics(path_metrics) if e["event"] == "eval" and metric in e["metrics"]]
+        ev = [e for e in read_metrics(metrics_path(folder)) if e["event"] == "eval" and metric in e["metrics"]]
         right.plot([e["global_step"] for e in ev], [(1 if lm else 100) * e["metrics"][metric] for e in ev],
                    marker=".", label=label)
     right.set_xlabel("step")
@@ -301,7 +395,7 @@ def curves(a, task, path):
 
 
 def read_metrics(path):
-    with open(path) as f:
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -319,6 +413,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--kd-train", default="build/src/cli/kd-train")
     p.add_argument("--runs", default="runs/table")
+    p.add_argument("--archive", default="bench/results/table/runs",
+                   help="where finished runs' results are kept across machines (committed); '' for none")
     p.add_argument("--results", default="bench/results/table")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--tasks", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -334,32 +430,62 @@ def main():
         train_all(a)
     os.makedirs(a.results, exist_ok=True)
     command = "python3 bench/results_table.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
-    lines, data = [], {}
+    sections, data = {}, {}
     for task in a.tasks:
+        archive_runs(a, task)
         rows, scores = collect(a, task)
-        data[task] = rows
-        lines += markdown(a, task, rows, scores) + targets(task, rows)
+        data[task] = {"command": command, "seeds": a.seeds, "rows": rows}
+        lines = markdown(a, task, rows, scores) + targets(task, rows)
         png = os.path.join(a.results, f"curves_{task}.png")
         if curves(a, task, png):
             lines += [f"![{task} training curves]({png})", ""]
-    lines.append(f"Made by `{command.strip()}` (training time: each run's own wall time on this 2-core machine; "
-                 "bytes on disk: the file a user ships, teacher.pt / student.pt, or the int8 file).")
-    table = "\n".join(lines) + "\n"
-    with open(os.path.join(a.results, "table.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(a.results, "results.json"), "w") as f:
-        json.dump({"command": command, "seeds": a.seeds, "tasks": data}, f, indent=1)
-    print(table)
+        sections[task] = "\n".join(lines + [f"Made by `{command.strip()}`.", "", ""])
+    results = os.path.join(a.results, "results.json")
+    old = json.load(open(results)) if os.path.exists(results) else {}
+    with open(results, "w") as f:
+        json.dump({"tasks": {**old.get("tasks", {}), **data}}, f, indent=1)
+    block = None
     if a.readme and os.path.exists(a.readme):
         text = open(a.readme).read()
-        begin, end = "<!-- results-table:begin -->", "<!-- results-table:end -->"
-        if begin in text and end in text:
-            head, rest = text.split(begin, 1)
-            _, tail = rest.split(end, 1)
+        if BEGIN in text and END in text:
+            head, rest = text.split(BEGIN, 1)
+            old_block, tail = rest.split(END, 1)
+            block = merge_sections(old_block, sections)
             with open(a.readme, "w") as f:
-                f.write(head + begin + "\n" + table + end + tail)
-            print(f"README table updated: {a.readme}")
+                f.write(head + BEGIN + block + END + tail)
+            print(f"README sections updated ({', '.join(a.tasks)}): {a.readme}")
+    block = block or merge_sections("", sections)
+    with open(os.path.join(a.results, "table.md"), "w") as f:
+        f.write(block)
+    print(block)
 
+
+BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
+FOOTER = ("Training time: each run's own wall time on this 2-core machine; bytes on disk: the file a user ships "
+          "(teacher.pt / student.pt, or the int8 file).\n")
+
+
+def section_marker(task):
+    return f"<!-- results-table:{task} -->\n"
+
+
+def merge_sections(block, sections):
+    """The results block with the given tasks' sections replaced (or added, in VARIANTS order) and the others kept.
+    A block is "\n", then per task its marker line and section, then FOOTER."""
+    kept = {}
+    body = block.lstrip("\n")
+    if body.endswith(FOOTER):
+        body = body[:-len(FOOTER)]
+    if body.strip():
+        if not body.startswith("<!-- results-table:"):
+            sys.exit("the README's results block does not start with a task's marker (<!-- results-table:TASK -->); "
+                     "put one before each task's section")
+        for chunk in body.split("<!-- results-table:")[1:]:
+            task, _, text = chunk.partition(" -->\n")
+            kept[task] = text
+    kept.update(sections)
+    order = [t for t in VARIANTS if t in kept] + [t for t in kept if t not in VARIANTS]
+    return "\n" + "".join(section_marker(t) + kept[t] for t in order) + FOOTER
 
 if __name__ == "__main__":
     main()

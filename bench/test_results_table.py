@@ -1,0 +1,113 @@
+"""Tests of bench/results_table.py on a made-up runs tree: the figures it writes are worked out by hand here,
+a task's README section is rewritten while the other tasks' sections stay byte for byte, and the archive
+alone (the runs folder deleted, as on a new machine) gives the same table without training anything.
+
+usage: /usr/bin/python3 bench/test_results_table.py   (needs matplotlib for the curves: python3-matplotlib)
+"""
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_table.py")
+TASK = "fashion_mnist_24"
+KEPT = "<!-- results-table:spam -->\n**spam section made on another day**\n\nMade by `an older command`.\n\n"
+FOOTER = ("Training time: each run's own wall time on this 2-core machine; bytes on disk: the file a user ships "
+          "(teacher.pt / student.pt, or the int8 file).\n")
+
+
+def write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+
+
+def make_run(folder, teacher_accuracy, accuracy, seconds, student_bytes):
+    summary = {"student_seconds": seconds, "models": [
+        {"model": "CnnTeacher", "parameters": 800_000, "test_accuracy": teacher_accuracy, "test_macro_f1": teacher_accuracy},
+        {"model": "DepthwiseCnnStudent", "parameters": 30_000, "test_accuracy": accuracy, "test_macro_f1": accuracy - 0.01}]}
+    write(os.path.join(folder, "summary.json"), json.dumps(summary))
+    write(os.path.join(folder, "student.pt"), b"x" * student_bytes)
+    events = [{"event": "stage_begin", "global_step": 0, "stage": "kl"}]
+    for step in range(1, 41):
+        events.append({"event": "step", "global_step": step, "stage_step": step, "epoch": 0, "loss": 1.0 / step,
+                       "parts": {"kl": 0.5 / step, "ce": 0.5 / step}, "lr": 0.003, "samples_per_s": 500.0})
+        if step % 20 == 0:
+            events.append({"event": "eval", "global_step": step, "metrics": {"accuracy": accuracy - 0.02 + step / 2000}})
+    write(os.path.join(folder, "metrics.jsonl"), "".join(json.dumps(e) + "\n" for e in events))
+
+
+class ResultsTableTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        d = self.tmp.name
+        self.runs, self.archive, self.results = (os.path.join(d, n) for n in ("runs", "archive", "results"))
+        self.readme = os.path.join(d, "README.md")
+        # Seeds 0 and 1: teacher 93 % / 94 %, alone 91 % / 92 %, plain KL 92 % / 92.6 %.
+        for seed, (t, alone, kl) in enumerate([(0.93, 0.91, 0.92), (0.94, 0.92, 0.926)]):
+            base = os.path.join(self.runs, TASK, f"seed{seed}")
+            write(os.path.join(base, "teacher", "teacher.pt"), b"t" * 5000)
+            write(os.path.join(base, "teacher", "seconds.json"), json.dumps({"teacher_seconds": 100.0 + seed * 20}))
+            make_run(os.path.join(base, "student_alone__hard_labels"), t, alone, 50.0, 1000)
+            make_run(os.path.join(base, "plain_kl"), t, kl, 70.0 + seed * 10, 1000)
+        write(self.readme, "intro\n<!-- results-table:begin -->\n" + KEPT + FOOTER + "<!-- results-table:end -->\nafter\n")
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def table(self, *extra, kd_train=None):
+        cmd = [sys.executable, SCRIPT, "--tasks", TASK, "--seeds", "0", "1", "--runs", self.runs, "--archive",
+               self.archive, "--results", self.results, "--readme", self.readme] + list(extra)
+        if kd_train:
+            cmd += ["--kd-train", kd_train]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        with open(self.readme) as f:
+            return f.read()
+
+    def test_section_figures_are_the_hand_worked_means(self):
+        text = self.table("--table-only")
+        # Teacher: mean of 93 and 94 = 93.50, sample std 0.7071 -> 0.71; time mean of 100 and 120 s.
+        self.assertIn("| teacher CnnTeacher | 800,000 | 5,000 | 93.50 ± 0.71 | 93.50 ± 0.71 | 110 | 0, 1 |", text)
+        self.assertIn("| student alone (hard labels) | 30,000 | 1,000 | 91.50 ± 0.71 | 90.50 ± 0.71 | 50 | 0, 1 |", text)
+        # Plain KL: mean of 92 and 92.6 = 92.30, std 0.4243 -> 0.42; time mean of 70 and 80 s.
+        self.assertIn("| distilled: plain KL | 30,000 | 1,000 | 92.30 ± 0.42 | 91.30 ± 0.42 | 75 | 0, 1 |", text)
+        # 30 000 / 800 000 = 3.75 %; 92.3 / 93.5 = 98.72 %; 92.3 - 91.5 = +0.80 points.
+        self.assertIn("parameters 3.75 % of the teacher's (≤ 5 %: met); accuracy 98.72 % of the teacher's (≥ 98 %: "
+                      "met); +0.80 points over the student alone (≥ +0.5: met)", text)
+        self.assertTrue(os.path.exists(os.path.join(self.results, f"curves_{TASK}.png")))
+
+    def test_other_sections_stay_and_the_task_section_is_replaced(self):
+        first = self.table("--table-only")
+        self.assertIn(KEPT, first)
+        self.assertTrue(first.startswith("intro\n<!-- results-table:begin -->\n"))
+        self.assertTrue(first.endswith(FOOTER + "<!-- results-table:end -->\nafter\n"))
+        self.assertEqual(first.count(FOOTER), 1)
+        self.assertLess(first.index(f"<!-- results-table:{TASK} -->"), first.index(KEPT))  # VARIANTS order
+        self.assertIn("--table-only`.\n\n" + KEPT, first)
+        second = self.table("--table-only")  # the section is replaced, not added again
+        self.assertEqual(first, second)
+
+    def test_the_archive_alone_gives_the_same_table_and_nothing_is_trained_again(self):
+        first = self.table("--table-only")
+        step = gzip.open(os.path.join(self.archive, TASK, "seed0", "plain_kl", "metrics.jsonl.gz"), "rt").readlines()[1]
+        self.assertNotIn("samples_per_s", step)  # per-step counters the curves do not read are left out
+        subprocess.run(["rm", "-rf", self.runs], check=True)
+        # No runs folder: a training call would fail (kd-train /bin/false), so a green run trained nothing.
+        made_by = lambda text: [line for line in text.splitlines() if not line.startswith("Made by")]
+        self.assertEqual(made_by(self.table(kd_train="/bin/false")), made_by(first))
+
+    def test_a_block_without_task_markers_is_refused(self):
+        write(self.readme, "<!-- results-table:begin -->\nold table\n<!-- results-table:end -->\n")
+        done = subprocess.run([sys.executable, SCRIPT, "--table-only", "--tasks", TASK, "--seeds", "0", "--runs",
+                               self.runs, "--archive", self.archive, "--results", self.results, "--readme", self.readme],
+                              capture_output=True, text=True)
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("put one before each task's section", done.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
