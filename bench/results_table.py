@@ -103,11 +103,8 @@ def archive_runs(a, task):
     if not a.archive:
         return
     for seed in a.seeds:
-        tdir = run_dir(a.runs, task, seed, "teacher")
-        if os.path.exists(os.path.join(tdir, "seconds.json")) and os.path.exists(os.path.join(tdir, "teacher.pt")):
-            with open(os.path.join(tdir, "seconds.json")) as f:
-                record = json.load(f)
-            record["bytes"] = {"teacher.pt": os.path.getsize(os.path.join(tdir, "teacher.pt"))}
+        record = live_teacher_record(a, task, seed)
+        if record:
             write_json(os.path.join(run_dir(a.archive, task, seed, "teacher"), "teacher.json"), record)
         for label, _, _ in variants(a, task):
             out = run_dir(a.runs, task, seed, slug(label))
@@ -116,9 +113,7 @@ def archive_runs(a, task):
             dest = run_dir(a.archive, task, seed, slug(label))
             with open(os.path.join(out, "summary.json")) as f:
                 write_json(os.path.join(dest, "summary.json"), json.load(f))
-            write_json(os.path.join(dest, "files.json"), {
-                n: os.path.getsize(os.path.join(out, n)) for n in ("student.pt", "student.int8.pt")
-                if os.path.exists(os.path.join(out, n))})
+            write_json(os.path.join(dest, "files.json"), file_sizes(out))
             events = read_metrics(os.path.join(out, "metrics.jsonl"))
             thin = [{k: e[k] for k in ARCHIVED_STEP_KEYS if k in e} if e["event"] == "step" else e for e in events]
             text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in thin)
@@ -141,19 +136,25 @@ def find_run(a, task, seed, name):
     return None
 
 
-def teacher_record(a, task, seed):
-    """{"teacher_seconds", "bytes": {"teacher.pt"}} of the seed's teacher, from --runs or the archive."""
+def live_teacher_record(a, task, seed):
+    """{"teacher_seconds", "bytes": {"teacher.pt"}} of the seed's teacher in --runs, or None."""
     tdir = run_dir(a.runs, task, seed, "teacher")
-    if os.path.exists(os.path.join(tdir, "seconds.json")) and os.path.exists(os.path.join(tdir, "teacher.pt")):
-        with open(os.path.join(tdir, "seconds.json")) as f:
-            record = json.load(f)
-        record["bytes"] = {"teacher.pt": os.path.getsize(os.path.join(tdir, "teacher.pt"))}
-        return record
+    if not (os.path.exists(os.path.join(tdir, "seconds.json")) and os.path.exists(os.path.join(tdir, "teacher.pt"))):
+        return None
+    with open(os.path.join(tdir, "seconds.json")) as f:
+        record = json.load(f)
+    record["bytes"] = {"teacher.pt": os.path.getsize(os.path.join(tdir, "teacher.pt"))}
+    return record
+
+
+def teacher_record(a, task, seed):
+    """The seed's teacher record from --runs, else from the archive, else None."""
+    record = live_teacher_record(a, task, seed)
     path = os.path.join(run_dir(a.archive, task, seed, "teacher"), "teacher.json") if a.archive else ""
-    if path and os.path.exists(path):
+    if record is None and path and os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
-    return None
+            record = json.load(f)
+    return record
 
 
 def file_sizes(folder):
@@ -166,6 +167,7 @@ def file_sizes(folder):
 
 
 def metrics_path(folder):
+    """metrics.jsonl in a runs folder, its thinned gzipped copy in the archive."""
     plain = os.path.join(folder, "metrics.jsonl")
     return plain if os.path.exists(plain) else plain + ".gz"
 
