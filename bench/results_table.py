@@ -15,7 +15,8 @@ stopped and started again; --table-only only rebuilds the table and the charts f
 Runs folders do not outlive the machine they were made on, so what the table needs of each finished run
 (summary.json, file sizes, the teacher's time, metrics.jsonl without the per-step counters, gzipped) is
 copied into the archive folder, which is committed; a run missing from --runs is read from there. The seeds
-of one task can so be trained on different days (with binaries that compute the same). Only the sections
+of one task can so be trained on different machines; their floating-point results differ in the last digits
+(the same seed's teacher: 93.61 % on one machine, 93.73 % on another), so each seed is a draw, not a repeat. Only the sections
 of the tasks in --tasks are rewritten in the README (each sits between its own markers); the others stay.
 The curves need matplotlib (Debian: python3-matplotlib, installed by scripts/setup): run the script
 with /usr/bin/python3.
