@@ -54,6 +54,8 @@ VARIANTS = {
     # The same configs and teachers with twice the student epochs (24): does the gain grow with the budget?
     "fashion_mnist_24": [
         ("student alone (hard labels)", ["configs/fashion_mnist_long_alone.json"], ["stages.0.epochs=24"]),
+        # Alone, 24 epochs overfit (validation accuracy stops rising at about half way): its 12-epoch score too.
+        ("student alone, 12 epochs (hard labels)", ["configs/fashion_mnist_long_alone.json"], []),
         ("distilled: plain KL", ["configs/fashion_mnist_long_kl.json"], ["stages.0.epochs=24"]),
     ],
     "spam": [
@@ -323,7 +325,9 @@ def targets(task, rows):
     """The issue's targets, as measured (mean of the seeds)."""
     m = lambda r, s: statistics.mean(r["scores"][s])
     teacher, by = rows[0], {r["label"]: r for r in rows[1:]}
-    alone = rows[1]
+    # With several student-alone rows (budgets), the gain is scored against the strongest one measured.
+    alones = [r for r in rows[1:] if r["label"].startswith("student alone") and r["seeds"]] or [rows[1]]
+    alone = max(alones, key=lambda r: m(r, "accuracy") if r["seeds"] and task != "byte_lm" else 0)
     d = by[RECIPE[task]]
     needed = [teacher, alone, d]
     if not all(r["seeds"] for r in needed):
@@ -335,8 +339,11 @@ def targets(task, rows):
         gain = 100 * (m(d, "accuracy") - m(alone, "accuracy"))
         out.append(f"Targets ({RECIPE[task].split(': ')[1]} student): parameters {100 * share:.2f} % of the teacher's (≤ 5 %: "
                    f"{'met' if share <= 0.05 else 'missed'}); accuracy {100 * retained:.2f} % of the teacher's "
-                   f"(≥ 98 %: {'met' if retained >= 0.98 else 'missed'}); {gain:+.2f} points over the student "
-                   f"alone (≥ +0.5: {'met' if gain >= 0.5 else 'missed'}).")
+                   f"(≥ 98 %: {'met' if retained >= 0.98 else 'missed'}); {gain:+.2f} points over the "
+                   + (f"stronger student alone, “{alone['label']}” " if len(alones) > 1 else "student alone ")
+                   + f"(≥ +0.5: {'met' if gain >= 0.5 else 'missed'}"
+                   + "".join(f"; over “{r['label']}”: {100 * (m(d, 'accuracy') - m(r, 'accuracy')):+.2f}"
+                             for r in alones if r is not alone) + ").")
     elif task == "spam":
         gap = 100 * (m(teacher, "macro_f1") - m(d, "macro_f1"))
         out.append(f"Target: the distilled student's macro-F1 is {gap:.2f} points below the teacher's (within 1: "
