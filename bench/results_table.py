@@ -79,7 +79,7 @@ TEACHER_CONFIG = {"fashion_mnist": "configs/fashion_mnist.json",
                   "byte_lm": "configs/byte_lm.json"}
 TITLES = {"fashion_mnist": "Fashion-MNIST (10 000 test images)",
           "fashion_mnist_long": "Fashion-MNIST, longer recipe: 8-epoch teacher, 12 student epochs at lr 0.003",
-          "fashion_mnist_24": "Fashion-MNIST, longer recipe with 24 student epochs: 8-epoch teacher, lr 0.003",
+          "fashion_mnist_24": "Fashion-MNIST, 24 student epochs: the longer recipe's configs, 8-epoch teacher, lr 0.003",
           "spam": "SpamAssassin spam/ham (1 209 test mails)",
           "byte_lm": "SpamAssassin byte LM (512 held-out test windows of 128 bytes)"}
 # The distilled student each task's targets are scored on, and whose loss parts the curves show.
@@ -94,7 +94,11 @@ def slug(label):
     return "".join(c if c.isascii() and c.isalnum() else "_" for c in label.split(":", 1)[-1].strip().lower()).strip("_")
 
 
-ARCHIVED_STEP_KEYS = ("event", "global_step", "stage_step", "epoch", "loss", "parts", "lr")  # what the curves read
+def thin_step(e):
+    """What the curves read of a step event: its step, the loss and the loss parts (not weights or options:
+    "w.kl", "kl.temperature"), to 5 significant digits; the archive keeps about a fifth of metrics.jsonl."""
+    parts = {k: float(f"{v:.5g}") for k, v in e["parts"].items() if not k.startswith("w.") and "." not in k}
+    return {"event": "step", "global_step": e["global_step"], "loss": float(f"{e['loss']:.5g}"), "parts": parts}
 
 
 def run_dir(root, task, seed, name):
@@ -118,7 +122,7 @@ def archive_runs(a, task):
                 write_json(os.path.join(dest, "summary.json"), json.load(f))
             write_json(os.path.join(dest, "files.json"), file_sizes(out))
             events = read_metrics(os.path.join(out, "metrics.jsonl"))
-            thin = [{k: e[k] for k in ARCHIVED_STEP_KEYS if k in e} if e["event"] == "step" else e for e in events]
+            thin = [thin_step(e) if e["event"] == "step" else e for e in events]
             text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in thin)
             with open(os.path.join(dest, "metrics.jsonl.gz"), "wb") as f:
                 f.write(gzip.compress(text.encode(), mtime=0))  # mtime 0: the same run gives the same bytes
