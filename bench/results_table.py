@@ -13,11 +13,12 @@ A run whose summary.json (teacher: teacher.pt) exists is not run again, so the s
 stopped and started again; --table-only only rebuilds the table and the charts from the runs there.
 
 Runs folders do not outlive the machine they were made on, so what the table needs of each finished run
-(summary.json, file sizes, the teacher's time, metrics.jsonl without the per-step counters, gzipped) is
+(summary.json, file sizes, the teacher's time, the metrics the curves read, gzipped) is
 copied into the archive folder, which is committed; a run missing from --runs is read from there. The seeds
-of one task can so be trained on different machines; their floating-point results differ in the last digits
-(the same seed's teacher: 93.61 % on one machine, 93.73 % on another), so each seed is a draw, not a repeat. Only the sections
-of the tasks in --tasks are rewritten in the README (each sits between its own markers); the others stay.
+of one task can so be trained on different machines; their floating-point results differ in the last
+digits (the same seed's teacher: 93.61 % on one machine, 93.73 % on another), so each seed is a draw, not
+a repeat. Only the sections of the tasks in --tasks are rewritten in the README (each sits between its own
+markers); the others stay.
 The curves need matplotlib (Debian: python3-matplotlib, installed by scripts/setup): run the script
 with /usr/bin/python3.
 """
@@ -96,7 +97,8 @@ def slug(label):
 
 def thin_step(e):
     """What the curves read of a step event: its step, the loss and the loss parts (not weights or options:
-    "w.kl", "kl.temperature"), to 5 significant digits; the archive keeps about a fifth of metrics.jsonl."""
+    "w.kl", "kl.temperature"), to 5 significant digits. A 24-epoch KL run's 3.9 MB metrics.jsonl is 142 KB
+    archived (gzip alone: 806 KB)."""
     parts = {k: float(f"{v:.5g}") for k, v in e["parts"].items() if not k.startswith("w.") and "." not in k}
     return {"event": "step", "global_step": e["global_step"], "loss": float(f"{e['loss']:.5g}"), "parts": parts}
 
