@@ -95,11 +95,16 @@ def slug(label):
     return "".join(c if c.isascii() and c.isalnum() else "_" for c in label.split(":", 1)[-1].strip().lower()).strip("_")
 
 
+def is_loss_part(name):
+    """A loss part the curves plot: "kl", "ce"; not a weight ("w.kl") or an option ("kl.temperature")."""
+    return "." not in name
+
+
 def thin_step(e):
     """What the curves read of a step event: its step, the loss and the loss parts (not weights or options:
     "w.kl", "kl.temperature"), to 5 significant digits. A 24-epoch KL run's 3.9 MB metrics.jsonl is 142 KB
     archived (gzip alone: 806 KB)."""
-    parts = {k: float(f"{v:.5g}") for k, v in e["parts"].items() if not k.startswith("w.") and "." not in k}
+    parts = {k: float(f"{v:.5g}") for k, v in e["parts"].items() if is_loss_part(k)}
     return {"event": "step", "global_step": e["global_step"], "loss": float(f"{e['loss']:.5g}"), "parts": parts}
 
 
@@ -377,7 +382,7 @@ def curves(a, task, path):
         return False
     events = read_metrics(metrics_path(find_run(a, task, seed, slug(recipe))))
     steps = [e for e in events if e["event"] == "step"]
-    names = sorted({k for e in steps for k in e["parts"] if not k.startswith("w.") and "." not in k})
+    names = sorted({k for e in steps for k in e["parts"] if is_loss_part(k)})
     for name in names:
         xs = [e["global_step"] for e in steps if name in e["parts"]]
         ys = smooth([e["parts"][name] for e in steps if name in e["parts"]])
