@@ -12,8 +12,9 @@ template <typename Fn>
 ModelOutput map_tensors(const ModelOutput& in, Fn fn) {
   ModelOutput out;
   if (in.logits.defined()) out.logits = fn(in.logits);
-  for (const auto& h : in.hidden_states) out.hidden_states.push_back(fn(h));
-  for (const auto& a : in.attentions) out.attentions.push_back(fn(a));
+  // Undefined entries stay: a teacher cache fills only the layers the losses read.
+  for (const auto& h : in.hidden_states) out.hidden_states.push_back(h.defined() ? fn(h) : h);
+  for (const auto& a : in.attentions) out.attentions.push_back(a.defined() ? fn(a) : a);
   for (const auto& [name, t] : in.extras) out.extras[name] = t.defined() ? fn(t) : t;
   return out;
 }

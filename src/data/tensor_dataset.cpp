@@ -1,9 +1,14 @@
 #include "kd/data/tensor_dataset.h"
 
+#include <cmath>
 #include <numeric>
 #include <random>
 
+#include <fmt/format.h>
 #include <torch/torch.h>
+
+#include "kd/core/error.h"
+#include "kd/core/model_output.h"
 
 namespace kd::data {
 
@@ -22,6 +27,28 @@ std::vector<int64_t> permutation(int64_t n, uint64_t seed) {
     std::swap(order[i], order[j]);
   }
   return order;
+}
+
+TensorDataset keep_labels(const TensorDataset& dataset, double fraction, uint64_t seed, int64_t ignore_index) {
+  if (!(fraction > 0 && fraction <= 1)) {
+    throw Error(ErrorCategory::kValue, fmt::format("keep_labels: the labelled fraction must be in (0, 1], got {}", fraction));
+  }
+  const auto& t = dataset.targets;
+  if (!t.defined() || t.dim() != 1 || t.is_floating_point() || t.scalar_type() == torch::kBool) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("keep_labels: targets must be [N] integer class indices, got {}",
+                            t.defined() ? shape_string(t) + " " + std::string(toString(t.scalar_type())) : "none"));
+  }
+  const int64_t n = dataset.size();
+  const auto keep = static_cast<int64_t>(std::llround(fraction * static_cast<double>(n)));
+  const auto order = permutation(n, seed);
+  std::vector<int64_t> hidden(order.begin() + keep, order.end());
+  TensorDataset out = dataset;
+  out.targets = t.clone();
+  if (!hidden.empty()) {
+    out.targets.index_fill_(0, torch::tensor(hidden, torch::kLong).to(t.device()), ignore_index);
+  }
+  return out;
 }
 
 std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle) {

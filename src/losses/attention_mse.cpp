@@ -62,10 +62,11 @@ torch::Tensor attention_mse(const torch::Tensor& student, const torch::Tensor& t
   }
   const auto sq = (s - t).pow(2);
   const int64_t heads = sq.size(1);
-  if (!valid.defined()) return sq.mean();
-  const auto v = valid.to(sq.scalar_type());
-  // Mean over counted elements: Σ v·d² / (H · Σ_{b,q,k} v).
-  const auto count = v.expand({B, 1, L, L}).sum() * static_cast<double>(heads);
+  const bool rows = options.reduction() == AttentionReduction::kRowSum;
+  if (!valid.defined()) return rows ? sq.sum(-1).mean() : sq.mean();
+  const auto v = valid.to(sq.scalar_type()).expand({B, 1, L, L});
+  // Mean over counted elements, Σ v·d² / (H · Σ_{b,q,k} v), or over counted query rows.
+  const auto count = (rows ? std::get<0>(v.max(-1)).sum() : v.sum()) * static_cast<double>(heads);
   return (sq * v).sum() / count.clamp_min(1.0);
 }
 

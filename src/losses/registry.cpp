@@ -12,6 +12,7 @@
 #include "kd/losses/feature_l2.h"
 #include "kd/losses/gradient_matching.h"
 #include "kd/losses/hard_label_ce.h"
+#include "kd/losses/dkd.h"
 #include "kd/losses/temperature_kl.h"
 #include "kd/losses/weighting/layer_similarity.h"
 
@@ -299,14 +300,31 @@ void LossRegistry::add_builtins() {
                                                    : KLMode::kForward)
                            .beta(s.number("beta", defaults.beta()))
                            .ignore_index(s.integer("ignore_index", *defaults.ignore_index()))
-                           .chunk_size(s.integer("chunk_size", defaults.chunk_size()));
+                           .chunk_size(s.integer("chunk_size", defaults.chunk_size()))
+                           .standardize(s.boolean("standardize", defaults.standardize()));
         if (s.has("temperature_end")) {
           options.temperature_schedule(Schedule::linear(options.temperature(), s.number("temperature_end")));
         }
         return TemperatureKL(options);
       },
-      {"temperature", "temperature_end", "mode", "beta", "ignore_index", "chunk_size"},
-      "soft-target divergence on the logits at temperature T (forward KL(p_t || p_s)·T², reverse KL, or JSD(beta))");
+      {"temperature", "temperature_end", "mode", "beta", "ignore_index", "chunk_size", "standardize"},
+      "soft-target divergence on the logits at temperature T (forward KL(p_t || p_s)·T², reverse KL, or JSD(beta)); "
+      "standardize: z-scored logits");
+
+  add(
+      "dkd",
+      [](const LossSpec& s) {
+        const DKDOptions defaults;
+        return DKD(DKDOptions()
+                       .alpha(s.number("alpha", defaults.alpha()))
+                       .beta(s.number("beta", defaults.beta()))
+                       .temperature(s.number("temperature", defaults.temperature()))
+                       .warmup(s.number("warmup", defaults.warmup()))
+                       .standardize(s.boolean("standardize", defaults.standardize()))
+                       .ignore_index(s.integer("ignore_index", *defaults.ignore_index())));
+      },
+      {"alpha", "beta", "temperature", "warmup", "standardize", "ignore_index"},
+      "decoupled KD: alpha·TCKD + beta·NCKD at temperature T, needs targets (Zhao et al. 2022)");
 
   add(
       "hard_label_ce",
@@ -353,9 +371,11 @@ void LossRegistry::add_builtins() {
                                                                           : HeadMapping::kGrouped);
         o.log_space(s.boolean("log_space", false));
         o.eps(s.number("eps", 1e-8));
+        o.reduction(s.choice("reduction", {"mean", "row_sum"}, "mean") == "row_sum" ? AttentionReduction::kRowSum
+                                                                                  : AttentionReduction::kMean);
         return AttentionMSE(o);
       },
-      {"teacher_layers", "student_layers", "pair_weights", "heads", "log_space", "eps"},
+      {"teacher_layers", "student_layers", "pair_weights", "heads", "log_space", "eps", "reduction"},
       "MSE between matched teacher and student attention maps");
 
   add(

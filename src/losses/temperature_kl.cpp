@@ -466,6 +466,17 @@ torch::Tensor temperature_kl_topk(const torch::Tensor& student_logits, const tor
   return divergence(student_logits, teacher_topk_logits, teacher_topk_indices, row_mask, options);
 }
 
+torch::Tensor standardize_logits(const torch::Tensor& logits, double eps) {
+  if (!logits.defined() || logits.dim() < 1 || logits.size(-1) < 2) {
+    throw Error(ErrorCategory::kShape,
+                fmt::format("standardize_logits: logits {} need at least two classes in the last dimension",
+                            logits.defined() ? shape_string(logits) : std::string("(undefined)")));
+  }
+  const auto mean = logits.mean(-1, /*keepdim=*/true);
+  const auto stdv = logits.std(-1, /*unbiased=*/true, /*keepdim=*/true);
+  return (logits - mean) / (stdv + eps);
+}
+
 torch::Tensor kl_counted_rows(const torch::Tensor& student_logits, const torch::Tensor& mask,
                               const torch::Tensor& targets, std::optional<int64_t> ignore_index) {
   check_rank(student_logits);
@@ -530,12 +541,18 @@ LossResult TemperatureKLImpl::forward(const DistillBatch& batch) {
   const double T = temperature_at(batch.step.progress);
   auto o = options;
   o.temperature(T);
-  const auto& zs = batch.student.logits;
-  check_rank(zs);
-  const auto rows = functional::kl_counted_rows(zs, batch.mask, batch.targets, options.ignore_index());
+  const auto& raw = batch.student.logits;
+  check_rank(raw);
+  const auto rows = functional::kl_counted_rows(raw, batch.mask, batch.targets, options.ignore_index());
+  const auto zs = options.standardize() ? functional::standardize_logits(raw) : raw;
   LossResult r;
   if (batch.teacher.logits.defined()) {
-    r.total = functional::temperature_kl(zs, batch.teacher.logits, rows, o);
+    const auto& zt = batch.teacher.logits;
+    r.total = functional::temperature_kl(zs, options.standardize() ? functional::standardize_logits(zt) : zt, rows, o);
+  } else if (options.standardize()) {
+    throw Error(ErrorCategory::kModel,
+                "TemperatureKL with standardize needs the teacher's full logits, but the teacher gives a sparse "
+                "top-k teacher (a cache built with top_k > 0): rebuild the cache with top_k 0 or turn standardize off");
   } else {
     const auto& ex = batch.teacher.extras;
     const auto v = ex.find("topk_logits"), i = ex.find("topk_indices");

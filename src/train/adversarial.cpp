@@ -1,5 +1,6 @@
 #include "kd/train/adversarial.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -21,11 +22,16 @@ torch::Tensor task_loss(const ModelOutput& out, const torch::Tensor& targets, co
 }
 
 torch::Tensor fgsm_images(Model& student, const torch::Tensor& x, const torch::Tensor& targets,
-                          const torch::Tensor& mask, double epsilon) {
+                          const torch::Tensor& mask, const AdversarialOptions& o) {
   auto leaf = x.detach().clone().requires_grad_(true);
   const auto loss = task_loss(student.forward(leaf), targets, mask);
   const auto g = torch::autograd::grad({loss}, {leaf})[0];
-  return (x + epsilon * g.sign()).detach();
+  auto adv = (x + o.epsilon() * g.sign()).detach();
+  if (o.input_min() || o.input_max()) {
+    adv = adv.clamp(o.input_min() ? c10::optional<c10::Scalar>(*o.input_min()) : c10::nullopt,
+                    o.input_max() ? c10::optional<c10::Scalar>(*o.input_max()) : c10::nullopt);
+  }
+  return adv;
 }
 
 torch::Tensor hotflip_tokens(Model& student, const torch::Tensor& tokens, const torch::Tensor& targets,
@@ -73,6 +79,11 @@ torch::Tensor adversarial_inputs(Model& student, const torch::Tensor& inputs, co
                 fmt::format("adversarial examples: epsilon must be >= 0 (got {}) and ratio in [0, 1] (got {})",
                             options.epsilon(), options.ratio()));
   }
+  if (options.input_min() && options.input_max() && !(*options.input_min() <= *options.input_max())) {
+    throw Error(ErrorCategory::kValue,
+                fmt::format("adversarial examples: input_min {} must not exceed input_max {}", *options.input_min(),
+                            *options.input_max()));
+  }
   const int64_t n = inputs.size(0);
   const auto m = static_cast<int64_t>(std::ceil(options.ratio() * static_cast<double>(n)));
   if (options.epsilon() == 0 || m == 0) return inputs;
@@ -83,7 +94,7 @@ torch::Tensor adversarial_inputs(Model& student, const torch::Tensor& inputs, co
   try {
     const auto sub_mask = mask.defined() ? mask.slice(0, 0, m) : mask;
     adv = inputs.is_floating_point()
-              ? fgsm_images(student, inputs.slice(0, 0, m), targets.slice(0, 0, m), sub_mask, options.epsilon())
+              ? fgsm_images(student, inputs.slice(0, 0, m), targets.slice(0, 0, m), sub_mask, options)
               : hotflip_tokens(student, inputs.slice(0, 0, m), targets.slice(0, 0, m), sub_mask, options);
   } catch (...) {
     student.train(was_training);
@@ -91,6 +102,28 @@ torch::Tensor adversarial_inputs(Model& student, const torch::Tensor& inputs, co
   }
   student.train(was_training);
   return m == n ? adv : torch::cat({adv, inputs.slice(0, m, n)});
+}
+
+ClassificationMetrics evaluate_under_fgsm(Model& model, const data::TensorDataset& dataset, int64_t num_classes,
+                                          const AdversarialOptions& options, int64_t batch_size) {
+  if (!dataset.inputs.defined() || !dataset.inputs.is_floating_point()) {
+    throw Error(ErrorCategory::kValue, "evaluate_under_fgsm: FGSM needs floating-point inputs (images), not token ids");
+  }
+  ClassificationMetrics metrics(num_classes);
+  const auto params = model.parameters();
+  const auto device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  const auto o = AdversarialOptions(options).ratio(1.0);
+  const bool was_training = model.is_training();
+  for (int64_t start = 0; start < dataset.size(); start += batch_size) {
+    const auto end = std::min(dataset.size(), start + batch_size);
+    const auto targets = dataset.targets.slice(0, start, end).to(device);
+    const auto adv = adversarial_inputs(model, dataset.inputs.slice(0, start, end).to(device), targets, {}, o);
+    torch::NoGradGuard no_grad;
+    model.eval();
+    metrics.update(model.forward(adv).logits.cpu(), targets.cpu());
+    model.train(was_training);
+  }
+  return metrics;
 }
 
 }  // namespace kd

@@ -8,31 +8,9 @@
 
 #include "kd/core/error.h"
 #include "kd/core/model_output.h"
+#include "eval_batches.h"
 
 namespace kd {
-
-namespace {
-
-// Runs `fn(start, end, logits)` over the dataset in batches, in eval mode without autograd, on the
-// model's device; the model's train/eval mode is restored afterwards, also when fn throws.
-template <class Fn>
-void for_each_batch(Model& model, const data::TensorDataset& dataset, int64_t batch_size, Fn fn) {
-  struct RestoreMode {
-    Model& model;
-    bool training;
-    ~RestoreMode() { model.train(training); }
-  } restore{model, model.is_training()};
-  torch::NoGradGuard no_grad;
-  model.eval();
-  const auto params = model.parameters();
-  const auto device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
-  for (int64_t start = 0; start < dataset.size(); start += batch_size) {
-    const auto end = std::min(dataset.size(), start + batch_size);
-    fn(start, end, model.forward(dataset.inputs.slice(0, start, end).to(device)).logits);
-  }
-}
-
-}  // namespace
 
 ClassificationMetrics::ClassificationMetrics(int64_t num_classes)
     : num_classes_(num_classes), confusion_(torch::zeros({num_classes, num_classes}, torch::kInt64)) {
@@ -113,7 +91,7 @@ double ClassificationMetrics::macro_f1() const {
 ClassificationMetrics evaluate_classifier(Model& model, const data::TensorDataset& dataset, int64_t num_classes,
                                           int64_t batch_size) {
   ClassificationMetrics metrics(num_classes);
-  for_each_batch(model, dataset, batch_size, [&](int64_t start, int64_t end, const torch::Tensor& logits) {
+  detail::for_each_batch(model, dataset, batch_size, [&](int64_t start, int64_t end, const torch::Tensor& logits) {
     metrics.update(logits.cpu(), dataset.targets.slice(0, start, end));
   });
   return metrics;
@@ -133,7 +111,7 @@ double LanguageModelMetrics::token_accuracy() const {
 LanguageModelMetrics evaluate_language_model(Model& model, const data::TensorDataset& dataset, int64_t ignore_index,
                                              int64_t batch_size) {
   LanguageModelMetrics m;
-  for_each_batch(model, dataset, batch_size, [&](int64_t start, int64_t end, const torch::Tensor& output) {
+  detail::for_each_batch(model, dataset, batch_size, [&](int64_t start, int64_t end, const torch::Tensor& output) {
     const auto logits = output.to(torch::kCPU, torch::kDouble);
     const auto targets = dataset.targets.slice(0, start, end);
     if (logits.dim() != 3 || targets.dim() != 2 || logits.size(0) != targets.size(0) || logits.size(1) != targets.size(1)) {

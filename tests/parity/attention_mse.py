@@ -4,7 +4,8 @@ Attention maps are softmax probabilities with padded keys masked to -inf, as a r
 them; the padded query rows hold arbitrary values. The reference keeps only real (query, key)
 positions by boolean indexing and averages the squared differences over them. Head mappings:
 grouped (teacher heads [B, Hs, Ht/Hs, L, L] averaged over the group) and mean over heads; the log
-variant compares log(clamp(p, min=1e-8)) after the head averaging.
+variant compares log(clamp(p, min=1e-8)) after the head averaging. The row-sum reduction is written
+as an explicit loop over the real query rows.
 """
 import os
 
@@ -71,4 +72,19 @@ l1 = compare(s1, t_att[2], "grouped", False)
 total = 0.5 * l0 + 2.0 * l1
 g0, g1 = torch.autograd.grad(total, [s0, s1])
 res.update(multi_total=total, multi_l0=l0, multi_l1=l1, multi_g0=g0, multi_g1=g1)
+# Row-sum reduction: for each real query row, the squared L2 distance between the two (grouped)
+# key distributions over the real keys; averaged over the real query rows and the heads.
+s = s_att[0].clone().requires_grad_()
+t = t_att[0].reshape(B, 2, 2, L, L).mean(2)
+rows = []
+for b in range(B):
+    for h in range(2):
+        for q in range(L):
+            if keep[b, q]:
+                rows.append(((s[b, h, q] - t[b, h, q])[keep[b]] ** 2).sum())
+val = torch.stack(rows).mean()
+res["rowsum"], res["g_rowsum"] = val, torch.autograd.grad(val, s)[0]
+s = s_att[0].clone().requires_grad_()
+val = ((s - t) ** 2).sum(-1).mean()
+res["rowsum_nomask"], res["g_rowsum_nomask"] = val, torch.autograd.grad(val, s)[0]
 kdref.save(os.path.join(out, "attention_mse.json"), **res)

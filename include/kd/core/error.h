@@ -29,7 +29,7 @@ const char* to_string(ErrorCategory category);
 ///
 /// Example:
 /// ```
-/// try { auto t = kd::Teacher::load("teacher.pt"); }
+/// try { auto t = kd::TeacherImpl::load("teacher.ts.pt"); }
 /// catch (const kd::Error& e) { if (e.category() == kd::ErrorCategory::kFile) ...; }
 /// ```
 class Error : public std::runtime_error {

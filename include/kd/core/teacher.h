@@ -19,7 +19,7 @@ namespace kd {
 ///
 /// Example:
 /// ```
-/// kd::Teacher teacher(kd::Teacher::load("teacher.pt", device));   // TorchScript
+/// kd::Teacher teacher(kd::TeacherImpl::load("teacher.ts.pt", device));   // a TorchScript file
 /// kd::Teacher teacher2(std::make_shared<MyNetImpl>());             // a C++ kd::Model
 /// kd::ModelOutput t = teacher->forward(batch);
 /// ```

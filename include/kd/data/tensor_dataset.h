@@ -27,6 +27,16 @@ struct TensorDataset {
 /// 0..n−1 when `shuffle` is false.
 std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle = true);
 
+/// A copy of `dataset` in which only round(fraction·N) examples, drawn at random with `seed`,
+/// keep their targets; the others' targets become `ignore_index`, which kd::HardLabelCE skips
+/// (the inputs stay, so soft-target terms still see every example). For distilling with fewer
+/// labels than the teacher saw: the labelled examples are the first of permutation(N, seed).
+/// Targets must be [N] integer class indices; kd::Error (kValue) otherwise, or for a fraction
+/// outside (0, 1].
+///
+/// Example: `auto few = kd::data::keep_labels(train, 0.1, /*seed=*/0);   // 10 % labelled`
+TensorDataset keep_labels(const TensorDataset& dataset, double fraction, uint64_t seed, int64_t ignore_index = -100);
+
 /// A deterministic random permutation of 0..n−1 (std::mt19937_64, Fisher–Yates).
 std::vector<int64_t> permutation(int64_t n, uint64_t seed);
 

@@ -24,6 +24,13 @@ enum class HeadMapping {
              ///< match student head h; needs H_t % H_s == 0. Equal counts: head-by-head comparison.
 };
 
+/// How AttentionMSE averages the squared differences.
+enum class AttentionReduction {
+  kMean,    ///< mean over every counted (b, h, query, key) element: ~1/L² of a row's distance, tiny for long L
+  kRowSum,  ///< summed over the keys, mean over counted (b, h, query) rows: each query's squared L2 distance
+            ///< between the two attention distributions, L times kMean for unmasked maps
+};
+
 /// Options for AttentionMSE.
 struct AttentionMSEOptions {
   AttentionMSEOptions() = default;
@@ -40,6 +47,10 @@ struct AttentionMSEOptions {
   TORCH_ARG(bool, log_space) = false;
   /// Clamp for log_space (> 0).
   TORCH_ARG(double, eps) = 1e-8;
+  /// kMean (default) or kRowSum. Softmax rows over L keys hold values near 1/L,
+  /// so the element mean shrinks like 1/L² and, beside a feature or KL term,
+  /// contributes almost nothing at L in the hundreds; kRowSum does not shrink with L.
+  TORCH_ARG(AttentionReduction, reduction) = AttentionReduction::kMean;
 };
 
 namespace functional {
@@ -48,6 +59,9 @@ namespace functional {
 /// [B, H_t, L, L] after head mapping (and the log when `options.log_space()`):
 ///
 ///   L = Σ_{b,h,q,k} v(b,q,k) · (a_s − a_t)² / (H · Σ_{b,q,k} v(b,q,k)),
+///
+/// or with AttentionReduction::kRowSum the same sum over H · (the counted query
+/// rows: Σ_{b,q} max_k v(b,q,k)), i.e. the mean over query rows of Σ_k (a_s − a_t)².
 ///
 /// H the compared head count (1 for kMean, H_s for kGrouped). With a [B, L]
 /// `mask` m, v(b,q,k) = m(b,q)·m(b,k): only real query rows and real key

@@ -50,9 +50,22 @@ struct TemperatureKLOptions {
   /// forward + backward peak 1.03× one logits tensor (the gradient itself is 1×)
   /// at the default 64, 3.00× with 0.
   TORCH_ARG(int64_t, chunk_size) = 64;
+  /// Logit standardization (Sun et al., "Logit Standardization in Knowledge
+  /// Distillation", CVPR 2024): z-score each row of both models' logits
+  /// (functional::standardize_logits) before the temperature, so the student
+  /// matches the teacher's logit relations rather than their scale. Module
+  /// only; needs full teacher logits (not a top-k teacher). Default off.
+  TORCH_ARG(bool, standardize) = false;
 };
 
 namespace functional {
+
+/// Each row (last dimension) of `logits` z-scored, as logit standardization defines it:
+///
+///   z' = (z − mean(z)) / (std(z) + eps),   std with Bessel's correction (torch.std's default),
+///
+/// differentiable. Example: `auto zs = kd::functional::standardize_logits(batch.student.logits);`
+torch::Tensor standardize_logits(const torch::Tensor& logits, double eps = 1e-7);
 
 /// The softened divergence scaled by T², averaged over the counted rows ("batchmean"):
 ///
@@ -144,6 +157,8 @@ torch::Tensor kl_counted_rows(const torch::Tensor& student_logits, const torch::
 /// the rule). Counted rows come from `batch.mask` and `batch.targets` with
 /// `ignore_index` (functional::kl_counted_rows). The temperature follows
 /// `temperature_schedule` at `batch.step.progress` when one is set.
+///
+/// With `standardize`, both logits are z-scored per row first (functional::standardize_logits).
 ///
 /// Parts reported: "kl" (the loss, whatever the mode) and "kl.temperature" (T used).
 ///

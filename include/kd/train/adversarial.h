@@ -4,11 +4,14 @@
 /// student are then compared like on any other input.
 
 #include <cstdint>
+#include <optional>
 
 #include <torch/arg.h>
 #include <torch/types.h>
 
 #include "kd/core/model.h"
+#include "kd/data/tensor_dataset.h"
+#include "kd/train/metrics.h"
 
 namespace kd {
 
@@ -22,6 +25,12 @@ struct AdversarialOptions {
   TORCH_ARG(double, ratio) = 0.5;
   /// Token ids never written by a flip (padding), or −1 for none.
   TORCH_ARG(int64_t, pad_token) = 0;
+  /// Images: the valid input range [lo, hi] FGSM examples are clamped to, as the standard attack
+  /// keeps pixels inside [0, 1] — for normalised inputs the normalised bounds (Fashion-MNIST:
+  /// kd::data::kFashionMnistBlank to (1 − mean)/std). Without it a black pixel could go below black.
+  /// Unset (the default) clamps nothing.
+  TORCH_ARG(std::optional<double>, input_min) = std::nullopt;
+  TORCH_ARG(std::optional<double>, input_max) = std::nullopt;
 };
 
 /// The inputs with their first ⌈ratio·n⌉ examples replaced by adversarial ones, made against `student`
@@ -29,7 +38,7 @@ struct AdversarialOptions {
 /// next-token targets or soft targets; `mask` zeros are ignored), computed in eval mode (no BatchNorm
 /// statistics or dropout draws change) and without touching parameter gradients:
 ///
-///   images (FGSM, Goodfellow et al. 2015):   x' = x + ε·sign(∇ₓ L)
+///   images (FGSM, Goodfellow et al. 2015):   x' = clamp(x + ε·sign(∇ₓ L), input_min, input_max)
 ///   token ids (HotFlip, Ebrahimi et al. 2018, the discrete FGSM on embeddings):
 ///       g_t = ∂L/∂e_t at each position's embedding e_t = E[x_t] (the model's extras["embeddings"]);
 ///       the gain of writing token v at t is (E_v − E_{x_t})·g_t; the ⌈ε·(real tokens)⌉ positions with
@@ -38,7 +47,8 @@ struct AdversarialOptions {
 /// so the teacher and the student see the same perturbed inputs (token ids, whatever each model's
 /// embedding width). Token models must return extras["embeddings"] and hold the embedding matrix
 /// as a parameter named "embed.weight" (kd::models::TransformerEncoder and CausalLM do); kd::Error
-/// (kModel) says which is missing. kd::Error (kValue) for ε < 0 or a ratio outside [0, 1].
+/// (kModel) says which is missing. kd::Error (kValue) for ε < 0, a ratio outside [0, 1] or
+/// input_min > input_max.
 ///
 /// Example:
 /// ```
@@ -46,5 +56,14 @@ struct AdversarialOptions {
 /// ```
 torch::Tensor adversarial_inputs(Model& student, const torch::Tensor& inputs, const torch::Tensor& targets,
                                  const torch::Tensor& mask, const AdversarialOptions& options);
+
+/// White-box robustness: the model's classification metrics on `dataset` with every input
+/// replaced by its FGSM example made against the model itself (adversarial_inputs with
+/// `options` and ratio 1: x' = clamp(x + ε·sign(∇ₓ CE), input_min, input_max)), in batches.
+/// The model's training flag is restored; parameter gradients are not touched.
+///
+/// Example: `double robust = kd::evaluate_under_fgsm(*student, test, 10, kd::AdversarialOptions().epsilon(0.05)).accuracy();`
+ClassificationMetrics evaluate_under_fgsm(Model& model, const data::TensorDataset& dataset, int64_t num_classes,
+                                          const AdversarialOptions& options, int64_t batch_size = 512);
 
 }  // namespace kd

@@ -52,6 +52,22 @@ TEST(ModelOutput, DetachAndToKeepEveryTensor) {
   EXPECT_THROW(kd::ModelOutput{}.batch_size(), kd::Error);
 }
 
+TEST(ModelOutput, DetachAndToLeaveUndefinedLayersUndefined) {
+  // As a teacher cache returns them: only the layers the losses read are filled.
+  kd::ModelOutput out;
+  out.logits = torch::ones({2, 3});
+  out.hidden_states = {torch::Tensor(), torch::ones({2, 4})};
+  out.attentions = {torch::ones({2, 1, 3, 3}), torch::Tensor()};
+  for (const auto& moved : {out.to(torch::kCPU), out.detach()}) {
+    ASSERT_EQ(moved.hidden_states.size(), 2u);
+    EXPECT_FALSE(moved.hidden_states[0].defined());
+    EXPECT_TRUE(torch::equal(moved.hidden_states[1], out.hidden_states[1]));
+    ASSERT_EQ(moved.attentions.size(), 2u);
+    EXPECT_TRUE(moved.attentions[0].defined());
+    EXPECT_FALSE(moved.attentions[1].defined());
+  }
+}
+
 TEST(Device, ParsesSpecsAndRejectsUnknownOnes) {
   EXPECT_EQ(kd::resolve_device("cpu"), torch::Device(torch::kCPU));
   const auto a = kd::resolve_device("auto");

@@ -117,34 +117,66 @@ TEST(TeacherCache, StaleTruncatedAndForeignFilesAreRefusedOrRebuilt) {
   EXPECT_THROW(rebuilt->lookup(torch::tensor({16}, torch::kLong)), kd::Error);
 }
 
+// Trains a 4-wide student from `teacher` online or from `cache` (when given) for 3 epochs of 16-example
+// batches with `loss`, recording every step's loss; returns the student.
+template <typename MakeLoss>
+std::shared_ptr<NetImpl> train_student(kd::Teacher teacher, const std::shared_ptr<TeacherCache>& cache,
+                                       const kd::data::TensorDataset& ds, MakeLoss make_loss, std::vector<double>& losses) {
+  torch::manual_seed(5);
+  auto net = std::make_shared<NetImpl>(4);
+  struct Rec : kd::Callback {
+    explicit Rec(std::vector<double>& l) : l(l) {}
+    void on_step_end(const kd::StepReport& r) override { l.push_back(r.loss.total.item<double>()); }
+    std::vector<double>& l;
+  };
+  kd::StagedTrainer t(kd::Student(net), cache ? std::nullopt : std::optional<kd::Teacher>(teacher),
+                      {kd::Stage("kd", make_loss()).epochs(3).lr(0.01)},
+                      kd::StagedTrainerOptions().batch_size(16).teacher_cache(cache));
+  t.add_callback(std::make_shared<Rec>(losses));
+  t.fit(ds);
+  return net;
+}
+
+void expect_same_training(const std::vector<double>& online, const std::vector<double>& cached,
+                          const std::shared_ptr<NetImpl>& a, const std::shared_ptr<NetImpl>& b) {
+  ASSERT_EQ(online.size(), 12u);
+  ASSERT_EQ(cached.size(), 12u);
+  for (size_t i = 0; i < online.size(); ++i) EXPECT_NEAR(online[i], cached[i], 1e-6) << i;
+  auto pa = a->parameters(), pb = b->parameters();
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_LT((pa[i] - pb[i]).abs().max().item<double>(), 1e-5);
+}
+
 TEST(TeacherCache, CachedTrainingEqualsOnlineTrainingStepForStep) {
   torch::manual_seed(4);
   kd::Teacher teacher(std::make_shared<NetImpl>(16));
   auto ds = data(64);
   const auto path = kd::testing::temp_dir("tcache") + "/t.cache";
   auto cache = std::shared_ptr<TeacherCache>(TeacherCache::open_or_build(path, teacher, ds, TeacherCacheOptions().hidden_states({0, 1})));
-  auto run = [&](bool cached, std::vector<double>& losses) {
-    torch::manual_seed(5);
-    auto net = std::make_shared<NetImpl>(4);
-    struct Rec : kd::Callback {
-      explicit Rec(std::vector<double>& l) : l(l) {}
-      void on_step_end(const kd::StepReport& r) override { l.push_back(r.loss.total.item<double>()); }
-      std::vector<double>& l;
-    };
-    kd::StagedTrainer t(kd::Student(net), cached ? std::nullopt : std::optional<kd::Teacher>(teacher),
-                        {kd::Stage("kl", torch::nn::AnyModule(kd::TemperatureKL())).epochs(3).lr(0.01)},
-                        kd::StagedTrainerOptions().batch_size(16).teacher_cache(cached ? cache : nullptr));
-    t.add_callback(std::make_shared<Rec>(losses));
-    t.fit(ds);
-    return net;
+  auto kl = [] { return torch::nn::AnyModule(kd::TemperatureKL()); };
+  std::vector<double> online_losses, cached_losses;
+  auto a = train_student(teacher, nullptr, ds, kl, online_losses);
+  auto b = train_student(teacher, cache, ds, kl, cached_losses);
+  expect_same_training(online_losses, cached_losses, a, b);
+}
+
+TEST(TeacherCache, ACacheOfSomeLayersServesAFeatureLossOnThemStepForStep) {
+  // Only layer 1 is stored: the lookup leaves layer 0 undefined, and training must not trip over it.
+  torch::manual_seed(4);
+  kd::Teacher teacher(std::make_shared<NetImpl>(16));
+  auto ds = data(64);
+  const auto path = kd::testing::temp_dir("tcache") + "/layer1.cache";
+  auto cache = std::shared_ptr<TeacherCache>(TeacherCache::open_or_build(path, teacher, ds, TeacherCacheOptions().hidden_states({1})));
+  ASSERT_FALSE(cache->lookup(torch::tensor({0}, torch::kLong)).hidden_states[0].defined());
+  auto feat_kl = [] {
+    torch::manual_seed(6);  // the projection's initial weights, the same in both runs
+    return torch::nn::AnyModule(kd::WeightedSum(
+        std::vector<kd::WeightedTerm>{{"feat", kd::FeatureL2(kd::FeatureL2Options({kd::LayerPair{1, 1, 1.0, 4, 16}}))},
+                                      {"kl", kd::TemperatureKL()}}));
   };
   std::vector<double> online_losses, cached_losses;
-  auto a = run(false, online_losses);
-  auto b = run(true, cached_losses);
-  ASSERT_EQ(online_losses.size(), 12u);
-  for (size_t i = 0; i < online_losses.size(); ++i) EXPECT_NEAR(online_losses[i], cached_losses[i], 1e-6) << i;
-  auto pa = a->parameters(), pb = b->parameters();
-  for (size_t i = 0; i < pa.size(); ++i) EXPECT_LT((pa[i] - pb[i]).abs().max().item<double>(), 1e-5);
+  auto a = train_student(teacher, nullptr, ds, feat_kl, online_losses);
+  auto b = train_student(teacher, cache, ds, feat_kl, cached_losses);
+  expect_same_training(online_losses, cached_losses, a, b);
 }
 
 // BatchNorm ends the parameter list with a 0-dim buffer (num_batches_tracked): the fingerprint must still

@@ -54,6 +54,26 @@ TEST(AttentionMSE, WithoutAMaskEveryElementCounts) {
   EXPECT_LT(max_rel_error(s.grad(), ref()["g_nomask"]), 1e-6);
 }
 
+TEST(AttentionMSE, RowSumReductionIsEachQueryRowsSquaredDistanceAveragedOverRealRows) {
+  kd::AttentionMSE attn(kd::AttentionMSEOptions({{0, 0}}).reduction(kd::AttentionReduction::kRowSum));
+  for (bool masked : {true, false}) {
+    SCOPED_TRACE(masked ? "masked" : "no mask");
+    const std::string key = masked ? "rowsum" : "rowsum_nomask";
+    auto s = ref()["s0"].clone().requires_grad_(true);
+    auto batch = reference_batch(s, ref()["s1"]);
+    if (!masked) batch.mask = torch::Tensor();
+    auto r = attn->forward(batch);
+    EXPECT_LT(max_rel_error(r.total, ref()[key]), 1e-9);
+    r.total.backward();
+    EXPECT_LT(max_rel_error(s.grad(), ref()["g_" + key]), 1e-9);
+  }
+  // Unmasked, it is L times the element mean.
+  kd::AttentionMSE mean(kd::AttentionMSEOptions({{0, 0}}));
+  auto batch = reference_batch(ref()["s0"], ref()["s1"]);
+  batch.mask = torch::Tensor();
+  EXPECT_NEAR(attn->forward(batch).total.item<double>(), 5 * mean->forward(batch).total.item<double>(), 1e-12);
+}
+
 TEST(AttentionMSE, SeveralPairsAreWeightedAndNegativeIndicesCountFromTheEnd) {
   // (teacher 1, student 0): equal head counts, compared head by head; (−1, −1): 4 -> 2 grouped.
   kd::AttentionMSE attn(kd::AttentionMSEOptions({{1, 0, 0.5}, {-1, -1, 2.0}}));

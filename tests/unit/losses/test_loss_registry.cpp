@@ -66,13 +66,14 @@ kd::DistillBatch logits_batch() {
 
 TEST(LossRegistry, BuiltinsAndUserLossesAreListed) {
   const auto names = kd::LossRegistry::global().names();
-  for (const char* n : {"any_mse", "attention_mse", "feature_l2", "gradient_matching", "hard_label_ce", "scaled_mse",
+  for (const char* n : {"any_mse", "attention_mse", "dkd", "feature_l2", "gradient_matching", "hard_label_ce", "scaled_mse",
                         "temperature_kl"}) {
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
   }
   EXPECT_TRUE(std::is_sorted(names.begin(), names.end()));
   EXPECT_EQ(kd::LossRegistry::global().keys("temperature_kl"),
-            (std::vector<std::string>{"beta", "chunk_size", "ignore_index", "mode", "temperature", "temperature_end"}));
+            (std::vector<std::string>{"beta", "chunk_size", "ignore_index", "mode", "standardize", "temperature",
+                                      "temperature_end"}));
   EXPECT_FALSE(kd::LossRegistry::global().description("hard_label_ce").empty());
 }
 
@@ -154,7 +155,7 @@ TEST(LossRegistry, UnknownTypeListsNamesAndSuggests) {
   const auto msg = message_of([] { kd::LossRegistry::global().create("temprature_kl"); });
   EXPECT_THAT(msg, HasSubstr("unknown loss type 'temprature_kl'"));
   EXPECT_THAT(msg, HasSubstr("Did you mean 'temperature_kl'?"));
-  EXPECT_THAT(msg, HasSubstr("attention_mse, feature_l2, gradient_matching, hard_label_ce"));
+  EXPECT_THAT(msg, HasSubstr("attention_mse, dkd, feature_l2, gradient_matching, hard_label_ce"));
   // Nothing close: no suggestion.
   EXPECT_THAT(message_of([] { kd::LossRegistry::global().create("zzzzzzzz"); }), ::testing::Not(HasSubstr("Did you mean")));
   EXPECT_EQ(kd::closest_name("hard_label", {"hard_label_ce", "temperature_kl"}), "hard_label_ce");  // 3 ≤ max(2, 10/3)
@@ -171,7 +172,7 @@ TEST(LossRegistry, MissingWrongTypeAndUnknownKeys) {
   msg = message_of([&] { reg.create(kd::LossSpec("temperature_kl").name("soft").set("temperature", "3")); });
   EXPECT_THAT(msg, HasSubstr("loss spec 'temperature_kl' (term 'soft')"));
   EXPECT_THAT(msg, HasSubstr("key 'temperature' must be a number, got a string (\"3\")"));
-  EXPECT_THAT(msg, HasSubstr("allowed keys: beta, chunk_size, ignore_index, mode, temperature, temperature_end"));
+  EXPECT_THAT(msg, HasSubstr("allowed keys: beta, chunk_size, ignore_index, mode, standardize, temperature, temperature_end"));
 
   msg = message_of([&] { reg.create(kd::LossSpec("temperature_kl").set("temprature", 3.0)); });
   EXPECT_THAT(msg, HasSubstr("unknown key 'temprature'"));

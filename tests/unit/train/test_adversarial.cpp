@@ -50,6 +50,51 @@ TEST(Adversarial, FgsmIsEpsilonTimesTheSignOfTheInputGradient) {
   EXPECT_TRUE(torch::equal(kd::adversarial_inputs(model, x, y, {}, kd::AdversarialOptions().epsilon(0.1).ratio(0)), x));
 }
 
+TEST(Adversarial, FgsmExamplesStayInsideTheValidInputRange) {
+  torch::manual_seed(1);
+  LinearImpl model;
+  model.to(torch::kFloat64);
+  // Pixels at the bounds: a step outward must be clipped, a step inward kept.
+  const auto x = torch::tensor({{-0.8, -0.8, 2.0, 2.0, 0.0, 1.0}}, torch::kFloat64).view({1, 2, 3}).repeat({4, 1, 1});
+  const auto y = torch::tensor({0, 1, 2, 0});
+  const auto o = kd::AdversarialOptions().epsilon(0.3).ratio(1.0);
+  const auto raw = kd::adversarial_inputs(model, x, y, {}, o);
+  const auto got = kd::adversarial_inputs(model, x, y, {}, kd::AdversarialOptions(o).input_min(-0.8).input_max(2.0));
+  EXPECT_TRUE(torch::equal(got, raw.clamp(-0.8, 2.0)));
+  EXPECT_GE(got.min().item<double>(), -0.8);
+  EXPECT_LE(got.max().item<double>(), 2.0);
+  // Some steps did cross the bounds, so the clamp changed something.
+  EXPECT_LT(raw.min().item<double>(), -0.8);
+  EXPECT_GT(raw.max().item<double>(), 2.0);
+  kd::testing::expect_kd_error([&] { kd::adversarial_inputs(model, x, y, {}, kd::AdversarialOptions(o).input_min(1).input_max(0)); },
+                               kd::ErrorCategory::kValue, {"input_min 1", "input_max 0"});
+}
+
+TEST(Adversarial, EvaluationUnderFgsmScoresTheModelOnItsOwnAdversarialExamples) {
+  torch::manual_seed(2);
+  LinearImpl model;
+  model.to(torch::kFloat64);
+  model.train();
+  const auto x = torch::randn({9, 2, 3}, torch::kFloat64);
+  const auto W = model.fc->weight.detach(), b = model.fc->bias.detach();
+  const auto flat = x.flatten(1);
+  const auto y = (torch::matmul(flat, W.t()) + b).argmax(-1);  // every clean prediction right
+  const auto o = kd::AdversarialOptions().epsilon(0.5).input_min(-2.5).input_max(2.5);
+  const kd::data::TensorDataset d{x, y, torch::Tensor()};
+  // In batches of 4: each batch's examples are made with that batch's mean CE, whose gradient has the
+  // sign of the per-example one (written out as in the FGSM test above).
+  const auto p = torch::softmax(torch::matmul(flat, W.t()) + b, -1);
+  const auto grad = torch::matmul(p - torch::one_hot(y, 3).to(torch::kFloat64), W);
+  const auto adv = (flat + 0.5 * grad.sign()).clamp(-2.5, 2.5);
+  const auto want = (torch::matmul(adv, W.t()) + b).argmax(-1).eq(y).to(torch::kDouble).mean().item<double>();
+  const auto got = kd::evaluate_under_fgsm(model, d, 3, o, /*batch_size=*/4);
+  EXPECT_DOUBLE_EQ(got.accuracy(), want);
+  EXPECT_EQ(got.count(), 9);
+  EXPECT_LT(want, 1.0);  // the attack turned some right predictions wrong, so the comparison is not vacuous
+  EXPECT_TRUE(model.is_training());
+  EXPECT_FALSE(model.fc->weight.grad().defined());
+}
+
 TEST(Adversarial, HotFlipWritesTheTokensOfTheLargestFirstOrderGain) {
   torch::manual_seed(1);
   kd::models::TransformerEncoder enc(
