@@ -1,10 +1,10 @@
-"""The README's results table: every model of every task, trained by kd-train from the shipped configs
-over several seeds, then mean ± std of each figure, written as Markdown (into the README between the
+"""The results table of docs/RESULTS.md: every model of every task, trained by kd-train from the shipped configs
+over several seeds, then mean ± std of each figure, written as Markdown (into docs/RESULTS.md between the
 results-table markers), JSON, and PNG training curves rendered from the runs' metrics.jsonl.
 
 usage: python3 bench/results_table.py [--kd-train build/src/cli/kd-train] [--runs runs/table]
            [--archive bench/results/table/runs] [--results bench/results/table] [--seeds 0 1 2]
-           [--tasks TASK ...] [--threads 2] [--readme README.md] [--table-only] [--extras] [--only RUN ...]
+           [--tasks TASK ...] [--threads 2] [--readme docs/RESULTS.md] [--table-only] [--extras] [--only RUN ...]
            (--tasks: fashion_mnist fashion_mnist_long fashion_mnist_24 spam byte_lm, all by default)
 
 For each task and seed the teacher is trained once (`kd-train teacher --seed S`), then each student
@@ -17,7 +17,7 @@ Runs folders do not outlive the machine they were made on, so what the table nee
 copied into the archive folder, which is committed; a run missing from --runs is read from there. The seeds
 of one task can so be trained on different machines; their floating-point results differ in the last
 digits (the same seed's teacher: 93.61 % on one machine, 93.73 % on another), so each seed is a draw, not
-a repeat. Only the sections of the tasks in --tasks are rewritten in the README (each sits between its own
+a repeat. Only the sections of the tasks in --tasks are rewritten in the page (each sits between its own
 markers); the others stay.
 The curves need matplotlib (Debian: python3-matplotlib, installed by scripts/setup): run the script
 with /usr/bin/python3.
@@ -46,7 +46,7 @@ VARIANTS = {
         ("distilled: three-phase + FGSM examples (ε 0.05, half of each batch)", ["configs/fashion_mnist_adversarial.json"], []),
         ("distilled: three-phase, 50 % of weights pruned", ["configs/fashion_mnist_pruned.json"], []),
     ],
-    # The longer Fashion-MNIST recipe: an 8-epoch teacher, 12 student epochs at lr 0.003 (README, "Towards the
+    # The longer Fashion-MNIST recipe: an 8-epoch teacher, 12 student epochs at lr 0.003 (docs/RESULTS.md, "Towards the
     # Fashion-MNIST targets"); its configs train that teacher themselves when run alone.
     "fashion_mnist_long": [
         ("student alone (hard labels)", ["configs/fashion_mnist_long_alone.json"], []),
@@ -242,6 +242,8 @@ def train_all(a):
                           flush=True)
                     continue
                 cmd = [a.kd_train, "distill", "--out", out] + common
+                if not label.startswith("student alone"):
+                    cmd.append("--baseline")  # its own student alone: the same stages, steps, schedule and seed
                 for c in configs:
                     cmd += ["--config", c]
                 cmd += ["--set", "teacher.path=" + json.dumps(os.path.join(tdir, "teacher.pt"))]
@@ -254,11 +256,11 @@ def train_all(a):
                 archive_runs(a, task)
 
 
-def mean_std(values, scale=1.0, digits=2):
+def mean_std(values, scale=1.0, digits=2, sign=""):
     values = [scale * v for v in values]
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"  # one seed: no spread to show
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+        return f"{values[0]:{sign}.{digits}f}"  # one seed: no spread to show
+    return f"{statistics.mean(values):{sign}.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def collect(a, task):
@@ -268,7 +270,7 @@ def collect(a, task):
     lm = task == "byte_lm"
     scores = ["bits_per_byte"] if lm else ["accuracy", "macro_f1"]
     empty = lambda label: {"label": label, "params": None, "zeros": None, "bytes": None,
-                           "scores": {s: [] for s in scores}, "seconds": [], "seeds": []}
+                           "scores": {s: [] for s in scores}, "seconds": [], "seeds": [], "gain": {s: [] for s in scores}}
     teacher = empty(None)
     for seed in a.seeds:
         # Every distillation of the seed scores the same teacher; take the first that finished.
@@ -307,6 +309,9 @@ def collect(a, task):
                 r["label"] = label + " (int8 file)"
             for s in scores:
                 r["scores"][s].append(student["test_" + s])
+                # kd-train --baseline: this seed's student alone with the same stages, steps and schedule.
+                if s in summary.get("distillation_gain", {}):
+                    r["gain"][s].append(summary["distillation_gain"][s])
             r["seconds"].append(summary["student_seconds"])
             r["seeds"].append(seed)
         rows.append(r)
@@ -316,15 +321,20 @@ def collect(a, task):
 def markdown(a, task, rows, scores):
     lm = task == "byte_lm"
     head = "| model | parameters | bytes on disk | " + (
-        "test bits per byte ↓ |" if lm else "test accuracy % | test macro-F1 % |") + " training time (s) | seeds |"
+        "test bits per byte ↓ |" if lm else "test accuracy % | test macro-F1 % |") + (
+        " gain over its student alone |") + " training time (s) | seeds |"
     lines = [f"**{TITLES[task]}** — mean ± std over the seeds each row names (of {', '.join(map(str, a.seeds))})", "",
-             head, "|---|---|---|" + ("---|" if lm else "---|---|") + "---|---|"]
+             head, "|---|---|---|" + ("---|" if lm else "---|---|") + "---|---|---|"]
+    headline = "bits_per_byte" if lm else "accuracy"
     for r in rows:
         if not r["seeds"]:
-            lines.append(f"| {r['label']} | | | " + ("| " if lm else "| | ") + "| not run yet |")
+            lines.append(f"| {r['label']} | | | " + ("| " if lm else "| | ") + "| | not run yet |")
             continue
         cells = [mean_std(r["scores"]["bits_per_byte"], digits=3)] if lm else [
             mean_std(r["scores"]["accuracy"], 100), mean_std(r["scores"]["macro_f1"], 100)]
+        # Per seed, distilled minus the same student alone (kd-train --baseline): bits/byte, or accuracy points.
+        gains = r.get("gain", {}).get(headline, [])
+        cells.append((mean_std(gains, 1 if lm else 100, 3 if lm else 2, "+") if len(gains) == len(r["seeds"]) else "–"))
         params = f"{r['params']:,}" + (f" ({r['zeros']:,} of them zero)" if r["zeros"] else "")
         lines.append(f"| {r['label']} | {params} | {r['bytes']:,} | " + " | ".join(cells) +
                      f" | {statistics.mean(r['seconds']):.0f} | {', '.join(map(str, r['seeds']))} |")
@@ -344,7 +354,17 @@ def targets(task, rows):
     if not all(r["seeds"] for r in needed):
         return ["Targets: not measured yet (the teacher, the student alone and the distilled student need a run each).", ""]
     out = []
-    if task.startswith("fashion_mnist"):
+    own = d.get("gain", {}).get("accuracy", [])
+    if task.startswith("fashion_mnist") and own and len(own) == len(d["seeds"]):
+        # Its own student alone (kd-train --baseline: same stages, steps, schedule and seed), paired per seed.
+        share = d["params"] / teacher["params"]
+        retained = m(d, "accuracy") / m(teacher, "accuracy")
+        gain = 100 * statistics.mean(own)
+        out.append(f"Targets ({RECIPE[task].split(': ')[1]} student): parameters {100 * share:.2f} % of the teacher's (≤ 5 %: "
+                   f"{'met' if share <= 0.05 else 'missed'}); accuracy {100 * retained:.2f} % of the teacher's "
+                   f"(≥ 98 %: {'met' if retained >= 0.98 else 'missed'}); {gain:+.2f} points over the same student "
+                   f"alone with the same stages, steps and schedule (≥ +0.5: {'met' if gain >= 0.5 else 'missed'}).")
+    elif task.startswith("fashion_mnist"):
         share = d["params"] / teacher["params"]
         retained = m(d, "accuracy") / m(teacher, "accuracy")
         gain = 100 * (m(d, "accuracy") - m(alone, "accuracy"))
@@ -440,7 +460,7 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--tasks", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--readme", default="README.md")
+    p.add_argument("--readme", default="docs/RESULTS.md", help="the Markdown file whose results block is rewritten")
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--only", nargs="+", default=[], metavar="RUN",
                    help="train only these runs (folder names, e.g. three_phase r1_gradient_matching), e.g. to split "
@@ -459,7 +479,9 @@ def main():
         lines = markdown(a, task, rows, scores) + targets(task, rows)
         png = os.path.join(a.results, f"curves_{task}.png")
         if curves(a, task, png):
-            lines += [f"![{task} training curves]({png})", ""]
+            # A link relative to the page it sits on.
+            link = os.path.relpath(png, os.path.dirname(os.path.abspath(a.readme)) if a.readme else ".")
+            lines += [f"![{task} training curves]({link})", ""]
         sections[task] = "\n".join(lines + [f"Made by `{command.strip()}`.", "", ""])
     results = os.path.join(a.results, "results.json")
     old = json.load(open(results)) if os.path.exists(results) else {}
@@ -474,7 +496,7 @@ def main():
             block = merge_sections(old_block, sections)
             with open(a.readme, "w") as f:
                 f.write(head + BEGIN + block + END + tail)
-            print(f"README sections updated ({', '.join(a.tasks)}): {a.readme}")
+            print(f"results sections updated ({', '.join(a.tasks)}): {a.readme}")
     block = block or merge_sections("", sections)
     with open(os.path.join(a.results, "table.md"), "w") as f:
         f.write(block)
@@ -499,7 +521,7 @@ def merge_sections(block, sections):
         body = body[:-len(FOOTER)]
     if body.strip():
         if not body.startswith("<!-- results-table:"):
-            sys.exit("the README's results block does not start with a task's marker (<!-- results-table:TASK -->); "
+            sys.exit("the results block does not start with a task's marker (<!-- results-table:TASK -->); "
                      "put one before each task's section")
         for chunk in body.split("<!-- results-table:")[1:]:
             task, _, text = chunk.partition(" -->\n")

@@ -1,5 +1,6 @@
 // kd-train distill: the teacher (trained or loaded), then the config's stages on the student.
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include <fmt/format.h>
@@ -82,9 +83,27 @@ data::TeacherCacheOptions cache_options(const json& c, const std::vector<StageSp
       .attentions({attention.begin(), attention.end()});
 }
 
-}  // namespace
+// A summary row with, for classifiers, the calibration and (evaluation.fgsm_epsilon > 0) the accuracy under an
+// FGSM attack made against the model itself, clamped to the task's input range.
+json scored_row(const std::string& name, kd::Model& model, const Scores& scores, const Task& task,
+                const data::TensorDataset& test, const json& config) {
+  json row = model_row(name, model, scores);
+  if (task.num_classes() == 0 || !config.contains("evaluation")) return row;
+  const json& e = config["evaluation"];
+  row["test_ece"] = kd::evaluate_calibration(model, test, e["ece_bins"]).ece();
+  const double eps = e.value("fgsm_epsilon", 0.0);
+  if (eps > 0) {
+    auto attack = AdversarialOptions().epsilon(eps);
+    if (const auto range = task.input_range()) attack.input_min(range->first).input_max(range->second);
+    row["test_fgsm_accuracy"] = kd::evaluate_under_fgsm(model, test, task.num_classes(), attack).accuracy();
+    row["fgsm_epsilon"] = eps;
+  }
+  return row;
+}
 
-int run_distill(const json& config, bool resume) {
+// Trains the config's student (the teacher first when it is missing) and writes OUT/student.pt and
+// OUT/summary.json; returns the summary on the main rank, null on the others.
+json distill_student(const json& config, bool resume) {
   const RunArgs a(config);
   const torch::Device device = set_up_process(a);
   const auto specs = stages_from_json(config["stages"], "config");
@@ -103,7 +122,14 @@ int run_distill(const json& config, bool resume) {
   }
 
   const Splits data = load_splits(a, config, device);
-  const auto& train = data.train;
+  // The teacher trains on every label; the student's hard-label terms may see only some (data.student_labels).
+  const double labelled = config["data"].value("student_labels", 1.0);
+  const auto train = labelled < 1 ? data::keep_labels(data.train, labelled, config["data"]["split_seed"].get<uint64_t>())
+                                  : data.train;
+  if (labelled < 1) {
+    spdlog::info("student: labels of {} of the {} training examples (data.student_labels {}); the rest are -100",
+                 static_cast<int64_t>(std::llround(labelled * train.size())), train.size(), labelled);
+  }
   const auto& val = data.validation;
   const auto& test = data.test;
   double teacher_seconds = 0;
@@ -181,14 +207,15 @@ int run_distill(const json& config, bool resume) {
   }
   const auto fit = fit_stoppable(trainer, train, val, resume, "student.pt and summary.json were not written");
   if (fit.resumed) spdlog::info("resumed from step {}", fit.resumed_from_step);
-  if (!main_rank) return 0;  // rank 0 holds the same student and writes and reports it
+  if (!main_rank) return json();  // rank 0 holds the same student and writes and reports it
   save_module(student_model, out / "student.pt");
 
   const auto tm = a.task.evaluate(*teacher_model, test);
   const auto sm = a.task.evaluate(*student_model, test);
   const std::string student_label = qat_hook ? student_name + " (fake-quant)" : student_name;
   json summary = {{"task", a.task.name()},
-                  {"models", {model_row(teacher_name, *teacher_model, tm), model_row(student_label, *student_model, sm)}},
+                  {"models", {scored_row(teacher_name, *teacher_model, tm, a.task, test, config),
+                              scored_row(student_label, *student_model, sm, a.task, test, config)}},
                   {"teacher_seconds", teacher_seconds},
                   {"student_seconds", 0.0},
                   {"seed", a.seed},
@@ -276,21 +303,37 @@ int run_distill(const json& config, bool resume) {
     samples["generate"] = config["generate"];
     summary["samples"] = samples;
   }
+  summary["task_title"] = a.task.title();
+  summary["validation_examples"] = val.size();
+  summary["out"] = a.out;
+  summary["headline"] = headline;
+  summary["higher_is_better"] = a.task.higher_is_better();
+  summary["scores"] = json::array();
+  for (const auto& kv : sm.values) summary["scores"].push_back(kv.first);
+  if (lora_hook) summary["lora"]["report"] = lora_hook->stage_report().to_string();
+  if (prune_hook) summary["pruning"]["report"] = prune_hook->pruning()->report().to_string();
   save_text(out / "summary.json", summary.dump(2) + "\n");
+  return summary;
+}
 
+
+std::string heading(const std::string& k) {
+  return k == "macro_f1" ? std::string("macro-F1") : k == "bits_per_byte" ? std::string("bits/byte")
+       : k == "token_accuracy" ? std::string("token acc") : k;
+}
+
+bool is_percentage(const std::string& k) { return k == "accuracy" || k == "token_accuracy" || k == "macro_f1"; }
+
+// The stage table, the test table and the run's one-line verdicts, from a summary written by distill_student.
+void print_report(const json& summary) {
   // Columns: the task's scores (classification: accuracy, macro-F1; LM: bits/byte, perplexity, token accuracy).
-  std::vector<std::string> columns;
-  for (const auto& kv : sm.values) columns.push_back(kv.first);
-  auto heading = [](const std::string& k) {
-    return k == "macro_f1" ? std::string("macro-F1") : k == "bits_per_byte" ? std::string("bits/byte")
-         : k == "token_accuracy" ? std::string("token acc") : k;
-  };
+  const auto columns = summary["scores"].get<std::vector<std::string>>();
   auto cell = [](const std::string& k, const json& v) {
     if (!v.is_number()) return fmt::format("{:>10}", "-");
     const double x = v.get<double>();
     return k == "accuracy" || k == "token_accuracy" ? fmt::format("{:>9.2f}%", 100 * x) : fmt::format("{:>10.4f}", x);
   };
-  fmt::print("\nStages (validation set, {} examples)\n", val.size());
+  fmt::print("\nStages (validation set, {} examples)\n", summary["validation_examples"].get<int64_t>());
   fmt::print("  {:<12} {:>7} {:>9}", "stage", "steps", "seconds");
   for (const auto& c : columns) fmt::print(" {:>10}", heading(c));
   fmt::print("\n");
@@ -300,37 +343,114 @@ int run_distill(const json& config, bool resume) {
     for (const auto& c : columns) fmt::print(" {}", cell(c, row.value("validation_" + c, json())));
     fmt::print("\n");
   }
-  fmt::print("\nResult ({} test set, {} examples)\n", a.task.title(), test.size());
+  fmt::print("\nResult ({} test set, {} examples)\n", summary["task_title"].get<std::string>(),
+             summary["test_images"].get<int64_t>());
   // KiB: float32 parameters, or the file for the int8 row.
   fmt::print("  {:<40} {:>10} {:>10}", "model", "params", "KiB");
   for (const auto& c : columns) fmt::print(" {:>10}", heading(c));
   fmt::print("\n");
-  for (const auto& row : summary["models"]) {
+  auto rows = summary["models"];
+  if (summary.contains("baseline")) rows.push_back(summary["baseline"]["model"]);
+  for (const auto& row : rows) {
     const int64_t bytes = row.contains("file_bytes") ? row["file_bytes"].get<int64_t>() : row["parameter_bytes"].get<int64_t>();
     fmt::print("  {:<40} {:>10} {:>10.1f}", row["model"].get<std::string>(), row["parameters"].get<int64_t>(),
                bytes / 1024.0);
     for (const auto& c : columns) fmt::print(" {}", cell(c, row.value("test_" + c, json())));
     fmt::print("\n");
   }
-  if (lora_hook) fmt::print("  LoRA stage(s): {}\n", lora_hook->stage_report().to_string());
-  if (prune_hook) fmt::print("  {}\n", prune_hook->pruning()->report().to_string());
-  const double tp = kd::parameter_count(*teacher_model), sp = kd::parameter_count(*student_model);
-  if (a.task.higher_is_better()) {
-    fmt::print("  student: {:.1f}% of the teacher's parameters, {:.1f}% of its {}\n", 100 * sp / tp,
-               100 * sm.at(headline) / tm.at(headline), heading(headline));
+  if (summary.contains("lora")) fmt::print("  LoRA stage(s): {}\n", summary["lora"]["report"].get<std::string>());
+  if (summary.contains("pruning")) fmt::print("  {}\n", summary["pruning"]["report"].get<std::string>());
+  const auto& teacher = summary["models"][0];
+  const auto& student = summary["models"][1];
+  const std::string headline = summary["headline"];
+  const double tp = teacher["parameters"].get<double>(), sp = student["parameters"].get<double>();
+  const double ts = teacher["test_" + headline].get<double>(), ss = student["test_" + headline].get<double>();
+  if (summary["higher_is_better"].get<bool>()) {
+    fmt::print("  student: {:.1f}% of the teacher's parameters, {:.1f}% of its {}\n", 100 * sp / tp, 100 * ss / ts,
+               heading(headline));
   } else {
     fmt::print("  student: {:.1f}% of the teacher's parameters, {} {:+.4f} against the teacher's\n", 100 * sp / tp,
-               heading(headline), sm.at(headline) - tm.at(headline));
+               heading(headline), ss - ts);
   }
-  if (qat_hook) {
+  std::vector<std::string> extra;
+  for (const auto& row : rows) {
+    std::vector<std::string> parts;
+    if (row.contains("test_ece")) parts.push_back(fmt::format("ECE {:.4f}", row["test_ece"].get<double>()));
+    if (row.contains("test_fgsm_accuracy")) {
+      parts.push_back(fmt::format("accuracy under FGSM (ε {}) {:.2f}%", row["fgsm_epsilon"].get<double>(),
+                                  100 * row["test_fgsm_accuracy"].get<double>()));
+    }
+    if (!parts.empty()) extra.push_back(fmt::format("{}: {}", row["model"].get<std::string>(), fmt::join(parts, ", ")));
+  }
+  if (!extra.empty()) fmt::print("  {}\n", fmt::join(extra, "; "));
+  if (summary.contains("distillation_gain")) {
+    std::vector<std::string> parts;
+    for (const auto& c : columns) {
+      if (!summary["distillation_gain"].contains(c)) continue;
+      const double g = summary["distillation_gain"][c].get<double>();
+      parts.push_back(is_percentage(c) ? fmt::format("{} {:+.2f} points", heading(c), 100 * g)
+                                       : fmt::format("{} {:+.4f}", heading(c), g));
+    }
+    fmt::print("  distillation against the same student alone (same steps, schedule and seed): {}{}\n",
+               fmt::join(parts, ", "), summary["higher_is_better"].get<bool>() ? "" : " (lower is better)");
+  }
+  if (summary.contains("int8")) {
     fmt::print("  int8 file: {} bytes = {:.2f} x the float32 state\n", summary["int8"]["file_bytes"].get<int64_t>(),
                summary["int8"]["ratio"].get<double>());
   }
   if (summary.contains("samples")) {
     fmt::print("\nstudent sample after training:\n{}\n\n", summary["samples"]["student_after"].get<std::string>());
   }
-  fmt::print("  written: {}/{{teacher.pt, student.pt{}{}, summary.json, config.json, metrics.jsonl, checkpoints/}}\n",
-             a.out, qat_hook ? ", student.int8.pt" : "", lora_hook ? ", lora_adapter.pt" : "");
+  fmt::print("  written: {}/{{teacher.pt, student.pt{}{}, summary.json, config.json, metrics.jsonl, checkpoints/{}}}\n",
+             summary["out"].get<std::string>(), summary.contains("int8") ? ", student.int8.pt" : "",
+             summary.contains("lora") ? ", lora_adapter.pt" : "", summary.contains("baseline") ? ", baseline/" : "");
+}
+
+}  // namespace
+
+json baseline_config(const json& config) {
+  json b = config;
+  const fs::path out(config["out"].get<std::string>());
+  b["out"] = (out / "baseline").string();
+  // The distilled run's teacher: only scored in the baseline's summary, never run while it trains.
+  const std::string given = config["teacher"]["path"];
+  b["teacher"]["path"] = given.empty() ? (out / "teacher.pt").string() : given;
+  b["teacher"]["cache"]["enabled"] = false;
+  b["train"]["hard_example_mix"] = 0.0;  // mining ranks examples by the teacher
+  for (auto& stage : b["stages"]) {
+    stage["losses"] = json::array({{{"type", "hard_label_ce"}, {"name", "ce"}, {"weight", 1.0}}});
+  }
+  return b;
+}
+
+json distillation_gain(const json& distilled, const json& alone) {
+  json gain = json::object();
+  for (const auto& c : distilled["scores"]) {
+    const std::string key = "test_" + c.get<std::string>();
+    const auto& d = distilled["models"][1];
+    const auto& a = alone["models"][1];
+    if (d.contains(key) && a.contains(key) && d[key].is_number() && a[key].is_number()) {
+      gain[c.get<std::string>()] = d[key].get<double>() - a[key].get<double>();
+    }
+  }
+  return gain;
+}
+
+int run_distill(const json& config, bool resume, bool baseline) {
+  json summary = distill_student(config, resume);
+  if (baseline) {
+    spdlog::info("baseline: the same student on hard labels alone, with the same stages, steps, schedule and seed");
+    const json alone = distill_student(baseline_config(config), resume);
+    if (!summary.is_null()) {
+      json row = alone["models"][1];
+      row["model"] = row["model"].get<std::string>() + " alone (baseline)";
+      summary["baseline"] = {{"out", alone["out"]}, {"model", row}, {"student_seconds", alone["student_seconds"]},
+                             {"stages", alone["stages"]}};
+      summary["distillation_gain"] = distillation_gain(summary, alone);
+      save_text(fs::path(summary["out"].get<std::string>()) / "summary.json", summary.dump(2) + "\n");
+    }
+  }
+  if (!summary.is_null()) print_report(summary);
   return 0;
 }
 

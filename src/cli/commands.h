@@ -8,7 +8,15 @@
 namespace kd::app {
 
 /// Teacher (trained or loaded), then the config's stages on the student; summary table and summary.json.
-int run_distill(const nlohmann::json& config, bool resume);
+/// With `baseline`, then the same student on hard labels alone (baseline_config) into OUT/baseline, and
+/// the difference of every test score (distilled − alone) as summary.json's "distillation_gain".
+int run_distill(const nlohmann::json& config, bool resume, bool baseline = false);
+/// The config of the student-alone baseline of a distillation config: the same stages (steps, epochs,
+/// learning rates, hooks), seed and data, each stage's losses replaced by hard-label cross-entropy; out
+/// OUT/baseline; the distilled run's teacher (scored, never run); no teacher cache or hard-example mining.
+nlohmann::json baseline_config(const nlohmann::json& config);
+/// Each test score of the distilled student minus the same score of the student alone, from two summaries.
+nlohmann::json distillation_gain(const nlohmann::json& distilled, const nlohmann::json& alone);
 /// Trains the teacher alone into OUT/teacher.pt (replacing one that is there) and reports its test metrics.
 int run_teacher(const nlohmann::json& config, bool resume);
 /// Test-set metrics of a saved model: OUT/<which>.pt by default, or `model_file`: a float state

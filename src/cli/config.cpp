@@ -29,6 +29,9 @@ struct Range {
 const std::map<std::string, Range>& ranges() {
   static const std::map<std::string, Range> r = {
       {"data.limit", {0, 1e9}},
+      {"data.student_labels", {0, 1, true}},
+      {"evaluation.fgsm_epsilon", {0, 10}},
+      {"evaluation.ece_bins", {1, 1000}},
       {"data.validation_size", {0, 59999}},
       {"teacher.epochs", {0, 1000}},
       {"teacher.cache.top_k", {0, 1e6}},
@@ -268,7 +271,13 @@ json fashion_mnist_defaults() {
       {"task", "fashion_mnist"},
       {"out", "runs/default"},
       {"data",
-       {{"root", "/usr/share/datasets/fashion-mnist"}, {"limit", 0}, {"validation_size", 5000}, {"split_seed", 0}}},
+       {{"root", "/usr/share/datasets/fashion-mnist"},
+        {"limit", 0},
+        {"validation_size", 5000},
+        {"split_seed", 0},
+        // student_labels: the fraction of training examples whose labels the student's hard-label terms
+        // see (drawn with split_seed; the others are -100); the teacher always trains on every label.
+        {"student_labels", 1.0}}},
       // steps > 0 trains the teacher for that many optimizer steps instead of `epochs`.
       // cache.enabled: the teacher runs once over the training set; its logits (all, or the top_k) and the
       // hidden states / attention maps the stages' losses name are read from OUT/teacher.cache afterwards.
@@ -283,6 +292,9 @@ json fashion_mnist_defaults() {
       // width1/width2 as in DepthwiseCnnStudentOptions; hidden is used by "cnn" (the teacher's architecture) only.
       {"student", {{"model", "depthwise_cnn"}, {"width1", 16}, {"width2", 32}, {"hidden", 256}}},
       {"stages", stages_to_json(progressive3())},
+      // After training, beside the test scores: accuracy under an FGSM attack of this L∞ step made against each
+      // model itself (0 = not measured; image tasks), and the expected calibration error over ece_bins bins.
+      {"evaluation", {{"fgsm_epsilon", 0.0}, {"ece_bins", 15}}},
       // Used by stages that list "lora" in their "hooks" (see kd::lora::Options, kd::lora::HookOptions).
       {"lora", {{"rank", 8}, {"alpha", 16.0}, {"rslora", false}, {"dropout", 0.0}, {"targets", json::array()},
                 {"merge_at_end", true}}},
@@ -368,7 +380,8 @@ json spam_defaults() {
   d["out"] = "runs/spam";
   // root "" = where scripts/setup installs the corpus ($KD_DATA_DIR or ~/.cache/kdistill/spam-assassin).
   // limit caps every split, eval_limit (when > 0) the validation and test splits; max_len: bytes per mail.
-  d["data"] = {{"root", ""}, {"limit", 0}, {"eval_limit", 0}, {"max_len", 128}, {"split_seed", 0}};
+  d["data"] = {{"root", ""}, {"limit", 0}, {"eval_limit", 0}, {"max_len", 128}, {"split_seed", 0}, {"student_labels", 1.0}};
+  d["evaluation"].erase("fgsm_epsilon");  // FGSM needs images; token ids have no L∞ step
   d["teacher"] = teacher_section(4, 0, transformer_section(6, 128, 4));
   // dynamic_depth: a batch whose longest real length is <= depth_thresholds[i] bytes runs depth_layers[i] layers.
   d["student"] = transformer_section(2, 64, 2);
@@ -410,6 +423,7 @@ json byte_lm_defaults() {
   d["out"] = "runs/byte_lm";
   // context: bytes per training window; eval_limit: validation / test windows scored (0 = all).
   d["data"] = {{"root", ""}, {"limit", 0}, {"eval_limit", 512}, {"context", 128}, {"split_seed", 0}};
+  d.erase("evaluation");  // bits per byte, perplexity and token accuracy only
   d["teacher"] = teacher_section(1, 1000, transformer_section(4, 192, 3));
   d["student"] = transformer_section(2, 96, 2);
   d["student"]["model"] = "causal_lm";

@@ -1,7 +1,9 @@
 // kd-train: the command-line front end of kdistill.
 //
 //   kd-train teacher [common options]                 train the task's teacher into OUT/teacher.pt
-//   kd-train distill [common options] [--resume]      teacher (trained or loaded), then the config's stages
+//   kd-train distill [common options] [--resume] [--baseline]
+//                                                     teacher (trained or loaded), then the config's stages;
+//                                                     --baseline: also the student alone, and the gain
 //   kd-train eval    [common options] [--model FILE] [--which student|teacher]
 //   kd-train export  [common options] [--model FILE] [--which student|teacher] [--format torchscript|int8]
 //                    [--to FILE] [--with-layers] [--calibration-batches N] [--compact]
@@ -40,7 +42,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> configs, sets;
   std::string out, device, model_file, which = "student";
   int64_t seed = -1, threads = -1;
-  bool resume = false;
+  bool resume = false, baseline = false;
   int nproc = 1;
   app.add_option("--nproc", nproc,
                  "data-parallel: start N ranks of teacher/distill on this machine (c10d Gloo over loopback); for "
@@ -68,6 +70,9 @@ int main(int argc, char** argv) {
   add_common(distill);
   distill->add_flag("--resume", resume,
                     "continue from the newest checkpoint in OUT/checkpoints (same config; the teacher is reloaded)");
+  distill->add_flag("--baseline", baseline,
+                    "also train the same student on hard labels alone (same stages, steps, schedule and seed) into "
+                    "OUT/baseline and report what distillation gained over it");
   teacher->add_flag("--resume", resume, "continue from the newest checkpoint in OUT/teacher_checkpoints");
   auto* eval = app.add_subcommand("eval", "test-set scores of a saved model (accuracy, macro-F1 and per-class F1; "
                                           "language models: bits per byte, perplexity, token accuracy)");
@@ -134,7 +139,7 @@ int main(int argc, char** argv) {
     if (threads >= 0) sets.push_back("train.threads=" + std::to_string(threads));
     const auto config = kd::app::resolve_config(configs, sets);
     if (*teacher) return kd::app::run_teacher(config, resume);
-    if (*distill) return kd::app::run_distill(config, resume);
+    if (*distill) return kd::app::run_distill(config, resume, baseline);
     if (*eval) return kd::app::run_eval(config, which, model_file);
     if (*exp) return kd::app::run_export(config, export_args);
   } catch (const kd::app::Stopped& e) {

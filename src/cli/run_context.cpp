@@ -43,8 +43,10 @@ RunArgs::RunArgs(const json& c)
       .lr_backoff(t["lr_backoff"])
       .max_consecutive_nonfinite(t["max_consecutive_nonfinite"]);
   trainer.augmentation(task.augmentation(t));
-  trainer.adversarial(
-      AdversarialOptions().epsilon(t["adversarial_epsilon"]).ratio(t["adversarial_ratio"]).pad_token(task.pad_token()));
+  auto adversarial =
+      AdversarialOptions().epsilon(t["adversarial_epsilon"]).ratio(t["adversarial_ratio"]).pad_token(task.pad_token());
+  if (const auto range = task.input_range()) adversarial.input_min(range->first).input_max(range->second);
+  trainer.adversarial(adversarial);
 }
 
 void ensure_output_folder(const fs::path& out) {
@@ -181,6 +183,7 @@ LoadedModel load_model_file(const json& config, const std::string& which, const 
 
 std::string config_fingerprint(json config) {
   config.erase("out");
+  config.erase("evaluation");  // what is measured after training, not how it trains
   for (const char* k : {"threads", "device", "log_every", "checkpoint_every", "keep_last"}) {
     if (config.contains("train")) config["train"].erase(k);
   }

@@ -116,6 +116,9 @@ class FashionMnistTask : public Task {
 
   torch::Tensor example_input(const json&) const override { return torch::zeros({1, 1, 28, 28}); }
   int64_t pad_token() const override { return -1; }
+  std::optional<std::pair<double, double>> input_range() const override {
+    return std::make_pair(data::kFashionMnistBlank, (1.0 - data::kFashionMnistMean) / data::kFashionMnistStd);
+  }
 
  protected:
   std::vector<std::string> augmentations() const override { return {"shift_flip", "cutmix"}; }

@@ -11,6 +11,7 @@
 // Each task's default config (config.cpp, task_defaults) is also its schema.
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -69,6 +70,9 @@ class Task {
   virtual torch::Tensor example_input(const nlohmann::json& config) const = 0;
   /// The token id of padding (never written by adversarial token flips), or −1 for inputs without.
   virtual int64_t pad_token() const { return 0; }
+  /// The valid range of an input value as the task encodes it (images: the normalised black and
+  /// white), which FGSM examples are clamped to; unset for token ids.
+  virtual std::optional<std::pair<double, double>> input_range() const { return std::nullopt; }
   /// The training-batch augmentation the "train" section names ("augment", "mix_alpha",
   /// "mix_probability"), or null for "none"; kd::Error (kConfig) naming the ones that fit this
   /// task's inputs when it names another.

@@ -158,6 +158,16 @@ TEST(Task, FashionMnistShiftFlipFillsUncoveredPixelsWithTheImagesBlack) {
   EXPECT_FALSE(torch::equal(ramp_moved, ramp));
 }
 
+TEST(Task, FashionMnistInputRangeIsTheLoadedImagesBlackAndWhite) {
+  // FGSM examples are clamped to it: black p = 0 and white p = 1 as the loader normalises them.
+  const auto range = task_of(resolve_config({}, {})).input_range();
+  ASSERT_TRUE(range.has_value());
+  const auto images = kd::data::load_fashion_mnist(kd::data::Split::kTest).inputs;
+  EXPECT_NEAR(range->first, images.min().item<double>(), 1e-6);
+  EXPECT_NEAR(range->second, images.max().item<double>(), 1e-6);  // the test set has white pixels
+  EXPECT_FALSE(task_of(resolve_config({}, {"task=spam"})).input_range().has_value());
+}
+
 TEST(Task, MissingCorpusNamesTheFolderAndTheInstallCommand) {
   auto c = resolve_config({}, {"task=spam", "data.root=\"/nonexistent/spam\""});
   try {
