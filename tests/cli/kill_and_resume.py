@@ -7,7 +7,7 @@ written after every step here), between runs' start-up and the first step. Kill 
 a seeded RNG, so a failure can be replayed with the same seed.
 
 usage: kill_and_resume.py KD_TRAIN OUT_DIR [TRIALS] [SEED]
-prints: "kill-and-resume: N trials, K kills, all resumed runs identical" (the README's figure)
+prints: "kill-and-resume: N trials, K kills, all resumed runs identical" (the figure in docs/RESULTS.md)
 """
 import hashlib
 import os
