@@ -88,10 +88,9 @@ data::TeacherCacheOptions cache_options(const json& c, const std::vector<StageSp
 json scored_row(const std::string& name, kd::Model& model, const Scores& scores, const Task& task,
                 const data::TensorDataset& test, const json& config) {
   json row = model_row(name, model, scores);
+  if (scores.ece) row["test_ece"] = *scores.ece;
   if (task.num_classes() == 0 || !config.contains("evaluation")) return row;
-  const json& e = config["evaluation"];
-  row["test_ece"] = kd::evaluate_calibration(model, test, e["ece_bins"]).ece();
-  const double eps = e.value("fgsm_epsilon", 0.0);
+  const double eps = config["evaluation"].value("fgsm_epsilon", 0.0);
   if (eps > 0) {
     auto attack = AdversarialOptions().epsilon(eps);
     if (const auto range = task.input_range()) attack.input_min(range->first).input_max(range->second);
@@ -210,8 +209,10 @@ json distill_student(const json& config, bool resume) {
   if (!main_rank) return json();  // rank 0 holds the same student and writes and reports it
   save_module(student_model, out / "student.pt");
 
-  const auto tm = a.task.evaluate(*teacher_model, test);
-  const auto sm = a.task.evaluate(*student_model, test);
+  // Classifiers: the calibration error from the same pass as the scores.
+  const int64_t ece_bins = config.contains("evaluation") ? config["evaluation"].value("ece_bins", int64_t{0}) : 0;
+  const auto tm = a.task.evaluate(*teacher_model, test, ece_bins);
+  const auto sm = a.task.evaluate(*student_model, test, ece_bins);
   const std::string student_label = qat_hook ? student_name + " (fake-quant)" : student_name;
   json summary = {{"task", a.task.name()},
                   {"models", {scored_row(teacher_name, *teacher_model, tm, a.task, test, config),

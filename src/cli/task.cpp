@@ -14,6 +14,7 @@
 #include "kd/models/causal_lm.h"
 #include "kd/models/cnn.h"
 #include "kd/models/transformer_encoder.h"
+#include "kd/train/calibration.h"
 #include "kd/train/metrics.h"
 
 namespace kd::app {
@@ -290,10 +291,14 @@ std::shared_ptr<data::Augmentation> Task::augmentation(const json& train) const 
   return std::make_shared<data::TokenMix>(mix);
 }
 
-Scores Task::evaluate(Model& model, const data::TensorDataset& split) const {
+Scores Task::evaluate(Model& model, const data::TensorDataset& split, int64_t ece_bins) const {
   if (num_classes() > 0) {
-    const auto m = evaluate_classifier(model, split, num_classes());
-    return {{{"accuracy", m.accuracy()}, {"macro_f1", m.macro_f1()}}};
+    std::optional<CalibrationMetrics> calibration;
+    if (ece_bins > 0) calibration.emplace(ece_bins);
+    const auto m = evaluate_classifier(model, split, num_classes(), 512, calibration ? &*calibration : nullptr);
+    Scores s{{{"accuracy", m.accuracy()}, {"macro_f1", m.macro_f1()}}};
+    if (calibration) s.ece = calibration->ece();
+    return s;
   }
   const auto m = evaluate_language_model(model, split);
   return {{{"bits_per_byte", m.bits_per_byte()}, {"perplexity", m.perplexity()}, {"token_accuracy", m.token_accuracy()}}};

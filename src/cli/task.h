@@ -34,6 +34,8 @@ struct Splits {
 /// ("accuracy" for classifiers, "bits_per_byte" for language models).
 struct Scores {
   std::vector<std::pair<std::string, double>> values;
+  /// Classifiers scored with calibration bins: the expected calibration error (not a column of the tables).
+  std::optional<double> ece;
   /// The value named `name`; kd::Error (kValue) naming the ones there are when it is missing.
   double at(const std::string& name) const;
   const std::string& headline() const { return values.front().first; }
@@ -64,8 +66,9 @@ class Task {
   EvalTask eval_task() const { return num_classes() > 0 ? EvalTask::kClassification : EvalTask::kLanguageModel; }
   /// Whether a larger headline score is better (accuracy) or a smaller one (bits per byte).
   bool higher_is_better() const { return num_classes() > 0; }
-  /// Scores of `model` on `split` (eval mode, no grad; the model's training flag is restored).
-  Scores evaluate(Model& model, const data::TensorDataset& split) const;
+  /// Scores of `model` on `split` (eval mode, no grad; the model's training flag is restored); for
+  /// classifiers with `ece_bins` > 0 also the expected calibration error, from the same pass.
+  Scores evaluate(Model& model, const data::TensorDataset& split, int64_t ece_bins = 0) const;
   /// One example input of the shape the task's models take, for tracing (kd-train export).
   virtual torch::Tensor example_input(const nlohmann::json& config) const = 0;
   /// The token id of padding (never written by adversarial token flips), or −1 for inputs without.

@@ -9,6 +9,7 @@
 #include "kd/core/error.h"
 #include "kd/core/model_output.h"
 #include "eval_batches.h"
+#include "kd/train/calibration.h"
 
 namespace kd {
 
@@ -89,10 +90,13 @@ double ClassificationMetrics::macro_f1() const {
 }
 
 ClassificationMetrics evaluate_classifier(Model& model, const data::TensorDataset& dataset, int64_t num_classes,
-                                          int64_t batch_size) {
+                                          int64_t batch_size, CalibrationMetrics* calibration) {
   ClassificationMetrics metrics(num_classes);
   detail::for_each_batch(model, dataset, batch_size, [&](int64_t start, int64_t end, const torch::Tensor& logits) {
-    metrics.update(logits.cpu(), dataset.targets.slice(0, start, end));
+    const auto cpu = logits.cpu();
+    const auto targets = dataset.targets.slice(0, start, end);
+    metrics.update(cpu, targets);
+    if (calibration) calibration->update(cpu, targets);
   });
   return metrics;
 }

@@ -12,6 +12,8 @@
 
 namespace kd {
 
+class CalibrationMetrics;
+
 /// Accumulates a confusion matrix over batches and derives the usual scores.
 ///
 ///   accuracy   = Σ_c TP_c / N
@@ -49,11 +51,12 @@ class ClassificationMetrics {
 };
 
 /// Runs `model` over `dataset` in eval mode under no-grad (its training flag
-/// is restored afterwards) and returns the confusion-matrix metrics.
+/// is restored afterwards) and returns the confusion-matrix metrics. With
+/// `calibration`, the same logits are also added to it (one pass for both).
 ///
 /// Example: `double acc = kd::evaluate_classifier(*net, test, 10).accuracy();`
 ClassificationMetrics evaluate_classifier(Model& model, const data::TensorDataset& dataset, int64_t num_classes,
-                                          int64_t batch_size = 512);
+                                          int64_t batch_size = 512, CalibrationMetrics* calibration = nullptr);
 
 /// What a language model scored over a dataset of next-token targets.
 ///

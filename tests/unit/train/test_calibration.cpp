@@ -6,6 +6,7 @@
 
 #include "kd/core/error.h"
 #include "kd/train/calibration.h"
+#include "kd/train/metrics.h"
 #include "reference.h"
 
 namespace {
@@ -53,6 +54,11 @@ TEST(Calibration, EvaluatesAModelOverADataset) {
   } model;
   const kd::data::TensorDataset d{ref()["logits"].to(torch::kFloat), ref()["targets"], torch::Tensor()};
   EXPECT_NEAR(kd::evaluate_calibration(model, d, 15, /*batch_size=*/6).ece(), ref().scalar("ece15"), 1e-6);
+  // The same from evaluate_classifier's one pass, beside the accuracy.
+  kd::CalibrationMetrics cal(15);
+  const auto m = kd::evaluate_classifier(model, d, 5, /*batch_size=*/6, &cal);
+  EXPECT_NEAR(cal.ece(), ref().scalar("ece15"), 1e-6);
+  EXPECT_EQ(m.count(), 40);
 }
 
 TEST(Calibration, BadInputThrows) {
