@@ -28,6 +28,15 @@ struct LinearImpl : kd::Model {
   torch::nn::Dropout drop{nullptr};
 };
 
+// FGSM against LinearImpl written out: ∇ₓ CE = Wᵀ(softmax(Wx + b) − onehot(y)) / n, whose sign does not
+// depend on n; `flat` [n, 6].
+torch::Tensor fgsm_by_hand(const LinearImpl& model, const torch::Tensor& flat, const torch::Tensor& y, double eps) {
+  const auto W = model.fc->weight.detach(), b = model.fc->bias.detach();
+  const auto p = torch::softmax(torch::matmul(flat, W.t()) + b, -1);
+  const auto grad = torch::matmul(p - torch::one_hot(y, 3).to(torch::kFloat64), W);
+  return flat + eps * grad.sign();
+}
+
 TEST(Adversarial, FgsmIsEpsilonTimesTheSignOfTheInputGradient) {
   torch::manual_seed(0);
   LinearImpl model;
@@ -36,12 +45,9 @@ TEST(Adversarial, FgsmIsEpsilonTimesTheSignOfTheInputGradient) {
   const auto x = torch::randn({5, 2, 3}, torch::kFloat64);
   const auto y = torch::tensor({0, 2, 1, 1, 0});
   const auto got = kd::adversarial_inputs(model, x, y, {}, kd::AdversarialOptions().epsilon(0.1).ratio(0.5));
-  // ⌈0.5 · 5⌉ = 3 rows: ∇ₓ CE = Wᵀ(softmax(Wx + b) − onehot(y)) / 3, the same sign as without the 1/3.
-  const auto W = model.fc->weight.detach(), b = model.fc->bias.detach();
-  const auto flat = x.slice(0, 0, 3).flatten(1);
-  const auto p = torch::softmax(torch::matmul(flat, W.t()) + b, -1);
-  const auto grad = torch::matmul(p - torch::one_hot(y.slice(0, 0, 3), 3).to(torch::kFloat64), W);
-  const auto want = torch::cat({(flat + 0.1 * grad.sign()).view({3, 2, 3}), x.slice(0, 3, 5)});
+  // ⌈0.5 · 5⌉ = 3 rows made adversarial, the rest as they were.
+  const auto adv = fgsm_by_hand(model, x.slice(0, 0, 3).flatten(1), y.slice(0, 0, 3), 0.1);
+  const auto want = torch::cat({adv.view({3, 2, 3}), x.slice(0, 3, 5)});
   EXPECT_TRUE(torch::equal(got, want));
   EXPECT_TRUE(model.is_training());              // restored
   EXPECT_FALSE(model.fc->weight.grad().defined());  // no parameter gradient touched
@@ -82,10 +88,8 @@ TEST(Adversarial, EvaluationUnderFgsmScoresTheModelOnItsOwnAdversarialExamples) 
   const auto o = kd::AdversarialOptions().epsilon(0.5).input_min(-2.5).input_max(2.5);
   const kd::data::TensorDataset d{x, y, torch::Tensor()};
   // In batches of 4: each batch's examples are made with that batch's mean CE, whose gradient has the
-  // sign of the per-example one (written out as in the FGSM test above).
-  const auto p = torch::softmax(torch::matmul(flat, W.t()) + b, -1);
-  const auto grad = torch::matmul(p - torch::one_hot(y, 3).to(torch::kFloat64), W);
-  const auto adv = (flat + 0.5 * grad.sign()).clamp(-2.5, 2.5);
+  // sign of the per-example one.
+  const auto adv = fgsm_by_hand(model, flat, y, 0.5).clamp(-2.5, 2.5);
   const auto want = (torch::matmul(adv, W.t()) + b).argmax(-1).eq(y).to(torch::kDouble).mean().item<double>();
   const auto got = kd::evaluate_under_fgsm(model, d, 3, o, /*batch_size=*/4);
   EXPECT_DOUBLE_EQ(got.accuracy(), want);
