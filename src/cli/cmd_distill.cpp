@@ -1,6 +1,5 @@
 // kd-train distill: the teacher (trained or loaded), then the config's stages on the student.
 #include <algorithm>
-#include <cmath>
 #include <set>
 
 #include <fmt/format.h>
@@ -127,7 +126,7 @@ json distill_student(const json& config, bool resume) {
                                   : data.train;
   if (labelled < 1) {
     spdlog::info("student: labels of {} of the {} training examples (data.student_labels {}); the rest are -100",
-                 static_cast<int64_t>(std::llround(labelled * train.size())), train.size(), labelled);
+                 (train.targets != -100).sum().item<int64_t>(), train.size(), labelled);
   }
   const auto& val = data.validation;
   const auto& test = data.test;

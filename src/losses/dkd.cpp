@@ -40,6 +40,14 @@ Split split(const Tensor& x, const Tensor& target_mask) {
   return {torch::cat({target - lse_all, lse_others - lse_all}, -1), others - lse_others};
 }
 
+// The two terms under `options`: of the z-scored logits when it says standardize.
+functional::DKDTerms options_terms(const Tensor& zs, const Tensor& zt, const Tensor& targets, const Tensor& rows,
+                                   const DKDOptions& options) {
+  const bool z = options.standardize();
+  return functional::dkd_terms(z ? functional::standardize_logits(zs) : zs, z ? functional::standardize_logits(zt) : zt,
+                               targets, rows, options.temperature());
+}
+
 }  // namespace
 
 namespace functional {
@@ -98,10 +106,7 @@ DKDTerms dkd_terms(const torch::Tensor& student_logits, const torch::Tensor& tea
 torch::Tensor dkd(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits, const torch::Tensor& targets,
                   const torch::Tensor& row_mask, const DKDOptions& options) {
   check_options(options);
-  const bool z = options.standardize();
-  const auto terms = dkd_terms(z ? standardize_logits(student_logits) : student_logits,
-                               z ? standardize_logits(teacher_logits) : teacher_logits, targets, row_mask,
-                               options.temperature());
+  const auto terms = options_terms(student_logits, teacher_logits, targets, row_mask, options);
   return options.alpha() * terms.tckd + options.beta() * terms.nckd;
 }
 
@@ -128,10 +133,7 @@ LossResult DKDImpl::forward(const DistillBatch& batch) {
                 "too few classes to split off the target): run the teacher online or build the cache with top_k 0");
   }
   const auto rows = functional::kl_counted_rows(zs, batch.mask, batch.targets, options.ignore_index());
-  const bool z = options.standardize();
-  const auto terms = functional::dkd_terms(z ? functional::standardize_logits(zs) : zs,
-                                           z ? functional::standardize_logits(zt) : zt, batch.targets, rows,
-                                           options.temperature());
+  const auto terms = options_terms(zs, zt, batch.targets, rows, options);
   const double r = ramp(batch.step);
   LossResult out;
   const auto tckd = terms.tckd * (options.alpha() * r), nckd = terms.nckd * (options.beta() * r);
