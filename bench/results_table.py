@@ -35,6 +35,7 @@ import time
 # (label, config files, extra --set overrides). Every student of a task trains for the same number
 # of epochs (or steps); the configs say how they spend them. Labels in EXTRAS (CutMix, adversarial
 # examples, pruning, linear attention, TokenMix) are run and shown only with --extras.
+FGSM_EVAL = "evaluation.fgsm_epsilon=0.05"  # test accuracy under a one-step FGSM attack of this L∞ size
 VARIANTS = {
     "fashion_mnist": [
         ("student alone (hard labels)", ["configs/fashion_mnist_alone.json"], []),
@@ -59,6 +60,17 @@ VARIANTS = {
         ("student alone, 12 epochs (hard labels)", ["configs/fashion_mnist_long_alone.json"], []),
         ("distilled: plain KL", ["configs/fashion_mnist_long_kl.json"], ["stages.0.epochs=24"]),
     ],
+    # The extras scored for what they are for, with the default recipe's teachers: each distilled row with
+    # --baseline (the same student alone with the same stages, schedule and extras: FGSM examples, CutMix,
+    # pruning to the same sparsity), every student scored under an FGSM attack (ε 0.05) and for calibration.
+    # Plain KL's baseline is the student alone of the table above.
+    "fashion_mnist_extras": [
+        ("distilled: plain KL", ["configs/fashion_mnist_kl.json"], [FGSM_EVAL]),
+        ("distilled: three-phase + FGSM examples (ε 0.05, half of each batch)", ["configs/fashion_mnist_adversarial.json"],
+         [FGSM_EVAL]),
+        ("distilled: three-phase + CutMix", ["configs/fashion_mnist_cutmix.json"], [FGSM_EVAL]),
+        ("distilled: three-phase, 50 % of weights pruned", ["configs/fashion_mnist_pruned.json"], [FGSM_EVAL]),
+    ],
     "spam": [
         ("student alone (hard labels)", ["configs/spam_transformer.json", "configs/spam_alone.json"], []),
         ("distilled: three-phase", ["configs/spam_transformer.json"], []),
@@ -74,21 +86,23 @@ VARIANTS = {
 EXTRAS = {"distilled: three-phase + CutMix", "distilled: three-phase + FGSM examples (ε 0.05, half of each batch)",
           "distilled: three-phase, 50 % of weights pruned", "distilled: three-phase, linear-attention student",
           "distilled: three-phase + TokenMix", "distilled: three-phase, half of the fc1 channels pruned"}
-TEACHER_CONFIG = {"fashion_mnist": "configs/fashion_mnist.json",
+TEACHER_CONFIG = {"fashion_mnist": "configs/fashion_mnist.json", "fashion_mnist_extras": "configs/fashion_mnist.json",
                   "fashion_mnist_long": "configs/fashion_mnist_long_kl.json",
                   "fashion_mnist_24": "configs/fashion_mnist_long_kl.json", "spam": "configs/spam_transformer.json",
                   "byte_lm": "configs/byte_lm.json"}
 TITLES = {"fashion_mnist": "Fashion-MNIST (10 000 test images)",
           "fashion_mnist_long": "Fashion-MNIST, longer recipe: 8-epoch teacher, 12 student epochs at lr 0.003",
           "fashion_mnist_24": "Fashion-MNIST, 24 student epochs: the longer recipe's configs, 8-epoch teacher, lr 0.003",
+          "fashion_mnist_extras": "Fashion-MNIST extras scored for their purpose: robustness to FGSM, calibration, "
+                                  "pruning against the student alone pruned alike",
           "spam": "SpamAssassin spam/ham (1 209 test mails)",
           "byte_lm": "SpamAssassin byte LM (512 held-out test windows of 128 bytes)"}
 # The distilled student each task's targets are scored on, and whose loss parts the curves show.
 RECIPE = {"fashion_mnist": "distilled: three-phase", "fashion_mnist_long": "distilled: plain KL",
-          "fashion_mnist_24": "distilled: plain KL",
+          "fashion_mnist_24": "distilled: plain KL", "fashion_mnist_extras": "distilled: plain KL",
           "spam": "distilled: three-phase", "byte_lm": "distilled: per-token KL + CE"}
 # Validation evaluations per stage for the curves (steps between them), on top of each stage's end.
-EVAL_EVERY = {"fashion_mnist": 215, "fashion_mnist_long": 215, "fashion_mnist_24": 215, "spam": 66, "byte_lm": 250}
+EVAL_EVERY = {"fashion_mnist": 215, "fashion_mnist_extras": 215, "fashion_mnist_long": 215, "fashion_mnist_24": 215, "spam": 66, "byte_lm": 250}
 
 
 def slug(label):
@@ -198,7 +212,7 @@ def run(cmd, log):
     return time.time() - t0
 
 
-DEFAULT_STAGES = {"fashion_mnist": 3, "fashion_mnist_long": 3, "fashion_mnist_24": 3, "spam": 3, "byte_lm": 1}  # the tasks' default recipes (kd-train list)
+DEFAULT_STAGES = {"fashion_mnist": 3, "fashion_mnist_extras": 3, "fashion_mnist_long": 3, "fashion_mnist_24": 3, "spam": 3, "byte_lm": 1}  # the tasks' default recipes (kd-train list)
 
 
 def stage_count(task, configs):
@@ -212,7 +226,7 @@ def stage_count(task, configs):
 
 
 def variants(a, task):
-    return [v for v in VARIANTS[task] if a.extras or v[0] not in EXTRAS]
+    return [v for v in VARIANTS[task] if a.extras or task == "fashion_mnist_extras" or v[0] not in EXTRAS]
 
 
 def train_all(a):
@@ -287,6 +301,7 @@ def collect(a, task):
             teacher["scores"][s].append(row["test_" + s])
         teacher["seconds"].append(record["teacher_seconds"])
         teacher["seeds"].append(seed)
+        teacher.setdefault("student", []).append(row)
     teacher["label"] = teacher["label"] or "teacher"
     rows.append(teacher)
     for label, _, _ in variants(a, task):
@@ -314,11 +329,61 @@ def collect(a, task):
                     r["gain"][s].append(summary["distillation_gain"][s])
             r["seconds"].append(summary["student_seconds"])
             r["seeds"].append(seed)
+            if "baseline" in summary:  # its own student alone, with the same extras (FGSM examples, CutMix, pruning)
+                r.setdefault("alone", []).append(summary["baseline"]["model"])
+            r.setdefault("student", []).append(student)
         rows.append(r)
+    pair_with_alone_row(rows, scores)
     return rows, scores
 
 
+def pair_with_alone_row(rows, scores):
+    """Gains of the rows trained without --baseline: distilled minus the task's first student-alone row (the
+    one with the same budget, by the order of VARIANTS) of the same seed, marked "paired" on the row."""
+    alone = next((r for r in rows[1:] if r["label"].startswith("student alone") and r["seeds"]), None)
+    if alone is None:
+        return
+    for r in rows[1:]:
+        if r is alone or r["label"].startswith("student alone") or not r["seeds"]:
+            continue
+        if all(len(r["gain"][s]) == len(r["seeds"]) for s in scores) or not set(r["seeds"]) <= set(alone["seeds"]):
+            continue
+        at = {seed: i for i, seed in enumerate(alone["seeds"])}
+        r["gain"] = {s: [v - alone["scores"][s][at[seed]] for v, seed in zip(r["scores"][s], r["seeds"])]
+                     for s in scores}
+        r["paired"] = True
+
+
+def purpose_markdown(a, task, rows):
+    """The extras section: each row beside its own student alone with the same extras (kd-train --baseline), scored
+    for accuracy, accuracy under FGSM and expected calibration error."""
+    def cell(models, key, scale=100, digits=2):
+        values = [m[key] for m in models if key in m]
+        return mean_std(values, scale, digits) if models and len(values) == len(models) else "–"
+
+    eps = FGSM_EVAL.split("=")[1]
+    lines = [f"**{TITLES[task]}** — mean ± std over the seeds each row names (of {', '.join(map(str, a.seeds))}); "
+             "“alone” is each run's `--baseline`: the same student on hard labels with the same stages, schedule, "
+             "seed and extras (FGSM examples, CutMix, pruning to the same sparsity)", "",
+             f"| model | test accuracy %: model / alone | gain over alone | accuracy under FGSM (ε {eps}) %: model / "
+             "alone | calibration error (ECE, 15 bins): model / alone | seeds |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if not r["seeds"]:
+            lines.append(f"| {r['label']} | | | | | not run yet |")
+            continue
+        own, alone = r.get("student", []), r.get("alone", [])
+        pair = lambda key, scale=100, digits=2: cell(own, key, scale, digits) + (
+            f" / {cell(alone, key, scale, digits)}" if alone else "")
+        gains = r["gain"]["accuracy"]
+        gain = mean_std(gains, 100, 2, "+") if gains and len(gains) == len(r["seeds"]) else "–"
+        lines.append(f"| {r['label']} | {pair('test_accuracy')} | {gain} | {pair('test_fgsm_accuracy')} | "
+                     f"{pair('test_ece', 1, 4)} | {', '.join(map(str, r['seeds']))} |")
+    return lines + [""]
+
+
 def markdown(a, task, rows, scores):
+    if task == "fashion_mnist_extras":
+        return purpose_markdown(a, task, rows)
     lm = task == "byte_lm"
     head = "| model | parameters | bytes on disk | " + (
         "test bits per byte ↓ |" if lm else "test accuracy % | test macro-F1 % |") + (
@@ -334,16 +399,23 @@ def markdown(a, task, rows, scores):
             mean_std(r["scores"]["accuracy"], 100), mean_std(r["scores"]["macro_f1"], 100)]
         # Per seed, distilled minus the same student alone (kd-train --baseline): bits/byte, or accuracy points.
         gains = r.get("gain", {}).get(headline, [])
-        cells.append((mean_std(gains, 1 if lm else 100, 3 if lm else 2, "+") if len(gains) == len(r["seeds"]) else "–"))
+        cells.append((mean_std(gains, 1 if lm else 100, 3 if lm else 2, "+") + (" ¹" if r.get("paired") else "")
+                      if len(gains) == len(r["seeds"]) else "–"))
         params = f"{r['params']:,}" + (f" ({r['zeros']:,} of them zero)" if r["zeros"] else "")
         lines.append(f"| {r['label']} | {params} | {r['bytes']:,} | " + " | ".join(cells) +
                      f" | {statistics.mean(r['seconds']):.0f} | {', '.join(map(str, r['seeds']))} |")
     lines.append("")
+    if any(r.get("paired") for r in rows):
+        lines += ["¹ Distilled minus the student-alone row of the same seed (these runs had no `--baseline`); the "
+                  "other gains are each run's own `--baseline`: the same student on hard labels with the same stages, "
+                  "steps, schedule and seed.", ""]
     return lines
 
 
 def targets(task, rows):
-    """The issue's targets, as measured (mean of the seeds)."""
+    """The targets the task is held to, as measured (mean of the seeds); none for the extras section."""
+    if task == "fashion_mnist_extras":
+        return []
     m = lambda r, s: statistics.mean(r["scores"][s])
     teacher, by = rows[0], {r["label"]: r for r in rows[1:]}
     # With several student-alone rows (budgets), the gain is scored against the strongest one measured.
@@ -355,7 +427,7 @@ def targets(task, rows):
         return ["Targets: not measured yet (the teacher, the student alone and the distilled student need a run each).", ""]
     out = []
     own = d.get("gain", {}).get("accuracy", [])
-    if task.startswith("fashion_mnist") and own and len(own) == len(d["seeds"]):
+    if task.startswith("fashion_mnist") and own and len(own) == len(d["seeds"]) and not d.get("paired"):
         # Its own student alone (kd-train --baseline: same stages, steps, schedule and seed), paired per seed.
         share = d["params"] / teacher["params"]
         retained = m(d, "accuracy") / m(teacher, "accuracy")
