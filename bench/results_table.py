@@ -408,7 +408,8 @@ def markdown(a, task, rows, scores):
     if any(r.get("paired") for r in rows):
         lines += ["¹ Distilled minus the student-alone row of the same seed (these runs had no `--baseline`); the "
                   "other gains are each run's own `--baseline`: the same student on hard labels with the same stages, "
-                  "steps, schedule and seed.", ""]
+                  "steps, schedule and seed." + (" In bits per byte lower is better: a negative gain is a gain."
+                                                  if lm else ""), ""]
     return lines
 
 
@@ -544,19 +545,26 @@ def main():
     os.makedirs(a.results, exist_ok=True)
     command = "python3 bench/results_table.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     sections, data = {}, {}
+    results = os.path.join(a.results, "results.json")
+    old = json.load(open(results)) if os.path.exists(results) else {}
     for task in a.tasks:
         archive_runs(a, task)
         rows, scores = collect(a, task)
+        recorded = old.get("tasks", {}).get(task)
+        if not any(r["seeds"] for r in rows) and recorded:
+            # Runs older than the archive: the per-seed figures results.json recorded are all there is of them.
+            rows = recorded["rows"]
+            for r in rows:
+                r.setdefault("gain", {s: [] for s in scores})
+            pair_with_alone_row(rows, scores)
         data[task] = {"command": command, "seeds": a.seeds, "rows": rows}
         lines = markdown(a, task, rows, scores) + targets(task, rows)
         png = os.path.join(a.results, f"curves_{task}.png")
-        if curves(a, task, png):
+        if curves(a, task, png) or os.path.exists(png):
             # A link relative to the page it sits on.
             link = os.path.relpath(png, os.path.dirname(os.path.abspath(a.readme)) if a.readme else ".")
             lines += [f"![{task} training curves]({link})", ""]
         sections[task] = "\n".join(lines + [f"Made by `{command.strip()}`.", "", ""])
-    results = os.path.join(a.results, "results.json")
-    old = json.load(open(results)) if os.path.exists(results) else {}
     with open(results, "w") as f:
         json.dump({"tasks": {**old.get("tasks", {}), **data}}, f, indent=1)
     block = None
