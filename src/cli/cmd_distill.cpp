@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "run_context.h"
+#include "run_lock.h"
 #include "stage_config.h"
 
 namespace kd::app {
@@ -116,7 +117,6 @@ json distill_student(const json& config, bool resume) {
     // Checkpoints hold the student, two AdamW moments and the EMA; keep_last + 1 exist while one is written.
     require_free_space(out, (4 * (a.trainer.keep_last() + 1) + 2) * student_bytes + (1 << 20),
                        "distilling the student (its checkpoints and student.pt)");
-    save_text(out / "config.json", config.dump(2) + "\n");
   }
 
   const Splits data = load_splits(a, config, device);
@@ -191,6 +191,7 @@ json distill_student(const json& config, bool resume) {
     trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
     if (!resume) fs::remove(out / "metrics.jsonl");  // a fresh run starts a fresh log; a resumed one appends
     trainer.add_callback(std::make_shared<kd::MetricsLog>((out / "metrics.jsonl").string()));
+    trainer.add_callback(save_text_on_fit_begin(out / "config.json", config.dump(2) + "\n"));
   }
   trainer.add_callback(timer);
   std::shared_ptr<FloatBeforeQat> float_before_qat;
@@ -437,6 +438,7 @@ json distillation_gain(const json& distilled, const json& alone) {
 }
 
 int run_distill(const json& config, bool resume, bool baseline) {
+  const auto lock = lock_run_folder(config["out"].get<std::string>());  // OUT/baseline included
   json summary = distill_student(config, resume);
   if (baseline) {
     spdlog::info("baseline: the same student on hard labels alone, with the same stages, steps, schedule and seed");

@@ -3,18 +3,17 @@
 
 #include "commands.h"
 #include "run_context.h"
+#include "run_lock.h"
 
 namespace kd::app {
 
 int run_teacher(const json& config, bool resume) {
   RunArgs a(config);
   a.teacher_path.clear();  // this command trains the teacher into OUT, whatever teacher.path says
+  const auto lock = lock_run_folder(a.out);
   const torch::Device device = set_up_process(a);
   const fs::path out(a.out);
-  if (is_main_rank()) {
-    ensure_output_folder(out);
-    save_text(out / "teacher_config.json", config.dump(2) + "\n");
-  }
+  if (is_main_rank()) ensure_output_folder(out);  // teacher_config.json: once the trainer accepts the run
   const Splits data = load_splits(a, config, device);
   // Every rank decides before rank 0 moves the old teacher aside, and trains only once it has.
   const bool replace = !resume && fs::exists(out / "teacher.pt");

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -82,6 +83,7 @@ int launch_local_ranks(const std::string& program, const std::vector<std::string
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   g_count = 0;
+  const pid_t launcher = ::getpid();
   for (int rank = 0; rank < o.nproc; ++rank) {
     const pid_t pid = ::fork();
     if (pid < 0) {
@@ -93,6 +95,10 @@ int launch_local_ranks(const std::string& program, const std::vector<std::string
       ::signal(SIGINT, SIG_DFL);
       ::signal(SIGTERM, SIG_DFL);
       ::setpgid(0, 0);  // out of the terminal's group: a Ctrl-C reaches the ranks once, forwarded by us
+      // A rank dies with its launcher (SIGKILL included), so no orphan trains on and writes checkpoints; the
+      // kernel keeps this across execv. Checked after setting it: the launcher may already be gone.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != launcher) ::_exit(128 + SIGKILL);
       ::setenv("RANK", std::to_string(rank).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(o.nproc).c_str(), 1);

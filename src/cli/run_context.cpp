@@ -238,6 +238,18 @@ TrainSummary fit_stoppable(StagedTrainer& trainer, const data::TensorDataset& tr
   return fit;
 }
 
+std::shared_ptr<Callback> save_text_on_fit_begin(const fs::path& path, const std::string& text) {
+  struct SaveOnFitBegin : Callback {
+    fs::path path;
+    std::string text;
+    void on_fit_begin(const FitInfo&) override { save_text(path, text); }
+  };
+  auto cb = std::make_shared<SaveOnFitBegin>();
+  cb->path = path;
+  cb->text = text;
+  return cb;
+}
+
 TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device, const Splits& data,
                                    double& seconds, bool resume, const json& config) {
   const fs::path out(a.out);
@@ -283,6 +295,7 @@ TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device
       trainer.add_callback(std::make_shared<ConsoleLogger>(a.log_every));
       if (!resume) fs::remove(out / "teacher_metrics.jsonl");
       trainer.add_callback(std::make_shared<MetricsLog>((out / "teacher_metrics.jsonl").string()));
+      trainer.add_callback(save_text_on_fit_begin(out / "teacher_config.json", config.dump(2) + "\n"));
     }
     // Cross-entropy needs logits only: a CNN skips its spatial attention maps while it trains.
     auto* cnn = dynamic_cast<models::CnnTeacherImpl*>(teacher.get());

@@ -68,6 +68,9 @@ Splits load_splits(const RunArgs& a, const json& config, const torch::Device& de
 /// Atomic writes of a module's state and of a text file.
 void save_module(const std::shared_ptr<torch::nn::Module>& module, const fs::path& path);
 void save_text(const fs::path& path, const std::string& text);
+/// A callback that writes `text` to `path` when fit() begins, i.e. once the trainer has accepted the run (a
+/// resume's checkpoint matched the config's fingerprint): a refused run leaves the folder as it found it.
+std::shared_ptr<Callback> save_text_on_fit_begin(const fs::path& path, const std::string& text);
 /// Loads a module state written by save_module; kd::Error (kFile) if missing, (kFormat) if not loadable,
 /// naming the file and what `what` it should have held.
 void load_module(torch::nn::Module& module, const fs::path& path, const torch::Device& device, const std::string& what);

@@ -6,6 +6,7 @@
    checkpoint, the launcher ends by SIGTERM; one process (world size 1) then resumes it to the end.
 3. SIGKILL of rank 1 mid-run: rank 0 stops with an error naming the failed collective, and the
    launcher ends with a failure status within a bounded time (no hang).
+3b. SIGKILL of the launcher: both ranks die with it (none trains on as an orphan).
 4. --nproc with a subcommand it does not apply to is refused.
 
 usage: data_parallel.py KD_TRAIN OUT_DIR
@@ -108,6 +109,31 @@ assert "rank 0 of 2" in log and "with the other ranks failed" in log, log
 assert "rank 1 ended with status 137" in log, log
 assert waited < 60, f"the job took {waited:.0f} s to stop after rank 1 died"
 print(f"ok: rank 1 killed, job ended with status {run.returncode} {waited:.1f} s later")
+
+# 3b. SIGKILL of the launcher: its ranks die with it instead of training on as orphans.
+d = os.path.join(out, "orphans")
+# No pipe: an orphan holding it would keep the test waiting instead of failing it.
+run = subprocess.Popen(args(d, 400) + ["--nproc", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+deadline = time.time() + 300
+while time.time() < deadline and run.poll() is None and steps_logged(os.path.join(d, "metrics.jsonl")) < 7:
+    time.sleep(0.05)
+ranks = ranks_of(run.pid)
+assert len(ranks) == 2, ranks
+run.kill()
+run.wait(timeout=60)
+deadline = time.time() + 20
+alive = lambda: [r for r in ranks if os.path.exists(f"/proc/{r}") and
+                 open(f"/proc/{r}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+while time.time() < deadline and alive():
+    time.sleep(0.05)
+survivors = alive()
+for r in survivors:
+    os.kill(r, signal.SIGKILL)  # not left training after the test
+assert not survivors, f"ranks {survivors} outlived their launcher"
+logged = steps_logged(os.path.join(d, "metrics.jsonl"))
+time.sleep(1)
+assert steps_logged(os.path.join(d, "metrics.jsonl")) == logged, "a rank went on training after the launcher died"
+print("ok: SIGKILL of the launcher ended both ranks")
 
 # 4. Refused.
 bad = subprocess.run([kd_train, "--nproc", "2", "list"], capture_output=True, text=True, timeout=60)
