@@ -189,7 +189,9 @@ json distill_student(const json& config, bool resume) {
                             kd::build_stages(specs_with_hooks), options);
   if (main_rank) {
     trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
-    if (!resume) fs::remove(out / "metrics.jsonl");  // a fresh run starts a fresh log; a resumed one appends
+    // A fresh run starts a fresh log, and so does a --resume with no checkpoint to resume from (the lines a
+    // killed start-up left are not this run's); a resumed one appends (MetricsLog cuts what it does again).
+    if (!resume || first_checkpoint(out / "checkpoints").empty()) fs::remove(out / "metrics.jsonl");
     trainer.add_callback(std::make_shared<kd::MetricsLog>((out / "metrics.jsonl").string()));
     trainer.add_callback(save_text_on_fit_begin(out / "config.json", config.dump(2) + "\n"));
   }

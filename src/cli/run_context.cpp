@@ -208,16 +208,23 @@ json model_row(const std::string& name, const torch::nn::Module& m, const Scores
   return row;
 }
 
-void refuse_stale_checkpoints(const fs::path& dir, bool resume) {
-  if (resume || !fs::is_directory(dir)) return;
+std::string first_checkpoint(const fs::path& dir) {
+  if (!fs::is_directory(dir)) return "";
   for (const auto& e : fs::directory_iterator(dir)) {
     const auto name = e.path().filename().string();
-    if (name.rfind("ckpt-", 0) == 0) {
-      throw Error(ErrorCategory::kState,
-                  fmt::format("'{}' holds checkpoints of an earlier run (e.g. {}); continue that run with --resume, or "
-                              "start this one in another --out folder (or delete the old checkpoints first)",
-                              dir.string(), name));
-    }
+    if (name.rfind("ckpt-", 0) == 0) return name;
+  }
+  return "";
+}
+
+void refuse_stale_checkpoints(const fs::path& dir, bool resume) {
+  if (resume) return;
+  const std::string name = first_checkpoint(dir);
+  if (!name.empty()) {
+    throw Error(ErrorCategory::kState,
+                fmt::format("'{}' holds checkpoints of an earlier run (e.g. {}); continue that run with --resume, or "
+                            "start this one in another --out folder (or delete the old checkpoints first)",
+                            dir.string(), name));
   }
 }
 
@@ -293,7 +300,8 @@ TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device
                               .fingerprint(config_fingerprint(teacher_part)));
     if (is_main_rank()) {
       trainer.add_callback(std::make_shared<ConsoleLogger>(a.log_every));
-      if (!resume) fs::remove(out / "teacher_metrics.jsonl");
+      // Nothing to resume from: the lines a killed start-up left are not this run's.
+      if (!resume || first_checkpoint(ckpt_dir).empty()) fs::remove(out / "teacher_metrics.jsonl");
       trainer.add_callback(std::make_shared<MetricsLog>((out / "teacher_metrics.jsonl").string()));
       trainer.add_callback(save_text_on_fit_begin(out / "teacher_config.json", config.dump(2) + "\n"));
     }

@@ -111,6 +111,8 @@ TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device
 /// Refuses to start a fresh run (not `resume`) over checkpoints of an earlier one in `dir`: resuming would
 /// later mix the two, and pruning would delete the new run's checkpoints (kd::Error naming the folder).
 void refuse_stale_checkpoints(const fs::path& dir, bool resume);
+/// The name of a checkpoint (ckpt-*) in `dir`, or "" when it holds none (or does not exist).
+std::string first_checkpoint(const fs::path& dir);
 
 /// trainer.fit inside a kd::StopSignal::Scope; throws Stopped (saying what `what_is_lost` and how to go on)
 /// when SIGINT/SIGTERM ended it, also when the signal came during the very last step.

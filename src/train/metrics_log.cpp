@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "kd/core/atomic_file.h"
 #include "kd/core/error.h"
 #include "kd/train/stage.h"
 
@@ -53,6 +55,32 @@ void drop_partial_last_line(const std::string& path) {
   }
   in.close();
   if (keep != size) std::filesystem::resize_file(path, keep, ec);
+}
+
+// The line's own "global_step" (the first one: fit_end's "final" holds more further on); -1 when it has none.
+int64_t line_step(const std::string& line) {
+  static const std::string key = "\"global_step\":";
+  const auto at = line.find(key);
+  return at == std::string::npos ? -1 : std::strtoll(line.c_str() + at + key.size(), nullptr, 10);
+}
+
+// A run resumed from a checkpoint taken after `done` steps does every later step again: the lines the earlier
+// process wrote for them go, so each step is logged once. A step line carries the steps done before it (the
+// resumed run's first is `done`); the other events the steps done when they happened, so what followed the
+// checkpoint at `done` stays (its evaluation, the stage's end), except the next stage's begin, written again.
+void cut_redone_steps(const std::string& path, int64_t done) {
+  std::ifstream in(path, std::ios::binary);
+  std::string kept, line;
+  bool cut = false;
+  while (std::getline(in, line)) {
+    const int64_t s = line_step(line);
+    const auto is = [&](const char* event) { return line.rfind(fmt::format(R"({{"event":"{}")", event), 0) == 0; };
+    const bool again = is("step") ? s >= done : s > done || (s == done && is("stage_begin"));
+    cut = cut || again;
+    if (!again) kept += line + "\n";
+  }
+  in.close();
+  if (cut) write_bytes_atomically(path, kept);
 }
 
 std::string metrics_object(const std::map<std::string, double>& metrics) {
@@ -105,6 +133,15 @@ void MetricsLog::on_step_end(const StepReport& r) {
 }
 
 void MetricsLog::on_fit_begin(const FitInfo& i) {
+  if (i.resumed) {
+    std::fclose(file_);
+    file_ = nullptr;
+    cut_redone_steps(path_, i.resumed_from_step);
+    file_ = std::fopen(path_.c_str(), "a");
+    if (!file_) {
+      throw Error(ErrorCategory::kFile, fmt::format("cannot open metrics log '{}' for writing: {}", path_, std::strerror(errno)));
+    }
+  }
   write_line(fmt::format(
       R"({{"event":"fit_begin","student_parameters":{},"student_bytes":{},"teacher_parameters":{},"teacher_bytes":{},"train_examples":{},"stages":{},"resumed_from_step":{}}})",
       i.student_parameters, i.student_bytes, i.teacher_parameters, i.teacher_bytes, i.train_examples, i.stages,

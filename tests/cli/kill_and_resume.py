@@ -10,6 +10,7 @@ usage: kill_and_resume.py KD_TRAIN OUT_DIR [TRIALS] [SEED]
 prints: "kill-and-resume: N trials, K kills, all resumed runs identical" (the figure in docs/RESULTS.md)
 """
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -94,6 +95,10 @@ for trial in range(trials):
                     assert z.testzip() is None, f"checkpoint {name} is damaged"
     else:
         raise AssertionError(f"trial {trial}: did not finish")
+    # Each step logged once (a step line carries the steps done before it), however many kills and resumes.
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        logged = [json.loads(line)["global_step"] for line in f if '"event":"step"' in line]
+    assert logged == list(range(total_steps)), f"trial {trial}: steps logged {logged}"
     got = digest(os.path.join(run_dir, "student.pt"))
     assert got == want, f"trial {trial}: resumed student differs from the uninterrupted one"
     leftovers = [f for f in os.listdir(os.path.join(run_dir, "checkpoints")) if not f.startswith("ckpt-")]

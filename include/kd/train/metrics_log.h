@@ -12,8 +12,9 @@ namespace kd {
 /// Appends to `path`, one line per event, flushed as written so a crash loses
 /// at most the line being written (a line left without its newline by a killed
 /// process is cut off when the log is opened again, so resumed runs append
-/// whole lines; the steps after the last checkpoint then appear twice, the
-/// later lines being the ones the resumed run kept):
+/// whole lines; and when fit() resumes from the checkpoint of step S, the lines
+/// of the steps after S go before "fit_begin" is written, so each step that the
+/// resumed run does again is logged once):
 ///
 ///   {"event":"step","stage":"kl","global_step":12,"stage_step":3,"progress":0.25,"loss":0.41,
 ///    "parts":{"kl":0.39,"w.kl":1.0},"lr":0.001,"grad_norm":0.8,"samples_per_s":2100.0}

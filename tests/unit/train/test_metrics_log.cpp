@@ -115,4 +115,44 @@ TEST(MetricsLog, ALineAKilledProcessLeftHalfWrittenIsCutOffBeforeAppending) {
   EXPECT_EQ(lines[1]["event"], "eval");
 }
 
+TEST(MetricsLog, AResumeCutsTheLinesOfTheStepsItDoesAgain) {
+  const auto path = kd::testing::temp_dir("mlog") + "/metrics.jsonl";
+  // What a run killed in its 8th step left. A step line carries the steps done before it (0, 1, ...), the other
+  // events the steps done when they happened. Stage "a" ended after 5 steps (lines 3 and 4) with its
+  // checkpoint (5 steps done); stage "b" began then, its steps 5 and 6 were logged, then the kill.
+  const std::vector<std::string> before = {
+      R"({"event":"fit_begin","resumed_from_step":null})",
+      R"({"event":"stage_begin","stage":"a","global_step":0})",
+      R"({"event":"step","global_step":3,"stage_step":3})",
+      R"({"event":"step","global_step":4,"stage_step":4})",
+      R"({"event":"eval","stage":"a","global_step":5,"metrics":{}})",
+      R"({"event":"stage_end","stage":"a","global_step":5})",
+      R"({"event":"stage_begin","stage":"b","global_step":5})",
+      R"({"event":"step","global_step":5,"stage_step":0})",
+      R"({"event":"eval","stage":"b","global_step":6,"metrics":{}})",
+      R"({"event":"step","global_step":6,"stage_step":1})"};
+  {
+    std::ofstream out(path);
+    for (const auto& line : before) out << line << "\n";
+  }
+  {
+    kd::MetricsLog log(path);
+    kd::FitInfo info;
+    info.resumed = true;
+    info.resumed_from_step = 5;
+    log.on_fit_begin(info);
+  }
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  // Kept: the 5 steps done and what followed the checkpoint after them but the next stage's begin (written
+  // again by the resumed run); gone: the lines of steps 5 and 6 and the evaluation after step 6; then the new
+  // fit_begin.
+  ASSERT_EQ(lines.size(), 7u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_EQ(lines[i], before[i]);
+  const auto last = nlohmann::json::parse(lines[6]);
+  EXPECT_EQ(last["event"], "fit_begin");
+  EXPECT_EQ(last["resumed_from_step"], 5);
+}
+
 }  // namespace
