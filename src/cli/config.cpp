@@ -244,7 +244,8 @@ json with_override(json config, const std::string& path, const json& value, cons
     const std::string key = path.substr(start, dot - start);
     if (key.empty()) throw Error(ErrorCategory::kConfig, fmt::format("{}: empty key in '{}'", origin, path));
     if (node->is_array()) {
-      const bool numeric = key.find_first_not_of("0123456789") == std::string::npos;
+      // Up to 9 digits: a longer index is out of range of any list a config holds (and of stoull).
+      const bool numeric = key.find_first_not_of("0123456789") == std::string::npos && key.size() <= 9;
       if (!numeric || std::stoull(key) >= node->size()) {
         throw Error(ErrorCategory::kConfig,
                     fmt::format("{}: '{}' is a list of {} entries; index it with 0..{} (e.g. {}.0), not '{}'", origin,

@@ -17,8 +17,20 @@ using json = nlohmann::json;
   throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' {}", origin, path, problem));
 }
 
+// A negative weight would turn a term into a reward for moving away from the teacher (or the labels).
+void require_non_negative(double w, const std::string& origin, const std::string& path) {
+  if (w < 0) {
+    fail(origin, path, fmt::format("must be >= 0, got {}: a negative weight rewards the term it weights; to drop a term "
+                                   "remove it or give it weight 0",
+                                   w));
+  }
+}
+
 Schedule weight_from_json(const json& w, const std::string& origin, const std::string& path) {
-  if (w.is_number()) return Schedule::constant(w.get<double>());
+  if (w.is_number()) {
+    require_non_negative(w.get<double>(), origin, path);
+    return Schedule::constant(w.get<double>());
+  }
   const char* expected =
       "must be a number or {\"schedule\": \"linear\" or \"cosine\", \"start\": number, \"end\": number}";
   if (!w.is_object()) fail(origin, path, fmt::format("{}, got {}", expected, w.dump()));
@@ -31,6 +43,8 @@ Schedule weight_from_json(const json& w, const std::string& origin, const std::s
   }
   const auto kind = w["schedule"].get<std::string>();
   const double a = w["start"], b = w["end"];
+  require_non_negative(a, origin, path + ".start");
+  require_non_negative(b, origin, path + ".end");
   if (kind == "linear") return Schedule::linear(a, b);
   if (kind == "cosine") return Schedule::cosine(a, b);
   if (kind == "constant" && a == b) return Schedule::constant(a);
@@ -191,10 +205,12 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
                          fmt::join(keys, ", ")));
       }
     }
-    auto get_int = [&](const char* key, int64_t lo) {
+    // Bounded above too, so that steps = epochs x steps per epoch cannot overflow into a short plan.
+    auto get_int = [&](const char* key, int64_t lo, int64_t hi) {
       const json v = s.value(key, stage_defaults()[key]);
-      if (!v.is_number_integer() || v.get<int64_t>() < lo) {
-        fail(origin, path + "." + key, fmt::format("must be an integer >= {}, got {}", lo, v.dump()));
+      if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(hi)) ||
+          v.get<int64_t>() < lo || v.get<int64_t>() > hi) {
+        fail(origin, path + "." + key, fmt::format("must be an integer in [{}, {}], got {}", lo, hi, v.dump()));
       }
       return v.get<int64_t>();
     };
@@ -212,7 +228,8 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
       fail(origin, path + ".name", fmt::format("must be a non-empty string, got {}", name.dump()));
     }
     spec.name(name.get<std::string>());
-    spec.epochs(get_int("epochs", 0)).steps(get_int("steps", 0)).eval_every(get_int("eval_every", 0));
+    constexpr int64_t kMaxSteps = int64_t{1} << 40;
+    spec.epochs(get_int("epochs", 0, 1'000'000)).steps(get_int("steps", 0, kMaxSteps)).eval_every(get_int("eval_every", 0, kMaxSteps));
     if (spec.epochs() == 0 && spec.steps() == 0) fail(origin, path, "needs epochs >= 1 or steps >= 1");
     spec.lr(get_lr("lr", false)).loss_lr(get_lr("loss_lr", true));
     const json trainable = s.value("trainable", json::array());

@@ -95,9 +95,28 @@ TEST(Config, StageAndLossErrorsNameTheirJsonPath) {
   msg = error_of({}, {"stages.0.losses.0.weight=\"high\""});
   EXPECT_NE(msg.find("'stages[0].losses[0].weight' must be a number or"), std::string::npos) << msg;
   msg = error_of({}, {"stages.1.epochs=-1"});
-  EXPECT_NE(msg.find("'stages[1].epochs' must be an integer >= 0, got -1"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'stages[1].epochs' must be an integer in [0, 1000000], got -1"), std::string::npos) << msg;
+  // 2^60 + 1 epochs: refused, not multiplied by the steps per epoch into an overflowed short plan.
+  msg = error_of({}, {"stages.0.epochs=1152921504606846977"});
+  EXPECT_NE(msg.find("'stages[0].epochs' must be an integer in [0, 1000000], got 1152921504606846977"), std::string::npos)
+      << msg;
+  msg = error_of({}, {"stages.0.steps=18446744073709551615"});  // 2^64 - 1, beyond int64
+  EXPECT_NE(msg.find("'stages[0].steps' must be an integer in [0, 1099511627776], got 18446744073709551615"),
+            std::string::npos)
+      << msg;
   msg = error_of({}, {"stages.7.epochs=1"});
   EXPECT_NE(msg.find("'stages' is a list of 3 entries; index it with 0..2"), std::string::npos) << msg;
+  // An index beyond any integer type: the same message, not a bare stoull.
+  msg = error_of({}, {"stages.99999999999999999999.epochs=1"});
+  EXPECT_NE(msg.find("'stages' is a list of 3 entries; index it with 0..2 (e.g. stages.0), not '99999999999999999999'"),
+            std::string::npos)
+      << msg;
+  // Negative weights, constant or scheduled, are refused with their path.
+  msg = error_of({}, {"stages.2.losses.2.weight=-5"});
+  EXPECT_NE(msg.find("'stages[2].losses[2].weight' must be >= 0, got -5"), std::string::npos) << msg;
+  msg = error_of({}, {"stages.2.losses.2.weight={\"schedule\": \"linear\", \"start\": 1, \"end\": -1}"});
+  EXPECT_NE(msg.find("'stages[2].losses[2].weight.end' must be >= 0, got -1"), std::string::npos) << msg;
+  EXPECT_NO_THROW(resolve_config({}, {"stages.2.losses.2.weight=0"}));
   msg = error_of({}, {"stages=[]"});
   EXPECT_NE(msg.find("'stages' must be a non-empty array"), std::string::npos) << msg;
   msg = error_of({}, {"stages.0.losses=[]"});
