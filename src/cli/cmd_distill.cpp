@@ -163,7 +163,9 @@ json distill_student(const json& config, bool resume) {
   auto options = trainer_options(a)
                      .checkpoint_dir((out / "checkpoints").string())
                      .checkpoint_every(a.checkpoint_every)
-                     .fingerprint(config_fingerprint(config));
+                     // The teacher's weights too: a teacher.pt replaced under the checkpoints is a different run.
+                     .fingerprint(fmt::format("{} teacher {:08x}", config_fingerprint(config),
+                                              data::module_fingerprint(*teacher_model)));
   if (config["teacher"]["cache"]["enabled"].get<bool>() && teacher_in_training) {
     const auto t0 = std::chrono::steady_clock::now();
     const auto copts = cache_options(config["teacher"]["cache"], specs);

@@ -11,6 +11,14 @@ int run_teacher(const json& config, bool resume) {
   RunArgs a(config);
   a.teacher_path.clear();  // this command trains the teacher into OUT, whatever teacher.path says
   const auto lock = lock_run_folder(a.out);
+  // The student checkpoints there were trained against the teacher.pt there: a new teacher would leave them stale.
+  if (const std::string ckpt = first_checkpoint(fs::path(a.out) / "checkpoints"); !ckpt.empty()) {
+    throw Error(ErrorCategory::kState,
+                fmt::format("'{}' holds student checkpoints (e.g. {}) distilled from its teacher.pt; a new teacher "
+                            "would leave them stale: train it into another --out and give the distillation "
+                            "teacher.path, or finish or delete that run first",
+                            (fs::path(a.out) / "checkpoints").string(), ckpt));
+  }
   const torch::Device device = set_up_process(a);
   const fs::path out(a.out);
   if (is_main_rank()) ensure_output_folder(out);  // teacher_config.json: once the trainer accepts the run

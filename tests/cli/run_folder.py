@@ -5,6 +5,8 @@
 2. The lock file a dead run leaves behind (a SIGKILLed kd-train) does not block the next `--resume`.
 3. A `--resume` refused for its different configuration leaves every file of the run as it was,
    config.json included.
+4. `kd-train teacher` into a folder with student checkpoints is refused; a teacher.pt swapped under them by
+   hand makes `--resume` refuse them (the fingerprint covers the teacher's weights).
 
 usage: run_folder.py KD_TRAIN OUT_DIR
 """
@@ -102,3 +104,21 @@ log = other.stdout + other.stderr
 assert other.returncode == 2 and "was written under a different configuration" in log, log
 assert snapshot(c) == before, "a refused --resume changed the run folder"
 print("ok: a --resume refused for its configuration left every file as it was")
+
+# 4. A teacher replaced under student checkpoints: `kd-train teacher` refuses to, and a teacher.pt swapped by
+# hand makes --resume refuse the checkpoints (the run's fingerprint covers the teacher's weights).
+before = snapshot(c)
+refused = subprocess.run([kd_train, "teacher", "--out", c, "--set", "data.limit=256", "--set", "teacher.epochs=1"],
+                         capture_output=True, text=True, timeout=300)
+log = refused.stdout + refused.stderr
+assert refused.returncode == 2 and "holds student checkpoints" in log and "would leave them stale" in log, log
+assert snapshot(c) == before, "a refused kd-train teacher changed the run folder"
+other_teacher = os.path.join(out, "other_teacher")
+trained = subprocess.run([kd_train, "teacher", "--out", other_teacher, "--seed", "7", "--threads", "1", "--set",
+                          "data.limit=256", "--set", "teacher.epochs=1"], capture_output=True, text=True, timeout=300)
+assert trained.returncode == 0, trained.stdout + trained.stderr
+shutil.copy(os.path.join(other_teacher, "teacher.pt"), os.path.join(c, "teacher.pt"))
+swapped = subprocess.run(args(c, 4000) + ["--resume"], capture_output=True, text=True, timeout=300)
+log = swapped.stdout + swapped.stderr
+assert swapped.returncode == 2 and "was written under a different configuration" in log and " teacher " in log, log
+print("ok: a teacher replaced under student checkpoints is refused, by kd-train teacher and by --resume")
