@@ -1,5 +1,6 @@
 // kd-train distill: the teacher (trained or loaded), then the config's stages on the student.
 #include <algorithm>
+#include <fstream>
 #include <set>
 
 #include <fmt/format.h>
@@ -15,25 +16,68 @@ namespace kd::app {
 namespace {
 
 // Wall time per stage, for the summary.
-struct StageTimer : kd::Callback {
+// Each stage's steps, wall seconds and last validation scores, kept in OUT/stages.json across any number of
+// resumes so that summary.json describes the whole run: rewritten at every stage end and when a stop ends
+// fit() (with the stage in progress), read back by a resumed run. Seconds a SIGKILL cut short are not counted.
+struct StageRecord : kd::Callback {
+  StageRecord(fs::path file, bool resume) : file(std::move(file)) {
+    if (resume && !this->file.empty() && fs::exists(this->file)) {
+      try {
+        std::ifstream in(this->file);
+        const json j = json::parse(in);
+        rows = j.at("stages");
+        if (j.contains("current")) current = j["current"];
+      } catch (const std::exception& e) {
+        spdlog::warn("{}: unreadable ({}); the summary will hold only the stages trained from now on",
+                     this->file.string(), e.what());
+      }
+    }
+  }
   void on_stage_begin(const kd::Stage& s, const kd::StepInfo& i) override {
     start = std::chrono::steady_clock::now();
-    first_step = i.global_step;
+    // A stage resumed mid-way began stage_step steps before this one; its earlier seconds come from the record.
+    const bool same = current.is_object() && current.value("stage", "") == s.name();
+    now = {{"stage", s.name()}, {"first_step", i.global_step - i.stage_step},
+           {"seconds_before", same ? current.value("seconds", 0.0) : 0.0}, {"validation", json::object()}};
+    if (same && current.contains("validation")) now["validation"] = current["validation"];
+    current = json();
+  }
+  void on_eval(const kd::EvalResult& e) override {
+    json v = json::object();
+    for (const auto& [k, x] : e.metrics) {
+      if (k.rfind("f1.", 0) != 0) v["validation_" + k] = x;  // per-class F1 stays in metrics.jsonl
+    }
+    now["validation"] = v;
   }
   void on_stage_end(const kd::Stage& s, const kd::StepInfo& i) override {
-    rows.push_back({s.name(), i.global_step - first_step,
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()});
+    json row = {{"stage", s.name()}, {"steps", i.global_step - now.value("first_step", int64_t{0})},
+                {"seconds", now.value("seconds_before", 0.0) + elapsed()}};
+    row.update(now["validation"]);
+    rows.push_back(row);
+    now = json();
+    save();
   }
-  struct Row {
-    std::string name;
-    int64_t steps;
-    double seconds;
-  };
+  void on_fit_end(const kd::TrainSummary&) override {
+    if (now.is_object()) {  // stopped within a stage: what it has done so far
+      current = {{"stage", now["stage"]}, {"seconds", now.value("seconds_before", 0.0) + elapsed()},
+                 {"validation", now["validation"]}};
+      now = json();
+    }
+    save();
+  }
+  double elapsed() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); }
+  void save() const {
+    if (file.empty()) return;
+    json j = {{"stages", rows}};
+    if (current.is_object()) j["current"] = current;
+    save_text(file, j.dump(1) + "\n");
+  }
+  fs::path file;  // empty: not written (ranks other than 0)
+  json rows = json::array();
+  json current;  // the stage a stop interrupted, from the record
+  json now;      // the stage in progress
   std::chrono::steady_clock::time_point start;
-  int64_t first_step = 0;
-  std::vector<Row> rows;
 };
-
 
 // Test scores of the student at the end of the stage before the first QAT stage: the float
 // model the int8 file is compared with.
@@ -159,7 +203,9 @@ json distill_student(const json& config, bool resume) {
                  samples["student_before"].get<std::string>());
     }
   }
-  auto timer = std::make_shared<StageTimer>();
+  // A fresh run starts a fresh record, as it does a fresh log.
+  if (main_rank && (!resume || first_checkpoint(out / "checkpoints").empty())) fs::remove(out / "stages.json");
+  auto timer = std::make_shared<StageRecord>(main_rank ? out / "stages.json" : fs::path(), resume);
   auto options = trainer_options(a)
                      .checkpoint_dir((out / "checkpoints").string())
                      .checkpoint_every(a.checkpoint_every)
@@ -262,16 +308,8 @@ json distill_student(const json& config, bool resume) {
     summary["models"].push_back(model_row(student_name + " (float, QAT weights)", *student_model, fm));
   }
   double student_seconds = 0;
-  for (size_t i = 0; i < timer->rows.size(); ++i) {
-    const auto& r = timer->rows[i];
-    student_seconds += r.seconds;
-    json row = {{"stage", r.name}, {"steps", r.steps}, {"seconds", r.seconds}};
-    for (const auto& e : fit.evaluations) {
-      if (e.stage != r.name) continue;
-      for (const auto& [k, v] : e.metrics) {
-        if (k.rfind("f1.", 0) != 0) row["validation_" + k] = v;  // per-class F1 stays in metrics.jsonl
-      }
-    }
+  for (const auto& row : timer->rows) {
+    student_seconds += row["seconds"].get<double>();
     summary["stages"].push_back(row);
   }
   summary["student_seconds"] = student_seconds;

@@ -52,3 +52,20 @@ assert os.path.exists(os.path.join(out, "student.pt")), log2
 step = int(os.path.basename(checkpoints[-1]).split("-")[1])
 assert 5 <= step < 402, checkpoints
 print(f"ok: stopped at {os.path.basename(checkpoints[-1])}, resumed to the end")
+
+# The summary describes the whole run, the stages the first process trained included, and stays so when the
+# finished run is resumed again (nothing left to train).
+import json  # noqa: E402
+
+for attempt in ("after the resume", "after resuming the finished run"):
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    stages = [(s["stage"], s["steps"]) for s in summary["stages"]]
+    assert stages == [("features", 1), ("attention", 1), ("logits", 400)], f"{attempt}: {summary['stages']}"
+    assert all("validation_accuracy" in s and s["seconds"] > 0 for s in summary["stages"]), summary["stages"]
+    assert abs(summary["student_seconds"] - sum(s["seconds"] for s in summary["stages"])) < 1e-6, summary
+    if attempt == "after the resume":
+        first_seconds = summary["student_seconds"]
+        again = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stdout + again.stderr
+assert summary["student_seconds"] >= first_seconds, summary
+print("ok: summary.json holds every stage of the run across resumes")
