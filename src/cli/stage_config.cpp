@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -186,7 +187,24 @@ const nlohmann::json& stage_defaults() {
   return d;
 }
 
+// Checking a stage builds its losses, and their projections draw initial weights: the random stream the run
+// seeded must be where it was afterwards, so that `kd-train teacher` and distill's own teacher start alike.
+namespace {
+class DefaultGeneratorKept {
+ public:
+  DefaultGeneratorKept() : generator_(at::detail::getDefaultCPUGenerator()), state_(generator_.get_state()) {}
+  ~DefaultGeneratorKept() { generator_.set_state(state_); }
+  DefaultGeneratorKept(const DefaultGeneratorKept&) = delete;
+  DefaultGeneratorKept& operator=(const DefaultGeneratorKept&) = delete;
+
+ private:
+  at::Generator generator_;
+  at::Tensor state_;
+};
+}  // namespace
+
 std::vector<StageSpec> stages_from_json(const json& stages, const std::string& origin) {
+  const DefaultGeneratorKept kept;
   if (!stages.is_array() || stages.empty()) {
     fail(origin, "stages", fmt::format("must be a non-empty array of stage objects, got {}", stages.dump()));
   }
