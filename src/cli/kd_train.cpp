@@ -12,6 +12,10 @@
 //
 // common options: [--config FILE]... [--set key.path=value]... [--out DIR] [--device D] [--seed N] [--threads N]
 //
+// Exit status: 0 done; 2 bad input (command line, config, files, state of the run folder), with a message
+// naming the flag, JSON path or file; 3 an error inside LibTorch; 1 anything else; 128 + N ended by signal N.
+// Progress goes to stdout, warnings and errors to stderr.
+//
 // SIGINT / SIGTERM while training: the step in progress finishes, a checkpoint is written, and kd-train
 // ends by the same signal (the shell shows 130 / 143); `--resume` continues from there. A second
 // Ctrl-C or SIGTERM kills at once.
@@ -24,6 +28,8 @@
 // SpamAssassin tasks (configs/spam_transformer.json, configs/byte_lm.json).
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
@@ -35,7 +41,36 @@
 #include "launcher.h"
 #include "run_context.h"
 
+namespace {
+
+// Info and below to stdout, warnings and errors to stderr, each with the console's colours.
+class ByLevelSink : public spdlog::sinks::base_sink<std::mutex> {
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    (msg.level >= spdlog::level::warn ? static_cast<spdlog::sinks::sink&>(err_) : out_).log(msg);
+  }
+  void flush_() override {
+    out_.flush();
+    err_.flush();
+  }
+  void set_pattern_(const std::string& pattern) override {
+    out_.set_pattern(pattern);
+    err_.set_pattern(pattern);
+  }
+  void set_formatter_(std::unique_ptr<spdlog::formatter> formatter) override {
+    out_.set_formatter(formatter->clone());
+    err_.set_formatter(std::move(formatter));
+  }
+
+ private:
+  spdlog::sinks::stdout_color_sink_st out_;
+  spdlog::sinks::stderr_color_sink_st err_;
+};
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("", std::make_shared<ByLevelSink>()));
   CLI::App app{"kd-train: knowledge distillation with kdistill"};
   app.require_subcommand(1);
   app.fallthrough();  // --nproc may come after the subcommand too
@@ -104,7 +139,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    const int code = app.exit(e);  // prints the help, or the error and how to get help
+    return code == 0 ? 0 : 2;     // a command-line mistake is bad input, like a config's
   }
   try {
     if (nproc > 1) {

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -25,6 +26,29 @@ namespace {
 
 constexpr const char* kMagic = "KDTCACHE";
 constexpr size_t kAlign = 4096;
+// The payload is checksummed in chunks of up to this many examples (and about kChunkBytes) per entry, CRC-32
+// each, in a trailer after the entries: a damaged byte is found when the cache is opened, named by entry and
+// examples.
+constexpr int64_t kChunkRows = 4096;
+constexpr size_t kChunkBytes = size_t{64} << 20;
+
+uint32_t crc_bytes(const unsigned char* p, size_t n) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (size_t done = 0; done < n;) {  // zlib takes at most uInt bytes at a time
+    const size_t step = std::min<size_t>(n - done, size_t{1} << 30);
+    crc = crc32(crc, p + done, static_cast<uInt>(step));
+    done += step;
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+void put_u32_le(std::string& out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+uint32_t get_u32_le(const unsigned char* p) {
+  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
 
 uint32_t crc_tensor(uLong crc, const torch::Tensor& t) {
   const auto c = t.detach().to(torch::kCPU).contiguous();
@@ -139,7 +163,7 @@ void TeacherCache::build(const std::string& path, Teacher& teacher, const Tensor
   std::vector<std::pair<std::string, torch::Tensor>> rows;
   entries_of(teacher->forward(dataset.inputs.slice(0, 0, 1).to(device)), rows);
   std::ostringstream header;
-  header << kMagic << "\nversion 2\n"
+  header << kMagic << "\nversion 3\n"
          << fmt::format("teacher {:08x}\ndata {:08x}\noptions {}\nsize {}\ntop_k {}\nlayers {}\nattention_layers {}\n",
                         teacher_fp, data_fp, describe(options), n, options.top_k(), layer_count, attention_count);
   for (const auto& [name, t] : rows) {
@@ -149,6 +173,10 @@ void TeacherCache::build(const std::string& path, Teacher& teacher, const Tensor
     header << "\n";
     layout.push_back(e);
   }
+  size_t widest = 1;
+  for (const auto& e : layout) widest = std::max(widest, row_bytes(e.dtype, e.shape));
+  const int64_t chunk_rows = std::clamp<int64_t>(static_cast<int64_t>(kChunkBytes / widest), 1, kChunkRows);
+  header << "chunk_rows " << chunk_rows << "\n";
   header << "end\n";
   const std::string head = header.str();
   size_t file_size = (head.size() + kAlign - 1) / kAlign * kAlign;
@@ -156,6 +184,9 @@ void TeacherCache::build(const std::string& path, Teacher& teacher, const Tensor
     e.offset = file_size;
     file_size = (file_size + row_bytes(e.dtype, e.shape) * n + kAlign - 1) / kAlign * kAlign;
   }
+  const size_t payload_end = file_size;
+  const int64_t chunks = (n + chunk_rows - 1) / chunk_rows;
+  file_size += 4 * layout.size() * static_cast<size_t>(chunks);
 
   // Data-parallel: each rank runs the teacher over its contiguous share of the batches.
   const int64_t world = group ? group->world_size() : 1;
@@ -252,6 +283,25 @@ void TeacherCache::build(const std::string& path, Teacher& teacher, const Tensor
         }
       }
     }
+    // The trailer: each chunk's CRC-32, read back from what was written (rank 0's rows and the merged parts).
+    file.flush();
+    std::ifstream back(tmp, std::ios::binary);
+    std::string trailer;
+    std::vector<char> chunk;
+    for (const auto& e : layout) {
+      const size_t rb = row_bytes(e.dtype, e.shape);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t first = c * chunk_rows, last = std::min(n, first + chunk_rows);
+        chunk.resize(rb * static_cast<size_t>(last - first));
+        back.seekg(static_cast<std::streamoff>(e.offset + rb * static_cast<size_t>(first)));
+        if (!back.read(chunk.data(), static_cast<std::streamsize>(chunk.size()))) {
+          throw Error(ErrorCategory::kFile, fmt::format("reading back '{}' failed", tmp));
+        }
+        put_u32_le(trailer, crc_bytes(reinterpret_cast<const unsigned char*>(chunk.data()), chunk.size()));
+      }
+    }
+    file.seekp(static_cast<std::streamoff>(payload_end));
+    file.write(trailer.data(), static_cast<std::streamsize>(trailer.size()));
     file.flush();
     if (!file) throw Error(ErrorCategory::kFile, fmt::format("writing '{}' failed (disk full?)", tmp));
   });
@@ -288,6 +338,7 @@ std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32
   std::string line, word;
   std::getline(in, line);  // magic
   uint32_t file_teacher = 0, file_data = 0;
+  int64_t chunk_rows = 0;
   std::string file_options;
   std::vector<Entry> entries;
   {
@@ -297,7 +348,7 @@ std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32
       if (word == "version") {
         int v = 0;
         ls >> v;
-        if (v != 2) throw bad(fmt::format("version {} (this build reads 2)", v));
+        if (v != 3) throw bad(fmt::format("version {} (this build reads 3)", v));
       } else if (word == "teacher") {
         ls >> std::hex >> file_teacher;
       } else if (word == "data") {
@@ -312,6 +363,8 @@ std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32
         ls >> cache->layers_;
       } else if (word == "attention_layers") {
         ls >> cache->attention_layers_;
+      } else if (word == "chunk_rows") {
+        ls >> chunk_rows;
       } else if (word == "entry") {
         Entry e;
         std::string dtype;
@@ -323,6 +376,7 @@ std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32
     }
   }
   if (cache->size_ <= 0 || entries.empty()) throw bad("the header lists no examples or no entries");
+  if (chunk_rows <= 0 || chunk_rows > (int64_t{1} << 30)) throw bad(fmt::format("chunk_rows {}", chunk_rows));
   // Only what build() writes, with shapes the file can hold: a damaged header must drive neither
   // lookup() past its layer vectors nor an entry's rows past the mapping (found by fuzz_teacher_cache).
   constexpr int64_t kMaxLayers = 1 << 16;
@@ -362,7 +416,26 @@ std::unique_ptr<TeacherCache> TeacherCache::open(const std::string& path, uint32
     offset = (offset + row * static_cast<size_t>(cache->size_) + kAlign - 1) / kAlign * kAlign;
     if (offset > length) throw bad(fmt::format("{} bytes, too few for its entries (truncated or corrupt)", length));
   }
-  if (offset != length) throw bad(fmt::format("{} bytes instead of {} (truncated or corrupt)", length, offset));
+  const size_t chunks = static_cast<size_t>((cache->size_ + chunk_rows - 1) / chunk_rows);
+  const size_t payload_end = offset;
+  if (chunks > length / 4 / entries.size() || payload_end + 4 * entries.size() * chunks != length) {
+    throw bad(fmt::format("{} bytes instead of {} (truncated or corrupt)", length, payload_end + 4 * entries.size() * chunks));
+  }
+  // Every chunk against its checksum: one pass over the file, damage named by entry and examples.
+  const auto* bytes = static_cast<const unsigned char*>(map);
+  size_t k = 0;
+  for (const auto& e : entries) {
+    size_t row = c10::elementSize(e.dtype);
+    for (int64_t d : e.shape) row *= static_cast<size_t>(d);
+    for (size_t c = 0; c < chunks; ++c, ++k) {
+      const int64_t first = static_cast<int64_t>(c) * chunk_rows, last = std::min(cache->size_, first + chunk_rows);
+      const size_t at = e.offset + row * static_cast<size_t>(first), len = row * static_cast<size_t>(last - first);
+      if (crc_bytes(bytes + at, len) != get_u32_le(bytes + payload_end + 4 * k)) {
+        throw bad(fmt::format("entry '{}', examples {}..{}, does not match its checksum (the file is damaged)", e.name,
+                              first, last - 1));
+      }
+    }
+  }
   if (file_teacher != teacher_fp || file_data != data_fp) {
     throw Error(ErrorCategory::kState,
                 fmt::format("teacher cache '{}' was written for teacher {:08x} and data {:08x}, but the current teacher is "

@@ -46,8 +46,11 @@ uint32_t dataset_fingerprint(const TensorDataset& dataset);
 /// File layout: "KDTCACHE" magic, a text header (version, fingerprints of the
 /// teacher and the data, what was stored — top_k, dtype, layers —, example
 /// count, one line per entry: name, dtype, per-example shape), then each
-/// entry's [N, ...] array contiguously. Built with kd::write_atomically, so a
-/// half-built cache never exists under the final name. A cache built for
+/// entry's [N, ...] array contiguously, then a CRC-32 per chunk of examples of
+/// each entry. open() checks every chunk, so a damaged payload (even one whose
+/// values stay finite) is refused, naming the entry and the examples. Built with
+/// kd::write_atomically, so a half-built cache never exists under the final
+/// name. A cache built for
 /// another teacher, other data or other options (a different top_k, dtype or
 /// set of layers) is refused by open(), and rebuilt by open_or_build().
 ///
@@ -71,7 +74,7 @@ class TeacherCache {
   /// be in a folder all ranks share.
   static void build(const std::string& path, Teacher& teacher, const TensorDataset& dataset,
                     const TeacherCacheOptions& options = {}, dist::ProcessGroup* group = nullptr);
-  /// Opens `path`; kd::Error (kFormat) for a truncated or foreign file, and
+  /// Opens `path`; kd::Error (kFormat) for a truncated, damaged or foreign file, and
   /// (kState) when it was written for another teacher or dataset, naming both
   /// fingerprints, or — when `expected` is given — with other options, naming both.
   static std::unique_ptr<TeacherCache> open(const std::string& path, uint32_t teacher_fingerprint,

@@ -297,4 +297,39 @@ TEST(TeacherCache, AHeaderWhoseEntriesItsLayerCountsDoNotCoverIsRefused) {
   }
 }
 
+TEST(TeacherCache, APayloadDamagedToOtherFiniteValuesIsRefusedByChunkAndRebuilt) {
+  torch::manual_seed(9);
+  auto net = std::make_shared<NetImpl>(8);
+  kd::Teacher teacher(net);
+  auto ds = data(5000);  // two chunks of the logits: examples 0..4095 and 4096..4999
+  const auto dir = kd::testing::temp_dir("tcache_crc");
+  const auto path = dir + "/t.cache";
+  TeacherCache::build(path, teacher, ds);
+  const uint32_t tfp = kd::data::module_fingerprint(*net), dfp = kd::data::dataset_fingerprint(ds);
+  const auto good = TeacherCache::open(path, tfp, dfp)->lookup(torch::arange(5000));
+  // The logits (5 float32 per example) are the first entry, at the first 4096-byte boundary after the header:
+  // the lowest mantissa byte (little-endian: the first) of example 4100's first logit changes; the value stays
+  // finite and close.
+  const std::streamoff at = 4096 + 4100 * 5 * 4;
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(at);
+  const char was = static_cast<char>(f.get());
+  f.seekp(at);
+  f.put(static_cast<char>(was ^ 0x01));
+  f.close();
+  try {
+    TeacherCache::open(path, tfp, dfp);
+    FAIL() << "a damaged payload was accepted";
+  } catch (const kd::Error& e) {
+    EXPECT_EQ(e.category(), kd::ErrorCategory::kFormat) << e.what();
+    EXPECT_NE(std::string(e.what()).find("t.cache"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("entry 'logits', examples 4096..4999, does not match its checksum"),
+              std::string::npos)
+        << e.what();
+  }
+  // open_or_build rebuilds it: the teacher's outputs again.
+  const auto rebuilt = TeacherCache::open_or_build(path, teacher, ds)->lookup(torch::arange(5000));
+  EXPECT_TRUE(torch::equal(rebuilt.logits, good.logits));
+}
+
 }  // namespace
