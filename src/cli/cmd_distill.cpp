@@ -7,6 +7,7 @@
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
+#include "build_info.h"
 #include "commands.h"
 #include "run_context.h"
 #include "run_lock.h"
@@ -265,6 +266,7 @@ json distill_student(const json& config, bool resume) {
   const auto sm = a.task.evaluate(*student_model, test, ece_bins);
   const std::string student_label = qat_hook ? student_name + " (fake-quant)" : student_name;
   json summary = {{"task", a.task.name()},
+                  {"kd_train", build_info()},
                   {"models", {scored_row(teacher_name, *teacher_model, tm, a.task, test, config),
                               scored_row(student_label, *student_model, sm, a.task, test, config)}},
                   {"teacher_seconds", teacher_seconds},

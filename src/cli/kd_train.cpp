@@ -8,6 +8,8 @@
 //   kd-train export  [common options] [--model FILE] [--which student|teacher] [--format torchscript|int8]
 //                    [--to FILE] [--with-layers] [--calibration-batches N] [--compact]
 //   kd-train list
+//   kd-train --version | --log-level L | --quiet     versions; how much the log shows (any subcommand)
+//   --print-config (teacher, distill, eval, export)  the resolved config, then exit
 //   kd-train --nproc N teacher|distill ...            N data-parallel ranks on this machine (c10d Gloo)
 //
 // common options: [--config FILE]... [--set key.path=value]... [--out DIR] [--device D] [--seed N] [--threads N]
@@ -27,12 +29,14 @@
 // "task": "spam" or "byte_lm" in a config (or --set task=spam) switches to the
 // SpamAssassin tasks (configs/spam_transformer.json, configs/byte_lm.json).
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include "build_info.h"
 #include "commands.h"
 #include "config.h"
 #include "kd/core/error.h"
@@ -77,8 +81,13 @@ int main(int argc, char** argv) {
   std::vector<std::string> configs, sets;
   std::string out, device, model_file, which = "student";
   int64_t seed = -1, threads = -1;
-  bool resume = false, baseline = false;
+  bool resume = false, baseline = false, print_config = false, quiet = false;
+  std::string log_level = "info";
   int nproc = 1;
+  app.set_version_flag("--version", kd::app::version_text(), "print kdistill's, LibTorch's and the build's versions");
+  app.add_option("--log-level", log_level, "what the log shows: trace, debug, info (default), warn, error or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  app.add_flag("--quiet,-q", quiet, "warnings and errors only (same as --log-level warn); results are still printed");
   app.add_option("--nproc", nproc,
                  "data-parallel: start N ranks of teacher/distill on this machine (c10d Gloo over loopback); for "
                  "several machines start each rank yourself with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set")
@@ -96,6 +105,7 @@ int main(int argc, char** argv) {
     cmd->add_option("--seed", seed, "random seed (same as --set train.seed=N)")->check(CLI::NonNegativeNumber);
     cmd->add_option("--threads", threads, "intra-op threads, 0 = all cores (same as --set train.threads=N)")
         ->check(CLI::NonNegativeNumber);
+    cmd->add_flag("--print-config", print_config, "print the resolved config (defaults, files, --set) and exit");
     cmd->footer(defaults);
   };
   auto* teacher = app.add_subcommand("teacher", "train the task's teacher from scratch into OUT/teacher.pt");
@@ -142,6 +152,7 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);  // prints the help, or the error and how to get help
     return code == 0 ? 0 : 2;     // a command-line mistake is bad input, like a config's
   }
+  spdlog::set_level(quiet ? spdlog::level::warn : spdlog::level::from_str(log_level));
   try {
     if (nproc > 1) {
       if (kd::dist::environment_has_ranks()) {
@@ -174,6 +185,10 @@ int main(int argc, char** argv) {
     if (seed >= 0) sets.push_back("train.seed=" + std::to_string(seed));
     if (threads >= 0) sets.push_back("train.threads=" + std::to_string(threads));
     const auto config = kd::app::resolve_config(configs, sets);
+    if (print_config) {
+      fmt::print("{}\n", config.dump(2));
+      return 0;
+    }
     if (*teacher) return kd::app::run_teacher(config, resume);
     if (*distill) return kd::app::run_distill(config, resume, baseline);
     if (*eval) return kd::app::run_eval(config, which, model_file);

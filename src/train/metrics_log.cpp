@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -110,6 +111,7 @@ void MetricsLog::write_line(const std::string& line) {
 }
 
 void MetricsLog::on_stage_begin(const Stage& stage, const StepInfo& step) {
+  stage_ = stage.name();
   write_line(fmt::format(R"({{"event":"stage_begin","stage":{},"global_step":{}}})", json_quote(stage.name()),
                          step.global_step));
 }
@@ -125,7 +127,9 @@ void MetricsLog::on_step_end(const StepReport& r) {
     parts += fmt::format("{}{}:{}", parts.empty() ? "" : ",", json_quote(name), json_number(v.item<double>()));
   }
   write_line(fmt::format(
-      R"({{"event":"step","global_step":{},"stage_step":{},"epoch":{},"progress":{},"loss":{},"parts":{{{}}},"lr":{},"grad_norm":{},"samples_per_s":{},"skipped_nonfinite":{},"nonfinite_total":{},"communication_s":{}}})",
+      R"({{"event":"step","stage":{},"time":{:.3f},"global_step":{},"stage_step":{},"epoch":{},"progress":{},"loss":{},"parts":{{{}}},"lr":{},"grad_norm":{},"samples_per_s":{},"skipped_nonfinite":{},"nonfinite_total":{},"communication_s":{}}})",
+      json_quote(stage_),
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(),
       r.step.global_step, r.step.stage_step, r.step.epoch, json_number(r.step.progress),
       json_number(r.loss.total.defined() ? r.loss.total.item<double>() : NAN), parts, json_number(r.lr),
       json_number(r.grad_norm), json_number(r.samples_per_s), r.skipped_nonfinite ? "true" : "false",

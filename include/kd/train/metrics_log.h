@@ -16,8 +16,9 @@ namespace kd {
 /// of the steps after S go before "fit_begin" is written, so each step that the
 /// resumed run does again is logged once):
 ///
-///   {"event":"step","stage":"kl","global_step":12,"stage_step":3,"progress":0.25,"loss":0.41,
-///    "parts":{"kl":0.39,"w.kl":1.0},"lr":0.001,"grad_norm":0.8,"samples_per_s":2100.0}
+///   {"event":"step","stage":"kl","time":1796681234.125,"global_step":12,"stage_step":3,"progress":0.25,
+///    "loss":0.41,"parts":{"kl":0.39,"w.kl":1.0},"lr":0.001,"grad_norm":0.8,"samples_per_s":2100.0}
+///   ("time": wall-clock seconds since 1970 when the step ended; "global_step": the steps done before it)
 ///   {"event":"eval","stage":"kl","global_step":40,"metrics":{"accuracy":0.88,"macro_f1":0.87}}
 ///   {"event":"stage_begin"|"stage_end","stage":"kl","global_step":40}
 ///   {"event":"fit_begin","student_parameters":16650,"student_bytes":67032,"teacher_parameters":871018,...}
@@ -45,6 +46,7 @@ class MetricsLog : public Callback {
  private:
   void write_line(const std::string& line);
   std::string path_;
+  std::string stage_;  // the stage the step lines belong to
   std::FILE* file_ = nullptr;
 };
 

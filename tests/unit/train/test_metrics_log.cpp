@@ -1,3 +1,4 @@
+#include <chrono>
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -39,6 +40,10 @@ TEST(MetricsLog, EveryLineIsAJsonObjectAnIndependentParserReads) {
   ASSERT_EQ(lines.size(), 3u);
   EXPECT_EQ(lines[0]["stage"], "kl \"quoted\"\n");
   EXPECT_EQ(lines[1]["event"], "step");
+  EXPECT_EQ(lines[1]["stage"], "kl \"quoted\"\n");  // the stage it belongs to, from its stage_begin
+  // Wall-clock seconds since 1970, written a moment ago.
+  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  EXPECT_NEAR(lines[1]["time"].get<double>(), now, 60.0);
   EXPECT_EQ(lines[1]["global_step"], 7);
   EXPECT_DOUBLE_EQ(lines[1]["loss"].get<double>(), 0.25);
   EXPECT_DOUBLE_EQ(lines[1]["parts"]["kl"].get<double>(), 0.125);

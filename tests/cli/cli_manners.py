@@ -1,0 +1,57 @@
+"""kd-train's command-line manners: --version names kdistill, LibTorch (the version Debian's python3-torch
+reports, the same LibTorch) and the build, and summary.json records the same; --print-config prints the
+resolved config and exits; --quiet keeps the log to warnings and errors while the results are still printed;
+metrics.jsonl step lines carry their stage and wall time.
+
+usage: cli_manners.py KD_TRAIN OUT_DIR   (run with /usr/bin/python3: needs Debian's python3-torch)
+"""
+import json
+import re
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import torch
+
+kd_train, out = sys.argv[1:3]
+shutil.rmtree(out, ignore_errors=True)
+os.makedirs(out)
+
+version = subprocess.run([kd_train, "--version"], capture_output=True, text=True, timeout=60)
+assert version.returncode == 0, version
+libtorch = re.match(r"\d+\.\d+\.\d+", torch.__version__).group(0)  # "1.13.0a0" (Debian), "2.5.1+cu124" (pip)
+assert version.stdout.startswith("kd-train (kdistill ") and f"LibTorch {libtorch}," in version.stdout, version.stdout
+print("ok: --version:", version.stdout.strip())
+
+printed = subprocess.run([kd_train, "distill", "--set", "stages.2.epochs=5", "--seed", "4", "--print-config"],
+                         capture_output=True, text=True, timeout=60)
+assert printed.returncode == 0, printed.stdout + printed.stderr
+config = json.loads(printed.stdout)
+assert config["stages"][2]["epochs"] == 5 and config["train"]["seed"] == 4 and config["task"] == "fashion_mnist", config
+print("ok: --print-config prints the resolved config")
+
+run_dir = os.path.join(out, "quiet")
+started = time.time()
+quiet = subprocess.run([kd_train, "--quiet", "distill", "--out", run_dir, "--threads", "1", "--set", "data.limit=256",
+                        "--set", "teacher.epochs=1", "--set", "stages.0.steps=2", "--set", "stages.1.steps=2",
+                        "--set", "stages.2.steps=3", "--set", "train.log_every=1"],
+                       capture_output=True, text=True, timeout=300)
+assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+assert "[info]" not in quiet.stdout + quiet.stderr, quiet.stdout + quiet.stderr
+assert "test accuracy" in quiet.stdout or "accuracy" in quiet.stdout, quiet.stdout  # the results table
+summary = json.load(open(os.path.join(run_dir, "summary.json")))
+assert summary["kd_train"]["libtorch"] == libtorch and summary["kd_train"]["kdistill"] in version.stdout, summary["kd_train"]
+print("ok: --quiet: no info lines, results printed; summary.json names the build")
+
+stage, times = None, []
+for line in open(os.path.join(run_dir, "metrics.jsonl")):
+    e = json.loads(line)
+    if e["event"] == "stage_begin":
+        stage = e["stage"]
+    elif e["event"] == "step":
+        assert e["stage"] == stage, (e, stage)
+        times.append(e["time"])
+assert len(times) == 7 and times == sorted(times) and started - 1 <= times[0] <= time.time(), times
+print("ok: step lines carry their stage and wall time")
