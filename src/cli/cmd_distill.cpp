@@ -1,5 +1,6 @@
 // kd-train distill: the teacher (trained or loaded), then the config's stages on the student.
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <set>
 
@@ -80,6 +81,43 @@ struct StageRecord : kd::Callback {
   std::chrono::steady_clock::time_point start;
 };
 
+// The student with the best validation score so far as OUT/student.best.pt, what and when in student.best.json
+// (read back on --resume, so the best is the whole run's). Evaluations in stages whose hooks change the model's
+// structure (LoRA, QAT) are not candidates, and none are with train.eval_on_ema (those scores are the EMA's).
+struct BestStudent : kd::Callback {
+  BestStudent(fs::path out, std::shared_ptr<torch::nn::Module> student, std::string metric, bool higher,
+              std::set<std::string> skipped_stages, bool resume)
+      : out(std::move(out)), student(std::move(student)), metric(std::move(metric)), higher(higher),
+        skipped(std::move(skipped_stages)) {
+    const fs::path record = this->out / "student.best.json";
+    if (resume && fs::exists(record) && fs::exists(this->out / "student.best.pt")) {
+      std::ifstream in(record);
+      best = json::parse(in, nullptr, /*allow_exceptions=*/false);
+      if (!best.is_object() || best.value("metric", "") != this->metric) best = json();
+    } else {
+      fs::remove(this->out / "student.best.pt");
+      fs::remove(record);
+    }
+  }
+  void on_eval(const kd::EvalResult& e) override {
+    const auto it = e.metrics.find(metric);
+    if (it == e.metrics.end() || skipped.count(e.stage) || !std::isfinite(it->second)) return;
+    if (best.is_object() && !(higher ? it->second > best["value"].get<double>() : it->second < best["value"].get<double>())) {
+      return;
+    }
+    save_module(student, out / "student.best.pt");
+    best = {{"metric", metric}, {"value", it->second}, {"global_step", e.global_step}, {"stage", e.stage},
+            {"file", (out / "student.best.pt").string()}};
+    save_text(out / "student.best.json", best.dump(1) + "\n");
+  }
+  fs::path out;
+  std::shared_ptr<torch::nn::Module> student;
+  std::string metric;
+  bool higher;
+  std::set<std::string> skipped;
+  json best;  // null until an evaluation counted
+};
+
 // Test scores of the student at the end of the stage before the first QAT stage: the float
 // model the int8 file is compared with.
 struct FloatBeforeQat : kd::Callback {
@@ -145,10 +183,27 @@ json scored_row(const std::string& name, kd::Model& model, const Scores& scores,
   return row;
 }
 
+// evaluation.best_metric (or the task's headline) and whether larger is better; a name the task does not
+// report is refused before anything trains.
+std::pair<std::string, bool> best_metric(const json& config, const Task& task) {
+  const std::vector<std::string> names = task.num_classes() > 0
+                                             ? std::vector<std::string>{"accuracy", "macro_f1"}
+                                             : std::vector<std::string>{"bits_per_byte", "perplexity", "token_accuracy"};
+  std::string m = config.contains("evaluation") ? config["evaluation"].value("best_metric", "") : "";
+  if (m.empty()) m = names.front();
+  if (std::find(names.begin(), names.end(), m) == names.end()) {
+    throw Error(ErrorCategory::kConfig,
+                fmt::format("'evaluation.best_metric' = \"{}\" is not a validation score of task '{}'; it reports: {}", m,
+                            task.name(), fmt::join(names, ", ")));
+  }
+  return {m, m != "bits_per_byte" && m != "perplexity"};
+}
+
 // Trains the config's student (the teacher first when it is missing) and writes OUT/student.pt and
 // OUT/summary.json; returns the summary on the main rank, null on the others.
 json distill_student(const json& config, bool resume) {
   const RunArgs a(config);
+  best_metric(config, a.task);  // a misspelt metric stops here, before any training
   const torch::Device device = set_up_process(a);
   const auto specs = stages_from_json(config["stages"], "config");
   const fs::path out(a.out);
@@ -245,6 +300,22 @@ json distill_student(const json& config, bool resume) {
     trainer.add_callback(save_text_on_fit_begin(out / "config.json", config.dump(2) + "\n"));
   }
   trainer.add_callback(timer);
+  std::shared_ptr<BestStudent> best;
+  if (main_rank) {
+    const auto [metric, higher] = best_metric(config, a.task);
+    if (a.trainer.eval_on_ema()) {
+      spdlog::info("student.best.pt: not kept with train.eval_on_ema (the validation scores are the EMA's)");
+    } else {
+      std::set<std::string> skipped;
+      for (size_t i = 0; i < specs_with_hooks.size(); ++i) {
+        for (const auto& h : specs_with_hooks[i].hooks()) {
+          if (h == lora_hook || h == qat_hook) skipped.insert(specs_with_hooks[i].name());
+        }
+      }
+      best = std::make_shared<BestStudent>(out, student_model, metric, higher, skipped, resume);
+      trainer.add_callback(best);
+    }
+  }
   std::shared_ptr<FloatBeforeQat> float_before_qat;
   for (size_t i = 1; i < specs_with_hooks.size() && qat_hook; ++i) {
     const auto& h = specs_with_hooks[i].hooks();
@@ -315,6 +386,7 @@ json distill_student(const json& config, bool resume) {
     summary["stages"].push_back(row);
   }
   summary["student_seconds"] = student_seconds;
+  if (best && best->best.is_object()) summary["best"] = best->best;
   const std::string headline = sm.headline();
   if (a.task.higher_is_better()) {
     summary["retained_" + headline] = sm.at(headline) / tm.at(headline);
@@ -402,6 +474,12 @@ void print_report(const json& summary) {
                bytes / 1024.0);
     for (const auto& c : columns) fmt::print(" {}", cell(c, row.value("test_" + c, json())));
     fmt::print("\n");
+  }
+  if (summary.contains("best")) {
+    const auto& b = summary["best"];
+    fmt::print("  best validation {} {:.4f} at step {} (stage {}): {}\n", heading(b["metric"].get<std::string>()),
+               b["value"].get<double>(), b["global_step"].get<int64_t>(), b["stage"].get<std::string>(),
+               b["file"].get<std::string>());
   }
   if (summary.contains("lora")) fmt::print("  LoRA stage(s): {}\n", summary["lora"]["report"].get<std::string>());
   if (summary.contains("pruning")) fmt::print("  {}\n", summary["pruning"]["report"].get<std::string>());

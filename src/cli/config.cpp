@@ -295,7 +295,9 @@ json fashion_mnist_defaults() {
       {"stages", stages_to_json(progressive3())},
       // After training, beside the test scores: accuracy under an FGSM attack of this L∞ step made against each
       // model itself (0 = not measured; image tasks), and the expected calibration error over ece_bins bins.
-      {"evaluation", {{"fgsm_epsilon", 0.0}, {"ece_bins", 15}}},
+      // best_metric: the validation score that picks OUT/student.best.pt ("" = the task's headline: accuracy, or
+      // bits per byte for language models).
+      {"evaluation", {{"fgsm_epsilon", 0.0}, {"ece_bins", 15}, {"best_metric", ""}}},
       // Used by stages that list "lora" in their "hooks" (see kd::lora::Options, kd::lora::HookOptions).
       {"lora", {{"rank", 8}, {"alpha", 16.0}, {"rslora", false}, {"dropout", 0.0}, {"targets", json::array()},
                 {"merge_at_end", true}}},
@@ -424,7 +426,7 @@ json byte_lm_defaults() {
   d["out"] = "runs/byte_lm";
   // context: bytes per training window; eval_limit: validation / test windows scored (0 = all).
   d["data"] = {{"root", ""}, {"limit", 0}, {"eval_limit", 512}, {"context", 128}, {"split_seed", 0}};
-  d.erase("evaluation");  // bits per byte, perplexity and token accuracy only
+  d["evaluation"] = {{"best_metric", ""}};  // bits per byte, perplexity and token accuracy only
   d["teacher"] = teacher_section(1, 1000, transformer_section(4, 192, 3));
   d["student"] = transformer_section(2, 96, 2);
   d["student"]["model"] = "causal_lm";
