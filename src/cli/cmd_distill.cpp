@@ -259,8 +259,9 @@ json distill_student(const json& config, bool resume) {
                  samples["student_before"].get<std::string>());
     }
   }
-  // A fresh run starts a fresh record, as it does a fresh log.
-  if (main_rank && (!resume || first_checkpoint(out / "checkpoints").empty())) fs::remove(out / "stages.json");
+  // Nothing to resume from: a fresh stage record and (below) a fresh log.
+  const bool starts_afresh = !resume || first_checkpoint(out / "checkpoints").empty();
+  if (main_rank && starts_afresh) fs::remove(out / "stages.json");
   auto timer = std::make_shared<StageRecord>(main_rank ? out / "stages.json" : fs::path(), resume);
   auto options = trainer_options(a)
                      .checkpoint_dir((out / "checkpoints").string())
@@ -295,7 +296,7 @@ json distill_student(const json& config, bool resume) {
     trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
     // A fresh run starts a fresh log, and so does a --resume with no checkpoint to resume from (the lines a
     // killed start-up left are not this run's); a resumed one appends (MetricsLog cuts what it does again).
-    if (!resume || first_checkpoint(out / "checkpoints").empty()) fs::remove(out / "metrics.jsonl");
+    if (starts_afresh) fs::remove(out / "metrics.jsonl");
     trainer.add_callback(std::make_shared<kd::MetricsLog>((out / "metrics.jsonl").string()));
     trainer.add_callback(save_text_on_fit_begin(out / "config.json", config.dump(2) + "\n"));
   }

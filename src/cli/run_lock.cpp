@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "kd/core/error.h"
+#include "run_context.h"
 
 namespace kd::app {
 namespace fs = std::filesystem;
@@ -37,12 +38,7 @@ std::string host_name() {
 }  // namespace
 
 RunFolderLock::RunFolderLock(const fs::path& folder) {
-  std::error_code ec;
-  fs::create_directories(folder, ec);
-  if (ec || !fs::is_directory(folder)) {
-    throw Error(ErrorCategory::kFile, fmt::format("cannot create the output folder '{}': {}; choose another --out",
-                                                  folder.string(), ec ? ec.message() : "a file of that name is in the way"));
-  }
+  ensure_output_folder(folder);  // created and writable, or the error that says why not
   const fs::path path = folder / kFileName;
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd_ < 0) {
