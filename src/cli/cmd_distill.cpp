@@ -201,7 +201,28 @@ std::pair<std::string, bool> best_metric(const json& config, const Task& task) {
 
 // Trains the config's student (the teacher first when it is missing) and writes OUT/student.pt and
 // OUT/summary.json; returns the summary on the main rank, null on the others.
-json distill_student(const json& config, bool resume) {
+// Every stage once on the first two training examples, with an untrained teacher and student of the configured
+// shapes (StagedTrainer::check): a layer index or width that does not fit stage 3 stops the run here, before
+// the teacher or any stage trains. Changes no random draw and writes nothing.
+void check_stages_before_training(const RunArgs& a, const json& config, const std::vector<StageSpec>& specs,
+                                  const fs::path& out, const Splits& data, const data::TensorDataset& train,
+                                  const torch::Device& device) {
+  with_rng_restored([&] {
+    auto teacher_model = a.task.make_teacher(config);
+    teacher_model->to(device);
+    auto student = build_student(config, specs, out);
+    student.model->to(device);
+    auto options = trainer_options(a);
+    options.teacher_cache(nullptr).process_group(nullptr);
+    kd::StagedTrainer trainer(kd::Student(student.model),
+                              stages_read_teacher(specs) ? std::optional<kd::Teacher>(kd::Teacher(teacher_model))
+                                                         : std::nullopt,
+                              kd::build_stages(student.specs), options);
+    trainer.check(train, &data.validation);
+  });
+}
+
+json distill_student(const json& config, bool resume, bool dry_run) {
   const RunArgs a(config);
   best_metric(config, a.task);  // a misspelt metric stops here, before any training
   const torch::Device device = set_up_process(a);
@@ -211,6 +232,18 @@ json distill_student(const json& config, bool resume) {
   int64_t student_bytes = 0;
   with_rng_restored([&] { student_bytes = parameter_bytes(*build_student(config, specs, out).model); });
   refuse_stale_checkpoints(out / "checkpoints", resume);
+  const Splits data = load_splits(a, config, device);
+  // The teacher trains on every label; the student's hard-label terms may see only some (data.student_labels).
+  const double labelled = config["data"].value("student_labels", 1.0);
+  const auto train = labelled < 1 ? data::keep_labels(data.train, labelled, config["data"]["split_seed"].get<uint64_t>())
+                                  : data.train;
+  check_stages_before_training(a, config, specs, out, data, train, device);
+  if (dry_run) {
+    spdlog::info("dry run: the config, the data ({} / {} / {} examples) and the {} stage(s) check out on {}; nothing "
+                 "was trained or written",
+                 data.train.size(), data.validation.size(), data.test.size(), specs.size(), a.out);
+    return json{{"dry_run", true}};
+  }
   const bool main_rank = is_main_rank();  // the only rank that writes (data-parallel runs)
   if (main_rank) {
     ensure_output_folder(out);
@@ -218,12 +251,6 @@ json distill_student(const json& config, bool resume) {
     require_free_space(out, (4 * (a.trainer.keep_last() + 1) + 2) * student_bytes + (1 << 20),
                        "distilling the student (its checkpoints and student.pt)");
   }
-
-  const Splits data = load_splits(a, config, device);
-  // The teacher trains on every label; the student's hard-label terms may see only some (data.student_labels).
-  const double labelled = config["data"].value("student_labels", 1.0);
-  const auto train = labelled < 1 ? data::keep_labels(data.train, labelled, config["data"]["split_seed"].get<uint64_t>())
-                                  : data.train;
   if (labelled < 1) {
     spdlog::info("student: labels of {} of the {} training examples (data.student_labels {}); the rest are -100",
                  (train.targets != -100).sum().item<int64_t>(), train.size(), labelled);
@@ -560,12 +587,17 @@ json distillation_gain(const json& distilled, const json& alone) {
   return gain;
 }
 
-int run_distill(const json& config, bool resume, bool baseline) {
+int run_distill(const json& config, bool resume, bool baseline, bool dry_run) {
+  if (dry_run) {  // no lock either: a dry run writes nothing, not even the run folder
+    distill_student(config, resume, true);
+    if (baseline) distill_student(baseline_config(config), resume, true);
+    return 0;
+  }
   const auto lock = lock_run_folder(config["out"].get<std::string>());  // OUT/baseline included
-  json summary = distill_student(config, resume);
+  json summary = distill_student(config, resume, false);
   if (baseline) {
     spdlog::info("baseline: the same student on hard labels alone, with the same stages, steps, schedule and seed");
-    const json alone = distill_student(baseline_config(config), resume);
+    const json alone = distill_student(baseline_config(config), resume, false);
     if (!summary.is_null()) {
       json row = alone["models"][1];
       row["model"] = row["model"].get<std::string>() + " alone (baseline)";

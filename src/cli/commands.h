@@ -10,7 +10,9 @@ namespace kd::app {
 /// Teacher (trained or loaded), then the config's stages on the student; summary table and summary.json.
 /// With `baseline`, then the same student on hard labels alone (baseline_config) into OUT/baseline, and
 /// the difference of every test score (distilled − alone) as summary.json's "distillation_gain".
-int run_distill(const nlohmann::json& config, bool resume, bool baseline = false);
+/// `dry_run`: check the config, the data and every stage on two examples (untrained models), then stop
+/// without training or writing anything.
+int run_distill(const nlohmann::json& config, bool resume, bool baseline = false, bool dry_run = false);
 /// The config of the student-alone baseline of a distillation config: the same stages (steps, epochs,
 /// learning rates, hooks), seed and data, each stage's losses replaced by hard-label cross-entropy; out
 /// OUT/baseline; the distilled run's teacher (scored, never run); no teacher cache or hard-example mining.

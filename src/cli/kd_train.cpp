@@ -1,9 +1,10 @@
 // kd-train: the command-line front end of kdistill.
 //
 //   kd-train teacher [common options]                 train the task's teacher into OUT/teacher.pt
-//   kd-train distill [common options] [--resume] [--baseline]
+//   kd-train distill [common options] [--resume] [--baseline] [--dry-run]
 //                                                     teacher (trained or loaded), then the config's stages;
-//                                                     --baseline: also the student alone, and the gain
+//                                                     --baseline: also the student alone, and the gain;
+//                                                     --dry-run: check everything, train and write nothing
 //   kd-train eval    [common options] [--model FILE] [--which student|teacher]
 //   kd-train export  [common options] [--model FILE] [--which student|teacher] [--format torchscript|int8]
 //                    [--to FILE] [--with-layers] [--calibration-batches N] [--compact]
@@ -81,7 +82,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> configs, sets;
   std::string out, device, model_file, which = "student";
   int64_t seed = -1, threads = -1;
-  bool resume = false, baseline = false, print_config = false, quiet = false;
+  bool resume = false, baseline = false, print_config = false, quiet = false, dry_run = false;
   std::string log_level = "info";
   int nproc = 1;
   app.set_version_flag("--version", kd::app::version_text(), "print kdistill's, LibTorch's and the build's versions");
@@ -118,6 +119,9 @@ int main(int argc, char** argv) {
   distill->add_flag("--baseline", baseline,
                     "also train the same student on hard labels alone (same stages, steps, schedule and seed) into "
                     "OUT/baseline and report what distillation gained over it");
+  distill->add_flag("--dry-run", dry_run,
+                    "check the config, the data and every stage on two examples (untrained models), then stop: "
+                    "nothing is trained or written");
   teacher->add_flag("--resume", resume, "continue from the newest checkpoint in OUT/teacher_checkpoints");
   auto* eval = app.add_subcommand("eval", "test-set scores of a saved model (accuracy, macro-F1 and per-class F1; "
                                           "language models: bits per byte, perplexity, token accuracy)");
@@ -190,7 +194,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*teacher) return kd::app::run_teacher(config, resume);
-    if (*distill) return kd::app::run_distill(config, resume, baseline);
+    if (*distill) return kd::app::run_distill(config, resume, baseline, dry_run);
     if (*eval) return kd::app::run_eval(config, which, model_file);
     if (*exp) return kd::app::run_export(config, export_args);
   } catch (const kd::app::Stopped& e) {

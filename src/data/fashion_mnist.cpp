@@ -39,6 +39,17 @@ TensorDataset load_fashion_mnist(Split split, const FashionMnistOptions& options
                 fmt::format("Fashion-MNIST images {} and labels {} do not form a dataset of 28x28 images",
                             shape_string(images), shape_string(labels)));
   }
+  const auto classes = static_cast<int64_t>(fashion_mnist_classes().size());
+  const auto bad = (labels.to(torch::kInt64) < 0) | (labels.to(torch::kInt64) >= classes);
+  if (bad.any().item<bool>()) {
+    const auto first = bad.nonzero()[0][0].item<int64_t>();
+    throw Error(ErrorCategory::kFormat,
+                fmt::format("Fashion-MNIST labels '{}': label {} of example {} is not a class in [0, {}) ({} such "
+                            "labels); the file is damaged, restore it (apt-get install --reinstall "
+                            "dataset-fashion-mnist)",
+                            labels_path.string(), labels[first].item<int64_t>(), first, classes,
+                            bad.sum().item<int64_t>()));
+  }
   TensorDataset all{((images.to(torch::kFloat32) / 255.0 - kFashionMnistMean) / kFashionMnistStd).unsqueeze(1),
                     labels.to(torch::kInt64), torch::Tensor()};  // images: no padding mask
 

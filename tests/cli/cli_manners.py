@@ -1,7 +1,8 @@
 """kd-train's command-line manners: --version names kdistill, LibTorch (the version Debian's python3-torch
 reports, the same LibTorch) and the build, and summary.json records the same; --print-config prints the
 resolved config and exits; --quiet keeps the log to warnings and errors while the results are still printed;
-metrics.jsonl step lines carry their stage and wall time.
+metrics.jsonl step lines carry their stage and wall time; --dry-run checks everything and writes nothing; a
+mistake in the last stage stops the run before anything trains.
 
 usage: cli_manners.py KD_TRAIN OUT_DIR   (run with /usr/bin/python3: needs Debian's python3-torch)
 """
@@ -55,3 +56,28 @@ for line in open(os.path.join(run_dir, "metrics.jsonl")):
         times.append(e["time"])
 assert len(times) == 7 and times == sorted(times) and started - 1 <= times[0] <= time.time(), times
 print("ok: step lines carry their stage and wall time")
+
+# --dry-run: the config, the data and every stage checked on two examples with untrained models; nothing
+# trained, nothing written, not even the run folder.
+dry_dir = os.path.join(out, "dry")
+dry = subprocess.run([kd_train, "distill", "--dry-run", "--baseline", "--out", dry_dir, "--threads", "1",
+                      "--set", "data.limit=256"], capture_output=True, text=True, timeout=120)
+assert dry.returncode == 0, dry.stdout + dry.stderr
+assert re.search(r"dry run: the config, the data \(\d+ / \d+ / \d+ examples\) and the 3 stage\(s\) check out on "
+                 r"\S+; nothing was trained or written", dry.stdout), dry.stdout
+assert not os.path.exists(dry_dir), os.listdir(dry_dir)
+print("ok: --dry-run checks and writes nothing")
+
+# A layer the teacher lacks in the LAST stage: refused before the teacher or any stage trains, naming the stage,
+# with or without --dry-run; the run folder holds nothing but the lock a real run takes first.
+for extra in (["--dry-run"], []):
+    bad = subprocess.run([kd_train, "distill", *extra, "--out", dry_dir, "--threads", "1", "--set", "data.limit=256",
+                          "--set", "stages.2.losses.0.teacher_layers=[0,7]"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2, (extra, bad.returncode, bad.stdout + bad.stderr)
+    assert "stage 3/3 'logits' (checked on the first training examples, before training)" in bad.stderr, bad.stderr
+    assert "teacher" in bad.stderr and "7" in bad.stderr, bad.stderr
+    assert "teacher: training" not in bad.stdout + bad.stderr, bad.stdout
+    left = set(os.listdir(dry_dir)) if os.path.exists(dry_dir) else set()
+    assert left <= ({".kd-train.lock"} if not extra else set()), (extra, left)
+print("ok: a bad layer index in stage 3 stops the run before anything trains or is written")

@@ -93,6 +93,7 @@ class TeacherCache {
   ModelOutput lookup(const torch::Tensor& indices) const;
 
   int64_t size() const { return size_; }
+  const std::string& path() const { return path_; }
   int64_t top_k() const { return top_k_; }
   int64_t bytes() const { return static_cast<int64_t>(length_); }
 

@@ -86,7 +86,7 @@ torch::Tensor attention_mse(const torch::Tensor& student, const torch::Tensor& t
 /// are detached. Parts: "attn" (the total) and "attn.<i>" (pair i's
 /// unweighted MSE). A layer index out of range throws kd::Error (kValue)
 /// naming the index and the number of attention maps; non-finite values at
-/// counted positions throw kd::Error (kValue).
+/// counted positions give a non-finite loss.
 ///
 /// Example:
 /// ```

@@ -18,6 +18,9 @@ struct StepInfo {
   int64_t stage_steps = 0;   ///< length of the current stage in steps (0 if unknown)
   int64_t epoch = 0;         ///< epoch within the run
   double progress = 0.0;     ///< stage_step / stage_steps, in [0, 1]
+  /// True when StagedTrainer::check runs the loss once on two examples before training (no gradient is
+  /// taken from it): a loss with side effects of its own (a probe, a counter) may skip them.
+  bool sanity_check = false;
 };
 
 /// One batch as a loss sees it: both models' outputs and the data they came from.

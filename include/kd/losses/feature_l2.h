@@ -112,8 +112,8 @@ torch::Tensor feature_mse(const torch::Tensor& student, const torch::Tensor& tea
 /// the number of hidden states); widths that disagree with the pair's
 /// student_dim/teacher_dim, batch or sequence sizes that differ, spatial sizes
 /// that differ under SpatialMismatch::kError, a mask that does not fit
-/// (kShape, names both features' shapes); non-finite features at real
-/// positions (kValue).
+/// (kShape, names both features' shapes). Non-finite features at real
+/// positions give a non-finite loss (kd::StagedTrainer's policy decides).
 ///
 /// As a kd::LayerFeatureSource it hands its aligned pairs to
 /// kd::LayerSimilarityPolicy, which weighs a FeatureL2 term of a WeightedSum

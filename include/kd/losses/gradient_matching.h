@@ -69,10 +69,10 @@ torch::Tensor task_input_gradient(const torch::Tensor& logits, const torch::Tens
 ///   gives (teacher detached): per example for [B, C], per counted token for
 ///   [B, L, V].
 ///
-/// Throws kd::Error (kValue) when either model's inputs hold NaN or Inf (checked
-/// first: the value can be finite while the double backward is not) or the
-/// loss is not finite, naming the first of the logits and input gradients that
-/// holds NaN or Inf; and the errors of task_input_gradient.
+/// Throws the errors of task_input_gradient. NaN or Inf in the inputs or logits
+/// give a non-finite loss or non-finite gradients (with an infinite input the
+/// value can stay finite while the double backward is not); kd::StagedTrainer
+/// checks both every step and applies its non-finite policy.
 ///
 /// Example: `auto l = kd::functional::gradient_matching(zs, xs, zt, xt, y, 0.5);`
 torch::Tensor gradient_matching(const torch::Tensor& student_logits, const torch::Tensor& student_inputs,

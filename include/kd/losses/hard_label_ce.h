@@ -30,9 +30,9 @@ namespace functional {
 /// Floating-point targets of the logits' own shape are soft targets (functional::soft_target_ce),
 /// as mixing augmentations (kd::data::CutMix, TokenMix) make them.
 ///
-/// Throws kd::Error: kValue for missing targets, a counted target outside [0, C),
-/// or non-finite logits at counted positions; kShape naming both shapes when the
-/// targets are not the logits' shape without the class dimension.
+/// Throws kd::Error: kValue for missing targets or a counted target outside [0, C);
+/// kShape naming both shapes when the targets are not the logits' shape without
+/// the class dimension. Non-finite logits at counted positions give a non-finite loss.
 ///
 /// Example: `auto l = kd::functional::hard_label_ce(logits, labels, kd::HardLabelCEOptions().label_smoothing(0.1));`
 torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& targets,
@@ -44,7 +44,7 @@ torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& ta
 ///   L = −1/N Σ_i Σ_c y'_ic log p_i(c),  y' = (1−ε)·y + ε/C,  p_i = softmax(z_i),  N rows.
 ///
 /// kd::Error (kValue) for targets that are not distributions over the classes (a negative entry, or
-/// a row not summing to 1 within 1e-3) and for a non-finite result.
+/// a row not summing to 1 within 1e-3).
 ///
 /// Example: `auto l = kd::functional::soft_target_ce(logits, 0.7 * onehot_a + 0.3 * onehot_b);`
 torch::Tensor soft_target_ce(const torch::Tensor& logits, const torch::Tensor& targets,

@@ -43,7 +43,7 @@ struct TeacherMixtureKLOptions {
 /// Parts reported: "kl", "mixture_ce", and "w.teacher<k>" (the current weights).
 /// Throws kd::Error: kModel when a teacher's logits are missing from extras,
 /// kShape (naming both shapes) when they and the student's disagree, kValue for
-/// missing targets or non-finite logits.
+/// missing targets. Non-finite logits give a non-finite loss.
 ///
 /// Example:
 /// ```

@@ -88,8 +88,8 @@ torch::Tensor standardize_logits(const torch::Tensor& logits, double eps = 1e-7)
 /// ∂L/∂z_s = T/N · (softmax(z_s/T) − p_t) on counted rows and 0 elsewhere.
 ///
 /// Throws kd::Error: kShape when the logits' shapes differ (naming both), kValue
-/// for T ≤ 0, β ∉ [0, 1], a negative chunk size, or non-finite values at counted
-/// rows (the loss is then non-finite).
+/// for T ≤ 0, β ∉ [0, 1] or a negative chunk size. Non-finite values at counted
+/// rows give a non-finite loss (kd::StagedTrainer's non-finite policy decides).
 ///
 /// Example: `auto l = kd::functional::temperature_kl(zs, zt, kd::TemperatureKLOptions().temperature(3));`
 torch::Tensor temperature_kl(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,

@@ -71,8 +71,10 @@ struct WeightedTerm {
 /// Errors (kd::Error): an invalid or duplicate term name, an empty loss, or a
 /// policy built for another number of losses (kConfig); forward on an empty
 /// sum (kState); a loss whose total is not a scalar (kShape); a non-finite
-/// loss total or weight (kValue, naming the loss and the step). A sub-loss's
-/// own kd::Error is re-thrown with "loss '<name>': " in front.
+/// weight (kValue, naming the loss and the step). A sub-loss's own kd::Error
+/// is re-thrown with "loss '<name>': " in front. A non-finite term makes the
+/// total non-finite (the policy is then not asked) and the trainer's
+/// non-finite policy decides what the step becomes.
 ///
 /// Example (the progressive recipe's L = L_feat + 0.5·L_attn + 0.8·L_kl):
 /// ```

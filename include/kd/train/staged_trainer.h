@@ -22,7 +22,9 @@
 
 namespace kd {
 
-class Ema;
+namespace detail {
+class FitRun;
+}
 enum class OptimizerKind { kAdamW, kSgd };
 
 /// What makes an example "hard" for hard-example mining.
@@ -79,9 +81,9 @@ struct StagedTrainerOptions {
   TORCH_ARG(bool, self_distillation) = false;
   /// Hard-example mining: this fraction of each epoch is drawn in proportion
   /// to hardness, the rest uniformly (0 = off; see data::HardExampleSampler).
-  /// Needs a teacher or a cache with full logits. Exact resume holds for
-  /// kTeacherEntropy; with kDisagreement an interrupted epoch is re-drawn from
-  /// the restored student.
+  /// Needs a teacher or a cache with full logits. Resume is exact for both
+  /// kinds of hardness: checkpoints keep the disagreement scores an epoch was
+  /// drawn from.
   TORCH_ARG(double, hard_example_mix) = 0.0;
   TORCH_ARG(Hardness, hardness) = Hardness::kTeacherEntropy;
   TORCH_ARG(uint64_t, seed) = 0;
@@ -159,8 +161,22 @@ class StagedTrainer {
 
   void add_callback(std::shared_ptr<Callback> callback) { callbacks_.push_back(std::move(callback)); }
 
+  /// Runs the stages (see the class comment). Calls check() first, so a mistake in a late stage stops
+  /// the run before the first step.
   TrainSummary fit(const data::TensorDataset& train, const data::TensorDataset* validation = nullptr,
                    bool resume = false);
+
+  /// Checks before training what would otherwise fail only when its stage comes, throwing kd::Error
+  /// that names the stage: the trainable patterns of the stages up to the first with hooks match
+  /// student parameters; every stage's loss accepts the models' outputs on the first two training
+  /// examples (layer indices, widths, shapes, targets); the integer class targets of `train` and
+  /// `validation` lie in [0, C) for a student with C logits (or equal options().ignore_index()).
+  /// The models run in eval mode; the random generators, the losses' buffers, the models' modes and
+  /// the parameters' requires_grad flags are as before afterwards, and no file is written. A program
+  /// may call it alone, as a dry run.
+  ///
+  /// Example: `trainer.check(train, &validation);  // throws kd::Error naming the stage, before any step`
+  void check(const data::TensorDataset& train, const data::TensorDataset* validation = nullptr);
 
   /// Metrics of the student on `dataset` (options().eval_task): accuracy, macro_f1, f1.<c> for
   /// classifiers; nll, perplexity, bits_per_byte, token_accuracy for language models.
@@ -169,19 +185,14 @@ class StagedTrainer {
   const std::vector<Stage>& stages() const { return stages_; }
 
  private:
+  friend class detail::FitRun;  // one fit() call: the stage loop, the step, checkpoints (src/train/fit_run.h)
+
+  /// A non-empty training set, and a teacher cache built over as many examples.
+  void check_data(const data::TensorDataset& train) const;
   int64_t stage_length(const Stage& stage, int64_t steps_per_epoch) const;
   EvalTask eval_task_for(const data::TensorDataset& dataset) const;
   /// At most one weight-rewriting hook per stage; persisting hooks listed by every later stage; no EMA with them.
   void validate_hooks() const;
-  /// Example order of epoch `epoch` of stage `stage_index` (uniform, or hardness-weighted).
-  std::vector<int64_t> epoch_order(const data::TensorDataset& train, int64_t stage_index, int64_t epoch);
-  /// Logits of `model_fn` over the whole training set, in eval mode, no grad.
-  torch::Tensor all_logits(const data::TensorDataset& train, bool student);
-  torch::Tensor teacher_entropy_;  // per example, computed once per fit()
-
-  /// Runs `fn` with the EMA weights in the student, then puts the trained weights back.
-  template <typename Fn>
-  auto with_ema_weights(Ema& ema, Fn fn);
 
   Student student_;
   std::optional<Teacher> teacher_;

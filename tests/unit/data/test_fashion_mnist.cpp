@@ -3,6 +3,7 @@
 #include <set>
 
 #include <gtest/gtest.h>
+#include <zlib.h>
 
 #include "kd/core/error.h"
 #include "kd/data/fashion_mnist.h"
@@ -57,6 +58,30 @@ TEST(FashionMnist, LimitAndMissingFolder) {
   }
   EXPECT_THROW(kd::data::load_fashion_mnist(Split::kTrain, kd::data::FashionMnistOptions().validation_size(60000)),
                kd::Error);
+}
+
+// A label outside the ten classes is refused when the split loads, naming the labels file and the example,
+// in the test split as in the others (it would otherwise surface only when the test set is scored).
+TEST(FashionMnist, ALabelOutsideTheClassesIsRefusedNamingTheFile) {
+  const auto root = kd::testing::temp_dir("fmnist_bad_labels");
+  std::filesystem::copy_file(kd::data::FashionMnistOptions().root() + "/t10k-images-idx3-ubyte.gz",
+                             root + "/t10k-images-idx3-ubyte.gz");
+  std::vector<unsigned char> bytes = {0, 0, 8, 1, 0, 0, 0x27, 0x10};  // IDX1 of uint8, 10 000 labels
+  for (int i = 0; i < 10000; ++i) bytes.push_back(static_cast<unsigned char>(i % 10));
+  bytes[8 + 4321] = 12;
+  const auto labels = root + "/t10k-labels-idx1-ubyte.gz";
+  gzFile gz = gzopen(labels.c_str(), "wb");
+  gzwrite(gz, bytes.data(), static_cast<unsigned>(bytes.size()));
+  gzclose(gz);
+  try {
+    kd::data::load_fashion_mnist(Split::kTest, kd::data::FashionMnistOptions().root(root));
+    FAIL() << "label 12 accepted";
+  } catch (const kd::Error& e) {
+    EXPECT_EQ(e.category(), kd::ErrorCategory::kFormat);
+    EXPECT_NE(std::string(e.what()).find("'" + labels + "': label 12 of example 4321 is not a class in [0, 10) (1 such"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(EpochOrder, IsAPermutationThatDependsOnSeedAndEpoch) {

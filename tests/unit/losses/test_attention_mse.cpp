@@ -163,13 +163,12 @@ TEST(AttentionMSE, BadInputsThrowClearErrors) {
   batch.student.attentions[0] = ref()["s0"];
   batch.mask = torch::ones({2, 7});
   expect_error(kd::AttentionMSEOptions({{0, 0}}), batch, kd::ErrorCategory::kShape, {"[2, 7]", "[2, 2, 5, 5]"});
-  // Non-finite values where the mask counts.
+  // Non-finite values where the mask counts give a NaN loss (the trainer's non-finite policy decides).
   batch.mask = ref()["mask"];
   auto bad = ref()["s0"].clone();
   bad.index_put_({0, 0, 0, 0}, NAN);
   batch.student.attentions[0] = bad;
-  expect_error(kd::AttentionMSEOptions({{0, 0}}), batch, kd::ErrorCategory::kValue,
-               {"student attention 0 [2, 2, 5, 5]", "teacher attention 0 [2, 4, 5, 5]", "NaN"});
+  EXPECT_TRUE(std::isnan(kd::AttentionMSE(kd::AttentionMSEOptions({{0, 0}}))->forward(batch).total.item<double>()));
 
   EXPECT_THROW(kd::AttentionMSE(kd::AttentionMSEOptions(std::vector<kd::LayerPair>{})), kd::Error);
   EXPECT_THROW(kd::AttentionMSE(kd::AttentionMSEOptions().eps(0.0)), kd::Error);

@@ -289,19 +289,13 @@ TEST(FeatureL2, NonFiniteValuesAtPaddedPositionsChangeNeitherValueNorGradient) {
     v_dirty.backward();
     EXPECT_TRUE(torch::equal(a_dirty.grad(), a.grad()));
   }
-  // NaN at a real position is still an error, naming the hidden state.
+  // NaN at a real position makes the loss NaN (the trainer's non-finite policy decides what follows).
   auto feat = reference_module(reference_options());
   auto l = reference_batch();
   auto s0 = ref()["hs0"].clone();
   s0.index_put_({1, 1, 0}, NAN);  // position 1 of example 1 is real
   l.batch.student.hidden_states[0] = s0;
-  try {
-    feat->forward(l.batch);
-    ADD_FAILURE() << "expected kd::Error";
-  } catch (const kd::Error& e) {
-    EXPECT_EQ(e.category(), kd::ErrorCategory::kValue);
-    EXPECT_THAT(e.what(), HasSubstr("student hidden state 0 [2, 3, 4] contains NaN or Inf at real"));
-  }
+  EXPECT_TRUE(std::isnan(feat->forward(l.batch).total.item<double>()));
 }
 
 TEST(FeatureL2, AlignedFeaturesAreWhatForwardCompares) {
@@ -370,10 +364,6 @@ TEST(FeatureL2, BadInputsThrowClearErrors) {
   // Batch sizes differ.
   batch.teacher.hidden_states[1] = torch::randn({3, 2});
   expect_error(kd::FeatureL2Options({{1, 0}}), kd::ErrorCategory::kShape, {"[4, 2]", "[3, 2]"});
-  // Non-finite features.
-  batch.student.hidden_states[0] = torch::full({4, 2}, NAN);
-  batch.teacher.hidden_states[1] = torch::randn({4, 2});
-  expect_error(kd::FeatureL2Options({{1, 0}}), kd::ErrorCategory::kValue, {"student hidden state 0", "NaN"});
 
   EXPECT_THROW(kd::FeatureL2{kd::FeatureL2Options()}, kd::Error);                           // no pairs
   EXPECT_THROW(kd::FeatureL2(kd::FeatureL2Options({{0, 0, 1.0, 2, 0}})), kd::Error);       // one width only

@@ -204,7 +204,28 @@ TEST(GradientMatching, TokenCaseBelowLambdaOneLeavesPaddingOutOfEveryPart) {
   EXPECT_LT(max_rel_error(kl_only->forward(nan_pad.batch).total, ref()["tok2_kl"]), 1e-6);
 }
 
-TEST(GradientMatching, NonFiniteInputsAndBadTargetsThrowKdErrors) {
+// NaN in the inputs or the logits comes back as a non-finite loss or non-finite gradients, as in PyTorch:
+// the trainer's non-finite policy decides what the step becomes (test_nonfinite_policy.cpp).
+TEST(GradientMatching, NonFiniteInputsGiveNonFiniteValuesNotErrors) {
+  kd::GradientMatching r1(kd::GradientMatchingOptions().temperature(2.0));
+  {
+    ImageCase c;  // one pixel of the student's images is NaN
+    auto x = ref()["img_x"].clone();
+    x[1][0][2][3] = NAN;
+    c.batch.inputs = x.requires_grad_(true);
+    c.batch.student = c.student->forward(c.batch.inputs);
+    EXPECT_FALSE(std::isfinite(r1->forward(c.batch).total.item<double>()));
+  }
+  {
+    ImageCase c;  // finite inputs, but the student model emits NaN for one counted example
+    auto z = c.batch.student.logits.clone();
+    z[2][1] = NAN;
+    c.batch.student.logits = z;
+    EXPECT_FALSE(std::isfinite(r1->forward(c.batch).total.item<double>()));
+  }
+}
+
+TEST(GradientMatching, BadTargetsThrowKdErrors) {
   kd::GradientMatching r1(kd::GradientMatchingOptions().temperature(2.0));
   auto expect_error = [](auto&& fn, kd::ErrorCategory category, std::vector<std::string> pieces) {
     try {
@@ -217,37 +238,6 @@ TEST(GradientMatching, NonFiniteInputsAndBadTargetsThrowKdErrors) {
       ADD_FAILURE() << "expected kd::Error, got " << e.what();
     }
   };
-  for (double bad : {static_cast<double>(NAN), static_cast<double>(INFINITY)}) {
-    ImageCase c;  // one pixel of the student's images is NaN / Inf
-    auto x = ref()["img_x"].clone();
-    x[1][0][2][3] = bad;
-    c.batch.inputs = x.requires_grad_(true);
-    c.batch.student = c.student->forward(c.batch.inputs);
-    SCOPED_TRACE(bad);
-    expect_error([&] { r1->forward(c.batch); }, kd::ErrorCategory::kValue, {"student inputs [3, 1, 5, 5]", "NaN or Inf"});
-    // The functional twin checks too.
-    expect_error(
-        [&] {
-          kd::functional::gradient_matching(c.batch.student.logits, c.batch.inputs, c.batch.teacher.logits,
-                                            c.batch.teacher_inputs, c.batch.targets, 0.5);
-        },
-        kd::ErrorCategory::kValue, {"student inputs [3, 1, 5, 5]", "NaN or Inf"});
-  }
-  {
-    ImageCase c;  // the teacher's images
-    auto x = ref()["img_x"].clone();
-    x[0][0][0][0] = NAN;
-    c.batch.teacher_inputs = x.requires_grad_(true);
-    c.batch.teacher = c.teacher->forward_with_input_grad(c.batch.teacher_inputs);
-    expect_error([&] { r1->forward(c.batch); }, kd::ErrorCategory::kValue, {"teacher inputs", "NaN or Inf"});
-  }
-  {
-    ImageCase c;  // finite inputs, but the student model emits NaN for one counted example
-    auto z = c.batch.student.logits.clone();
-    z[2][1] = NAN;
-    c.batch.student.logits = z;
-    expect_error([&] { r1->forward(c.batch); }, kd::ErrorCategory::kValue, {"student logits [3, 4]", "NaN or Inf"});
-  }
   {
     ImageCase c;  // 4 classes: target 7 is out of range
     c.batch.targets = torch::tensor({0, 7, 1}, torch::kLong);

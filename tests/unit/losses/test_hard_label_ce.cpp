@@ -138,13 +138,10 @@ TEST(HardLabelCE, BadInputThrowsClearErrors) {
         kd::functional::hard_label_ce(logits, torch::tensor({0.0, 1.0}));
       },
       ErrorCategory::kValue, {"integer", "[2]", "[2, 3]"});
+  // NaN logits give a NaN loss, as in PyTorch; the trainer's non-finite policy decides what follows.
   auto nan_logits = logits.clone();
   nan_logits[0][1] = std::nan("");
-  expect_error(
-      [&] {
-        kd::functional::hard_label_ce(nan_logits, torch::tensor({0, 1}));
-      },
-      ErrorCategory::kValue, {"not finite", "[2, 3]"});
+  EXPECT_TRUE(std::isnan(kd::functional::hard_label_ce(nan_logits, torch::tensor({0, 1})).item<double>()));
 }
 
 }  // namespace

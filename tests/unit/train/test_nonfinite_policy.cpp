@@ -1,6 +1,7 @@
 // NonFinitePolicy in kd::StagedTrainer: a NaN loss or a NaN gradient injected at chosen steps is
 // detected every step, never reaches the weights, and is handled as the policy says (stop, skip the
 // update, lower the learning rate, roll back to the newest checkpoint), with the count reported.
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <set>
@@ -199,6 +200,113 @@ TEST(NonFinitePolicy, TooManyInARowStopWhateverThePolicy) {
     FAIL() << "three non-finite steps in a row must stop the run";
   } catch (const kd::Error& e) {
     EXPECT_NE(std::string(e.what()).find("3 steps in a row were non-finite"), std::string::npos) << e.what();
+  }
+}
+
+namespace {
+
+/// A teacher whose logits are NaN for the examples marked by x[0] > 50 (a finite input).
+struct NanRowsTeacherImpl : kd::Model {
+  NanRowsTeacherImpl() { fc = register_module("fc", torch::nn::Linear(8, 4)); }
+  kd::ModelOutput forward(const torch::Tensor& x) override {
+    kd::ModelOutput out;
+    out.logits = fc->forward(x).masked_fill(x.select(1, 0).unsqueeze(1) > 50, std::numeric_limits<double>::quiet_NaN());
+    return out;
+  }
+  torch::nn::Linear fc{nullptr};
+};
+
+// Synthetic data with example 5 marked: the teacher's logits for it are NaN.
+kd::data::TensorDataset marked_data() {
+  auto data = synthetic(64, 3);
+  data.inputs = data.inputs.clone();
+  data.inputs[5][0] = 100.0;
+  return data;
+}
+
+// Stages as kd-train builds them: a WeightedSum of registered losses (KL at T = 3 and CE).
+std::vector<kd::Stage> kl_and_ce_stages(int64_t steps) {
+  return kd::build_stages({kd::StageSpec("logits").steps(steps).lr(0.05).losses(
+      {kd::LossSpec("temperature_kl").name("kl").weight(0.8).set("temperature", 3.0),
+       kd::LossSpec("hard_label_ce").name("ce").weight(0.2)})});
+}
+
+}  // namespace
+
+// The NaN comes from the teacher, through a real stage loss (a WeightedSum of TemperatureKL and HardLabelCE):
+// the losses report it, and the trainer's policy, not the loss, decides. Batches of 16 in a shuffled order:
+// the step holding example 5 has a NaN loss in every epoch.
+TEST(NonFinitePolicy, ANaNLossInsideAStageLossFollowsEveryPolicy) {
+  const auto data = marked_data();
+  for (auto policy : {kd::NonFinitePolicy::kSkipStep, kd::NonFinitePolicy::kLowerLr}) {
+    SCOPED_TRACE(policy == kd::NonFinitePolicy::kSkipStep ? "skip" : "lower_lr");
+    torch::manual_seed(1);
+    kd::Teacher teacher(std::make_shared<NanRowsTeacherImpl>());
+    auto net = std::make_shared<MlpImpl>();
+    kd::StagedTrainer t(kd::Student(net), teacher, kl_and_ce_stages(12), options(policy));
+    auto trace = std::make_shared<Trace>(*net);
+    t.add_callback(trace);
+    const auto s = t.fit(data);  // no throw: the policy handles every NaN step
+    EXPECT_EQ(s.nonfinite_steps, 3);  // 12 steps, 4 per epoch: example 5 is in one step of each epoch
+    EXPECT_EQ(std::count(trace->skipped.begin(), trace->skipped.end(), true), 3);
+    EXPECT_TRUE(all_finite(*net));
+    EXPECT_DOUBLE_EQ(s.lr_scale, policy == kd::NonFinitePolicy::kLowerLr ? 0.125 : 1.0);
+  }
+  // Rollback returns to the newest checkpoint; the same batch is NaN again (the data, not the step size, is
+  // at fault), so after max_consecutive_nonfinite returns in a row the run stops, naming the policy.
+  torch::manual_seed(1);
+  kd::Teacher teacher(std::make_shared<NanRowsTeacherImpl>());
+  kd::StagedTrainer t(kd::Student(std::make_shared<MlpImpl>()), teacher, kl_and_ce_stages(12),
+                      options(kd::NonFinitePolicy::kRollback)
+                          .checkpoint_dir(kd::testing::temp_dir("nonfinite_stage_loss"))
+                          .checkpoint_every(1)
+                          .max_consecutive_nonfinite(3));
+  try {
+    t.fit(data);
+    FAIL() << "a batch that is NaN after every rollback must stop the run";
+  } catch (const kd::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("3 steps in a row were non-finite, stopping (policy 'rollback'"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// Under 'stop', the message names the source of the NaN: the live teacher's logits and the example.
+TEST(NonFinitePolicy, StopNamesTheTeacherOutputsThatHoldTheNaN) {
+  const auto data = marked_data();
+  torch::manual_seed(1);
+  kd::Teacher teacher(std::make_shared<NanRowsTeacherImpl>());
+  kd::StagedTrainer t(kd::Student(std::make_shared<MlpImpl>()), teacher, kl_and_ce_stages(4),
+                      options(kd::NonFinitePolicy::kStop));
+  try {
+    t.fit(data);
+    FAIL() << "a NaN loss under the 'stop' policy must throw";
+  } catch (const kd::Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("non-finite loss at step"), std::string::npos) << what;
+    EXPECT_NE(what.find("kl nan"), std::string::npos) << what;
+    EXPECT_NE(what.find("NaN or Inf in the teacher: logits [16, 4] (training rows 5)"), std::string::npos) << what;
+  }
+}
+
+// A NaN row in a teacher cache is named as the cache's, with the file and the row.
+TEST(NonFinitePolicy, StopNamesTheTeacherCacheThatHoldsTheNaN) {
+  const auto data = marked_data();
+  torch::manual_seed(1);
+  kd::Teacher teacher(std::make_shared<NanRowsTeacherImpl>());
+  const auto path = kd::testing::temp_dir("nonfinite_cache") + "/teacher.cache";
+  auto cache = kd::data::TeacherCache::open_or_build(path, teacher, data);
+  kd::StagedTrainer t(kd::Student(std::make_shared<MlpImpl>()), std::nullopt, kl_and_ce_stages(4),
+                      options(kd::NonFinitePolicy::kStop).teacher_cache(std::shared_ptr<kd::data::TeacherCache>(std::move(cache))));
+  try {
+    t.fit(data);
+    FAIL() << "a NaN loss under the 'stop' policy must throw";
+  } catch (const kd::Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("NaN or Inf in the teacher cache '" + path + "': logits [16, 4] (training rows 5)"),
+              std::string::npos)
+        << what;
+    EXPECT_EQ(what.find("fix the model"), std::string::npos) << what;
   }
 }
 

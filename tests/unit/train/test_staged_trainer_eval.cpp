@@ -40,8 +40,10 @@ struct BiasLmImpl : kd::Model {
 struct MaskProbeImpl : torch::nn::Cloneable<MaskProbeImpl> {
   void reset() override {}
   kd::LossResult forward(const kd::DistillBatch& b) {
-    masks.push_back(b.mask);
-    inputs.push_back(b.inputs);
+    if (!b.step.sanity_check) {  // the training batches only, not StagedTrainer::check's
+      masks.push_back(b.mask);
+      inputs.push_back(b.inputs);
+    }
     return {b.student.logits.sum() * 0, {}};
   }
   std::vector<torch::Tensor> masks, inputs;
