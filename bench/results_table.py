@@ -30,6 +30,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 
 # (label, config files, extra --set overrides). Every student of a task trains for the same number
@@ -525,7 +526,7 @@ def curves(a, task, path):
             left.axvline(e["global_step"], color="grey", linestyle=":")
     left.set_yscale("log")
     left.set_xlabel("step")
-    left.set_title(f"{recipe} (seed {seed}): loss parts (moving mean of 25 steps)")
+    left.set_title(textwrap.fill(f"{recipe} (seed {seed}): loss parts (moving mean of 25 steps)", 70), fontsize=9)
     left.legend(fontsize=8)
     # Right: validation score of every variant against its step.
     for label, _, _ in variants(a, task):
@@ -539,7 +540,8 @@ def curves(a, task, path):
     right.set_ylabel("validation bits per byte" if lm else "validation accuracy %")
     if not lm:
         right.set_ylim(bottom=80)
-    right.set_title(f"{TITLES[task].split(' (')[0].split(':')[0]}: validation {'bits per byte' if lm else 'accuracy'} (seed {seed})")
+    right.set_title(textwrap.fill(f"{TITLES[task].split(' (')[0].split(':')[0]}: validation "
+                                  f"{'bits per byte' if lm else 'accuracy'} (seed {seed})", 70), fontsize=9)
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
