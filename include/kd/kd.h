@@ -9,6 +9,7 @@
 #include "kd/core/device.h"
 #include "kd/core/error.h"
 #include "kd/core/format.h"
+#include "kd/core/generators_kept.h"
 #include "kd/core/model.h"
 #include "kd/core/model_output.h"
 #include "kd/core/multi_teacher.h"

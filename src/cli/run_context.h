@@ -10,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
@@ -138,18 +137,12 @@ bool stages_read_teacher(const std::vector<StageSpec>& specs);
 /// Whether any stage of the config lists `hook`.
 bool config_uses_hook(const json& config, const std::string& hook);
 
-/// Runs `fn` and puts the global CPU RNG back as it was, so a dry run changes no later random draw.
+/// Runs `fn` and puts the random generators back as they were (kd::GeneratorsKept), so a dry run changes no
+/// later random draw.
 template <typename Fn>
 void with_rng_restored(Fn fn) {
-  auto gen = at::detail::getDefaultCPUGenerator();
-  const auto state = gen.get_state();
-  try {
-    fn();
-  } catch (...) {
-    gen.set_state(state);
-    throw;
-  }
-  gen.set_state(state);
+  const GeneratorsKept kept;
+  fn();
 }
 
 }  // namespace kd::app

@@ -2,12 +2,12 @@
 
 #include <algorithm>
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include "hook_config.h"
 #include "kd/core/error.h"
+#include "kd/core/generators_kept.h"
 
 namespace kd::app {
 namespace {
@@ -187,24 +187,10 @@ const nlohmann::json& stage_defaults() {
   return d;
 }
 
-// Checking a stage builds its losses, and their projections draw initial weights: the random stream the run
-// seeded must be where it was afterwards, so that `kd-train teacher` and distill's own teacher start alike.
-namespace {
-class DefaultGeneratorKept {
- public:
-  DefaultGeneratorKept() : generator_(at::detail::getDefaultCPUGenerator()), state_(generator_.get_state()) {}
-  ~DefaultGeneratorKept() { generator_.set_state(state_); }
-  DefaultGeneratorKept(const DefaultGeneratorKept&) = delete;
-  DefaultGeneratorKept& operator=(const DefaultGeneratorKept&) = delete;
-
- private:
-  at::Generator generator_;
-  at::Tensor state_;
-};
-}  // namespace
-
 std::vector<StageSpec> stages_from_json(const json& stages, const std::string& origin) {
-  const DefaultGeneratorKept kept;
+  // Checking a stage builds its losses, and their projections draw initial weights: the random stream the run
+  // seeded must be where it was afterwards, so that `kd-train teacher` and distill's own teacher start alike.
+  const GeneratorsKept kept;
   if (!stages.is_array() || stages.empty()) {
     fail(origin, "stages", fmt::format("must be a non-empty array of stage objects, got {}", stages.dump()));
   }

@@ -3,13 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <mutex>
 
-#include <ATen/core/Generator.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "kd/core/error.h"
+#include "kd/core/generators_kept.h"
 #include "kd/dist/gradient_sync.h"
 #include "kd/losses/loss_traits.h"
 #include "kd/train/lr_schedule.h"
@@ -184,37 +183,6 @@ TrainSummary FitRun::fit(bool resume) {
     if (outcome.kind != Outcome::kRollback) return finish(outcome.stop_signal);
   }
 }
-
-namespace {
-
-// Keeps the default generators' states (CPU and CUDA) and puts them back when it goes out of scope.
-class GeneratorsKept {
- public:
-  GeneratorsKept() {
-    gens_.push_back(at::detail::getDefaultCPUGenerator());
-    if (torch::cuda::is_available()) {
-      for (int64_t d = 0; d < static_cast<int64_t>(torch::cuda::device_count()); ++d) {
-        gens_.push_back(at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(d))));
-      }
-    }
-    for (auto& g : gens_) {
-      std::lock_guard<std::mutex> lock(g.mutex());
-      states_.push_back(g.get_state());
-    }
-  }
-  ~GeneratorsKept() {
-    for (size_t i = 0; i < gens_.size(); ++i) {
-      std::lock_guard<std::mutex> lock(gens_[i].mutex());
-      gens_[i].set_state(states_[i]);
-    }
-  }
-
- private:
-  std::vector<at::Generator> gens_;
-  std::vector<torch::Tensor> states_;
-};
-
-}  // namespace
 
 void FitRun::check() {
   // Parameters first: which ones each stage trains. Flags as they were afterwards.
