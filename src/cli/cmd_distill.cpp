@@ -166,6 +166,11 @@ data::TeacherCacheOptions cache_options(const json& c, const std::vector<StageSp
       .attentions({attention.begin(), attention.end()});
 }
 
+json without_stages(json config) {
+  config.erase("stages");
+  return config;
+}
+
 // A summary row with, for classifiers, the calibration and (evaluation.fgsm_epsilon > 0) the accuracy under an
 // FGSM attack made against the model itself, clamped to the task's input range.
 json scored_row(const std::string& name, kd::Model& model, const Scores& scores, const Task& task,
@@ -294,8 +299,10 @@ json distill_student(const json& config, bool resume, bool dry_run) {
                      .checkpoint_dir((out / "checkpoints").string())
                      .checkpoint_every(a.checkpoint_every)
                      // The teacher's weights too: a teacher.pt replaced under the checkpoints is a different run.
-                     .fingerprint(fmt::format("{} teacher {:08x}", config_fingerprint(config),
-                                              data::module_fingerprint(*teacher_model)));
+                     // The stages apart, so that a resume may change the stages not yet begun.
+                     .fingerprint(fmt::format("{} teacher {:08x}", config_fingerprint(without_stages(config)),
+                                              data::module_fingerprint(*teacher_model)))
+                     .stage_fingerprints(stage_fingerprints(config));
   if (config["teacher"]["cache"]["enabled"].get<bool>() && teacher_in_training) {
     const auto t0 = std::chrono::steady_clock::now();
     const auto copts = cache_options(config["teacher"]["cache"], specs);

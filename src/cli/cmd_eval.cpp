@@ -6,7 +6,7 @@
 
 namespace kd::app {
 
-int run_eval(const json& config, const std::string& which, const std::string& model_file) {
+int run_eval(const json& config, const std::string& which, const std::string& model_file, bool as_json) {
   const RunArgs a(config);
   const torch::Device device = set_up_process(a);
   const fs::path out(a.out);
@@ -18,15 +18,27 @@ int run_eval(const json& config, const std::string& which, const std::string& mo
     throw Error(ErrorCategory::kConfig, fmt::format("'{}' is an int8 student file; use --which student", path.string()));
   }
   auto loaded = load_model_file(config, which, path, device);
-  if (loaded.int8_report) fmt::print("{}\n", *loaded.int8_report);
+  if (loaded.int8_report && !as_json) fmt::print("{}\n", *loaded.int8_report);
   const Splits data = load_splits(a, config, device);
   const auto m = a.task.evaluate(*loaded.model, data.test);
+  std::vector<double> f1;
+  if (a.task.num_classes() > 0) {
+    f1 = evaluate_classifier(*loaded.model, data.test, a.task.num_classes()).per_class_f1();
+  }
+  if (as_json) {
+    json report = {{"model", loaded.name},
+                   {"file", path.string()},
+                   {"parameters", parameter_count(*loaded.model)},
+                   {"test_examples", data.test.size()},
+                   {"scores", m.to_json()}};
+    if (m.ece) report["expected_calibration_error"] = *m.ece;
+    if (!f1.empty()) report["per_class_f1"] = f1;
+    fmt::print("{}\n", report.dump());
+    return 0;
+  }
   fmt::print("\n{} from {}: {} parameters, test {} ({} examples)\n", loaded.name, path.string(),
              parameter_count(*loaded.model), m.to_string(), data.test.size());
-  if (a.task.num_classes() > 0) {
-    const auto f1 = evaluate_classifier(*loaded.model, data.test, a.task.num_classes()).per_class_f1();
-    for (size_t c = 0; c < f1.size(); ++c) fmt::print("  class {}: F1 {:.4f}\n", c, f1[c]);
-  }
+  for (size_t c = 0; c < f1.size(); ++c) fmt::print("  class {}: F1 {:.4f}\n", c, f1[c]);
   return 0;
 }
 

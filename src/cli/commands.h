@@ -24,7 +24,8 @@ int run_teacher(const nlohmann::json& config, bool resume);
 /// Test-set metrics of a saved model: OUT/<which>.pt by default, or `model_file`: a float state
 /// written by distill/teacher, or an int8 file "*.int8.pt" written by distill with a QAT stage.
 /// `which` is "student" or "teacher" (the architecture to load it into).
-int run_eval(const nlohmann::json& config, const std::string& which, const std::string& model_file);
+/// `as_json`: one JSON object on stdout instead of the text report.
+int run_eval(const nlohmann::json& config, const std::string& which, const std::string& model_file, bool as_json);
 /// Registered losses with their keys, tasks with their models and data sets.
 int run_list();
 

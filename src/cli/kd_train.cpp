@@ -5,7 +5,7 @@
 //                                                     teacher (trained or loaded), then the config's stages;
 //                                                     --baseline: also the student alone, and the gain;
 //                                                     --dry-run: check everything, train and write nothing
-//   kd-train eval    [common options] [--model FILE] [--which student|teacher]
+//   kd-train eval    [common options] [--model FILE] [--which student|teacher] [--json]
 //   kd-train export  [common options] [--model FILE] [--which student|teacher] [--format torchscript|int8]
 //                    [--to FILE] [--with-layers] [--calibration-batches N] [--compact]
 //   kd-train list
@@ -129,6 +129,10 @@ int main(int argc, char** argv) {
   eval->add_option("--which", which, "the architecture to load: student (the config's) or teacher")
       ->check(CLI::IsMember({"student", "teacher"}));
   eval->add_option("--model", model_file, "the saved model (default: OUT/<which>.pt)")->check(CLI::ExistingFile);
+  bool eval_json = false;
+  eval->add_flag("--json", eval_json,
+                 "print the scores as one JSON object on stdout (model, file, parameters, examples, scores, "
+                 "per-class F1), and log warnings and errors only");
   kd::app::ExportArgs export_args;
   auto* exp = app.add_subcommand("export", "write a trained model as a TorchScript file or (students) an int8 file");
   add_common(exp);
@@ -156,7 +160,8 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);  // prints the help, or the error and how to get help
     return code == 0 ? 0 : 2;     // a command-line mistake is bad input, like a config's
   }
-  spdlog::set_level(quiet ? spdlog::level::warn : spdlog::level::from_str(log_level));
+  // --json keeps stdout for the JSON object alone.
+  spdlog::set_level(quiet || eval_json ? spdlog::level::warn : spdlog::level::from_str(log_level));
   try {
     if (nproc > 1) {
       if (kd::dist::environment_has_ranks()) {
@@ -195,7 +200,7 @@ int main(int argc, char** argv) {
     }
     if (*teacher) return kd::app::run_teacher(config, resume);
     if (*distill) return kd::app::run_distill(config, resume, baseline, dry_run);
-    if (*eval) return kd::app::run_eval(config, which, model_file);
+    if (*eval) return kd::app::run_eval(config, which, model_file, eval_json);
     if (*exp) return kd::app::run_export(config, export_args);
   } catch (const kd::app::Stopped& e) {
     spdlog::warn("{}", e.what());

@@ -145,14 +145,21 @@ void load_module(torch::nn::Module& module, const fs::path& path, const torch::D
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(path.string(), device);
+    if (auto why = find_unloadable_entry(module, archive)) {
+      throw Error(ErrorCategory::kFormat,
+                  fmt::format("{} '{}' does not fit {}: {} (it was written by another architecture; the config's "
+                              "\"{}\" section must match the run that wrote it)",
+                              what, path.string(), module.name(), *why, what == "teacher" ? "teacher" : "student"));
+    }
     module.load(archive);
   } catch (const Error&) {
     throw;
   } catch (const c10::Error& e) {
     throw Error(ErrorCategory::kFormat,
                 fmt::format("{} '{}' cannot be loaded into {}: {} (was it saved from another architecture? the "
-                            "config's \"student\" section must match the run that wrote it)",
-                            what, path.string(), module.name(), e.what_without_backtrace()));
+                            "config's \"{}\" section must match the run that wrote it)",
+                            what, path.string(), module.name(), e.what_without_backtrace(),
+                            what == "teacher" ? "teacher" : "student"));
   } catch (const std::exception& e) {  // e.g. torch::jit::ErrorReport from a damaged archive
     std::string message = e.what();
     throw Error(ErrorCategory::kFormat, fmt::format("{} '{}' cannot be read: {} (is it truncated or damaged?)", what,
@@ -181,14 +188,25 @@ LoadedModel load_model_file(const json& config, const std::string& which, const 
   return m;
 }
 
+namespace {
+std::string crc_hex(const std::string& text) {
+  return fmt::format("{:08x}", crc32(0L, reinterpret_cast<const Bytef*>(text.data()), static_cast<uInt>(text.size())));
+}
+}  // namespace
+
 std::string config_fingerprint(json config) {
   config.erase("out");
   config.erase("evaluation");  // what is measured after training, not how it trains
   for (const char* k : {"threads", "device", "log_every", "checkpoint_every", "keep_last"}) {
     if (config.contains("train")) config["train"].erase(k);
   }
-  const std::string text = config.dump();
-  return fmt::format("{:08x}", crc32(0L, reinterpret_cast<const Bytef*>(text.data()), static_cast<uInt>(text.size())));
+  return crc_hex(config.dump());
+}
+
+std::vector<std::string> stage_fingerprints(const json& config) {
+  std::vector<std::string> fingerprints;
+  for (const auto& stage : config.at("stages")) fingerprints.push_back(crc_hex(stage.dump()));
+  return fingerprints;
 }
 
 StagedTrainerOptions trainer_options(const RunArgs& a) {
@@ -294,7 +312,9 @@ TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device
                                .epochs(a.teacher_epochs)
                                .steps(a.teacher_steps)
                                .lr(a.lr)},
+                          // Hard-example mining weighs examples by a teacher: the teacher's own training has none.
                           trainer_options(a)
+                              .hard_example_mix(0.0)
                               .checkpoint_dir(ckpt_dir.string())
                               .checkpoint_every(a.checkpoint_every)
                               .fingerprint(config_fingerprint(teacher_part)));

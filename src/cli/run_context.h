@@ -92,6 +92,9 @@ LoadedModel load_model_file(const json& config, const std::string& which, const 
 
 /// What decides the training result: everything but where it goes and how it is shown or scheduled.
 std::string config_fingerprint(json config);
+/// One fingerprint per entry of `config["stages"]`: with config_fingerprint of the config without its stages,
+/// a resume may change the stages its checkpoint has not begun (StagedTrainerOptions::stage_fingerprints).
+std::vector<std::string> stage_fingerprints(const json& config);
 StagedTrainerOptions trainer_options(const RunArgs& a);
 /// A summary.json row: {"model", "parameters", "parameter_bytes", "test_<score>" for each score}.
 json model_row(const std::string& name, const torch::nn::Module& m, const Scores& test);

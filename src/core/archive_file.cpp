@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include "kd/core/atomic_file.h"
+#include "kd/core/model_output.h"
 
 namespace kd {
 
@@ -242,6 +243,48 @@ std::optional<std::string> find_archive_damage(const std::string& path) {
       return fmt::format("entry '{}' holds {} bytes, its directory records {}", e.name, content.size, e.uncompressed);
     if (content.crc != e.crc)
       return fmt::format("entry '{}' fails its CRC-32 check ({:08x}, recorded {:08x})", e.name, content.crc, e.crc);
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+// Why the tensor `t` read from an archive cannot become a parameter or buffer, or nothing.
+std::optional<std::string> unusable_tensor(const torch::Tensor& t) {
+  if (!t.defined()) return std::string("it is not a tensor");
+  if (t.numel() == 0) return std::nullopt;
+  int64_t last = t.storage_offset();  // the furthest element the view reaches
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  const auto need = static_cast<size_t>(last + 1) * t.element_size();
+  if (!t.has_storage() || t.storage().data() == nullptr || t.storage().nbytes() < need) {
+    return fmt::format("its data holds {} of the {} bytes its shape {} needs",
+                       t.has_storage() ? t.storage().nbytes() : 0, need, shape_string(t));
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<std::string> find_unloadable_entry(const torch::nn::Module& module,
+                                                 torch::serialize::InputArchive& archive, const std::string& prefix) {
+  auto check_all = [&](const auto& named, bool is_buffer) -> std::optional<std::string> {
+    for (const auto& item : named) {
+      torch::Tensor t;
+      if (!archive.try_read(item.key(), t, is_buffer)) continue;
+      if (auto why = unusable_tensor(t)) return fmt::format("'{}{}': {}", prefix, item.key(), *why);
+      if (!is_buffer && item.value().defined() && t.sizes() != item.value().sizes()) {
+        return fmt::format("'{}{}': the file holds shape {}, the model's parameter has {}", prefix, item.key(),
+                           shape_string(t), shape_string(item.value()));
+      }
+    }
+    return std::nullopt;
+  };
+  if (auto why = check_all(module.named_parameters(/*recurse=*/false), false)) return why;
+  if (auto why = check_all(module.named_buffers(/*recurse=*/false), true)) return why;
+  for (const auto& child : module.named_children()) {
+    torch::serialize::InputArchive sub;
+    if (!archive.try_read(child.key(), sub)) continue;
+    if (auto why = find_unloadable_entry(*child.value(), sub, prefix + child.key() + ".")) return why;
   }
   return std::nullopt;
 }

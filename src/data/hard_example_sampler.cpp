@@ -13,23 +13,41 @@
 
 namespace kd::data {
 
-torch::Tensor predictive_entropy(const torch::Tensor& logits, double temperature) {
-  if (logits.dim() != 2) {
-    throw Error(ErrorCategory::kShape, fmt::format("predictive_entropy: logits {} must be [N, C]", shape_string(logits)));
+namespace {
+
+// Per-token scores [N] or [N, L] -> per-example [N]: the mean over each sequence's (masked) tokens.
+torch::Tensor per_example(const torch::Tensor& scores, const torch::Tensor& mask, const char* what) {
+  if (scores.dim() == 1) return scores;
+  if (!mask.defined()) return scores.mean(1);
+  if (mask.sizes() != scores.sizes()) {
+    throw Error(ErrorCategory::kShape, fmt::format("{}: mask {} must be [N, L] = {}", what, shape_string(mask),
+                                                   shape_string(scores)));
   }
-  const auto log_p = torch::log_softmax(logits / temperature, 1);
-  return -(log_p.exp() * log_p).sum(1);
+  const auto m = (mask != 0).to(scores.scalar_type());
+  return (scores * m).sum(1) / m.sum(1).clamp_min(1);
+}
+
+}  // namespace
+
+torch::Tensor predictive_entropy(const torch::Tensor& logits, double temperature, const torch::Tensor& mask) {
+  if (logits.dim() != 2 && logits.dim() != 3) {
+    throw Error(ErrorCategory::kShape,
+                fmt::format("predictive_entropy: logits {} must be [N, C] or [N, L, C]", shape_string(logits)));
+  }
+  const auto log_p = torch::log_softmax(logits / temperature, -1);
+  return per_example(-(log_p.exp() * log_p).sum(-1), mask, "predictive_entropy");
 }
 
 torch::Tensor disagreement(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
-                           double temperature) {
-  if (student_logits.sizes() != teacher_logits.sizes() || student_logits.dim() != 2) {
-    throw Error(ErrorCategory::kShape, fmt::format("disagreement: student logits {} and teacher logits {} must be the same [N, C]",
-                                                   shape_string(student_logits), shape_string(teacher_logits)));
+                           double temperature, const torch::Tensor& mask) {
+  if (student_logits.sizes() != teacher_logits.sizes() || (student_logits.dim() != 2 && student_logits.dim() != 3)) {
+    throw Error(ErrorCategory::kShape,
+                fmt::format("disagreement: student logits {} and teacher logits {} must be the same [N, C] or [N, L, C]",
+                            shape_string(student_logits), shape_string(teacher_logits)));
   }
-  const auto log_ps = torch::log_softmax(student_logits / temperature, 1);
-  const auto log_pt = torch::log_softmax(teacher_logits / temperature, 1);
-  return (log_pt.exp() * (log_pt - log_ps)).sum(1);
+  const auto log_ps = torch::log_softmax(student_logits / temperature, -1);
+  const auto log_pt = torch::log_softmax(teacher_logits / temperature, -1);
+  return per_example((log_pt.exp() * (log_pt - log_ps)).sum(-1), mask, "disagreement");
 }
 
 HardExampleSampler::HardExampleSampler(int64_t size, HardExampleSamplerOptions options)

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <optional>
 #include <regex>
+#include <sstream>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
@@ -13,7 +14,6 @@
 #include "kd/core/archive_file.h"
 #include "kd/core/atomic_file.h"
 #include "kd/core/error.h"
-#include "kd/core/model_output.h"
 
 namespace kd {
 namespace fs = std::filesystem;
@@ -73,6 +73,11 @@ std::string CheckpointManager::save(const TrainingState& state, const Checkpoint
   archive.write("meta", meta);
   archive.write("lr_scale", torch::tensor({state.lr_scale}, torch::kFloat64));
   archive.write("fingerprint", string_tensor(state.config_fingerprint));
+  if (!state.stage_fingerprints.empty()) {
+    std::string joined;
+    for (const auto& f : state.stage_fingerprints) joined += f + "\n";
+    archive.write("stage_fingerprints", string_tensor(joined));
+  }
   {
     auto gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
@@ -143,51 +148,14 @@ std::optional<std::string> CheckpointManager::previous_of(const std::string& pat
   return prev;
 }
 
-namespace {
-
-// Why the tensor `t` read from a checkpoint cannot become a parameter or buffer, or nothing.
-// LibTorch's Module::load makes the parameter share the read tensor's storage without looking at
-// it, so a damaged archive could leave a parameter whose storage is smaller than its shape
-// (fuzz_checkpoint found one with no data at all): the model is then unusable after a load that
-// reported success. Shapes may differ from the module's (QAT observers' buffers take their shape
-// on first use), as Module::load allows.
-std::optional<std::string> unusable_tensor(const torch::Tensor& t) {
-  if (!t.defined()) return std::string("it is not a tensor");
-  if (t.numel() == 0) return std::nullopt;
-  int64_t last = t.storage_offset();  // the furthest element the view reaches
-  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
-  const auto need = static_cast<size_t>(last + 1) * t.element_size();
-  if (!t.has_storage() || t.storage().data() == nullptr || t.storage().nbytes() < need) {
-    return fmt::format("its data holds {} of the {} bytes its shape {} needs",
-                       t.has_storage() ? t.storage().nbytes() : 0, need, shape_string(t));
-  }
-  return std::nullopt;
-}
-
-// The first tensor of `archive` that `module` (recursively, as Module::load walks it) could not take.
-std::optional<std::string> unusable_entry(const torch::nn::Module& module, torch::serialize::InputArchive& archive,
-                                          const std::string& prefix) {
-  auto check_all = [&](const auto& named, bool is_buffer) -> std::optional<std::string> {
-    for (const auto& item : named) {
-      torch::Tensor t;
-      if (!archive.try_read(item.key(), t, is_buffer)) continue;  // a missing entry: Module::load names it
-      if (auto why = unusable_tensor(t)) return fmt::format("'{}{}': {}", prefix, item.key(), *why);
-    }
-    return std::nullopt;
-  };
-  if (auto why = check_all(module.named_parameters(/*recurse=*/false), false)) return why;
-  if (auto why = check_all(module.named_buffers(/*recurse=*/false), true)) return why;
-  for (const auto& child : module.named_children()) {
-    torch::serialize::InputArchive sub;
-    if (!archive.try_read(child.key(), sub)) continue;
-    if (auto why = unusable_entry(*child.value(), sub, prefix + child.key() + ".")) return why;
-  }
-  return std::nullopt;
-}
-
-}  // namespace
-
 TrainingState CheckpointManager::load(const std::string& path, const CheckpointContents& contents,
+                                      const std::string& expected_fingerprint) const {
+  return read(path, &contents, expected_fingerprint);
+}
+
+TrainingState CheckpointManager::read_state(const std::string& path) const { return read(path, nullptr, ""); }
+
+TrainingState CheckpointManager::read(const std::string& path, const CheckpointContents* contents,
                                       const std::string& expected_fingerprint) const {
   std::smatch m;
   const std::string name = fs::path(path).filename().string();
@@ -234,12 +202,18 @@ TrainingState CheckpointManager::load(const std::string& path, const CheckpointC
     torch::Tensor lr_scale;
     if (archive.try_read("lr_scale", lr_scale)) state.lr_scale = lr_scale.item<double>();
     state.config_fingerprint = tensor_string(fp);
+    torch::Tensor stage_fps;
+    if (archive.try_read("stage_fingerprints", stage_fps)) {  // older checkpoints have none
+      std::istringstream lines(tensor_string(stage_fps));
+      for (std::string line; std::getline(lines, line);) state.stage_fingerprints.push_back(line);
+    }
     if (!expected_fingerprint.empty() && state.config_fingerprint != expected_fingerprint) {
       throw Error(ErrorCategory::kConfig,
                   fmt::format("checkpoint '{}' was written under a different configuration (fingerprint {} vs {}); "
                               "resume with the original config or start a new output folder",
                               path, state.config_fingerprint, expected_fingerprint));
     }
+    if (!contents) return state;
     auto sub = [&](const char* key, auto load_from) {
       torch::serialize::InputArchive a;
       archive.read(key, a);
@@ -249,14 +223,14 @@ TrainingState CheckpointManager::load(const std::string& path, const CheckpointC
     // (a module refused after an earlier one loaded still leaves that earlier one loaded).
     auto load_module = [&](torch::nn::Module& module, const char* key) {
       sub(key, [&](auto& a) {
-        if (auto why = unusable_entry(module, a, std::string(key) + ".")) throw refuse(*why);
+        if (auto why = find_unloadable_entry(module, a, std::string(key) + ".")) throw refuse(*why);
         module.load(a);
       });
     };
-    if (contents.student) load_module(*contents.student, "student");
-    if (contents.loss) load_module(*contents.loss, "loss");
-    if (contents.optimizer) sub("optimizer", [&](auto& a) { contents.optimizer->load(a); });
-    if (contents.ema) sub("ema", [&](auto& a) { contents.ema->load(a); });
+    if (contents->student) load_module(*contents->student, "student");
+    if (contents->loss) load_module(*contents->loss, "loss");
+    if (contents->optimizer) sub("optimizer", [&](auto& a) { contents->optimizer->load(a); });
+    if (contents->ema) sub("ema", [&](auto& a) { contents->ema->load(a); });
     {
       auto gen = at::detail::getDefaultCPUGenerator();
       std::lock_guard<std::mutex> lock(gen.mutex());

@@ -32,8 +32,9 @@ class ExampleOrder {
   std::shared_ptr<torch::nn::Module> state() const { return state_; }
 
  private:
-  /// Logits of the student or the teacher (or the cache) over the whole training set, in eval mode, no grad.
-  torch::Tensor all_logits(bool student);
+  /// Per-example hardness over the whole training set (the teacher's entropy, or the student's disagreement
+  /// with the teacher or its cache), both models in eval mode, no grad; sequences score their tokens' mean.
+  torch::Tensor scores(bool disagreement);
 
   const StagedTrainerOptions& o_;
   const data::TensorDataset& train_;

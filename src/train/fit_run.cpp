@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "kd/core/error.h"
@@ -147,21 +149,10 @@ FitRun::FitRun(StagedTrainer& trainer, const data::TensorDataset& train, const d
   if (o_.ema_decay() > 0) ema_ = std::make_unique<Ema>(*trainer_.student_, o_.ema_decay());
   // Every stage's loss lives in the checkpoint, so a loss shared by later stages
   // (a projection reused from stage 1 in stage 2) resumes with its trained state.
-  all_losses_ = std::make_shared<torch::nn::Module>("StageLosses");
-  const auto& stages = trainer_.stages_;
-  for (size_t i = 0; i < stages.size(); ++i) all_losses_->register_module(fmt::format("stage{}", i), stages[i].loss().ptr());
-  // Hook state (LoRA adapters, QAT observers) travels in the same checkpoint entry.
-  std::vector<StageHook*> seen_hooks;
-  for (const auto& s : stages) {
-    for (const auto& h : s.hooks()) {
-      if (std::find(seen_hooks.begin(), seen_hooks.end(), h.get()) != seen_hooks.end()) continue;
-      if (auto st = h->state()) all_losses_->register_module(fmt::format("hook{}_{}", seen_hooks.size(), h->name()), st);
-      seen_hooks.push_back(h.get());
-    }
-  }
   order_ = std::make_unique<ExampleOrder>(o_, train_, trainer_.student_, trainer_.teacher_);
-  if (auto st = order_->state()) all_losses_->register_module("hard_examples", st);
+  all_losses_ = loss_entry([](size_t) { return true; });
   all_losses_->to(device_);
+  restored_losses_ = all_losses_;
   if (o_.process_group() && o_.process_group()->world_size() > 1) group_ = o_.process_group().get();
   is_main_ = !group_ || group_->is_main();
   if (is_main_) callbacks_ = trainer_.callbacks_;
@@ -265,6 +256,26 @@ void FitRun::check_targets(const data::TensorDataset& data, int64_t classes, con
                           what, first, y[first].item<int64_t>(), classes, classes, bad.sum().item<int64_t>()));
 }
 
+std::shared_ptr<torch::nn::Module> FitRun::loss_entry(const std::function<bool(size_t)>& include) const {
+  auto entry = std::make_shared<torch::nn::Module>("StageLosses");
+  const auto& stages = trainer_.stages_;
+  for (size_t i = 0; i < stages.size(); ++i) {
+    if (include(i)) entry->register_module(fmt::format("stage{}", i), stages[i].loss().ptr());
+  }
+  // Hook state (LoRA adapters, QAT observers) travels in the same checkpoint entry, named by first use.
+  std::vector<StageHook*> seen_hooks;
+  for (size_t i = 0; i < stages.size(); ++i) {
+    for (const auto& h : stages[i].hooks()) {
+      if (std::find(seen_hooks.begin(), seen_hooks.end(), h.get()) != seen_hooks.end()) continue;
+      auto st = h->state();
+      if (st && include(i)) entry->register_module(fmt::format("hook{}_{}", seen_hooks.size(), h->name()), st);
+      seen_hooks.push_back(h.get());
+    }
+  }
+  if (auto st = order_->state()) entry->register_module("hard_examples", st);
+  return entry;
+}
+
 std::optional<std::string> FitRun::restore() {
   auto path = ckpt_->latest();
   if (!path) {
@@ -272,7 +283,8 @@ std::optional<std::string> FitRun::restore() {
     return path;
   }
   const TrainingState before = state_;
-  state_ = ckpt_->load(*path, {trainer_.student_.get(), all_losses_.get(), nullptr, ema_.get()}, o_.fingerprint());
+  if (!fit_began_) check_resumable(*path);
+  state_ = ckpt_->load(*path, {trainer_.student_.get(), restored_losses_.get(), nullptr, ema_.get()}, o_.fingerprint());
   if (fit_began_) {  // a rollback: keep the run's counters, lower the learning rates again
     state_.nonfinite_steps = before.nonfinite_steps;
     state_.rollbacks = before.rollbacks + 1;
@@ -284,6 +296,69 @@ std::optional<std::string> FitRun::restore() {
     spdlog::info("resuming from {} (stage {}, step {})", *path, state_.stage_index + 1, state_.global_step);
   }
   return path;
+}
+
+void FitRun::check_resumable(const std::string& path) {
+  const TrainingState saved = ckpt_->read_state(path);
+  const auto& now = o_.stage_fingerprints();
+  const auto& then = saved.stage_fingerprints;
+  if (saved.config_fingerprint != o_.fingerprint() || now.empty() || then.empty()) {
+    if (saved.config_fingerprint == o_.fingerprint() && now == then) return;
+    throw Error(ErrorCategory::kConfig,
+                fmt::format("checkpoint '{}' was written under a different configuration{} (fingerprint {} vs {}); "
+                            "resume with the original config or start a new output folder",
+                            path, now.empty() || then.empty() ? "" : " (outside the stages)",
+                            saved.config_fingerprint, o_.fingerprint()));
+  }
+  const auto& stages = trainer_.stages_;
+  auto stage_name = [&](size_t i) {
+    return fmt::format("stage {}/{} '{}'", i + 1, stages.size(), i < stages.size() ? stages[i].name() : "");
+  };
+  // The stages the checkpoint holds the result of, and the one it is part-way through.
+  const auto done = static_cast<size_t>(saved.stage_index);
+  const size_t kept = done + (saved.stage_step > 0 ? 1 : 0);
+  if (kept > now.size()) {
+    throw Error(ErrorCategory::kConfig,
+                fmt::format("checkpoint '{}' is {} stage {} of the run, but the config has {} stages; resume with "
+                            "the original stages or start a new output folder",
+                            path, saved.stage_step > 0 ? "in" : "past", kept, now.size()));
+  }
+  for (size_t i = 0; i < kept; ++i) {
+    if (i < then.size() && then[i] == now[i]) continue;
+    if (i < done) {
+      throw Error(ErrorCategory::kConfig,
+                  fmt::format("{} changed since checkpoint '{}' was written, and that checkpoint has finished it; "
+                              "only stages not yet begun may change: put the stage back as it was, or start a new "
+                              "output folder",
+                              stage_name(i), path));
+    }
+    // Part-way through the changed stage: its start may still be on disk.
+    std::optional<std::string> start;
+    for (const auto& p : ckpt_->list()) {
+      const auto st = ckpt_->read_state(p);
+      if (st.stage_index == saved.stage_index && st.stage_step == 0) start = p;
+    }
+    throw Error(ErrorCategory::kConfig,
+                fmt::format("{} changed since checkpoint '{}' was written {} steps into it; {}",
+                            stage_name(i), path, saved.stage_step,
+                            start ? fmt::format("the stage's start is checkpoint '{}': move the checkpoints after it "
+                                                "out of '{}' to resume from there with the new definition, or put the "
+                                                "stage back as it was",
+                                                *start, o_.checkpoint_dir())
+                                  : fmt::format("no checkpoint of the stage's start is kept (keep_last {}): put the "
+                                                "stage back as it was, or start a new output folder",
+                                                o_.keep_last())));
+  }
+  std::vector<std::string> changed;
+  for (size_t i = kept; i < now.size(); ++i) {
+    if (i >= then.size() || then[i] != now[i]) changed.push_back(stage_name(i));
+  }
+  if (!changed.empty()) {
+    // The checkpoint holds no state (or another) of the changed stages' losses and hooks: those start afresh.
+    restored_losses_ = loss_entry([&](size_t i) { return i < then.size() && then[i] == now[i]; });
+    spdlog::info("{} changed or added since checkpoint '{}'; not begun there, so {} as now defined",
+                 fmt::join(changed, ", "), path, changed.size() == 1 ? "it runs" : "they run");
+  }
 }
 
 void FitRun::begin_fit() {
@@ -363,7 +438,8 @@ std::unique_ptr<FitRun::StageRun> FitRun::prepare_stage(int64_t si, std::optiona
   const bool mid_stage = resume_path && si == state_.stage_index && state_.stage_step > 0;
   if (mid_stage) {
     // Mid-stage: the optimizer's moments are part of the exact state.
-    ckpt_->load(*resume_path, {student.get(), all_losses_.get(), s->optimizer.get(), ema_.get()}, o_.fingerprint());
+    ckpt_->load(*resume_path, {student.get(), restored_losses_.get(), s->optimizer.get(), ema_.get()},
+                o_.fingerprint());
   } else if (!(resume_path && si == state_.stage_index)) {
     state_.stage_index = si;
     state_.stage_step = 0;
@@ -575,12 +651,14 @@ void FitRun::save_checkpoint(StageRun& s, bool stage_done, int stop_signal) {
   // A finished stage is saved as the start of the next one, so a resume never repeats it.
   TrainingState saved = state_;
   saved.config_fingerprint = o_.fingerprint();
+  saved.stage_fingerprints = o_.stage_fingerprints();
   if (stage_done) {
     saved.stage_index = s.index + 1;
     saved.stage_step = saved.epoch = saved.batch_in_epoch = 0;
   }
   const auto path = ckpt_->save(
       saved, {trainer_.student_.get(), all_losses_.get(), stage_done ? nullptr : s.optimizer.get(), ema_.get()});
+  restored_losses_ = all_losses_;  // a rollback now returns to a checkpoint of these stages
   if (stop_signal) spdlog::info("stop requested (signal {}): checkpoint {} written", stop_signal, path);
 }
 

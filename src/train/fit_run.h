@@ -6,6 +6,7 @@
 //   train_step: micro-batches -> forward/backward -> reduce -> NonFiniteGuard -> optimizer step
 //   after_step: callbacks -> stage-end hooks -> stop request -> checkpoint -> evaluation
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -49,6 +50,12 @@ class FitRun {
 
   /// Loads the newest checkpoint (a resume, or a rollback once fit has begun); its path, if there was one.
   std::optional<std::string> restore();
+  /// Throws kd::Error (kConfig) when the checkpoint at `path` cannot be resumed under this configuration,
+  /// saying which stage changed and what to do; logs the later stages that changed but had not begun.
+  void check_resumable(const std::string& path);
+  /// The checkpoint's "loss" entry: the losses of the stages `include` accepts, their hooks' state (named by
+  /// first use) and the example order's scores.
+  std::shared_ptr<torch::nn::Module> loss_entry(const std::function<bool(size_t)>& include) const;
   void begin_fit();
   Outcome run_stages(std::optional<std::string> resume_path);
   Outcome run_stage(int64_t stage_index, std::optional<std::string>& resume_path);
@@ -83,6 +90,8 @@ class FitRun {
   std::unique_ptr<ExampleOrder> order_;
   // Every stage's loss, the hooks' state and the example order's scores: the checkpoint's "loss" entry.
   std::shared_ptr<torch::nn::Module> all_losses_;
+  // What a resume restores of it: all_losses_, or only the unchanged stages' part after a change of stages.
+  std::shared_ptr<torch::nn::Module> restored_losses_;
   dist::ProcessGroup* group_ = nullptr;            // null: one process
   bool is_main_ = true;
   std::vector<std::shared_ptr<Callback>> callbacks_;  // only rank 0 logs and writes metrics

@@ -1,8 +1,9 @@
 """kd-train's command-line manners: --version names kdistill, LibTorch (the version Debian's python3-torch
 reports, the same LibTorch) and the build, and summary.json records the same; --print-config prints the
 resolved config and exits; --quiet keeps the log to warnings and errors while the results are still printed;
-metrics.jsonl step lines carry their stage and wall time; --dry-run checks everything and writes nothing; a
-mistake in the last stage stops the run before anything trains.
+metrics.jsonl step lines carry their stage and wall time; `eval --json` prints one JSON object and nothing else
+on stdout, with the scores the text report shows; --dry-run checks everything and writes nothing; a mistake in
+the last stage stops the run before anything trains.
 
 usage: cli_manners.py KD_TRAIN OUT_DIR   (run with /usr/bin/python3: needs Debian's python3-torch)
 """
@@ -56,6 +57,22 @@ for line in open(os.path.join(run_dir, "metrics.jsonl")):
         times.append(e["time"])
 assert len(times) == 7 and times == sorted(times) and started - 1 <= times[0] <= time.time(), times
 print("ok: step lines carry their stage and wall time")
+
+# eval --json: stdout is one JSON object, its scores those of the text report (printed to 4 decimals / 2 of a
+# per cent), and macro-F1 the mean of its per-class F1.
+eval_args = [kd_train, "eval", "--out", run_dir, "--threads", "1", "--set", "data.limit=256"]
+text = subprocess.run(eval_args, capture_output=True, text=True, timeout=120)
+as_json = subprocess.run(eval_args + ["--json"], capture_output=True, text=True, timeout=120)
+assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+report = json.loads(as_json.stdout)
+assert report["model"].startswith("DepthwiseCnnStudent") and report["test_examples"] == 256, report
+accuracy = float(re.search(r"accuracy (\d+\.\d+)%", text.stdout).group(1))
+macro_f1 = float(re.search(r"macro-F1 (\d\.\d+)", text.stdout).group(1))
+assert abs(100 * report["scores"]["accuracy"] - accuracy) < 0.006, (report, accuracy)
+assert abs(report["scores"]["macro_f1"] - macro_f1) < 6e-5, (report, macro_f1)
+assert len(report["per_class_f1"]) == 10, report
+assert abs(sum(report["per_class_f1"]) / 10 - report["scores"]["macro_f1"]) < 1e-9, report
+print("ok: eval --json: one JSON object on stdout, the text report's scores")
 
 # --dry-run: the config, the data and every stage checked on two examples with untrained models; nothing
 # trained, nothing written, not even the run folder.

@@ -6,6 +6,8 @@
 #include <optional>
 #include <string>
 
+#include <torch/nn/module.h>
+#include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
 namespace kd {
@@ -33,5 +35,26 @@ void save_archive_atomically(torch::serialize::OutputArchive& archive, const std
 ///   if (auto damage = kd::find_archive_damage(path))
 ///     throw kd::Error(kd::ErrorCategory::kFormat, "'" + path + "' is damaged: " + *damage);
 std::optional<std::string> find_archive_damage(const std::string& path);
+
+/// The first tensor of `archive` that `module` could not take (walked as Module::load walks it, children
+/// included), named `prefix` + its dotted path with the reason, or nothing.
+///
+/// Why: LibTorch's Module::load takes each tensor as it is read, without looking at it. A parameter
+/// whose saved shape differs from the module's (a file written by another architecture: other widths,
+/// other classes) is silently replaced by the file's, and the model fails later, at its first forward,
+/// with a message that names neither the file nor the tensor. A damaged archive can hold a tensor whose
+/// storage is smaller than its shape (fuzz_checkpoint found one with no data at all). Buffers may change
+/// shape (QAT observers' buffers take theirs on first use), as Module::load allows; their storage is
+/// still checked. Entries missing from the archive are not reported: Module::load names them.
+///
+/// Example:
+///   torch::serialize::InputArchive archive;
+///   archive.load_from(path);
+///   if (auto why = kd::find_unloadable_entry(*model, archive))
+///     throw kd::Error(kd::ErrorCategory::kFormat, "'" + path + "' does not fit the model: " + *why);
+///   model->load(archive);
+std::optional<std::string> find_unloadable_entry(const torch::nn::Module& module,
+                                                 torch::serialize::InputArchive& archive,
+                                                 const std::string& prefix = "");
 
 }  // namespace kd

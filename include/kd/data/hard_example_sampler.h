@@ -13,11 +13,15 @@ namespace kd::data {
 /// Per-example predictive entropy of the teacher at temperature T:
 ///   H_i = −Σ_c p_ic · log p_ic,   p_i = softmax(z_i / T).
 /// `logits` [N, C] → [N]. Uniform logits give log C; a confident teacher ≈ 0.
-torch::Tensor predictive_entropy(const torch::Tensor& logits, double temperature = 1.0);
+/// Sequences, `logits` [N, L, C]: each example's mean over its tokens, H_i = (1/|V_i|) Σ_{l∈V_i} H_il, where
+/// V_i is every position, or those where `mask` [N, L] is nonzero (an example with none scores 0).
+torch::Tensor predictive_entropy(const torch::Tensor& logits, double temperature = 1.0,
+                                 const torch::Tensor& mask = {});
 
-/// Per-example teacher/student disagreement: KL(p_t ‖ p_s) at temperature T, [N].
+/// Per-example teacher/student disagreement: KL(p_t ‖ p_s) at temperature T, [N]; for sequences [N, L, C]
+/// the mean over each example's tokens (those of `mask`, as predictive_entropy).
 torch::Tensor disagreement(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
-                           double temperature = 1.0);
+                           double temperature = 1.0, const torch::Tensor& mask = {});
 
 /// Options for HardExampleSampler.
 struct HardExampleSamplerOptions {

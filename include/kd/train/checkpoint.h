@@ -25,6 +25,9 @@ struct TrainingState {
   int64_t nonfinite_steps = 0;      ///< steps dropped for a NaN/Inf loss or gradient so far
   int64_t rollbacks = 0;            ///< returns to an earlier checkpoint after non-finite steps
   std::string config_fingerprint;   ///< refuses a resume under a different configuration
+  /// One per stage when the run's fingerprint leaves the stages out: a resume may then change the
+  /// stages the checkpoint has not begun (StagedTrainerOptions::stage_fingerprints).
+  std::vector<std::string> stage_fingerprints;
 };
 
 /// What one checkpoint holds; null pointers are skipped on save and on load.
@@ -78,10 +81,17 @@ class CheckpointManager {
   TrainingState load(const std::string& path, const CheckpointContents& contents,
                      const std::string& expected_fingerprint = "") const;
 
+  /// The TrainingState of the checkpoint at `path` (checksum verified as by load), restoring nothing:
+  /// to decide whether a run may resume from it before anything of the run changes.
+  TrainingState read_state(const std::string& path) const;
+
   const CheckpointOptions& options() const { return options_; }
 
  private:
   std::optional<std::string> previous_of(const std::string& path) const;
+  /// load's work; `contents` null reads the state only (no weights, no generators).
+  TrainingState read(const std::string& path, const CheckpointContents* contents,
+                     const std::string& expected_fingerprint) const;
   CheckpointOptions options_;
 };
 

@@ -93,6 +93,13 @@ struct StagedTrainerOptions {
   TORCH_ARG(int64_t, keep_last) = 3;
   /// Must equal the one in the checkpoint to resume from it (e.g. a hash of the config).
   TORCH_ARG(std::string, fingerprint) = "";
+  /// One per stage, in order (e.g. a hash of each stage's config), when `fingerprint` covers everything
+  /// else. A resume is then accepted when the stage the checkpoint is in (if it has begun) and every stage
+  /// before it are unchanged: the later stages run as now defined, and stages may be added. Changing a
+  /// finished stage, or the one a checkpoint is part-way through, is refused naming the stage (and the
+  /// checkpoint at that stage's start when one is kept). Empty: the whole `fingerprint` decides.
+  /// Example: a run killed in stage 2 of 3 resumes after its stage 3's temperature was changed.
+  TORCH_ARG(std::vector<std::string>, stage_fingerprints) = {};
   TORCH_ARG(int64_t, num_classes) = 0;      ///< > 0 enables classification evaluation
   TORCH_ARG(EvalTask, eval_task) = EvalTask::kAuto;
   /// Language-model evaluation: targets equal to this are not scored (nor are masked positions).

@@ -91,4 +91,31 @@ TEST_F(ArchiveFile, TheTorchScriptLoaderRefusesADamagedFileBeforeLibTorchParsesI
   EXPECT_NO_THROW(kd::ScriptModel::load(file("scripted.pt")));
 }
 
+// A model written by another architecture: same names, other widths. Module::load would take the file's
+// shapes silently; the check names the nested tensor and both shapes before anything is loaded.
+TEST(UnloadableEntry, AParameterOfAnotherShapeIsNamedWithBothShapes) {
+  auto make = [](int64_t hidden) {
+    return torch::nn::Sequential(torch::nn::Linear(4, hidden), torch::nn::ReLU(), torch::nn::Linear(hidden, 3));
+  };
+  const auto dir = std::filesystem::temp_directory_path() / "kd_unloadable_entry";
+  std::filesystem::create_directories(dir);
+  const auto path = (dir / "wide.pt").string();
+  auto wide = make(8);
+  torch::save(wide, path);
+
+  torch::serialize::InputArchive archive;
+  archive.load_from(path);
+  auto narrow = make(5);
+  const auto before = narrow[0]->as<torch::nn::Linear>()->weight.clone();
+  const auto why = kd::find_unloadable_entry(*narrow, archive, "student.");
+  ASSERT_TRUE(why.has_value());
+  EXPECT_EQ(*why, "'student.0.weight': the file holds shape [8, 4], the model's parameter has [5, 4]");
+  EXPECT_TRUE(torch::equal(narrow[0]->as<torch::nn::Linear>()->weight, before)) << "the check loaded something";
+
+  torch::serialize::InputArchive same;
+  same.load_from(path);
+  EXPECT_FALSE(kd::find_unloadable_entry(*make(8), same).has_value());
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace

@@ -24,6 +24,34 @@ TEST(PredictiveEntropy, ClosedForms) {
   EXPECT_THROW(predictive_entropy(torch::zeros({3})), kd::Error);
 }
 
+// Sequences [N, L, C]: a sequence's score is the mean of its tokens', over the tokens its mask keeps.
+TEST(PredictiveEntropy, SequencesScoreTheMeanOfTheirMaskedTokens) {
+  const double u = 0.0, peak = 100.0;
+  // Sequence 0: two uniform tokens (ln 4 each), then a certain one (0). Sequence 1: certain, then uniform.
+  auto logits = torch::tensor({{{u, u, u, u}, {u, u, u, u}, {peak, u, u, u}},
+                               {{peak, u, u, u}, {u, u, u, u}, {u, u, u, u}}},
+                              torch::kFloat64);
+  auto h = predictive_entropy(logits);
+  ASSERT_EQ(h.sizes(), torch::IntArrayRef({2}));
+  EXPECT_NEAR(h[0].item<double>(), 2.0 / 3.0 * std::log(4.0), 1e-12);
+  EXPECT_NEAR(h[1].item<double>(), 2.0 / 3.0 * std::log(4.0), 1e-12);
+  // Sequence 0 without its last token: ln 4; sequence 1 with its first token only: 0; no token at all: 0.
+  auto mask = torch::tensor({{1, 1, 0}, {1, 0, 0}}, torch::kBool);
+  auto hm = predictive_entropy(logits, 1.0, mask);
+  EXPECT_NEAR(hm[0].item<double>(), std::log(4.0), 1e-12);
+  EXPECT_NEAR(hm[1].item<double>(), 0.0, 1e-12);
+  EXPECT_NEAR(predictive_entropy(logits, 1.0, torch::zeros({2, 3}))[0].item<double>(), 0.0, 1e-12);
+  // Disagreement: the same logits give 0 everywhere. A student certain (logits (100, 0, 0, 0)) where the teacher
+  // is uniform: KL = Σ_c ¼(ln ¼ − ln p_s,c) = ln ¼ + ¾·100 + ln(1 + 3e⁻¹⁰⁰) on that token, 0 on the others.
+  EXPECT_NEAR(disagreement(logits, logits).abs().max().item<double>(), 0.0, 1e-12);
+  auto student = logits.clone();
+  student[0][0] = torch::tensor({peak, u, u, u}, torch::kFloat64);  // certain where the teacher is uniform
+  const double kl = std::log(0.25) + 0.75 * peak + std::log1p(3 * std::exp(-peak));
+  EXPECT_NEAR(disagreement(student, logits)[0].item<double>(), kl / 3.0, 1e-9);
+  EXPECT_NEAR(disagreement(student, logits, 1.0, mask)[0].item<double>(), kl / 2.0, 1e-9);
+  EXPECT_THROW(predictive_entropy(logits, 1.0, torch::ones({2, 2})), kd::Error);
+}
+
 TEST(HardExampleSampler, FavoursHighScoresInTheStatedProportion) {
   const int64_t n = 1000;
   auto scores = torch::full({n}, 0.1, torch::kFloat64);
