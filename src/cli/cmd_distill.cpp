@@ -204,29 +204,28 @@ std::pair<std::string, bool> best_metric(const json& config, const Task& task) {
   return {m, m != "bits_per_byte" && m != "perplexity"};
 }
 
-// Trains the config's student (the teacher first when it is missing) and writes OUT/student.pt and
-// OUT/summary.json; returns the summary on the main rank, null on the others.
 // Every stage once on the first two training examples, with an untrained teacher and student of the configured
 // shapes (StagedTrainer::check): a layer index or width that does not fit stage 3 stops the run here, before
 // the teacher or any stage trains. Changes no random draw and writes nothing.
 void check_stages_before_training(const RunArgs& a, const json& config, const std::vector<StageSpec>& specs,
                                   const fs::path& out, const Splits& data, const data::TensorDataset& train,
                                   const torch::Device& device) {
-  with_rng_restored([&] {
-    auto teacher_model = a.task.make_teacher(config);
-    teacher_model->to(device);
-    auto student = build_student(config, specs, out);
-    student.model->to(device);
-    auto options = trainer_options(a);
-    options.teacher_cache(nullptr).process_group(nullptr);
-    kd::StagedTrainer trainer(kd::Student(student.model),
-                              stages_read_teacher(specs) ? std::optional<kd::Teacher>(kd::Teacher(teacher_model))
-                                                         : std::nullopt,
-                              kd::build_stages(student.specs), options);
-    trainer.check(train, &data.validation);
-  });
+  const GeneratorsKept kept;  // building untrained models draws random numbers the run must not lose
+  auto teacher_model = a.task.make_teacher(config);
+  teacher_model->to(device);
+  auto student = build_student(config, specs, out);
+  student.model->to(device);
+  auto options = trainer_options(a);
+  options.teacher_cache(nullptr).process_group(nullptr);
+  kd::StagedTrainer trainer(kd::Student(student.model),
+                            stages_read_teacher(specs) ? std::optional<kd::Teacher>(kd::Teacher(teacher_model))
+                                                       : std::nullopt,
+                            kd::build_stages(student.specs), options);
+  trainer.check(train, &data.validation);
 }
 
+// Trains the config's student (the teacher first when it is missing) and writes OUT/student.pt and
+// OUT/summary.json; returns the summary on the main rank, null on the others.
 json distill_student(const json& config, bool resume, bool dry_run) {
   const RunArgs a(config);
   best_metric(config, a.task);  // a misspelt metric stops here, before any training
@@ -234,8 +233,10 @@ json distill_student(const json& config, bool resume, bool dry_run) {
   const auto specs = stages_from_json(config["stages"], "config");
   const fs::path out(a.out);
   // Hooks that do not fit the student (a LoRA target it lacks) fail now, not after the teacher trained.
-  int64_t student_bytes = 0;
-  with_rng_restored([&] { student_bytes = parameter_bytes(*build_student(config, specs, out).model); });
+  const int64_t student_bytes = [&] {
+    const GeneratorsKept kept;
+    return parameter_bytes(*build_student(config, specs, out).model);
+  }();
   refuse_stale_checkpoints(out / "checkpoints", resume);
   const Splits data = load_splits(a, config, device);
   // The teacher trains on every label; the student's hard-label terms may see only some (data.student_labels).

@@ -147,7 +147,7 @@ void load_module(torch::nn::Module& module, const fs::path& path, const torch::D
     archive.load_from(path.string(), device);
     if (auto why = find_unloadable_entry(module, archive)) {
       throw Error(ErrorCategory::kFormat,
-                  fmt::format("{} '{}' does not fit {}: {} (it was written by another architecture; the config's "
+                  fmt::format("{} '{}' cannot be loaded into {}: {} (it was written by another architecture; the config's "
                               "\"{}\" section must match the run that wrote it)",
                               what, path.string(), module.name(), *why, what == "teacher" ? "teacher" : "student"));
     }

@@ -140,12 +140,4 @@ bool stages_read_teacher(const std::vector<StageSpec>& specs);
 /// Whether any stage of the config lists `hook`.
 bool config_uses_hook(const json& config, const std::string& hook);
 
-/// Runs `fn` and puts the random generators back as they were (kd::GeneratorsKept), so a dry run changes no
-/// later random draw.
-template <typename Fn>
-void with_rng_restored(Fn fn) {
-  const GeneratorsKept kept;
-  fn();
-}
-
 }  // namespace kd::app

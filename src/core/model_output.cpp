@@ -41,6 +41,11 @@ std::string shape_string(const torch::Tensor& t) {
   return fmt::format("[{}]", fmt::join(t.sizes().vec(), ", "));
 }
 
+int64_t skipped_layers(const ModelOutput& output) {
+  const auto it = output.extras.find(kSkippedLayers);
+  return it == output.extras.end() || !it->second.defined() ? 0 : it->second.item<int64_t>();
+}
+
 void check_logits_comparable(const ModelOutput& student, const ModelOutput& teacher) {
   if (!student.logits.defined() || !teacher.logits.defined()) {
     throw Error(ErrorCategory::kModel,

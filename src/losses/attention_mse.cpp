@@ -95,11 +95,18 @@ LossResult AttentionMSEImpl::forward(const DistillBatch& batch) {
   LossResult r;
   for (size_t i = 0; i < options.pairs().size(); ++i) {
     const auto& p = options.pairs()[i];
-    const int64_t si = resolve_layer_index(p.student, as.size(), "AttentionMSE", i, "student", "attention maps");
+    const int64_t skipped = skipped_layers(batch.student);
+    const auto si =
+        resolve_student_layer(p.student, as.size(), skipped, "AttentionMSE", i, "attention maps", said_skipped_);
     const int64_t ti = resolve_layer_index(p.teacher, at.size(), "AttentionMSE", i, "teacher", "attention maps");
-    const auto term = functional::attention_mse(as[si], at[ti].detach(), batch.mask, options);
+    if (!si) continue;
+    const auto term = functional::attention_mse(as[*si], at[ti].detach(), batch.mask, options);
     r.parts[fmt::format("attn.{}", i)] = term.detach();
     r.total = r.total.defined() ? r.total + p.weight * term : p.weight * term;
+  }
+  if (!r.total.defined()) {
+    // No pair ran: a zero that still reaches the student's parameters, so that backward() works.
+    r.total = as.empty() ? torch::zeros({}) : as.front().sum() * 0.0;
   }
   r.parts["attn"] = r.total.detach();
   return r;

@@ -135,8 +135,12 @@ FeatureL2Impl::Aligned FeatureL2Impl::align(const DistillBatch& batch) {
   Aligned out;
   for (size_t i = 0; i < n_pairs; ++i) {
     const auto& p = options.pairs()[i];
-    const int64_t si = resolve_layer_index(p.student, hs.size(), "FeatureL2", i, "student", "hidden states");
+    const int64_t skipped = skipped_layers(batch.student);
+    const auto ran =
+        resolve_student_layer(p.student, hs.size(), skipped, "FeatureL2", i, "hidden states", said_skipped_);
     const int64_t ti = resolve_layer_index(p.teacher, ht.size(), "FeatureL2", i, "teacher", "hidden states");
+    if (!ran) continue;
+    const int64_t si = *ran;
     auto s = hs[si];
     auto t = ht[ti].detach();  // the loss never trains the teacher
     for (const auto* x : {&s, &t}) {
@@ -213,6 +217,7 @@ FeatureL2Impl::Aligned FeatureL2Impl::align(const DistillBatch& batch) {
     out.teacher_layers.push_back(ti);
     out.student_layers.push_back(si);
     out.padding.push_back(pad);
+    out.pairs.push_back(i);
   }
   return out;
 }
@@ -228,36 +233,41 @@ std::vector<AlignedFeatures> FeatureL2Impl::aligned_features(const DistillBatch&
 }
 
 LossResult FeatureL2Impl::forward(const DistillBatch& batch) {
-  const size_t n_pairs = options.pairs().size();
   const auto a = align(batch);
+  const size_t n = a.pairs.size();  // fewer than the pairs when a shallower student skipped some
 
   LossResult r;
   std::vector<torch::Tensor> terms;
-  for (size_t i = 0; i < n_pairs; ++i) {
+  for (size_t k = 0; k < n; ++k) {
     // Padding is already zero on both sides; the mask still sets the mean's denominator.
-    terms.push_back(functional::feature_mse(a.students[i], a.teachers[i], FeatureNorm::kNone,
-                                            a.padding[i].defined() ? batch.mask : torch::Tensor()));
-    r.parts[fmt::format("feat.{}", i)] = terms.back().detach();
+    terms.push_back(functional::feature_mse(a.students[k], a.teachers[k], FeatureNorm::kNone,
+                                            a.padding[k].defined() ? batch.mask : torch::Tensor()));
+    r.parts[fmt::format("feat.{}", a.pairs[k])] = terms.back().detach();
   }
 
   torch::Tensor w;
-  if (options.pair_weighting()) {
+  if (options.pair_weighting() && n > 0) {
     std::vector<torch::Tensor> s_detached;
     for (const auto& s : a.students) s_detached.push_back(s.detach());
     w = options.pair_weighting()(s_detached, a.teachers, a.teacher_layers);
-    if (!w.defined() || w.numel() != static_cast<int64_t>(n_pairs)) {
+    if (!w.defined() || w.numel() != static_cast<int64_t>(n)) {
       throw Error(ErrorCategory::kShape,
                   fmt::format("FeatureL2: pair_weighting returned {} but there are {} pairs; it must return [{}]",
-                              shape_string(w), n_pairs, n_pairs));
+                              shape_string(w), n, n));
     }
     w = w.detach().reshape({-1}).to(terms[0].options());
-    for (size_t i = 0; i < n_pairs; ++i) r.parts[fmt::format("feat.w{}", i)] = w[i];
+    for (size_t k = 0; k < n; ++k) r.parts[fmt::format("feat.w{}", a.pairs[k])] = w[k];
   }
 
-  for (size_t i = 0; i < n_pairs; ++i) {
-    auto term = options.pairs()[i].weight * terms[i];
-    if (w.defined()) term = term * w[i];
+  for (size_t k = 0; k < n; ++k) {
+    auto term = options.pairs()[a.pairs[k]].weight * terms[k];
+    if (w.defined()) term = term * w[k];
     r.total = r.total.defined() ? r.total + term : term;
+  }
+  if (!r.total.defined()) {
+    // No pair ran: a zero that still reaches the student's parameters, so that backward() works.
+    const auto& hs = batch.student.hidden_states;
+    r.total = hs.empty() ? torch::zeros({}) : hs.front().sum() * 0.0;
   }
   r.parts["feat"] = r.total.detach();
   return r;

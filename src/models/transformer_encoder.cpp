@@ -93,6 +93,8 @@ ModelOutput TransformerEncoderImpl::forward(const torch::Tensor& input) {
     if (options.dynamic_depth()) longest = counts.max().item<int64_t>();
   }
   const int64_t depth = depth_for(longest);
+  // Layer-matching losses resolve student layers against the whole depth and skip those that did not run.
+  if (options.dynamic_depth()) out.extras[kSkippedLayers] = torch::tensor(options.layers() - depth, torch::kInt64);
 
   const auto rope = rotary_tables(L, options.d_model() / options.heads(), options.rope_base(), e.options());
   auto x = dropout_->forward(e);

@@ -1,9 +1,12 @@
 #include "kd/train/console_logger.h"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <vector>
 
@@ -26,7 +29,55 @@ const std::vector<std::string>& preferred_metrics() {
   return order;
 }
 
+// The terminal's width: the window size of stdout, else $COLUMNS, else 80.
+int terminal_columns() {
+  winsize w{};
+  if (::ioctl(::fileno(stdout), TIOCGWINSZ, &w) == 0 && w.ws_col > 0) return w.ws_col;
+  if (const char* c = std::getenv("COLUMNS")) {
+    const int n = std::atoi(c);
+    if (n > 0) return n;
+  }
+  return 80;
+}
+
 }  // namespace
+
+std::string clock_string(double seconds) {
+  if (!(seconds >= 0) || !std::isfinite(seconds)) return "--:--";
+  const auto total = static_cast<int64_t>(std::llround(seconds));
+  const int64_t h = total / 3600, m = total / 60 % 60, sec = total % 60;
+  return h > 0 ? fmt::format("{}:{:02}:{:02}", h, m, sec) : fmt::format("{}:{:02}", m, sec);
+}
+
+std::string progress_line(const Progress& p, int columns) {
+  const std::string head = fmt::format("[{}] ", p.stage);
+  const std::string steps = fmt::format("{}/{}", p.done, p.total);
+  const std::string eta =
+      fmt::format("stage ETA {}, run ETA {}", clock_string(p.stage_eta_s), clock_string(p.run_eta_s));
+  // Dropped in this order when the line does not fit: the speed, the elapsed time, the loss.
+  std::vector<std::string> optional{fmt::format("loss {:.4f}", p.loss), fmt::format("{} elapsed", clock_string(p.elapsed_s)),
+                                    fmt::format("{:.0f}/s", p.samples_per_s)};
+  auto line_with = [&](size_t keep, int bar) {
+    std::string line = head;
+    if (bar > 0) {
+      const double f = p.total > 0 ? std::clamp(double(p.done) / double(p.total), 0.0, 1.0) : 0.0;
+      std::string b(static_cast<size_t>(std::lround(bar * f)), '#');
+      b.resize(static_cast<size_t>(bar), '.');
+      line += b + "  ";
+    }
+    line += steps;
+    for (size_t i = 0; i < keep; ++i) line += "  " + optional[i];
+    return line + "  " + eta;
+  };
+  for (size_t keep = optional.size() + 1; keep-- > 0;) {
+    const auto bare = static_cast<int>(line_with(keep, 0).size());
+    // A bar of at least 10 cells, at most 30, in the room left (2 for its separator).
+    const int bar = std::min(30, columns - bare - 2);
+    if (bar >= 10) return line_with(keep, bar);
+    if (bare <= columns && keep == 0) return line_with(0, 0);
+  }
+  return line_with(0, 0).substr(0, static_cast<size_t>(std::max(columns, 0)));
+}
 
 std::string summary_table(const TrainSummary& summary) {
   const std::vector<const EvalResult*> rows = last_evaluation_per_stage(summary);
@@ -89,18 +140,27 @@ void ConsoleLogger::on_stage_end(const Stage&, const StepInfo&) {
 void ConsoleLogger::on_step_end(const StepReport& r) {
   const int64_t done = r.step.stage_step + 1;
   const auto now = std::chrono::steady_clock::now();
+  if (run_first_step_ < 0) run_first_step_ = r.step.global_step;
+  const double stage_elapsed = std::chrono::duration<double>(now - stage_start_).count();
+  const double per_step = stage_elapsed / double(std::max<int64_t>(1, done - first_step_));
+  const double eta = per_step * double(r.step.stage_steps - done);
   if (tty_) {
     if (done != r.step.stage_steps && now - last_draw_ < std::chrono::milliseconds(100)) return;
     last_draw_ = now;
-    const double elapsed = std::chrono::duration<double>(now - stage_start_).count();
-    const double eta = elapsed / double(std::max<int64_t>(1, done - first_step_)) * double(r.step.stage_steps - done);
-    const int width = 30;
-    const int filled = static_cast<int>(width * double(done) / double(std::max<int64_t>(1, r.step.stage_steps)));
-    std::string bar(static_cast<size_t>(filled), '#');
-    bar.resize(width, '.');
-    std::fprintf(stdout, "\r[%s] %s %lld/%lld  loss %.4f  %.0f samples/s  ETA %.0f s   ", stage_.c_str(), bar.c_str(),
-                 static_cast<long long>(done), static_cast<long long>(r.step.stage_steps), r.loss.total.item<double>(),
-                 r.samples_per_s, eta);
+    Progress p;
+    p.stage = stage_;
+    p.done = done;
+    p.total = r.step.stage_steps;
+    p.loss = r.loss.total.item<double>();
+    p.samples_per_s = r.samples_per_s;
+    p.elapsed_s = std::chrono::duration<double>(now - fit_start_).count();
+    p.stage_eta_s = eta;
+    // The run's remaining steps at the whole run's pace so far (stages differ in cost per step).
+    const int64_t run_done = r.step.global_step + 1 - run_first_step_;
+    if (total_steps_ > 0 && run_done > 0) {
+      p.run_eta_s = p.elapsed_s / double(run_done) * double(std::max<int64_t>(0, total_steps_ - r.step.global_step - 1));
+    }
+    std::fprintf(stdout, "\r%s\x1b[K", progress_line(p, terminal_columns() - 1).c_str());
     std::fflush(stdout);
     mid_line_ = true;
     return;
@@ -108,14 +168,13 @@ void ConsoleLogger::on_step_end(const StepReport& r) {
   if (every_ <= 0 || (done % every_ != 0 && done != r.step.stage_steps)) return;
   std::string parts;
   for (const auto& [name, v] : r.loss.parts) parts += fmt::format(" {}={:.4f}", name, v.item<double>());
-  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - stage_start_).count();
-  const double per_step = elapsed / double(std::max<int64_t>(1, done - first_step_));
-  const double eta = per_step * double(r.step.stage_steps - done);
-  spdlog::info("[{}] step {}/{}  loss {:.4f} |{}  lr {:.3g}  {:.0f} samples/s  ETA {:.0f} s", stage_, done,
-               r.step.stage_steps, r.loss.total.item<double>(), parts, r.lr, r.samples_per_s, eta);
+  spdlog::info("[{}] step {}/{}  loss {:.4f} |{}  lr {:.3g}  {:.0f} samples/s  stage ETA {}", stage_, done,
+               r.step.stage_steps, r.loss.total.item<double>(), parts, r.lr, r.samples_per_s, clock_string(eta));
 }
 
 void ConsoleLogger::on_fit_begin(const FitInfo& info) {
+  total_steps_ = info.total_steps;
+  fit_start_ = std::chrono::steady_clock::now();
   const auto size = [](int64_t params, int64_t bytes) {
     return fmt::format("{} parameters, {:.1f} KiB", with_thousands(params), bytes / 1024.0);
   };

@@ -371,6 +371,7 @@ void FitRun::begin_fit() {
   }
   info.train_examples = n_;
   info.stages = static_cast<int64_t>(trainer_.stages_.size());
+  for (const auto& stage : trainer_.stages_) info.total_steps += trainer_.stage_length(stage, steps_per_epoch_);
   info.resumed = summary_.resumed;
   info.resumed_from_step = summary_.resumed_from_step;
   for (auto& cb : callbacks_) cb->on_fit_begin(info);

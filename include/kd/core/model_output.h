@@ -38,6 +38,15 @@ struct ModelOutput {
   int64_t batch_size() const;
 };
 
+/// `extras` key of a model that ran fewer layers than it has (dynamic depth): a scalar integer tensor, the
+/// number of its last layers that did not run for this batch. Its hidden_states and attentions then hold
+/// the layers that ran only; FeatureL2 and AttentionMSE resolve student layer indices against the whole
+/// depth and skip, for that batch, the pairs whose student layer did not run.
+inline constexpr char kSkippedLayers[] = "skipped_layers";
+
+/// The number of layers `output` skipped (extras[kSkippedLayers]), 0 when it says none.
+int64_t skipped_layers(const ModelOutput& output);
+
 /// Throws kd::Error (kShape) when a student's and a teacher's logits cannot be
 /// compared element for element, naming both shapes (e.g. class counts differ).
 void check_logits_comparable(const ModelOutput& student, const ModelOutput& teacher);

@@ -101,6 +101,9 @@ class AttentionMSEImpl : public torch::nn::Cloneable<AttentionMSEImpl> {
   LossResult forward(const DistillBatch& batch);
 
   AttentionMSEOptions options;
+
+ private:
+  bool said_skipped_ = false;  // pairs skipped for a shallower student (dynamic depth) are logged once
 };
 TORCH_MODULE(AttentionMSE);
 

@@ -147,10 +147,12 @@ class FeatureL2Impl : public torch::nn::Cloneable<FeatureL2Impl>, public LayerFe
   struct Aligned {
     std::vector<torch::Tensor> students, teachers, padding;  // padding: [B, L, 1] bool or undefined
     std::vector<int64_t> teacher_layers, student_layers;      // resolved indices
+    std::vector<size_t> pairs;  // the pair each entry is; a pair whose student layer did not run has none
   };
   Aligned align(const DistillBatch& batch);
 
   std::vector<torch::nn::Linear> projections_;
+  bool said_skipped_ = false;  // pairs skipped for a shallower student (dynamic depth) are logged once
 };
 TORCH_MODULE(FeatureL2);
 

@@ -3,6 +3,7 @@
 /// A teacher layer matched to a student layer, as data (FeatureL2, AttentionMSE).
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 namespace kd {
@@ -29,6 +30,14 @@ struct LayerPair {
   int64_t student_dim = 0;
   int64_t teacher_dim = 0;
 };
+
+/// Resolves a student layer index against the student's whole depth: the `ran` layers it ran plus the
+/// `skipped` ones it did not (dynamic depth, kd::kSkippedLayers). Returns the index into the `ran` outputs,
+/// or nothing when that layer did not run, which it logs the first time (`said` is the caller's flag);
+/// throws as resolve_layer_index when the index is out of range of the whole depth.
+/// Example: index −1 of a 2-layer student that ran 1 layer → nothing; index 0 → 0.
+std::optional<int64_t> resolve_student_layer(int64_t index, size_t ran, int64_t skipped, const std::string& loss,
+                                             size_t pair, const std::string& what, bool& said);
 
 /// Resolves a possibly negative layer index against `count` layers; throws
 /// kd::Error (kValue) naming the loss, the pair, the index and the count when

@@ -44,6 +44,7 @@ struct FitInfo {
   int64_t teacher_bytes = 0;
   int64_t train_examples = 0;
   int64_t stages = 0;
+  int64_t total_steps = 0;         ///< optimizer steps of every stage together, as planned
   bool resumed = false;
   int64_t resumed_from_step = 0;
 };
