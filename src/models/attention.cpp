@@ -23,10 +23,10 @@ void MultiHeadSelfAttentionImpl::reset() {
   if (!(options.dropout() >= 0.0 && options.dropout() < 1.0)) {
     throw Error(ErrorCategory::kValue, fmt::format("attention: dropout must be in [0, 1), got {}", options.dropout()));
   }
-  q_proj = register_module("q_proj", torch::nn::Linear(d, inner));
-  k_proj = register_module("k_proj", torch::nn::Linear(d, inner));
-  v_proj = register_module("v_proj", torch::nn::Linear(d, inner));
-  o_proj = register_module("o_proj", torch::nn::Linear(inner, d));
+  q_proj = register_module("q_proj", kd::nn::Linear(d, inner));
+  k_proj = register_module("k_proj", kd::nn::Linear(d, inner));
+  v_proj = register_module("v_proj", kd::nn::Linear(d, inner));
+  o_proj = register_module("o_proj", kd::nn::Linear(inner, d));
   dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
 }
 

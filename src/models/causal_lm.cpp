@@ -33,7 +33,7 @@ CausalLMImpl::CausalLMImpl(CausalLMOptions options_) : options(std::move(options
     blocks->push_back(block_list_.back());
   }
   ln_f = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
-  lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(o.d_model(), o.vocab()).bias(false)));
+  lm_head = register_module("lm_head", kd::nn::Linear(torch::nn::LinearOptions(o.d_model(), o.vocab()).bias(false)));
 }
 
 ModelOutput CausalLMImpl::forward(const torch::Tensor& tokens) { return run(tokens, true); }

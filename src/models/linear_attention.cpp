@@ -20,10 +20,10 @@ void LinearSelfAttentionImpl::reset() {
   if (!(options.eps() > 0.0)) {
     throw Error(ErrorCategory::kValue, fmt::format("linear attention: eps must be > 0, got {}", options.eps()));
   }
-  q_proj = register_module("q_proj", torch::nn::Linear(d, inner));
-  k_proj = register_module("k_proj", torch::nn::Linear(d, inner));
-  v_proj = register_module("v_proj", torch::nn::Linear(d, inner));
-  o_proj = register_module("o_proj", torch::nn::Linear(inner, d));
+  q_proj = register_module("q_proj", kd::nn::Linear(d, inner));
+  k_proj = register_module("k_proj", kd::nn::Linear(d, inner));
+  v_proj = register_module("v_proj", kd::nn::Linear(d, inner));
+  o_proj = register_module("o_proj", kd::nn::Linear(inner, d));
 }
 
 AttentionOutput LinearSelfAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope,

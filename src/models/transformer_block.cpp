@@ -33,8 +33,8 @@ void TransformerBlockImpl::reset() {
                                           .dropout(options.dropout())));
   }
   ln2 = register_module("ln2", ln());
-  fc1 = register_module("fc1", torch::nn::Linear(d, options.ffn()));
-  fc2 = register_module("fc2", torch::nn::Linear(options.ffn(), d));
+  fc1 = register_module("fc1", kd::nn::Linear(d, options.ffn()));
+  fc2 = register_module("fc2", kd::nn::Linear(options.ffn(), d));
   dropout = register_module("dropout", torch::nn::Dropout(options.dropout()));
 }
 

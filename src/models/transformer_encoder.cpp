@@ -61,7 +61,7 @@ TransformerEncoderImpl::TransformerEncoderImpl(TransformerEncoderOptions options
     blocks->push_back(block_list_.back());
   }
   ln_f = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
-  if (o.num_classes() > 0) head = register_module("head", torch::nn::Linear(o.d_model(), o.num_classes()));
+  if (o.num_classes() > 0) head = register_module("head", kd::nn::Linear(o.d_model(), o.num_classes()));
 }
 
 int64_t TransformerEncoderImpl::depth_for(int64_t real_length) const {

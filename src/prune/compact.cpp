@@ -30,10 +30,10 @@ torch::Tensor rows_of(const torch::Tensor& units, int64_t group) {
 }
 
 // `from` with only the rows (dim 0) or columns (dim 1) in `index`, as a new Linear on the same device and dtype.
-torch::nn::Linear sliced(const torch::nn::Linear& from, const torch::Tensor& index, int64_t dim) {
+kd::nn::Linear sliced(const kd::nn::Linear& from, const torch::Tensor& index, int64_t dim) {
   const auto w = from->weight.detach().index_select(dim, index.to(from->weight.device()));
   const bool bias = from->bias.defined();
-  torch::nn::Linear to(torch::nn::LinearOptions(w.size(1), w.size(0)).bias(bias));
+  kd::nn::Linear to(torch::nn::LinearOptions(w.size(1), w.size(0)).bias(bias));
   to->to(w.device(), w.scalar_type());
   torch::NoGradGuard no_grad;
   to->weight.copy_(w);

@@ -72,7 +72,7 @@ bool is_weight_layer(torch::nn::Module& m) {
 
 // q/k/v/o projections and head count of an attention module, or nullopt.
 struct Attention {
-  torch::nn::Linear q, k, v, o;
+  kd::nn::Linear q, k, v, o;
   int64_t heads;
 };
 std::optional<Attention> attention_of(torch::nn::Module& m) {

@@ -11,6 +11,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "kd/models/rope.h"
+#include "kd/nn/linear.h"
 
 namespace kd::models {
 
@@ -58,7 +59,7 @@ class MultiHeadSelfAttentionImpl : public torch::nn::Cloneable<MultiHeadSelfAtte
   int64_t head_size() const { return head_size_; }
 
   MultiHeadSelfAttentionOptions options;
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  kd::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   torch::nn::Dropout dropout{nullptr};
 
  private:

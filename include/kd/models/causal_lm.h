@@ -17,6 +17,7 @@
 #include "kd/core/model.h"
 #include "kd/models/sampling.h"
 #include "kd/models/transformer_block.h"
+#include "kd/nn/linear.h"
 
 namespace kd::models {
 
@@ -75,7 +76,7 @@ class CausalLMImpl : public Model {
   torch::nn::Embedding embed{nullptr};
   torch::nn::ModuleList blocks{nullptr};
   torch::nn::LayerNorm ln_f{nullptr};
-  torch::nn::Linear lm_head{nullptr};
+  kd::nn::Linear lm_head{nullptr};
 
  private:
   ModelOutput run(const torch::Tensor& tokens, bool keep_layers);

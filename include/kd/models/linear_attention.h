@@ -11,6 +11,7 @@
 
 #include "kd/models/attention.h"
 #include "kd/models/rope.h"
+#include "kd/nn/linear.h"
 
 namespace kd::models {
 
@@ -74,7 +75,7 @@ class LinearSelfAttentionImpl : public torch::nn::Cloneable<LinearSelfAttentionI
   /// Size of one head: options.head_dim, or d_model / heads when that is 0 (set by reset()).
   int64_t head_size() const { return head_size_; }
   LinearSelfAttentionOptions options;
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  kd::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
  private:
   int64_t head_size_ = 0;

@@ -14,6 +14,7 @@
 
 #include "kd/models/attention.h"
 #include "kd/models/linear_attention.h"
+#include "kd/nn/linear.h"
 
 namespace kd::models {
 
@@ -64,7 +65,7 @@ class TransformerBlockImpl : public torch::nn::Cloneable<TransformerBlockImpl> {
   torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
   MultiHeadSelfAttention attn{nullptr};       ///< softmax attention, or null
   LinearSelfAttention linear_attn{nullptr};   ///< linear attention, or null
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  kd::nn::Linear fc1{nullptr}, fc2{nullptr};
   torch::nn::Dropout dropout{nullptr};
 };
 TORCH_MODULE(TransformerBlock);

@@ -15,6 +15,7 @@
 
 #include "kd/core/model.h"
 #include "kd/models/transformer_block.h"
+#include "kd/nn/linear.h"
 
 namespace kd::models {
 
@@ -103,7 +104,7 @@ class TransformerEncoderImpl : public Model {
   torch::nn::Embedding embed{nullptr};
   torch::nn::ModuleList blocks{nullptr};
   torch::nn::LayerNorm ln_f{nullptr};
-  torch::nn::Linear head{nullptr};
+  kd::nn::Linear head{nullptr};
 
  private:
   std::vector<TransformerBlock> block_list_;

@@ -39,7 +39,7 @@ struct Direct {
 // out_i = Σ_j m_j (R_i φ(q_i))ᵀ(R_j φ(k_j)) v_j / (Σ_j m_j φ(q_i)ᵀφ(k_j) + ε), every (i, j) pair spelt out.
 Direct direct(LinearSelfAttention& attn, const torch::Tensor& x, const torch::Tensor& mask /* [B, L] 1 = key */) {
   const int64_t B = x.size(0), L = x.size(1), D = x.size(2), H = attn->options.heads(), d = D / H;
-  auto lin = [](const torch::nn::Linear& l, const torch::Tensor& t) { return torch::matmul(t, l->weight.t()) + l->bias; };
+  auto lin = [](const kd::nn::Linear& l, const torch::Tensor& t) { return torch::matmul(t, l->weight.t()) + l->bias; };
   const auto q = lin(attn->q_proj, x), k = lin(attn->k_proj, x), v = lin(attn->v_proj, x);
   auto context = torch::zeros({B, L, D}, x.options());
   auto surrogate = torch::zeros({B, H, L, L}, x.options());
