@@ -142,6 +142,7 @@ void load_module(torch::nn::Module& module, const fs::path& path, const torch::D
     throw Error(ErrorCategory::kFormat,
                 fmt::format("{} '{}' is damaged: {} (copy it again, or write it again)", what, path.string(), *damage));
   }
+  const char* section = what == "teacher" ? "teacher" : "student";  // the config section that shapes it
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(path.string(), device);
@@ -149,7 +150,7 @@ void load_module(torch::nn::Module& module, const fs::path& path, const torch::D
       throw Error(ErrorCategory::kFormat,
                   fmt::format("{} '{}' cannot be loaded into {}: {} (it was written by another architecture; the config's "
                               "\"{}\" section must match the run that wrote it)",
-                              what, path.string(), module.name(), *why, what == "teacher" ? "teacher" : "student"));
+                              what, path.string(), module.name(), *why, section));
     }
     module.load(archive);
   } catch (const Error&) {
@@ -158,8 +159,7 @@ void load_module(torch::nn::Module& module, const fs::path& path, const torch::D
     throw Error(ErrorCategory::kFormat,
                 fmt::format("{} '{}' cannot be loaded into {}: {} (was it saved from another architecture? the "
                             "config's \"{}\" section must match the run that wrote it)",
-                            what, path.string(), module.name(), e.what_without_backtrace(),
-                            what == "teacher" ? "teacher" : "student"));
+                            what, path.string(), module.name(), e.what_without_backtrace(), section));
   } catch (const std::exception& e) {  // e.g. torch::jit::ErrorReport from a damaged archive
     std::string message = e.what();
     throw Error(ErrorCategory::kFormat, fmt::format("{} '{}' cannot be read: {} (is it truncated or damaged?)", what,

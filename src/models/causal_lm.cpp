@@ -4,20 +4,13 @@
 #include <torch/torch.h>
 
 #include "kd/core/error.h"
+#include "kd/core/eval_mode.h"
 #include "kd/core/model_output.h"
 #include "token_input.h"
 
 namespace kd::models {
 namespace {
 constexpr const char* kName = "CausalLM";
-
-// Puts a module in eval mode and restores its training flag on every exit path.
-struct EvalModeGuard {
-  explicit EvalModeGuard(torch::nn::Module& m) : module(m), was_training(m.is_training()) { module.eval(); }
-  ~EvalModeGuard() { module.train(was_training); }
-  torch::nn::Module& module;
-  bool was_training;
-};
 }  // namespace
 
 CausalLMImpl::CausalLMImpl(CausalLMOptions options_) : options(std::move(options_)) {

@@ -1,10 +1,12 @@
 #include "example_order.h"
 
 #include <algorithm>
+#include <optional>
 
 #include <spdlog/spdlog.h>
 
 #include "kd/core/error.h"
+#include "kd/core/eval_mode.h"
 #include "kd/data/hard_example_sampler.h"
 
 namespace kd::detail {
@@ -46,13 +48,10 @@ torch::Tensor ExampleOrder::scores(bool disagreement) {
   torch::NoGradGuard no_grad;
   const auto& cache = o_.teacher_cache();
   auto& student = *student_->model();
-  const bool student_training = student.is_training();
-  std::optional<bool> teacher_training;
-  if (teacher_ && !cache) {
-    teacher_training = (*teacher_)->model()->is_training();
-    (*teacher_)->model()->eval();
-  }
-  student.eval();
+  // Only the models that are run are switched to eval mode.
+  std::optional<EvalModeGuard> student_eval, teacher_eval;
+  if (disagreement) student_eval.emplace(student);
+  if (!cache) teacher_eval.emplace(*(*teacher_)->model());
   auto logits = [](Model& model, const torch::Tensor& x) {
     const auto params = model.parameters();
     const auto device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
@@ -82,8 +81,6 @@ torch::Tensor ExampleOrder::scores(bool disagreement) {
     chunks.push_back(disagreement ? data::disagreement(logits(student, x), t, 1.0, m)
                                   : data::predictive_entropy(t, 1.0, m));
   }
-  student.train(student_training);
-  if (teacher_training) (*teacher_)->model()->train(*teacher_training);
   return torch::cat(chunks);
 }
 
