@@ -10,6 +10,9 @@
 
 #include "build_info.h"
 #include "commands.h"
+#include "custom_task.h"
+#include "kd/core/atomic_file.h"
+#include "kd/core/script_model.h"
 #include "run_context.h"
 #include "run_lock.h"
 #include "stage_config.h"
@@ -226,19 +229,23 @@ void check_stages_before_training(const RunArgs& a, const json& config, const st
 
 // Trains the config's student (the teacher first when it is missing) and writes OUT/student.pt and
 // OUT/summary.json; returns the summary on the main rank, null on the others.
-json distill_student(const json& config, bool resume, bool dry_run) {
-  const RunArgs a(config);
-  best_metric(config, a.task);  // a misspelt metric stops here, before any training
+json distill_student(const json& resolved, bool resume, bool dry_run) {
+  const RunArgs a(resolved);
+  best_metric(resolved, a.task);  // a misspelt metric stops here, before any training
   const torch::Device device = set_up_process(a);
-  const auto specs = stages_from_json(config["stages"], "config");
   const fs::path out(a.out);
+  // The user's models: the widths of the layers feature terms pair come from one forward pass of each.
+  std::optional<Splits> loaded;
+  if (!a.task.trains_teacher()) loaded = load_splits(a, resolved, device);
+  const json config = loaded ? with_feature_dims(resolved, a.task, loaded->train, device) : resolved;
+  const auto specs = stages_from_json(config["stages"], "config");
   // Hooks that do not fit the student (a LoRA target it lacks) fail now, not after the teacher trained.
   const int64_t student_bytes = [&] {
     const GeneratorsKept kept;
     return parameter_bytes(*build_student(config, specs, out).model);
   }();
   refuse_stale_checkpoints(out / "checkpoints", resume);
-  const Splits data = load_splits(a, config, device);
+  const Splits data = loaded ? std::move(*loaded) : load_splits(a, config, device);
   // The teacher trains on every label; the student's hard-label terms may see only some (data.student_labels).
   const double labelled = config["data"].value("student_labels", 1.0);
   const auto train = labelled < 1 ? data::keep_labels(data.train, labelled, config["data"]["split_seed"].get<uint64_t>())
@@ -366,6 +373,11 @@ json distill_student(const json& config, bool resume, bool dry_run) {
   if (fit.resumed) spdlog::info("resumed from step {}", fit.resumed_from_step);
   if (!main_rank) return json();  // rank 0 holds the same student and writes and reports it
   save_module(student_model, out / "student.pt");
+  if (auto* script = dynamic_cast<ScriptModel*>(student_model.get())) {
+    // The user's TorchScript student, its parameters trained in place: loadable by torch.jit.load as it came.
+    write_atomically((out / "student.ts.pt").string(), [&](const std::string& tmp) { script->module().save(tmp); });
+    spdlog::info("student: {} (TorchScript, torch.jit.load-able)", (out / "student.ts.pt").string());
+  }
 
   // Classifiers: the calibration error from the same pass as the scores.
   const int64_t ece_bins = config.contains("evaluation") ? config["evaluation"].value("ece_bins", int64_t{0}) : 0;
@@ -560,8 +572,10 @@ void print_report(const json& summary) {
   if (summary.contains("samples")) {
     fmt::print("\nstudent sample after training:\n{}\n\n", summary["samples"]["student_after"].get<std::string>());
   }
-  fmt::print("  written: {}/{{teacher.pt, student.pt{}{}, summary.json, config.json, metrics.jsonl, checkpoints/{}}}\n",
-             summary["out"].get<std::string>(), summary.contains("int8") ? ", student.int8.pt" : "",
+  const bool custom = summary.value("task", "") == "custom";  // its teacher is the user's file; its student also .ts.pt
+  fmt::print("  written: {}/{{{}student.pt{}{}{}, summary.json, config.json, metrics.jsonl, checkpoints/{}}}\n",
+             summary["out"].get<std::string>(), custom ? "" : "teacher.pt, ", custom ? ", student.ts.pt" : "",
+             summary.contains("int8") ? ", student.int8.pt" : "",
              summary.contains("lora") ? ", lora_adapter.pt" : "", summary.contains("baseline") ? ", baseline/" : "");
 }
 
@@ -572,8 +586,10 @@ json baseline_config(const json& config) {
   const fs::path out(config["out"].get<std::string>());
   b["out"] = (out / "baseline").string();
   // The distilled run's teacher: only scored in the baseline's summary, never run while it trains.
-  const std::string given = config["teacher"]["path"];
-  b["teacher"]["path"] = given.empty() ? (out / "teacher.pt").string() : given;
+  if (config["teacher"].contains("path")) {
+    const std::string given = config["teacher"]["path"];
+    b["teacher"]["path"] = given.empty() ? (out / "teacher.pt").string() : given;
+  }
   b["teacher"]["cache"]["enabled"] = false;
   b["train"]["hard_example_mix"] = 0.0;  // mining ranks examples by the teacher
   for (auto& stage : b["stages"]) {

@@ -21,17 +21,28 @@ std::string section_keys(const nlohmann::json& section) {
 
 }  // namespace
 
-int run_list() {
+int run_list(const std::map<std::string, std::string>& plugins) {
   const auto& registry = kd::LossRegistry::global();
   fmt::print("losses (a stage's \"losses\": [{{\"type\": ..., \"weight\": ..., options}}]):\n");
   for (const auto& name : registry.names()) {
-    fmt::print("  {:<20} {}\n", name, registry.description(name));
+    const auto plugin = plugins.find(name);
+    fmt::print("  {:<20} {}{}\n", name, registry.description(name),
+               plugin == plugins.end() ? "" : fmt::format(" [plugin {}]", plugin->second));
     if (!registry.keys(name).empty()) fmt::print("  {:<20} options: {}\n", "", fmt::join(registry.keys(name), ", "));
   }
   fmt::print("\ntasks (\"task\" in a config, or --set task=NAME; each has its own defaults):\n");
   for (const auto& name : task_names()) {
     const auto& d = task_defaults(name);
     const Task& task = task_of(d);
+    if (!task.trains_teacher()) {  // its models are the user's files
+      fmt::print("  {:<20} {}: teacher.torchscript -> student.torchscript (TorchScript files, the student trained in "
+                 "place and written as OUT/student.ts.pt); data: safetensors files; out {}\n",
+                 name, task.title(), d["out"].get<std::string>());
+      fmt::print("  {:<20} data:    {}\n", "", section_keys(d["data"]));
+      fmt::print("  {:<20} teacher: {}\n", "", section_keys(d["teacher"]));
+      fmt::print("  {:<20} student: {}\n", "", section_keys(d["student"]));
+      continue;
+    }
     std::string teacher, student;
     const auto t = task.make_teacher(d, &teacher);
     const auto s = task.make_student(d, false, &student);

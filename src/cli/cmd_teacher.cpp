@@ -9,6 +9,12 @@ namespace kd::app {
 
 int run_teacher(const json& config, bool resume) {
   RunArgs a(config);
+  if (!a.task.trains_teacher()) {
+    throw Error(ErrorCategory::kConfig,
+                fmt::format("task \"{}\" takes its teacher as it is from teacher.torchscript: there is no teacher to "
+                            "train; run `kd-train distill`",
+                            a.task.name()));
+  }
   a.teacher_path.clear();  // this command trains the teacher into OUT, whatever teacher.path says
   const auto lock = lock_run_folder(a.out);
   // The student checkpoints there were trained against the teacher.pt there: a new teacher would leave them stale.

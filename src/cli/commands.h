@@ -1,6 +1,7 @@
 #pragma once
 // kd-train's subcommands, each given the resolved, validated config (see config.h).
 
+#include <map>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -27,7 +28,8 @@ int run_teacher(const nlohmann::json& config, bool resume);
 /// `as_json`: one JSON object on stdout instead of the text report.
 int run_eval(const nlohmann::json& config, const std::string& which, const std::string& model_file, bool as_json);
 /// Registered losses with their keys, tasks with their models and data sets.
-int run_list();
+/// `plugins`: the loss types --plugin files registered, with their file (shown beside them).
+int run_list(const std::map<std::string, std::string>& plugins = {});
 
 /// What `kd-train export` is asked for.
 struct ExportArgs {

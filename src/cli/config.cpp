@@ -12,6 +12,7 @@
 
 #include "kd/core/error.h"
 #include "kd/train/recipes.h"
+#include "custom_task.h"
 #include "stage_config.h"
 #include "task.h"
 
@@ -29,6 +30,8 @@ struct Range {
 const std::map<std::string, Range>& ranges() {
   static const std::map<std::string, Range> r = {
       {"data.limit", {0, 1e9}},
+      {"data.num_classes", {0, 1e7}},
+      {"data.validation_fraction", {0, 0.9, true}},
       {"data.student_labels", {0, 1, true}},
       {"evaluation.fgsm_epsilon", {0, 10}},
       {"evaluation.ece_bins", {1, 1000}},
@@ -445,6 +448,29 @@ json byte_lm_defaults() {
   return d;
 }
 
+// custom: the user's TorchScript teacher and student and safetensors data (custom_task.h); one stage of soft
+// targets (KL at T = 3) and hard labels, which fits any classifier or language model.
+json custom_defaults() {
+  json d = fashion_mnist_defaults();
+  d["task"] = "custom";
+  d["out"] = "runs/custom";
+  // validation / test "" = held out of train (validation_fraction, drawn with split_seed) / the validation split.
+  // num_classes 0 = max(train targets) + 1 for [N] class ids; [N, L] token targets are a language model.
+  d["data"] = {{"train", ""}, {"validation", ""}, {"test", ""}, {"num_classes", 0}, {"validation_fraction", 0.1},
+               {"split_seed", 0}, {"limit", 0}, {"student_labels", 1.0}};
+  d["teacher"] = {{"torchscript", ""}, {"cache", d["teacher"]["cache"]}};
+  d["student"] = {{"torchscript", ""}};
+  d["evaluation"].erase("fgsm_epsilon");  // the input range of the user's data is unknown
+  d["stages"] = json::parse(R"([
+    {"name": "distill", "epochs": 3,
+     "losses": [{"type": "temperature_kl", "name": "kl", "weight": 0.8, "temperature": 3.0},
+                {"type": "hard_label_ce", "name": "ce", "weight": 0.2}]}
+  ])");
+  d["train"]["batch_size"] = 64;
+  d["train"]["log_every"] = 50;
+  return d;
+}
+
 void validate_for(const json& config, const std::string& task, const std::string& origin) {
   if (!config.is_object()) {
     throw Error(ErrorCategory::kConfig, fmt::format("{}: the configuration must be a JSON object, got {}", origin,
@@ -470,8 +496,10 @@ json parse_layer(const std::string& text, const std::string& origin) {
 }  // namespace
 
 const nlohmann::json& task_defaults(const std::string& task) {
-  static const json fashion_mnist = fashion_mnist_defaults(), spam = spam_defaults(), byte_lm = byte_lm_defaults();
+  static const json fashion_mnist = fashion_mnist_defaults(), spam = spam_defaults(), byte_lm = byte_lm_defaults(),
+                    custom = custom_defaults();
   if (task == "fashion_mnist") return fashion_mnist;
+  if (task == "custom") return custom;
   if (task == "spam") return spam;
   if (task == "byte_lm") return byte_lm;
   throw Error(ErrorCategory::kConfig,
@@ -539,6 +567,8 @@ nlohmann::json resolve_config(const std::vector<std::string>& files, const std::
     validate_for(config, task, origin);
   }
   config["task"] = task;
+  // The custom task's metrics follow its data: the number of classes is read from the training targets once.
+  if (task == "custom") config = with_custom_classes(config);
   return config;
 }
 

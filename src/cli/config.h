@@ -11,7 +11,7 @@
 
 namespace kd::app {
 
-/// The default configuration of `kd-train distill` for `task` ("fashion_mnist", "spam", "byte_lm"; see
+/// The default configuration of `kd-train distill` for `task` ("fashion_mnist", "spam", "byte_lm", "custom"; see
 /// task.h); it doubles as that task's schema: every allowed key appears here, with the type its value
 /// must have. kd::Error (kConfig) for an unknown task, naming the ones there are.
 const nlohmann::json& task_defaults(const std::string& task);

@@ -16,8 +16,8 @@
 namespace kd::app {
 
 RunArgs::RunArgs(const json& c)
-    : task(task_of(c)), out(c["out"]), device(c["train"]["device"]), teacher_path(c["teacher"]["path"]),
-      teacher_epochs(c["teacher"]["epochs"]), teacher_steps(c["teacher"]["steps"]), batch_size(c["train"]["batch_size"]),
+    : task(task_of(c)), out(c["out"]), device(c["train"]["device"]), teacher_path(c["teacher"].value("path", "")),
+      teacher_epochs(c["teacher"].value("epochs", int64_t{0})), teacher_steps(c["teacher"].value("steps", int64_t{0})), batch_size(c["train"]["batch_size"]),
       threads(c["train"]["threads"]), log_every(c["train"]["log_every"]),
       checkpoint_every(c["train"]["checkpoint_every"]), seed(c["train"]["seed"]), lr(c["train"]["lr"]),
       weight_decay(c["train"]["weight_decay"]),
@@ -179,6 +179,14 @@ LoadedModel load_model_file(const json& config, const std::string& which, const 
   LoadedModel m;
   m.model = which == "teacher" ? task.make_teacher(config, &m.name) : task.make_student(config, int8, &m.name);
   m.model->to(device);
+  if (which == "teacher" && !task.trains_teacher()) {
+    if (path != fs::path(config["out"].get<std::string>()) / "teacher.pt") {
+      throw Error(ErrorCategory::kConfig, fmt::format("task \"{}\" reads its teacher from teacher.torchscript; --model "
+                                                      "applies to the student only",
+                                                      task.name()));
+    }
+    return m;  // the task's teacher is its file, already loaded
+  }
   if (int8) {
     m.int8_report = qat::load_int8(*m.model, path.string()).to_string();
     m.name += " (int8 file)";
@@ -282,6 +290,11 @@ TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device
   t.model = a.task.make_teacher(config, &t.name);
   auto& teacher = t.model;
   teacher->to(device);
+  if (!a.task.trains_teacher()) {  // the user's file, used as it is
+    spdlog::info("teacher: {} ({} parameters)", t.name, parameter_count(*teacher));
+    seconds = 0;
+    return t;
+  }
   const fs::path path = a.teacher_path.empty() ? out / "teacher.pt" : fs::path(a.teacher_path);
   const auto t0 = std::chrono::steady_clock::now();
   if (!a.teacher_path.empty() && !fs::exists(path)) {

@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include "custom_task.h"
 #include "kd/core/error.h"
 #include "kd/data/fashion_mnist.h"
 #include "kd/data/mixing.h"
@@ -305,7 +306,7 @@ Scores Task::evaluate(Model& model, const data::TensorDataset& split, int64_t ec
 }
 
 const std::vector<std::string>& task_names() {
-  static const std::vector<std::string> names = {"fashion_mnist", "spam", "byte_lm"};
+  static const std::vector<std::string> names = {"fashion_mnist", "spam", "byte_lm", "custom"};
   return names;
 }
 
@@ -317,6 +318,7 @@ const Task& task_of(const json& config) {
   if (name == "spam") return spam;
   if (name == "byte_lm") return byte_lm;
   if (name == "fashion_mnist") return fashion_mnist;
+  if (name == "custom") return custom_task(config);
   throw Error(ErrorCategory::kConfig,
               fmt::format("config: 'task' = \"{}\" is not a task; use one of: {}", name, fmt::join(task_names(), ", ")));
 }

@@ -7,6 +7,7 @@
 //   fashion_mnist  Fashion-MNIST images, CnnTeacher -> DepthwiseCnnStudent (or a plain CNN)
 //   spam           SpamAssassin mails as padded bytes, spam/ham: TransformerEncoder 6 -> 2 layers
 //   byte_lm        SpamAssassin mails as byte windows, next-byte prediction: CausalLM -> smaller CausalLM
+//   custom         the user's TorchScript teacher and student, safetensors data (custom_task.h)
 //
 // Each task's default config (config.cpp, task_defaults) is also its schema.
 
@@ -61,6 +62,9 @@ class Task {
   /// (models that have them). `name` receives its display name.
   virtual std::shared_ptr<Model> make_student(const nlohmann::json& config, bool activation_quant,
                                               std::string* name = nullptr) const = 0;
+  /// Whether kd-train trains the teacher (into OUT/teacher.pt) when it has none; false when the task's
+  /// teacher is a file the user brings, used as it is.
+  virtual bool trains_teacher() const { return true; }
   /// Classes of a classification task; 0 for language modelling.
   virtual int64_t num_classes() const = 0;
   EvalTask eval_task() const { return num_classes() > 0 ? EvalTask::kClassification : EvalTask::kLanguageModel; }

@@ -94,7 +94,14 @@ std::shared_ptr<ScriptModel> ScriptModel::load(const std::string& path,
     throw Error(ErrorCategory::kFormat, fmt::format("'{}' is not a loadable TorchScript archive: {}", path, *damage));
   }
   try {
-    return std::make_shared<ScriptModel>(torch::jit::load(path, device), path);
+    auto module = torch::jit::load(path, device);
+    if (!module.find_method("forward")) {
+      throw Error(ErrorCategory::kFormat,
+                  fmt::format("'{}' has no forward method; save a module whose forward(inputs) returns the logits (or a "
+                              "dict with \"logits\"): torch.jit.save(torch.jit.script(model), '{}')",
+                              path, path));
+    }
+    return std::make_shared<ScriptModel>(std::move(module), path);
   } catch (const Error&) {
     throw;
   } catch (const c10::Error& e) {

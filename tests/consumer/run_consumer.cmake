@@ -2,7 +2,8 @@
 #  1. run the INSTALLED kd-train (no LD_LIBRARY_PATH: it must find libkdistill through its relative RPATH) and
 #     check the shipped configs are installed,
 #  2. configure, build and run tests/consumer against the prefix with find_package(kdistill): its own program,
-#     and the README's C++ program (the first ```cpp block holding `int main`), compiled as a user copies it.
+#     and the README's C++ program (the first ```cpp block holding `int main`), compiled as a user copies it,
+#  3. build examples/my_kd_train (a kd-train with an extra loss) against kdistill::app and list its loss.
 # Inputs: KD_BINARY_DIR, KD_CONSUMER_SOURCE, KD_WORK_DIR, KD_GENERATOR; optional KD_README (README.md),
 # KD_WITH_APPS (kd-train was built), KD_INSTALL_BINDIR / KD_INSTALL_DATADIR (GNUInstallDirs of the build),
 # KD_DATA_ROOT (Fashion-MNIST, for a short run of the README program).
@@ -111,4 +112,17 @@ if(KD_README)
   else()
     message(STATUS "the README's program compiled and linked; not run (no Fashion-MNIST in ${KD_DATA_ROOT})")
   endif()
+endif()
+
+# ---- 3. a kd-train of one's own (examples/my_kd_train) against kdistill::app: its extra loss is listed
+if(KD_WITH_APPS AND DEFINED KD_MY_KD_TRAIN_SOURCE)
+  step(${CMAKE_COMMAND} -S ${KD_MY_KD_TRAIN_SOURCE} -B ${KD_WORK_DIR}/my_kd_train -G ${KD_GENERATOR}
+       -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=${prefix})
+  step(${CMAKE_COMMAND} --build ${KD_WORK_DIR}/my_kd_train)
+  execute_process(COMMAND ${CMAKE_COMMAND} -E env --unset=LD_LIBRARY_PATH ${KD_WORK_DIR}/my_kd_train/my_kd_train list
+    RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0 OR NOT out MATCHES "\n  margin_kl +T" OR NOT out MATCHES "\n  temperature_kl ")
+    message(FATAL_ERROR "examples/my_kd_train built against the installed kdistill::app does not list its loss (${rc}):\n${out}${err}")
+  endif()
+  message(STATUS "examples/my_kd_train built against the installed package and lists margin_kl")
 endif()

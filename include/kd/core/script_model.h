@@ -35,8 +35,8 @@ class ScriptModel : public Model {
  public:
   ScriptModel(torch::jit::Module module, std::string source);
 
-  /// Loads `path` onto `device`; kd::Error (kFile) if it is missing or not a
-  /// TorchScript archive.
+  /// Loads `path` onto `device`; kd::Error (kFile) if it is missing, (kFormat) if it is not a
+  /// TorchScript archive or has no forward method.
   static std::shared_ptr<ScriptModel> load(const std::string& path,
                                            const torch::Device& device = torch::kCPU);
 
