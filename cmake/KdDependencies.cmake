@@ -8,6 +8,9 @@ find_package(ZLIB REQUIRED)
 find_package(Eigen3 REQUIRED NO_MODULE)
 find_package(nlohmann_json REQUIRED)
 find_package(CLI11 REQUIRED CONFIG)
+# TensorBoard event files (kd::TensorBoardWriter): protoc compiles their messages (Debian: protobuf-compiler,
+# libprotobuf-dev).
+find_package(Protobuf REQUIRED)
 
 # One precompiled <torch/torch.h> per target: each translation unit that parses
 # it from scratch costs ~20 s on two cores.

@@ -75,6 +75,7 @@
 #include "kd/train/lr_schedule.h"
 #include "kd/train/metrics.h"
 #include "kd/train/metrics_log.h"
+#include "kd/train/tensorboard_logger.h"
 #include "kd/train/recipes.h"
 #include "kd/train/reward_feedback.h"
 #include "kd/train/stage.h"

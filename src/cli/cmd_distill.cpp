@@ -340,6 +340,10 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
     // killed start-up left are not this run's); a resumed one appends (MetricsLog cuts what it does again).
     if (starts_afresh) fs::remove(out / "metrics.jsonl");
     trainer.add_callback(std::make_shared<kd::MetricsLog>((out / "metrics.jsonl").string()));
+    if (const auto tb = tensorboard_dir(config, "student"); !tb.empty()) {
+      trainer.add_callback(std::make_shared<kd::TensorBoardLogger>(tb));
+      spdlog::info("TensorBoard: tensorboard --logdir {}", fs::path(tb).parent_path().string());
+    }
     trainer.add_callback(save_text_on_fit_begin(out / "config.json", config.dump(2) + "\n"));
   }
   trainer.add_callback(timer);
@@ -591,6 +595,10 @@ json baseline_config(const json& config) {
     b["teacher"]["path"] = given.empty() ? (out / "teacher.pt").string() : given;
   }
   b["teacher"]["cache"]["enabled"] = false;
+  // Its own TensorBoard run beside the distilled one: OUT/baseline/tensorboard, or baseline/ in a given folder.
+  if (const std::string tb = config["train"].value("tensorboard", ""); !tb.empty() && tb != "none") {
+    b["train"]["tensorboard"] = (fs::path(tb) / "baseline").string();
+  }
   b["train"]["hard_example_mix"] = 0.0;  // mining ranks examples by the teacher
   for (auto& stage : b["stages"]) {
     stage["losses"] = json::array({{{"type", "hard_label_ce"}, {"name", "ce"}, {"weight", 1.0}}});

@@ -332,6 +332,8 @@ json fashion_mnist_defaults() {
         {"threads", 0},
         {"device", "cpu"},
         {"log_every", 100},
+        // TensorBoard scalars: "" = OUT/tensorboard, "none" = not written, else that folder (student/, teacher/).
+        {"tensorboard", ""},
         {"checkpoint_every", 500},
         {"keep_last", 3},
         {"precision", "fp32"},

@@ -15,6 +15,7 @@
 //   kd-train --nproc N teacher|distill ...            N data-parallel ranks on this machine (c10d Gloo)
 //
 // common options: [--config FILE]... [--set key.path=value]... [--out DIR] [--device D] [--seed N] [--threads N]
+//                 [--tensorboard DIR|none]
 //
 // Exit status: 0 done; 2 bad input (command line, config, files, state of the run folder), with a message
 // naming the flag, JSON path or file; 3 an error inside LibTorch; 1 anything else; 128 + N ended by signal N.
@@ -86,7 +87,7 @@ int kd_train_main(int argc, char** argv) {
   app.require_subcommand(1);
   app.fallthrough();  // --nproc may come after the subcommand too
   std::vector<std::string> configs, sets;
-  std::string out, device, model_file, which = "student";
+  std::string out, device, model_file, which = "student", tensorboard;
   int64_t seed = -1, threads = -1;
   bool resume = false, baseline = false, print_config = false, quiet = false, dry_run = false;
   std::string log_level = "info";
@@ -116,6 +117,9 @@ int kd_train_main(int argc, char** argv) {
     cmd->add_option("--seed", seed, "random seed (same as --set train.seed=N)")->check(CLI::NonNegativeNumber);
     cmd->add_option("--threads", threads, "intra-op threads, 0 = all cores (same as --set train.threads=N)")
         ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--tensorboard", tensorboard,
+                    "TensorBoard event files go to DIR/student and DIR/teacher (default OUT/tensorboard); none: "
+                    "not written (same as --set train.tensorboard=DIR)");
     cmd->add_flag("--print-config", print_config, "print the resolved config (defaults, files, --set) and exit");
     cmd->footer(defaults);
   };
@@ -204,6 +208,7 @@ int kd_train_main(int argc, char** argv) {
     if (!device.empty()) sets.push_back("train.device=" + nlohmann::json(device).dump());
     if (seed >= 0) sets.push_back("train.seed=" + std::to_string(seed));
     if (threads >= 0) sets.push_back("train.threads=" + std::to_string(threads));
+    if (!tensorboard.empty()) sets.push_back("train.tensorboard=" + nlohmann::json(tensorboard).dump());
     const auto config = kd::app::resolve_config(configs, sets);
     if (print_config) {
       fmt::print("{}\n", config.dump(2));

@@ -205,7 +205,7 @@ std::string crc_hex(const std::string& text) {
 std::string config_fingerprint(json config) {
   config.erase("out");
   config.erase("evaluation");  // what is measured after training, not how it trains
-  for (const char* k : {"threads", "device", "log_every", "checkpoint_every", "keep_last"}) {
+  for (const char* k : {"threads", "device", "log_every", "checkpoint_every", "keep_last", "tensorboard"}) {
     if (config.contains("train")) config["train"].erase(k);
   }
   return crc_hex(config.dump());
@@ -333,6 +333,9 @@ TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device
                               .fingerprint(config_fingerprint(teacher_part)));
     if (is_main_rank()) {
       trainer.add_callback(std::make_shared<ConsoleLogger>(a.log_every));
+      if (const auto tb = tensorboard_dir(config, "teacher"); !tb.empty()) {
+        trainer.add_callback(std::make_shared<TensorBoardLogger>(tb));
+      }
       // Nothing to resume from: the lines a killed start-up left are not this run's.
       if (!resume || first_checkpoint(ckpt_dir).empty()) fs::remove(out / "teacher_metrics.jsonl");
       trainer.add_callback(std::make_shared<MetricsLog>((out / "teacher_metrics.jsonl").string()));
@@ -416,6 +419,13 @@ StudentSetup build_student(const json& config, const std::vector<StageSpec>& spe
     setup.specs[i].hooks(hooks);
   }
   return setup;
+}
+
+std::string tensorboard_dir(const json& config, const std::string& run) {
+  const std::string given = config["train"].value("tensorboard", "");
+  if (given == "none") return "";
+  const fs::path root = given.empty() ? fs::path(config["out"].get<std::string>()) / "tensorboard" : fs::path(given);
+  return (root / run).string();
 }
 
 }  // namespace kd::app

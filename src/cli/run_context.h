@@ -121,6 +121,10 @@ std::string first_checkpoint(const fs::path& dir);
 TrainSummary fit_stoppable(StagedTrainer& trainer, const data::TensorDataset& train,
                            const data::TensorDataset& validation, bool resume, const std::string& what_is_lost);
 
+/// Where the TensorBoard events of `run` ("student", "teacher") go: OUT/tensorboard/RUN, or RUN inside the
+/// config's train.tensorboard folder; "" when train.tensorboard is "none".
+std::string tensorboard_dir(const json& config, const std::string& run);
+
 /// The student the config names, with its stage hooks (one object per kind, shared by every stage listing it).
 struct StudentSetup {
   std::shared_ptr<Model> model;

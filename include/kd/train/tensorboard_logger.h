@@ -1,0 +1,41 @@
+#pragma once
+/// \file
+/// A training callback that writes TensorBoard scalars.
+
+#include <memory>
+#include <string>
+
+#include "kd/train/callback.h"
+#include "kd/train/tensorboard_writer.h"
+
+namespace kd {
+
+/// Writes every step's and every evaluation's numbers as TensorBoard scalars into `dir`
+/// (`tensorboard --logdir dir`):
+///
+///   loss/total, loss/<part>      the step's loss and each part the loss reported ("kl", "feat.0", ...)
+///   weight/<term>                each term's effective weight (the parts named "w.<term>")
+///   train/lr, train/grad_norm, train/samples_per_s
+///   validation/<metric>          each evaluation's metrics ("accuracy", "macro_f1", "f1.3", "bits_per_byte")
+///
+/// Step scalars are at the step's number counted from 1 (the first optimizer step is step 1), evaluations
+/// at the steps done when they ran, so an evaluation at a stage's end lines up with its last step. A resumed
+/// fit first writes a session start at its first step, so TensorBoard drops what the killed process logged
+/// after the checkpoint.
+///
+/// Example: `trainer.add_callback(std::make_shared<kd::TensorBoardLogger>("runs/x/tensorboard/student"));`
+class TensorBoardLogger : public Callback {
+ public:
+  explicit TensorBoardLogger(const std::string& dir);
+
+  void on_step_end(const StepReport& report) override;
+  void on_eval(const EvalResult& result) override;
+  void on_fit_begin(const FitInfo& info) override;
+
+  const TensorBoardWriter& writer() const { return *writer_; }
+
+ private:
+  std::unique_ptr<TensorBoardWriter> writer_;
+};
+
+}  // namespace kd

@@ -1,0 +1,36 @@
+#include "kd/train/tensorboard_logger.h"
+
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace kd {
+
+TensorBoardLogger::TensorBoardLogger(const std::string& dir) : writer_(std::make_unique<TensorBoardWriter>(dir)) {}
+
+void TensorBoardLogger::on_fit_begin(const FitInfo& info) {
+  if (info.resumed) writer_->add_session_start(info.resumed_from_step + 1);
+}
+
+void TensorBoardLogger::on_step_end(const StepReport& report) {
+  std::vector<std::pair<std::string, double>> scalars;
+  if (report.loss.total.defined()) scalars.emplace_back("loss/total", report.loss.total.item<double>());
+  for (const auto& [name, value] : report.loss.parts) {
+    if (!value.defined() || value.numel() != 1) continue;
+    const bool weight = name.rfind("w.", 0) == 0;  // the weighted sum's effective weights: "w.<term>"
+    scalars.emplace_back(weight ? "weight/" + name.substr(2) : "loss/" + name, value.item<double>());
+  }
+  scalars.emplace_back("train/lr", report.lr);
+  scalars.emplace_back("train/grad_norm", report.grad_norm);
+  scalars.emplace_back("train/samples_per_s", report.samples_per_s);
+  writer_->add_scalars(report.step.global_step + 1, scalars);
+}
+
+void TensorBoardLogger::on_eval(const EvalResult& result) {
+  std::vector<std::pair<std::string, double>> scalars;
+  for (const auto& [name, value] : result.metrics) scalars.emplace_back("validation/" + name, value);
+  writer_->add_scalars(result.global_step, scalars);
+}
+
+}  // namespace kd
