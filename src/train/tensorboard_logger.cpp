@@ -7,13 +7,16 @@
 
 namespace kd {
 
-TensorBoardLogger::TensorBoardLogger(const std::string& dir) : writer_(std::make_unique<TensorBoardWriter>(dir)) {}
+TensorBoardLogger::TensorBoardLogger(std::string dir) : dir_(std::move(dir)) {}
 
 void TensorBoardLogger::on_fit_begin(const FitInfo& info) {
+  // Opened only now that fit() has accepted the run: a refused resume leaves the folder as it was.
+  writer_ = std::make_unique<TensorBoardWriter>(dir_);
   if (info.resumed) writer_->add_session_start(info.resumed_from_step + 1);
 }
 
 void TensorBoardLogger::on_step_end(const StepReport& report) {
+  if (!writer_) return;
   std::vector<std::pair<std::string, double>> scalars;
   if (report.loss.total.defined()) scalars.emplace_back("loss/total", report.loss.total.item<double>());
   for (const auto& [name, value] : report.loss.parts) {
@@ -28,6 +31,7 @@ void TensorBoardLogger::on_step_end(const StepReport& report) {
 }
 
 void TensorBoardLogger::on_eval(const EvalResult& result) {
+  if (!writer_) return;
   std::vector<std::pair<std::string, double>> scalars;
   for (const auto& [name, value] : result.metrics) scalars.emplace_back("validation/" + name, value);
   writer_->add_scalars(result.global_step, scalars);

@@ -161,6 +161,11 @@ if len(files) != 2 or [s for _, s in starts] != [8] or starts[0][0] != os.path.b
     failures.append(f"the resumed run's events: files {files}, session starts {starts} (expected one, at step 8, "
                     f"in the second file)")
 
+# A resume the trainer refuses (another weight decay) writes no event file.
+run("distill", *tiny, "--out", out, "--resume", "--set", "train.weight_decay=0.5", expect=2)
+if len(glob.glob(os.path.join(out, "tensorboard", "student", "events.out.tfevents.*"))) != 2:
+    failures.append("a refused resume left an event file behind")
+
 # --tensorboard moves the events; none writes none.
 moved = os.path.join(work, "tb_elsewhere")
 run("distill", *tiny, "--set", f"teacher.path={out}/teacher.pt", "--out", os.path.join(work, "moved"),

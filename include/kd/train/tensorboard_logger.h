@@ -26,15 +26,19 @@ namespace kd {
 /// Example: `trainer.add_callback(std::make_shared<kd::TensorBoardLogger>("runs/x/tensorboard/student"));`
 class TensorBoardLogger : public Callback {
  public:
-  explicit TensorBoardLogger(const std::string& dir);
+  /// The folder (created when needed) and the event file are made when fit() begins, once the trainer has
+  /// accepted the run.
+  explicit TensorBoardLogger(std::string dir);
 
   void on_step_end(const StepReport& report) override;
   void on_eval(const EvalResult& result) override;
   void on_fit_begin(const FitInfo& info) override;
 
-  const TensorBoardWriter& writer() const { return *writer_; }
+  /// The event file being written; null before fit() begins.
+  const TensorBoardWriter* writer() const { return writer_.get(); }
 
  private:
+  std::string dir_;
   std::unique_ptr<TensorBoardWriter> writer_;
 };
 
