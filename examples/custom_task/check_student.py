@@ -43,7 +43,8 @@ def main():
     student = torch.jit.load(os.path.join(a.out, "student.ts.pt")).eval()
     with torch.no_grad():
         t = teacher(test["inputs"])["logits"].argmax(1)
-        s = student(test["inputs"])["logits"].argmax(1)
+        out = student(test["inputs"])  # the user's own module returns its dict; a library student, the logits
+        s = (out["logits"] if isinstance(out, dict) else out).argmax(1)
     y = test["targets"]
     student_accuracy = (s == y).float().mean().item()
     params = sum(p.numel() for p in student.parameters())

@@ -377,10 +377,15 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
   if (fit.resumed) spdlog::info("resumed from step {}", fit.resumed_from_step);
   if (!main_rank) return json();  // rank 0 holds the same student and writes and reports it
   save_module(student_model, out / "student.pt");
-  if (auto* script = dynamic_cast<ScriptModel*>(student_model.get())) {
-    // The user's TorchScript student, its parameters trained in place: loadable by torch.jit.load as it came.
-    write_atomically((out / "student.ts.pt").string(), [&](const std::string& tmp) { script->module().save(tmp); });
-    spdlog::info("student: {} (TorchScript, torch.jit.load-able)", (out / "student.ts.pt").string());
+  if (!a.task.trains_teacher()) {  // the custom task: the student goes back to the user's PyTorch as TorchScript
+    const fs::path ts = out / "student.ts.pt";
+    if (auto* script = dynamic_cast<ScriptModel*>(student_model.get())) {
+      // The user's TorchScript student, its parameters trained in place: loadable as it came.
+      write_atomically(ts.string(), [&](const std::string& tmp) { script->module().save(tmp); });
+    } else {  // a library architecture (student.model), traced
+      export_torchscript(*student_model, a.task.example_input(config).to(device), ts.string());
+    }
+    spdlog::info("student: {} (TorchScript, torch.jit.load-able)", ts.string());
   }
 
   // Classifiers: the calibration error from the same pass as the scores.

@@ -76,6 +76,7 @@ const std::map<std::string, Range>& ranges() {
       {"student.heads", {1, 1024}},
       {"student.ffn", {0, 1 << 20}},
       {"student.dropout", {0, 0.999}},
+      {"student.vocab", {1, 1 << 24}},
       {"generate.tokens", {0, 1e6}},
       {"generate.temperature", {0, 100}},
       {"generate.top_k", {0, 1e6}},
@@ -109,6 +110,7 @@ std::map<std::string, std::vector<std::string>> choices(const std::string& task)
   };
   c["student.model"] = task == "spam"      ? std::vector<std::string>{"transformer"}
                        : task == "byte_lm" ? std::vector<std::string>{"causal_lm"}
+                       : task == "custom"  ? std::vector<std::string>{"", "depthwise_cnn", "cnn", "transformer", "causal_lm"}
                                            : std::vector<std::string>{"depthwise_cnn", "cnn"};
   return c;
 }
@@ -461,7 +463,11 @@ json custom_defaults() {
   d["data"] = {{"train", ""}, {"validation", ""}, {"test", ""}, {"num_classes", 0}, {"validation_fraction", 0.1},
                {"split_seed", 0}, {"limit", 0}, {"student_labels", 1.0}};
   d["teacher"] = {{"torchscript", ""}, {"cache", d["teacher"]["cache"]}};
-  d["student"] = {{"torchscript", ""}};
+  // torchscript: the student's file; or model: a library architecture sized from the data ("depthwise_cnn" /
+  // "cnn" for images: width1, width2, hidden; "transformer" / "causal_lm" for token ids: layers, d_model, heads,
+  // ffn, dropout, vocab).
+  d["student"] = {{"torchscript", ""}, {"model", ""},   {"width1", 16},  {"width2", 32},    {"hidden", 256}, {"layers", 2},
+                  {"d_model", 64},     {"heads", 2},    {"ffn", 0},      {"dropout", 0.1},  {"vocab", 256}};
   d["evaluation"].erase("fgsm_epsilon");  // the input range of the user's data is unknown
   d["stages"] = json::parse(R"([
     {"name": "distill", "epochs": 3,

@@ -14,6 +14,9 @@
 #include "kd/core/generators_kept.h"
 #include "kd/core/script_model.h"
 #include "kd/data/safetensors.h"
+#include "kd/models/causal_lm.h"
+#include "kd/models/cnn.h"
+#include "kd/models/transformer_encoder.h"
 
 namespace kd::app {
 namespace {
@@ -204,7 +207,16 @@ class CustomTask : public Task {
     return m;
   }
 
-  std::shared_ptr<Model> make_student(const json& config, bool, std::string* name) const override {
+  std::shared_ptr<Model> make_student(const json& config, bool activation_quant, std::string* name) const override {
+    const json& sc = config["student"];
+    const std::string model = sc["model"], file = sc["torchscript"];
+    if (!model.empty() && !file.empty()) {
+      throw Error(ErrorCategory::kConfig,
+                  fmt::format("config: 'student.model' = \"{}\" and 'student.torchscript' = \"{}\" both name the "
+                              "student; keep one",
+                              model, file));
+    }
+    if (!model.empty()) return built_in_student(config, activation_quant, name);
     auto m = load_script(config, "student");
     // Its parameters are what training changes, whatever requires_grad the file was saved with.
     for (auto& p : m->parameters()) p.set_requires_grad(true);
@@ -212,9 +224,62 @@ class CustomTask : public Task {
     return m;
   }
 
+  // student.model: a library architecture sized from the training inputs and the task's classes.
+  std::shared_ptr<Model> built_in_student(const json& config, bool activation_quant, std::string* name) const {
+    const json& sc = config["student"];
+    const std::string model = sc["model"];
+    const auto x = example_input(config);  // [1, ...] of the training inputs
+    auto shape = fmt::format("[N, {}]", fmt::join(std::vector<int64_t>(x.sizes().begin() + 1, x.sizes().end()), ", "));
+    auto refuse = [&](const std::string& why) {
+      return Error(ErrorCategory::kConfig,
+                   fmt::format("config: 'student.model' = \"{}\" {}; the training inputs are {} {} and the targets {} "
+                               "(give the student as student.torchscript instead)",
+                               model, why, torch::toString(x.scalar_type()), shape,
+                               classes_ > 0 ? fmt::format("{} class ids", classes_) : std::string("token ids")));
+    };
+    try {
+      if (model == "depthwise_cnn" || model == "cnn") {
+        if (x.dim() != 4 || !x.is_floating_point() || x.size(2) != x.size(3) || x.size(2) % 4 != 0 || classes_ <= 0) {
+          throw refuse("takes images [N, C, S, S] (S divisible by 4) with class targets");
+        }
+        if (name) *name = fmt::format("{}({}/{})", model == "cnn" ? "Cnn" : "DepthwiseCnnStudent", sc["width1"].get<int64_t>(),
+                                      sc["width2"].get<int64_t>());
+        if (model == "cnn") {
+          return models::CnnTeacher(models::CnnTeacherOptions().in_channels(x.size(1)).image_size(x.size(2))
+                                        .width1(sc["width1"]).width2(sc["width2"]).hidden(sc["hidden"])
+                                        .num_classes(classes_).activation_quant(activation_quant)).ptr();
+        }
+        return models::DepthwiseCnnStudent(models::DepthwiseCnnStudentOptions().in_channels(x.size(1))
+                                               .image_size(x.size(2)).width1(sc["width1"]).width2(sc["width2"])
+                                               .num_classes(classes_).activation_quant(activation_quant)).ptr();
+      }
+      if (x.dim() != 2 || x.is_floating_point()) throw refuse("takes token ids [N, L]");
+      if (model == "transformer") {
+        if (classes_ <= 0) throw refuse("classifies sequences: it needs [N] class targets");
+        if (name) *name = fmt::format("TransformerEncoder({}x{}, {} heads)", sc["layers"].get<int64_t>(),
+                                      sc["d_model"].get<int64_t>(), sc["heads"].get<int64_t>());
+        return models::TransformerEncoder(models::TransformerEncoderOptions().vocab(sc["vocab"]).layers(sc["layers"])
+                                              .d_model(sc["d_model"]).heads(sc["heads"]).ffn(sc["ffn"])
+                                              .dropout(sc["dropout"]).max_len(x.size(1)).num_classes(classes_)).ptr();
+      }
+      if (classes_ > 0) throw refuse("predicts the next token: it needs [N, L] token targets");
+      if (name) *name = fmt::format("CausalLM({}x{}, {} heads)", sc["layers"].get<int64_t>(), sc["d_model"].get<int64_t>(),
+                                    sc["heads"].get<int64_t>());
+      return models::CausalLM(models::CausalLMOptions().vocab(sc["vocab"]).layers(sc["layers"]).d_model(sc["d_model"])
+                                  .heads(sc["heads"]).ffn(sc["ffn"]).dropout(sc["dropout"]).max_len(x.size(1))).ptr();
+    } catch (const Error& e) {
+      if (e.category() == ErrorCategory::kConfig) throw;
+      throw Error(ErrorCategory::kConfig, fmt::format("config: 'student': {}", e.message()));
+    }
+  }
+
   torch::Tensor example_input(const json& config) const override {
+    // Read once per file: the student's shape is asked for several times per run.
+    static std::map<std::string, torch::Tensor> first_input;
     const std::string path = config["data"]["train"];
-    return read_split(path, "data.train").inputs.slice(0, 0, 1);
+    auto& x = first_input[path];
+    if (!x.defined()) x = read_split(path, "data.train").inputs.slice(0, 0, 1).clone();
+    return x;
   }
   int64_t pad_token() const override { return -1; }
 

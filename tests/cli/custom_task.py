@@ -80,6 +80,18 @@ saved = json.load(open(os.path.join(out2, "config.json")))
 if saved["stages"][0]["losses"][0].get("student_dims") != [64]:
     failures.append(f"the saved config lacks the inferred dims: {saved['stages'][0]['losses'][0]}")
 
+# A library student instead of a TorchScript one (student.model, sized from the data), traced to student.ts.pt.
+out_builtin = os.path.join(work, "builtin")
+run([kd, "distill", *common, "--set", 'student.torchscript=""', "--set", "student.model=depthwise_cnn",
+     "--set", "student.width1=8", "--set", "student.width2=16", "--out", out_builtin], 0,
+    "DepthwiseCnnStudent(8/16)", "student.ts.pt")
+run([python, os.path.join(source, "examples/custom_task/check_student.py"), inputs, out_builtin, "--min-accuracy",
+     "0.5"], 0, "student.ts.pt loaded in PyTorch")
+run([kd, "distill", *common, "--set", 'student.torchscript=""', "--set", "student.model=transformer", "--out",
+     os.path.join(work, "bad_out")], 2, "'student.model' = \"transformer\" takes token ids [N, L]", "[N, 1, 28, 28]")
+run([kd, "distill", *common, "--set", "student.model=cnn", "--out", os.path.join(work, "bad_out")], 2,
+    "both name the student")
+
 # 3. [N, L] token targets: a language model, scored in bits per token; the reader widens uint8 token ids.
 lm = os.path.join(work, "lm_inputs")
 run([python, os.path.join(source, "tests/cli/custom_lm_inputs.py"), os.path.join(source, "README.md"), lm], 0,
@@ -89,6 +101,10 @@ lm_out = run([kd, "distill", "--set", "task=custom", "--set", f"teacher.torchscr
               "--set", f"student.torchscript={lm}/student.pt", "--set", f"data.train={lm}/train.safetensors",
               "--set", f"data.validation={lm}/validation.safetensors", "--threads", "2", "--out", out3], 0,
              "token targets (language model)", "bits/byte")
+run([kd, "distill", "--set", "task=custom", "--set", f"teacher.torchscript={lm}/teacher.pt",
+     "--set", "student.model=causal_lm", "--set", "student.d_model=32", "--set", f"data.train={lm}/train.safetensors",
+     "--set", f"data.validation={lm}/validation.safetensors", "--threads", "2", "--out", os.path.join(work, "lm_builtin")],
+    0, "CausalLM(2x32, 2 heads)", "bits/byte")
 summary = json.load(open(os.path.join(out3, "summary.json"))) if os.path.exists(os.path.join(out3, "summary.json")) else {}
 rows = summary.get("models", [])
 if len(rows) < 2 or not rows[1].get("test_bits_per_byte", 99) < 8:
