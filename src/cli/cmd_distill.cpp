@@ -216,6 +216,7 @@ void check_stages_before_training(const RunArgs& a, const json& config, const st
   const GeneratorsKept kept;  // building untrained models draws random numbers the run must not lose
   auto teacher_model = a.task.make_teacher(config);
   teacher_model->to(device);
+  teacher_model = ensemble_teacher(config, teacher_model, nullptr, device, /*load=*/false);
   auto student = build_student(config, specs, out);
   student.model->to(device);
   auto options = trainer_options(a);
@@ -239,6 +240,16 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
   if (!a.task.trains_teacher()) loaded = load_splits(a, resolved, device);
   const json config = loaded ? with_feature_dims(resolved, a.task, loaded->train, device) : resolved;
   const auto specs = stages_from_json(config["stages"], "config");
+  for (const auto& s : specs) {
+    for (const auto& l : s.losses()) {
+      if (l.type() == "teacher_mixture_kl" && config["teacher"]["cache"]["enabled"].get<bool>()) {
+        throw Error(ErrorCategory::kConfig,
+                    fmt::format("config: stage '{}' uses teacher_mixture_kl, which reads each teacher's logits; the "
+                                "teacher cache keeps only the mixture: set teacher.cache.enabled=false",
+                                s.name()));
+      }
+    }
+  }
   // Hooks that do not fit the student (a LoRA target it lacks) fail now, not after the teacher trained.
   const int64_t student_bytes = [&] {
     const GeneratorsKept kept;
@@ -271,7 +282,10 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
   const auto& val = data.validation;
   const auto& test = data.test;
   double teacher_seconds = 0;
-  const auto [teacher_model, teacher_name] = train_or_load_teacher(a, device, data, teacher_seconds, resume, config);
+  const auto trained = train_or_load_teacher(a, device, data, teacher_seconds, resume, config);
+  std::string teacher_name = trained.name;
+  const auto teacher_model = ensemble_teacher(config, trained.model, &teacher_name, device, /*load=*/true);
+  if (teacher_model != trained.model) spdlog::info("teacher: {}", teacher_name);
   kd::Teacher teacher(teacher_model);
   // Stages of hard labels only train the student alone (a baseline): the teacher is scored, not run.
   const bool teacher_in_training = stages_read_teacher(specs);

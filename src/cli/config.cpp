@@ -38,6 +38,7 @@ const std::map<std::string, Range>& ranges() {
       {"data.validation_size", {0, 59999}},
       {"teacher.epochs", {0, 1000}},
       {"teacher.cache.top_k", {0, 1e6}},
+      {"teacher.ensemble_temperature", {0, 100}},
       {"train.batch_size", {1, 65536}},
       {"train.lr", {0, 10, true}},
       {"train.weight_decay", {0, 10}},
@@ -294,7 +295,14 @@ json fashion_mnist_defaults() {
        {{"epochs", 2},
         {"steps", 0},
         {"path", ""},
-        {"cache", {{"enabled", false}, {"top_k", 0}, {"dtype", "float16"}, {"path", ""}}}}},
+        {"cache", {{"enabled", false}, {"top_k", 0}, {"dtype", "float16"}, {"path", ""}}},
+        // ensemble: more teacher files (this task's teacher.pt states; TorchScript files for "custom") distilled
+        // together with the teacher above as one (kd::MultiTeacher): their soft targets mixed with ensemble_weights
+        // (empty = equal) at ensemble_temperature (0 = the T of the first temperature_kl or teacher_mixture_kl
+        // term); teacher_mixture_kl learns the weights from the labels instead.
+        {"ensemble", json::array()},
+        {"ensemble_weights", json::array()},
+        {"ensemble_temperature", 0.0}}},
       // width1/width2 as in DepthwiseCnnStudentOptions; hidden is used by "cnn" (the teacher's architecture) only.
       {"student", {{"model", "depthwise_cnn"}, {"width1", 16}, {"width2", 32}, {"hidden", 256}}},
       {"stages", stages_to_json(progressive3())},
@@ -378,6 +386,9 @@ json teacher_section(int64_t epochs, int64_t steps, json shape) {
   shape["steps"] = steps;
   shape["path"] = "";
   shape["cache"] = {{"enabled", false}, {"top_k", 0}, {"dtype", "float16"}, {"path", ""}};
+  for (const char* k : {"ensemble", "ensemble_weights", "ensemble_temperature"}) {
+    shape[k] = fashion_mnist_defaults()["teacher"][k];
+  }
   return shape;
 }
 
@@ -462,7 +473,11 @@ json custom_defaults() {
   // num_classes 0 = max(train targets) + 1 for [N] class ids; [N, L] token targets are a language model.
   d["data"] = {{"train", ""}, {"validation", ""}, {"test", ""}, {"num_classes", 0}, {"validation_fraction", 0.1},
                {"split_seed", 0}, {"limit", 0}, {"student_labels", 1.0}};
-  d["teacher"] = {{"torchscript", ""}, {"cache", d["teacher"]["cache"]}};
+  d["teacher"] = {{"torchscript", ""},
+                  {"cache", d["teacher"]["cache"]},
+                  {"ensemble", d["teacher"]["ensemble"]},
+                  {"ensemble_weights", d["teacher"]["ensemble_weights"]},
+                  {"ensemble_temperature", d["teacher"]["ensemble_temperature"]}};
   // torchscript: the student's file; or model: a library architecture sized from the data ("depthwise_cnn" /
   // "cnn" for images: width1, width2, hidden; "transformer" / "causal_lm" for token ids: layers, d_model, heads,
   // ffn, dropout, vocab).

@@ -10,6 +10,8 @@
 #include "hook_config.h"
 #include "kd/core/archive_file.h"
 #include "kd/core/atomic_file.h"
+#include "kd/core/multi_teacher.h"
+#include "kd/core/script_model.h"
 #include "kd/train/stop_signal.h"
 #include "stage_config.h"
 
@@ -426,6 +428,72 @@ std::string tensorboard_dir(const json& config, const std::string& run) {
   if (given == "none") return "";
   const fs::path root = given.empty() ? fs::path(config["out"].get<std::string>()) / "tensorboard" : fs::path(given);
   return (root / run).string();
+}
+
+std::shared_ptr<Model> ensemble_teacher(const json& config, std::shared_ptr<Model> first, std::string* name,
+                                        const torch::Device& device, bool load) {
+  const json& t = config["teacher"];
+  const json& files = t["ensemble"];
+  if (files.empty()) return first;
+  const Task& task = task_of(config);
+  std::vector<ModelPtr> teachers{first};
+  std::vector<std::string> names{name ? *name : std::string()};
+  for (size_t i = 0; i < files.size(); ++i) {
+    const std::string key = fmt::format("teacher.ensemble[{}]", i);
+    if (!files[i].is_string() || files[i].get<std::string>().empty()) {
+      throw Error(ErrorCategory::kConfig, fmt::format("config: '{}' must be a teacher file name, got {}", key, files[i].dump()));
+    }
+    const std::string file = files[i];
+    if (load && !fs::exists(file)) {
+      throw Error(ErrorCategory::kFile, fmt::format("{} '{}' does not exist; train one with `kd-train teacher --out DIR` "
+                                                    "(DIR/teacher.pt){}",
+                                                    key, file, task.trains_teacher() ? "" : " or give a TorchScript file"));
+    }
+    std::shared_ptr<Model> m;
+    if (!task.trains_teacher()) {
+      m = ScriptModel::load(file);  // the custom task's teachers are TorchScript files, whatever their architecture
+    } else {
+      m = task.make_teacher(config);
+      m->to(device);
+      if (load) load_module(*m, file, device, key);
+    }
+    m->to(device);
+    teachers.push_back(m);
+    names.push_back(fs::path(file).filename().string());
+  }
+  std::vector<double> weights;
+  for (const auto& w : t["ensemble_weights"]) {
+    if (!w.is_number() || w.get<double>() < 0) {
+      throw Error(ErrorCategory::kConfig, fmt::format("config: 'teacher.ensemble_weights' must hold numbers >= 0, got {}",
+                                                      t["ensemble_weights"].dump()));
+    }
+    weights.push_back(w.get<double>());
+  }
+  if (!weights.empty() && weights.size() != teachers.size()) {
+    throw Error(ErrorCategory::kConfig,
+                fmt::format("config: 'teacher.ensemble_weights' has {} values for {} teachers (the teacher and the {} of "
+                            "teacher.ensemble); give one per teacher, or none for equal weights",
+                            weights.size(), teachers.size(), files.size()));
+  }
+  // The soft targets are mixed at the KL's temperature unless told otherwise: then softmax(z / T) is the mixture.
+  double temperature = t["ensemble_temperature"];
+  for (const auto& stage : config["stages"]) {
+    for (const auto& loss : stage["losses"]) {
+      const std::string type = loss.value("type", "");
+      if (temperature <= 0 && (type == "temperature_kl" || type == "teacher_mixture_kl")) {
+        temperature = loss.value("temperature", 1.0);
+      }
+    }
+  }
+  if (temperature <= 0) temperature = 1.0;
+  std::shared_ptr<Model> ensemble;
+  try {
+    ensemble = std::make_shared<MultiTeacherImpl>(teachers, MultiTeacherOptions().weights(weights).temperature(temperature));
+  } catch (const Error& e) {
+    throw Error(ErrorCategory::kConfig, fmt::format("config: 'teacher.ensemble': {}", e.message()));
+  }
+  if (name) *name = fmt::format("ensemble of {} (T {}): {}", teachers.size(), temperature, fmt::join(names, " + "));
+  return ensemble;
 }
 
 }  // namespace kd::app

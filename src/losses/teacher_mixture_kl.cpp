@@ -56,7 +56,8 @@ LossResult TeacherMixtureKLImpl::forward(const DistillBatch& batch) {
     if (it == batch.teacher.extras.end()) {
       throw Error(ErrorCategory::kModel,
                   fmt::format("TeacherMixtureKL: batch.teacher.extras has no '{}' (teachers() = {}); use kd::MultiTeacher, "
-                              "which keeps each teacher's logits there",
+                              "which keeps each teacher's logits there (kd-train: list the other teachers' files in "
+                              "teacher.ensemble)",
                               key, options.teachers()));
     }
     const auto zk = it->second.detach().to(zs.dtype());

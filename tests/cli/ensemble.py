@@ -1,0 +1,61 @@
+"""kd-train with several teachers (teacher.ensemble): configs/fashion_mnist_ensemble.json's learned mixture
+(teacher_mixture_kl) and a fixed-weight mixture under temperature_kl run on tiny data and report the ensemble;
+what cannot work is refused before training, naming the key: a missing file, weights that do not fit the number
+of teachers, teacher_mixture_kl with one teacher or with the teacher cache.
+
+usage: ensemble.py KD_TRAIN SOURCE_DIR WORK
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+kd, source, work = sys.argv[1:4]
+shutil.rmtree(work, ignore_errors=True)
+failures = []
+tiny = ["--threads", "1", "--set", "data.limit=512", "--set", "teacher.epochs=1", "--set", "train.batch_size=64"]
+
+
+def run(args, expect, *needles):
+    r = subprocess.run([kd, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
+    out = r.stdout.decode(errors="replace")
+    problems = ([f"exit {r.returncode}, expected {expect}"] if r.returncode != expect else []) + \
+               [f"no {n!r}" for n in needles if n not in out]
+    label = " ".join(args)[:150]
+    if problems:
+        failures.append(f"kd-train {label}: {'; '.join(problems)}\n{out[-2500:]}")
+    print(("FAIL " if problems else "ok   ") + label)
+    return out
+
+
+second = os.path.join(work, "second_teacher")
+run(["teacher", *tiny, "--seed", "1", "--out", second], 0, "teacher.pt")
+ensemble = ["--set", f'teacher.ensemble=["{second}/teacher.pt"]']
+
+# The shipped config: the learned mixture, its weights logged as parts of the "mix" term.
+learned = os.path.join(work, "learned")
+run(["distill", "--config", os.path.join(source, "configs/fashion_mnist_ensemble.json"), *tiny, *ensemble,
+     "--set", "stages.0.steps=4", "--out", learned], 0, "ensemble of 2 (T 3)", "mix.w.teacher0=", "mix.w.teacher1=")
+summary = json.load(open(os.path.join(learned, "summary.json"))) if os.path.exists(os.path.join(learned, "summary.json")) else {}
+if not summary.get("models", [{}])[0].get("model", "").startswith("ensemble of 2"):
+    failures.append(f"summary.json's teacher row is not the ensemble: {summary.get('models')}")
+
+# A fixed mixture (0.7 / 0.3) distilled by plain KL at T = 2: the ensemble is mixed at the KL's temperature.
+run(["distill", *tiny, *ensemble, "--set", "teacher.ensemble_weights=[0.7, 0.3]",
+     "--set", 'stages=[{"name": "kl", "steps": 4, "losses": [{"type": "temperature_kl", "temperature": 2.0}]}]',
+     "--set", f"teacher.path={learned}/teacher.pt", "--out", os.path.join(work, "fixed")], 0, "ensemble of 2 (T 2)")
+
+bad = os.path.join(work, "bad")
+for args, needles in [
+    (["--set", f'teacher.ensemble=["{work}/none.pt"]'], ["teacher.ensemble[0]", "does not exist"]),
+    ([*ensemble, "--set", "teacher.ensemble_weights=[1, 2, 3]"], ["has 3 values for 2 teachers"]),
+    (["--set", "teacher.cache.enabled=true", *ensemble], ["teacher cache keeps only the mixture"]),
+    ([], ["teacher.ensemble"]),  # teacher_mixture_kl with the one teacher
+]:
+    run(["distill", "--config", os.path.join(source, "configs/fashion_mnist_ensemble.json"), *tiny,
+         "--set", f"teacher.path={learned}/teacher.pt", *args, "--out", bad], 2, *needles)
+
+if failures:
+    sys.exit("ensemble.py:\n" + "\n".join(failures))
+print("ensemble.py: all checks passed")
