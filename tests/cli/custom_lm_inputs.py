@@ -3,18 +3,21 @@ next-byte data ([N, L] token targets) as safetensors, for the custom task's lang
 
 usage: custom_lm_inputs.py TEXT_FILE OUT_DIR
 """
-import json
 import os
-import struct
 import sys
 from typing import Dict
 
 import torch
 from torch import nn
 
+# The example's writer: the same file layout the custom task's users write.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "examples", "custom_task"))
+from make_inputs import write_safetensors  # noqa: E402
+
 
 class ByteLM(nn.Module):
-    """Embedding -> tanh -> Linear over 256 byte values; its hidden state is the embedding [N, L, width]."""
+    """Embedding -> Linear -> tanh -> Linear over 256 byte values; the tanh output [N, L, width] is its hidden state."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -25,21 +28,6 @@ class ByteLM(nn.Module):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         h = torch.tanh(self.mix(self.emb(x)))
         return {"logits": self.head(h), "hidden_states.0": h}
-
-
-def write_safetensors(path, tensors):
-    header, blobs, offset = {}, [], 0
-    names = {torch.int64: "I64", torch.uint8: "U8", torch.float32: "F32"}
-    for name in sorted(tensors):
-        blob = tensors[name].contiguous().numpy().tobytes()
-        header[name] = {"dtype": names[tensors[name].dtype], "shape": list(tensors[name].shape),
-                        "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
 text_file, out = sys.argv[1:3]
