@@ -216,7 +216,7 @@ void check_stages_before_training(const RunArgs& a, const json& config, const st
   const GeneratorsKept kept;  // building untrained models draws random numbers the run must not lose
   auto teacher_model = a.task.make_teacher(config);
   teacher_model->to(device);
-  teacher_model = ensemble_teacher(config, teacher_model, nullptr, device, /*load=*/false);
+  teacher_model = ensemble_teacher(config, teacher_model, nullptr, device);
   auto student = build_student(config, specs, out);
   student.model->to(device);
   auto options = trainer_options(a);
@@ -284,7 +284,7 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
   double teacher_seconds = 0;
   const auto trained = train_or_load_teacher(a, device, data, teacher_seconds, resume, config);
   std::string teacher_name = trained.name;
-  const auto teacher_model = ensemble_teacher(config, trained.model, &teacher_name, device, /*load=*/true);
+  const auto teacher_model = ensemble_teacher(config, trained.model, &teacher_name, device);
   if (teacher_model != trained.model) spdlog::info("teacher: {}", teacher_name);
   kd::Teacher teacher(teacher_model);
   // Stages of hard labels only train the student alone (a baseline): the teacher is scored, not run.

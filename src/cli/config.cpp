@@ -298,7 +298,7 @@ json fashion_mnist_defaults() {
         {"cache", {{"enabled", false}, {"top_k", 0}, {"dtype", "float16"}, {"path", ""}}},
         // ensemble: more teacher files (this task's teacher.pt states; TorchScript files for "custom") distilled
         // together with the teacher above as one (kd::MultiTeacher): their soft targets mixed with ensemble_weights
-        // (empty = equal) at ensemble_temperature (0 = the T of the first temperature_kl or teacher_mixture_kl
+        // (empty = equal) at ensemble_temperature (0 = the T of the first temperature_kl, dkd or teacher_mixture_kl
         // term); teacher_mixture_kl learns the weights from the labels instead.
         {"ensemble", json::array()},
         {"ensemble_weights", json::array()},

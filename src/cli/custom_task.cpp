@@ -1,5 +1,6 @@
 #include "custom_task.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -74,6 +75,11 @@ data::TensorDataset read_split(const std::string& path, const std::string& key) 
                 fmt::format("{} '{}': \"targets\" must be integer class ids [N] or token ids [N, L], got {} {}", key,
                             path, torch::toString(d.targets.scalar_type()), shape(d.targets)));
   }
+  if (d.targets.dim() == 2 && (d.inputs.dim() != 2 || d.inputs.size(1) != d.targets.size(1))) {
+    throw Error(ErrorCategory::kFormat,
+                fmt::format("{} '{}': token \"targets\" {} need \"inputs\" of the same shape [N, L], got {}", key, path,
+                            shape(d.targets), shape(d.inputs)));
+  }
   d.targets = d.targets.to(torch::kLong);
   // Token ids index embeddings, which take int64 (PyTorch's convention); real-valued inputs stay as they are.
   if (!d.inputs.is_floating_point() && d.inputs.scalar_type() != torch::kBool) d.inputs = d.inputs.to(torch::kLong);
@@ -118,9 +124,10 @@ void check_classes(const data::TensorDataset& d, int64_t classes, const std::str
   const int64_t lo = real.min().item<int64_t>(), hi = real.max().item<int64_t>();
   if (lo < 0 || hi >= classes) {
     throw Error(ErrorCategory::kFormat,
-                fmt::format("{} '{}': \"targets\" hold class ids {}..{}, outside 0..{} (data.num_classes = {}); raise "
-                            "data.num_classes or leave it 0 to infer it",
-                            key, path, lo, hi, classes - 1, classes));
+                fmt::format("{} '{}': \"targets\" hold class ids {}..{}, outside 0..{} (data.num_classes = {}, given or "
+                            "inferred from data.train); class ids must be 0..C-1 (or -100 for no label): --set "
+                            "data.num_classes={} if the classes are more",
+                            key, path, lo, hi, classes - 1, classes, hi + 1));
   }
 }
 
@@ -133,6 +140,30 @@ std::shared_ptr<ScriptModel> load_script(const json& config, const char* section
                             section, section, section, section));
   }
   return ScriptModel::load(path);
+}
+
+// What a built-in student's size and kd-train export need of data.train, read once per version of the file.
+struct TrainFacts {
+  torch::Tensor first_input;  // [1, ...]
+  int64_t max_token_id = -1;  // integer inputs (and [N, L] targets) only
+};
+
+const TrainFacts& train_facts(const json& config) {
+  static std::map<std::string, TrainFacts> facts;
+  const std::string path = config["data"]["train"];
+  std::error_code ec;
+  const auto stamp = fs::last_write_time(path, ec).time_since_epoch().count();
+  const std::string key = fmt::format("{}|{}|{}", path, ec ? 0 : fs::file_size(path, ec), stamp);
+  auto it = facts.find(key);
+  if (it != facts.end()) return it->second;
+  const auto d = read_split(path, "data.train");
+  TrainFacts f;
+  f.first_input = d.inputs.slice(0, 0, 1).clone();
+  if (!d.inputs.is_floating_point()) {
+    f.max_token_id = d.inputs.max().item<int64_t>();
+    if (d.targets.dim() == 2) f.max_token_id = std::max(f.max_token_id, d.targets.max().item<int64_t>());
+  }
+  return facts.emplace(key, std::move(f)).first->second;
 }
 
 class CustomTask : public Task {
@@ -161,14 +192,14 @@ class CustomTask : public Task {
     } else {
       // Held out with split_seed, so every run of the config trains on the same examples.
       const int64_t n = s.train.size();
-      const double fraction = d["validation_fraction"];
-      const auto held = static_cast<size_t>(std::clamp<int64_t>(std::llround(fraction * n), 1, n - 1));
       if (n < 2) {
         throw Error(ErrorCategory::kFormat,
                     fmt::format("data.train '{}' holds {} example: too few to hold a validation split out; give "
                                 "data.validation",
                                 train_path, n));
       }
+      const double fraction = d["validation_fraction"];
+      const auto held = static_cast<size_t>(std::clamp<int64_t>(std::llround(fraction * n), 1, n - 1));
       const auto order = data::permutation(n, d["split_seed"].get<uint64_t>());
       s.validation = part(s.train, order, 0, held);
       s.train = part(s.train, order, held, order.size());
@@ -254,6 +285,13 @@ class CustomTask : public Task {
                                                .num_classes(classes_).activation_quant(activation_quant)).ptr();
       }
       if (x.dim() != 2 || x.is_floating_point()) throw refuse("takes token ids [N, L]");
+      const int64_t vocab = sc["vocab"], ids = max_token_id(config) + 1;
+      if (ids > vocab) {
+        throw Error(ErrorCategory::kConfig,
+                    fmt::format("config: 'student.vocab' = {} is smaller than the data's token ids (up to {} in "
+                                "data.train): --set student.vocab={}",
+                                vocab, ids - 1, ids));
+      }
       if (model == "transformer") {
         if (classes_ <= 0) throw refuse("classifies sequences: it needs [N] class targets");
         if (name) *name = fmt::format("TransformerEncoder({}x{}, {} heads)", sc["layers"].get<int64_t>(),
@@ -273,14 +311,10 @@ class CustomTask : public Task {
     }
   }
 
-  torch::Tensor example_input(const json& config) const override {
-    // Read once per file: the student's shape is asked for several times per run.
-    static std::map<std::string, torch::Tensor> first_input;
-    const std::string path = config["data"]["train"];
-    auto& x = first_input[path];
-    if (!x.defined()) x = read_split(path, "data.train").inputs.slice(0, 0, 1).clone();
-    return x;
-  }
+  torch::Tensor example_input(const json& config) const override { return train_facts(config).first_input; }
+
+  // The largest token id of the training inputs and (token) targets.
+  static int64_t max_token_id(const json& config) { return train_facts(config).max_token_id; }
   int64_t pad_token() const override { return -1; }
 
  protected:

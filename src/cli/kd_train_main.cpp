@@ -117,9 +117,6 @@ int kd_train_main(int argc, char** argv) {
     cmd->add_option("--seed", seed, "random seed (same as --set train.seed=N)")->check(CLI::NonNegativeNumber);
     cmd->add_option("--threads", threads, "intra-op threads, 0 = all cores (same as --set train.threads=N)")
         ->check(CLI::NonNegativeNumber);
-    cmd->add_option("--tensorboard", tensorboard,
-                    "TensorBoard event files go to DIR/student and DIR/teacher (default OUT/tensorboard); none: "
-                    "not written (same as --set train.tensorboard=DIR)");
     cmd->add_flag("--print-config", print_config, "print the resolved config (defaults, files, --set) and exit");
     cmd->footer(defaults);
   };
@@ -137,6 +134,11 @@ int kd_train_main(int argc, char** argv) {
                     "check the config, the data and every stage on two examples (untrained models), then stop: "
                     "nothing is trained or written");
   teacher->add_flag("--resume", resume, "continue from the newest checkpoint in OUT/teacher_checkpoints");
+  for (auto* cmd : {distill, teacher}) {
+    cmd->add_option("--tensorboard", tensorboard,
+                    "TensorBoard event files go to DIR/student and DIR/teacher (default OUT/tensorboard); none: "
+                    "not written (same as --set train.tensorboard=DIR)");
+  }
   auto* eval = app.add_subcommand("eval", "test-set scores of a saved model (accuracy, macro-F1 and per-class F1; "
                                           "language models: bits per byte, perplexity, token accuracy)");
   add_common(eval);

@@ -431,7 +431,7 @@ std::string tensorboard_dir(const json& config, const std::string& run) {
 }
 
 std::shared_ptr<Model> ensemble_teacher(const json& config, std::shared_ptr<Model> first, std::string* name,
-                                        const torch::Device& device, bool load) {
+                                        const torch::Device& device) {
   const json& t = config["teacher"];
   const json& files = t["ensemble"];
   if (files.empty()) return first;
@@ -444,18 +444,22 @@ std::shared_ptr<Model> ensemble_teacher(const json& config, std::shared_ptr<Mode
       throw Error(ErrorCategory::kConfig, fmt::format("config: '{}' must be a teacher file name, got {}", key, files[i].dump()));
     }
     const std::string file = files[i];
-    if (load && !fs::exists(file)) {
+    if (!fs::exists(file)) {
       throw Error(ErrorCategory::kFile, fmt::format("{} '{}' does not exist; train one with `kd-train teacher --out DIR` "
                                                     "(DIR/teacher.pt){}",
                                                     key, file, task.trains_teacher() ? "" : " or give a TorchScript file"));
     }
     std::shared_ptr<Model> m;
     if (!task.trains_teacher()) {
-      m = ScriptModel::load(file);  // the custom task's teachers are TorchScript files, whatever their architecture
+      try {
+        m = ScriptModel::load(file);  // the custom task's teachers are TorchScript files, whatever their architecture
+      } catch (const Error& e) {
+        throw Error(e.category(), fmt::format("{}: {}", key, e.message()));
+      }
     } else {
       m = task.make_teacher(config);
       m->to(device);
-      if (load) load_module(*m, file, device, key);
+      load_module(*m, file, device, key);
     }
     m->to(device);
     teachers.push_back(m);
@@ -476,13 +480,15 @@ std::shared_ptr<Model> ensemble_teacher(const json& config, std::shared_ptr<Mode
                             weights.size(), teachers.size(), files.size()));
   }
   // The soft targets are mixed at the KL's temperature unless told otherwise: then softmax(z / T) is the mixture.
+  // A term without "temperature" has its loss's default.
+  const std::map<std::string, double> default_temperature = {{"temperature_kl", TemperatureKLOptions().temperature()},
+                                                              {"dkd", DKDOptions().temperature()},
+                                                              {"teacher_mixture_kl", TeacherMixtureKLOptions().temperature()}};
   double temperature = t["ensemble_temperature"];
   for (const auto& stage : config["stages"]) {
     for (const auto& loss : stage["losses"]) {
-      const std::string type = loss.value("type", "");
-      if (temperature <= 0 && (type == "temperature_kl" || type == "teacher_mixture_kl")) {
-        temperature = loss.value("temperature", 1.0);
-      }
+      const auto it = default_temperature.find(loss.value("type", ""));
+      if (temperature <= 0 && it != default_temperature.end()) temperature = loss.value("temperature", it->second);
     }
   }
   if (temperature <= 0) temperature = 1.0;

@@ -112,11 +112,11 @@ TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device
 
 /// `first` joined by the teacher files of the config's teacher.ensemble into one kd::MultiTeacherImpl (their soft
 /// targets mixed with teacher.ensemble_weights at teacher.ensemble_temperature), or `first` itself when the list is
-/// empty; `name` (when given) becomes "ensemble of N: ...". With `load` false the others are untrained models of
-/// the same architecture (the check before training). kd::Error naming the entry when a file is missing or of
-/// another architecture, or the weights do not fit.
+/// empty; `name` (when given) becomes "ensemble of N: ...". kd::Error naming the entry when a file is missing or
+/// of another architecture, or the weights do not fit (the check before training calls it too, so these stop a
+/// run before its teacher trains).
 std::shared_ptr<Model> ensemble_teacher(const json& config, std::shared_ptr<Model> first, std::string* name,
-                                        const torch::Device& device, bool load);
+                                        const torch::Device& device);
 
 /// Refuses to start a fresh run (not `resume`) over checkpoints of an earlier one in `dir`: resuming would
 /// later mix the two, and pruning would delete the new run's checkpoints (kd::Error naming the folder).

@@ -39,6 +39,15 @@ void MultiTeacherImpl::set_weights(const std::vector<double>& weights) {
   if (!(sum > 0)) throw Error(ErrorCategory::kValue, "MultiTeacher weights sum to 0");
   weights_.clear();
   for (double w : weights) weights_.push_back(w / sum);
+  // The weights and T as a buffer too: what fingerprints a teacher by its state (the teacher cache) sees a change.
+  std::vector<double> mixture(weights_);
+  mixture.push_back(options_.temperature());
+  const auto values = torch::tensor(mixture, torch::kFloat64);
+  if (mixture_.defined()) {
+    mixture_.copy_(values);
+  } else {
+    mixture_ = register_buffer("mixture", values);
+  }
 }
 
 ModelOutput MultiTeacherImpl::forward(const torch::Tensor& inputs) {

@@ -1,6 +1,7 @@
 #include "kd/losses/registry.h"
 
 #include <algorithm>
+#include <utility>
 #include <cmath>
 
 #include <fmt/format.h>
@@ -184,6 +185,21 @@ bool LossRegistry::add(const std::string& type, LossFactory factory, std::vector
   entries_[type] = Entry{std::move(factory), std::move(keys), std::move(description)};
   return true;
 }
+
+bool LossRegistry::add_static(const std::string& type, LossFactory factory, std::vector<std::string> keys,
+                              std::string description) noexcept {
+  try {
+    add(type, std::move(factory), std::move(keys), std::move(description));
+  } catch (const std::exception& e) {
+    try {
+      static_errors_.push_back(e.what());
+    } catch (...) {  // out of memory while keeping the message: the registration is still refused
+    }
+  }
+  return true;
+}
+
+std::vector<std::string> LossRegistry::take_static_errors() { return std::exchange(static_errors_, {}); }
 
 bool LossRegistry::remove(const std::string& type) { return entries_.erase(type) > 0; }
 

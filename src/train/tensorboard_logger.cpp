@@ -12,7 +12,9 @@ TensorBoardLogger::TensorBoardLogger(std::string dir) : dir_(std::move(dir)) {}
 void TensorBoardLogger::on_fit_begin(const FitInfo& info) {
   // Opened only now that fit() has accepted the run: a refused resume leaves the folder as it was.
   writer_ = std::make_unique<TensorBoardWriter>(dir_);
-  if (info.resumed) writer_->add_session_start(info.resumed_from_step + 1);
+  // TensorBoard drops what this folder's earlier files logged from this step on: what a killed process logged after
+  // the checkpoint a resume starts from, or a whole earlier run in the same folder.
+  writer_->add_session_start(info.resumed ? info.resumed_from_step + 1 : 1);
 }
 
 void TensorBoardLogger::on_step_end(const StepReport& report) {

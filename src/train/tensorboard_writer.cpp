@@ -62,10 +62,16 @@ TensorBoardWriter::TensorBoardWriter(const std::string& dir) {
     throw Error(ErrorCategory::kFile, fmt::format("cannot create the TensorBoard folder '{}': {}; choose another one",
                                                   dir, ec ? ec.message() : "a file of that name is in the way"));
   }
-  path_ = (std::filesystem::path(dir) /
-           fmt::format("events.out.tfevents.{}.{}.{}", static_cast<int64_t>(now_seconds()), host_name(), getpid()))
-              .string();
-  file_ = std::fopen(path_.c_str(), "wb");
+  const std::string base =
+      (std::filesystem::path(dir) /
+       fmt::format("events.out.tfevents.{}.{}.{}", static_cast<int64_t>(now_seconds()), host_name(), getpid()))
+          .string();
+  // Never over an existing file ("x": exclusive): two writers in the same second get ".1", ".2", ...
+  for (int n = 0; !file_ && n < 100; ++n) {
+    path_ = n == 0 ? base : fmt::format("{}.{}", base, n);
+    file_ = std::fopen(path_.c_str(), "wbx");
+    if (!file_ && errno != EEXIST) break;
+  }
   if (!file_) {
     throw Error(ErrorCategory::kFile, fmt::format("cannot create the TensorBoard event file '{}': {}", path_,
                                                   std::strerror(errno)));

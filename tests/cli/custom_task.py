@@ -3,7 +3,7 @@ untrained student (TorchScript) and data (safetensors); the installed kd-train d
 feature_l2 with inferred widths, temperature_kl and a plugin loss); Python loads the distilled student.ts.pt back.
 Bad inputs exit 2 naming the file and the fix, and write nothing.
 
-usage: custom_task.py CMAKE BUILD_DIR PLUGIN WORK
+usage: custom_task.py CMAKE BUILD_DIR PLUGIN WORK [TAKEN_NAME_PLUGIN]
 """
 import json
 import os
@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 cmake, build, plugin, work = sys.argv[1:5]
+taken_name_plugin = sys.argv[5] if len(sys.argv) > 5 else None
 source = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 python = "/usr/bin/python3"
 failures = []
@@ -105,13 +106,19 @@ run([kd, "distill", "--set", "task=custom", "--set", f"teacher.torchscript={lm}/
      "--set", "student.model=causal_lm", "--set", "student.d_model=32", "--set", f"data.train={lm}/train.safetensors",
      "--set", f"data.validation={lm}/validation.safetensors", "--threads", "2", "--out", os.path.join(work, "lm_builtin")],
     0, "CausalLM(2x32, 2 heads)", "bits/byte")
+run([kd, "distill", "--set", "task=custom", "--set", f"teacher.torchscript={lm}/teacher.pt",
+     "--set", "student.model=causal_lm", "--set", "student.vocab=100", "--set", f"data.train={lm}/train.safetensors",
+     "--out", os.path.join(work, "bad_out")], 2, "'student.vocab' = 100 is smaller than the data's token ids")
 summary = json.load(open(os.path.join(out3, "summary.json"))) if os.path.exists(os.path.join(out3, "summary.json")) else {}
 rows = summary.get("models", [])
 if len(rows) < 2 or not rows[1].get("test_bits_per_byte", 99) < 8:
     failures.append(f"the LM student's test bits per token is not below 8 (uniform): {rows}")
-check = ("import torch, sys\nm = torch.jit.load(sys.argv[1])\nx = torch.zeros(1, 5, dtype=torch.long)\n"
-         "print('lm student logits', tuple(m(x)['logits'].shape))\n")
-run([python, "-c", check, os.path.join(out3, "student.ts.pt")], 0, "lm student logits (1, 5, 256)")
+check = ("import torch, sys\nm = torch.jit.load(sys.argv[1])\n"
+         "out = m(torch.zeros(1, int(sys.argv[2]), dtype=torch.long))\n"
+         "print('lm student logits', tuple((out['logits'] if isinstance(out, dict) else out).shape))\n")
+run([python, "-c", check, os.path.join(out3, "student.ts.pt"), "5"], 0, "lm student logits (1, 5, 256)")
+# A library student is traced on a training window: it takes windows of that length (32).
+run([python, "-c", check, os.path.join(work, "lm_builtin", "student.ts.pt"), "32"], 0, "lm student logits (1, 32, 256)")
 
 
 # 4. Bad inputs: exit 2, the file and the fix named, no run folder written.
@@ -173,6 +180,9 @@ cases = [
 ]
 if libz:
     cases.append((["--plugin", libz], ["libz.so.1", "registered no loss"]))
+if taken_name_plugin:
+    cases.append((["--plugin", taken_name_plugin], [os.path.basename(taken_name_plugin),
+                                                    "a loss named 'temperature_kl' is already registered"]))
 for extra, patterns in cases:
     run([kd, "distill", *common, *extra, "--out", bad], 2, *patterns)
 left = [f for f in (os.listdir(bad) if os.path.exists(bad) else []) if f != ".kd-train.lock"]

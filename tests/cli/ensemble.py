@@ -41,10 +41,17 @@ summary = json.load(open(os.path.join(learned, "summary.json"))) if os.path.exis
 if not summary.get("models", [{}])[0].get("model", "").startswith("ensemble of 2"):
     failures.append(f"summary.json's teacher row is not the ensemble: {summary.get('models')}")
 
-# A fixed mixture (0.7 / 0.3) distilled by plain KL at T = 2: the ensemble is mixed at the KL's temperature.
+# A fixed mixture (0.7 / 0.3) distilled by plain KL: the ensemble is mixed at the KL's temperature, its default
+# (T = 4, kd::TemperatureKLOptions) when the term gives none.
 run(["distill", *tiny, *ensemble, "--set", "teacher.ensemble_weights=[0.7, 0.3]",
-     "--set", 'stages=[{"name": "kl", "steps": 4, "losses": [{"type": "temperature_kl", "temperature": 2.0}]}]',
-     "--set", f"teacher.path={learned}/teacher.pt", "--out", os.path.join(work, "fixed")], 0, "ensemble of 2 (T 2)")
+     "--set", 'stages=[{"name": "kl", "steps": 4, "losses": [{"type": "temperature_kl"}]}]',
+     "--set", f"teacher.path={learned}/teacher.pt", "--out", os.path.join(work, "fixed")], 0, "ensemble of 2 (T 4)")
+
+# A missing ensemble file stops the run before its own teacher trains.
+early = run(["distill", *tiny, "--set", f'teacher.ensemble=["{work}/none.pt"]', "--out", os.path.join(work, "early")],
+            2, "teacher.ensemble[0]", "does not exist")
+if "teacher: training" in early:
+    failures.append("a missing ensemble file was found only after the teacher trained")
 
 bad = os.path.join(work, "bad")
 for args, needles in [

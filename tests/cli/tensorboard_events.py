@@ -157,9 +157,9 @@ check_against_log(os.path.join(out, "tensorboard", "teacher"), os.path.join(out,
 # A resumed run (here: a finished one, 7 steps done) opens a new file that starts with a session start at step 8.
 run("distill", *tiny, "--out", out, "--resume")
 files, _, starts = scalars_of(os.path.join(out, "tensorboard", "student"))
-if len(files) != 2 or [s for _, s in starts] != [8] or starts[0][0] != os.path.basename(files[-1]):
-    failures.append(f"the resumed run's events: files {files}, session starts {starts} (expected one, at step 8, "
-                    f"in the second file)")
+if len(files) != 2 or [s for _, s in starts] != [1, 8] or starts[1][0] != os.path.basename(files[-1]):
+    failures.append(f"the resumed run's events: files {files}, session starts {starts} (expected step 1 in the "
+                    f"first file, step 8 in the second)")
 
 # A resume the trainer refuses (another weight decay) writes no event file.
 run("distill", *tiny, "--out", out, "--resume", "--set", "train.weight_decay=0.5", expect=2)

@@ -27,6 +27,7 @@ struct MultiTeacherOptions {
 /// so that softmax(logits / T) is exactly the mixture p̄ and any KL loss at
 /// temperature T distils the ensemble. Each teacher's own logits are kept in
 /// extras as "teacher<i>.logits". Wrap it in kd::Teacher to freeze all of them.
+/// Its buffer "mixture" holds the normalised weights and T, so a fingerprint of its state changes with them.
 /// The weights here are fixed (or set between epochs by set_weights); to learn
 /// them from the labels while distilling, train with kd::TeacherMixtureKL,
 /// which reads those per-teacher logits.
@@ -49,6 +50,7 @@ class MultiTeacherImpl : public Model {
   std::vector<ModelPtr> teachers_;
   MultiTeacherOptions options_;
   std::vector<double> weights_;
+  torch::Tensor mixture_;  ///< buffer "mixture": the normalised weights, then T
 };
 
 }  // namespace kd

@@ -146,6 +146,13 @@ class LossRegistry {
   /// Returns true, so it can initialise a static (see KD_REGISTER_LOSS).
   bool add(const std::string& type, LossFactory factory, std::vector<std::string> keys = {},
            std::string description = "");
+  /// add() for static initialisation (KD_REGISTER_LOSS), where an exception would end the process: a
+  /// registration add() refuses is kept, to be taken with take_static_errors(), and nothing is registered.
+  bool add_static(const std::string& type, LossFactory factory, std::vector<std::string> keys = {},
+                  std::string description = "") noexcept;
+  /// The messages of the registrations add_static() refused since the last call (e.g. a plugin's loss whose
+  /// name is already taken), oldest first.
+  std::vector<std::string> take_static_errors();
   /// Removes `type` if present; returns whether it was.
   bool remove(const std::string& type);
 
@@ -173,6 +180,7 @@ class LossRegistry {
   };
   const Entry& entry(const std::string& type) const;
   std::map<std::string, Entry> entries_;
+  std::vector<std::string> static_errors_;
 };
 
 }  // namespace kd
@@ -185,6 +193,8 @@ class LossRegistry {
 ///
 ///   KD_REGISTER_LOSS("my_loss", [](const kd::LossSpec& s) { return MyLoss(s.number("alpha", 0.5)); });
 ///   KD_REGISTER_LOSS("my_loss", factory, {"alpha"}, "what it does");   // with its accepted keys
+/// A name already taken registers nothing; the refusal waits in LossRegistry::take_static_errors() (kd-train
+/// reports it and exits 2) instead of ending the process during static initialisation.
 #define KD_REGISTER_LOSS(type, ...)                                                          \
   static const bool KD_DETAIL_CONCAT(kd_registered_loss_, __COUNTER__) [[maybe_unused]] = \
-      ::kd::LossRegistry::global().add(type, __VA_ARGS__)
+      ::kd::LossRegistry::global().add_static(type, __VA_ARGS__)

@@ -19,9 +19,10 @@ namespace kd {
 ///   validation/<metric>          each evaluation's metrics ("accuracy", "macro_f1", "f1.3", "bits_per_byte")
 ///
 /// Step scalars are at the step's number counted from 1 (the first optimizer step is step 1), evaluations
-/// at the steps done when they ran, so an evaluation at a stage's end lines up with its last step. A resumed
-/// fit first writes a session start at its first step, so TensorBoard drops what the killed process logged
-/// after the checkpoint.
+/// at the steps done when they ran, so an evaluation at a stage's end lines up with its last step. Each fit
+/// starts a new event file with a session start at its first step, so TensorBoard drops what earlier files in
+/// the folder logged from there on: a killed process's steps after the checkpoint a resume starts from, or an
+/// earlier run's whole curve.
 ///
 /// Example: `trainer.add_callback(std::make_shared<kd::TensorBoardLogger>("runs/x/tensorboard/student"));`
 class TensorBoardLogger : public Callback {
