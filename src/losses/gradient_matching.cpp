@@ -15,9 +15,9 @@ namespace kd {
 namespace {
 
 struct Terms {
-  torch::Tensor grad_mse;
+  torch::Tensor grad;  // the distance of the input gradients (MSE or cosine)
   torch::Tensor kl;
-  torch::Tensor total;  // λ·grad_mse + (1−λ)·kl, checked finite
+  torch::Tensor total;  // λ·grad + (1−λ)·kl
 };
 
 // ‖g‖₂ over the last dimension. The clamp keeps the derivative finite (zero) where
@@ -69,19 +69,32 @@ Terms compute_terms(const torch::Tensor& student_logits, const torch::Tensor& st
     a = position_norm(g_s);
     b = position_norm(g_t);
   }
-  auto diff = a - b;
-  torch::Tensor grad_mse;
-  if (mask.defined() && mask.dim() == 2 && diff.dim() >= 2 && diff.size(0) == mask.size(0) &&
-      diff.size(1) == mask.size(1) && diff.dim() <= 3) {
-    // [B, L] or [B, L, D]: average over the real positions only. masked_fill, not a product:
-    // a padded position's gradient may be non-finite, and 0·NaN would leak into value and gradient.
+  torch::Tensor grad;  // D(φ(g_s), φ(g_t))
+  // [B, L] or [B, L, D] with a [B, L] mask: only the real positions count.
+  const bool masked = mask.defined() && mask.dim() == 2 && a.dim() >= 2 && a.dim() <= 3 && a.size(0) == mask.size(0) &&
+                      a.size(1) == mask.size(1);
+  if (options.distance() == GradientDistance::kCosine) {
+    // Per example over its counted positions, padded ones zeroed in both (masked_fill, not a product: a padded
+    // position's gradient may be non-finite, and 0·NaN would leak into value and gradient).
+    auto sa = a, sb = b;
+    if (masked) {
+      auto drop = mask.to(a.device()) == 0;
+      if (a.dim() == 3) drop = drop.unsqueeze(-1);
+      sa = a.masked_fill(drop, 0.0);
+      sb = b.masked_fill(drop, 0.0);
+    }
+    const auto fa = sa.flatten(1), fb = sb.flatten(1);
+    const auto norms = (fa.pow(2).sum(1) * fb.pow(2).sum(1)).sqrt().clamp_min(1e-12);
+    grad = (1.0 - (fa * fb).sum(1) / norms).mean();
+  } else if (masked) {
+    const auto diff = a - b;
     auto keep = mask.to(diff.device()) != 0;
     const double per_position = diff.dim() == 3 ? static_cast<double>(diff.size(2)) : 1.0;
     const auto count = keep.sum().to(diff.scalar_type()) * per_position;
     if (diff.dim() == 3) keep = keep.unsqueeze(-1);
-    grad_mse = diff.masked_fill(~keep, 0.0).pow(2).sum() / count.clamp_min(1.0);
+    grad = diff.masked_fill(~keep, 0.0).pow(2).sum() / count.clamp_min(1.0);
   } else {
-    grad_mse = diff.pow(2).mean();
+    grad = (a - b).pow(2).mean();
   }
   // The KL counts what the task loss counts: real positions with a real target (the same rule
   // as TemperatureKL's module form).
@@ -93,7 +106,7 @@ Terms compute_terms(const torch::Tensor& student_logits, const torch::Tensor& st
   } catch (const Error& e) {
     throw Error(e.category(), fmt::format("GradientMatching (KL part): {}", e.message()));
   }
-  return Terms{grad_mse, kl, lambda * grad_mse + (1.0 - lambda) * kl};
+  return Terms{grad, kl, lambda * grad + (1.0 - lambda) * kl};
 }
 
 void check_lambda(double lambda) {
@@ -220,7 +233,10 @@ LossResult GradientMatchingImpl::forward(const DistillBatch& batch) {
   LossResult r;
   r.total = t.total;
   r.parts["r1"] = r.total.detach();
-  r.parts["r1.grad_mse"] = t.grad_mse.detach();
+  const bool cosine = options.distance() == GradientDistance::kCosine;
+  r.parts[cosine ? "r1.grad_cosine" : "r1.grad_mse"] = t.grad.detach();
+  const auto grad_part = (lambda * t.grad).detach();
+  r.parts["r1.grad_share"] = grad_part / (grad_part + ((1.0 - lambda) * t.kl).detach()).clamp_min(1e-30);
   r.parts["r1.kl"] = t.kl.detach();
   r.parts["r1.lambda"] = torch::scalar_tensor(lambda, torch::TensorOptions().dtype(r.total.scalar_type()).device(r.total.device()));
   return r;

@@ -417,11 +417,14 @@ void LossRegistry::add_builtins() {
                 : space == "position_norm" ? GradientSpace::kPositionNorm
                                            : GradientSpace::kAuto);
         o.ignore_index(s.integer("ignore_index", -100));
+        o.distance(s.choice("distance", {"mse", "cosine"}, "mse") == "cosine" ? GradientDistance::kCosine
+                                                                            : GradientDistance::kMse);
         return GradientMatching(o);
       },
       {"lambda", "lambda_start", "lambda_end", "lambda_schedule", "temperature", "input_key", "space",
-       "ignore_index"},
-      "R1: λ·MSE(g_t, g_s) + (1−λ)·KL(p_t || p_s), g = ∂ task loss / ∂ inputs");
+       "ignore_index", "distance"},
+      "R1: λ·D(g_s, g_t) + (1−λ)·KL(p_t || p_s), g = ∂ task loss / ∂ inputs, D = MSE or (\"distance\": "
+      "\"cosine\") a scale-free 1 − cos");
 }
 
 }  // namespace kd

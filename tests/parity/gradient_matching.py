@@ -131,4 +131,70 @@ res.update(tok2_mask=mask2, tok2_lambda=torch.tensor(lam2, dtype=dt), tok2_loss=
 for n, g in zip(names, grads):
     res["tok2_grad_" + n] = g
 
+
+
+# ---- the scale-free distance: D = mean_b (1 - cos(a_b, c_b)), a_b, c_b the example's compared gradient,
+# flattened, masked positions zeroed; written with vector norms, not with the C++ side's sum-of-squares form.
+def cosine_distance(a, c):
+    a, c = a.flatten(1), c.flatten(1)
+    return (1 - (a * c).sum(1) / (torch.linalg.vector_norm(a, dim=1) * torch.linalg.vector_norm(c, dim=1))).mean()
+
+
+# image case, cosine
+Sp = {k: v.clone().requires_grad_() for k, v in S.items()}
+xs = x.clone().requires_grad_()
+xt = x.clone().requires_grad_()
+zs = image_model(Sp, xs)
+zt = image_model(Tw, xt)
+g_s, = torch.autograd.grad(F.cross_entropy(zs, y, reduction="sum"), xs, create_graph=True)
+g_t, = torch.autograd.grad(F.cross_entropy(zt, y, reduction="sum"), xt)
+dist = cosine_distance(g_s, g_t.detach())
+kl = F.kl_div(F.log_softmax(zs / T, -1), F.log_softmax(zt.detach() / T, -1), reduction="batchmean",
+              log_target=True) * T * T
+loss = lam * dist + (1 - lam) * kl
+img_names = list(S)
+*grads, grad_x = torch.autograd.grad(loss, [Sp[n] for n in img_names] + [xs])
+res.update(imgcos_loss=loss, imgcos_distance=dist, imgcos_share=lam * dist / loss, imgcos_grad_x=grad_x)
+for n, g in zip(img_names, grads):
+    res["imgcos_grad_" + n] = g
+
+# token case 2, cosine: per-token gradient norms [B, L], padded positions zeroed in both
+names = list(St)
+Sp = {k: v.clone().requires_grad_() for k, v in St.items()}
+emb_s = Sp["emb"][tokens]
+emb_t = Tt["emb"][tokens].clone().requires_grad_()
+zs = token_model(Sp, emb_s)
+zt = token_model(Tt, emb_t)
+g_s, = torch.autograd.grad(ce2(zs), emb_s, create_graph=True)
+g_t, = torch.autograd.grad(ce2(zt), emb_t)
+n_s = torch.linalg.vector_norm(g_s, dim=-1) * mask2
+n_t = torch.linalg.vector_norm(g_t, dim=-1) * mask2
+dist2 = cosine_distance(n_s, n_t.detach())
+kl2 = F.kl_div(F.log_softmax(zs[counted] / T2, -1), F.log_softmax(zt.detach()[counted] / T2, -1),
+               reduction="sum", log_target=True) / counted.sum() * T2 * T2
+loss2 = lam2 * dist2 + (1 - lam2) * kl2
+grads = torch.autograd.grad(loss2, [Sp[n] for n in names])
+res.update(tok2cos_loss=loss2, tok2cos_distance=dist2)
+for n, g in zip(names, grads):
+    res["tok2cos_grad_" + n] = g
+
+# token case 3, cosine: a padded position in the middle ([0, 1]); its embedding feeds the counted positions
+# after it (the running mean), so its gradient is not zero and the padding must be left out of the distance.
+mask3 = torch.tensor([[1, 0, 1, 1], [1, 1, 1, 0]], dtype=dt)
+counted3 = mask3.bool() & (targets != -100)
+targets3 = targets.masked_fill(~counted3, -100)
+ce3 = lambda z: F.cross_entropy(z.reshape(-1, C), targets3.reshape(-1), reduction="sum", ignore_index=-100)
+Sp = {k: v.clone().requires_grad_() for k, v in St.items()}
+emb_s = Sp["emb"][tokens]
+emb_t = Tt["emb"][tokens].clone().requires_grad_()
+zs = token_model(Sp, emb_s)
+zt = token_model(Tt, emb_t)
+g_s, = torch.autograd.grad(ce3(zs), emb_s, create_graph=True)
+g_t, = torch.autograd.grad(ce3(zt), emb_t)
+n_s = torch.linalg.vector_norm(g_s, dim=-1)
+n_t = torch.linalg.vector_norm(g_t, dim=-1)
+assert n_s[0, 1] > 1e-6 and n_t[0, 1] > 1e-6  # the case only tests something when the padded gradient is not 0
+dist3 = cosine_distance(n_s * mask3, (n_t * mask3).detach())
+res.update(tok3_mask=mask3, tok3cos_distance=dist3)
+
 kdref.save(os.path.join(out, "gradient_matching.json"), **res)

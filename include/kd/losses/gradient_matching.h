@@ -22,6 +22,13 @@ enum class GradientSpace {
                   ///< become per-token gradient norms [B, L], comparable across widths
 };
 
+/// How far apart the two (mapped) input gradients are.
+enum class GradientDistance {
+  kMse,     ///< mean squared difference: scales with the gradients, which are small next to a KL (R1's form)
+  kCosine,  ///< 1 − cos(φ(g_s)_b, φ(g_t)_b) per example b (flattened over its counted positions), batch mean:
+            ///< in [0, 2] whatever the gradients' size, so λ weighs two terms of comparable scale
+};
+
 /// Options for GradientMatching.
 struct GradientMatchingOptions {
   /// λ as a function of the stage's progress; default 0.8 early to 0.3 late. Values must lie in [0, 1].
@@ -34,6 +41,8 @@ struct GradientMatchingOptions {
   TORCH_ARG(std::string, input_key) = "";
   /// How the two gradients are compared; default kAuto.
   TORCH_ARG(GradientSpace, space) = GradientSpace::kAuto;
+  /// The distance between them; default kMse.
+  TORCH_ARG(GradientDistance, distance) = GradientDistance::kMse;
   /// Targets equal to this are left out of the task loss (padding in sequence models).
   TORCH_ARG(int64_t, ignore_index) = -100;
 };
@@ -55,7 +64,7 @@ namespace functional {
 torch::Tensor task_input_gradient(const torch::Tensor& logits, const torch::Tensor& inputs,
                                   const torch::Tensor& targets, bool create_graph, int64_t ignore_index = -100);
 
-/// L = λ·MSE(φ(g_s), φ(g_t)) + (1−λ)·KL_T(p_t ‖ p_s), with
+/// L = λ·D(φ(g_s), φ(g_t)) + (1−λ)·KL_T(p_t ‖ p_s), D the options' distance (MSE by default), with
 /// g_s = task_input_gradient(student_logits, student_inputs, y, create_graph=true),
 /// g_t = task_input_gradient(teacher_logits, teacher_inputs, y).detach(), φ the
 /// GradientSpace map, and:
@@ -116,7 +125,15 @@ torch::Tensor gradient_matching(const torch::Tensor& student_logits, const torch
 /// backward (a composite of elementwise ops in LibTorch 1.13) and the
 /// convolutions' double backward. Budget about 8× a plain KD step.
 ///
-/// Parts: "r1" (the total), "r1.grad_mse", "r1.kl", "r1.lambda".
+/// With GradientDistance::kCosine the gradient term is
+///
+///   D = 1/B Σ_b (1 − ⟨a_b, c_b⟩ / max(‖a_b‖·‖c_b‖, 1e-12)),   a = φ(g_s), c = φ(g_t), flattened per example,
+///
+/// masked positions set to 0 in both; scale-free, so at λ = 0.5 the two terms weigh alike (MSE gradients of
+/// images are ~1e-3 next to a KL of ~0.1, which makes MSE R1 a re-weighted KL).
+///
+/// Parts: "r1" (the total), "r1.grad_mse" (or "r1.grad_cosine"), "r1.kl", "r1.lambda", and "r1.grad_share",
+/// λ·D / (λ·D + (1−λ)·KL), the gradient term's share of the loss.
 ///
 /// Example:
 /// ```

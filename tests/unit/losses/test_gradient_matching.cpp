@@ -204,6 +204,48 @@ TEST(GradientMatching, TokenCaseBelowLambdaOneLeavesPaddingOutOfEveryPart) {
   EXPECT_LT(max_rel_error(kl_only->forward(nan_pad.batch).total, ref()["tok2_kl"]), 1e-6);
 }
 
+// The scale-free distance: 1 − cos per example, against the PyTorch reference written with vector norms.
+TEST(GradientMatching, CosineDistanceMatchesPyTorchOnImagesAndMaskedTokens) {
+  ImageCase c;
+  kd::GradientMatching r1(
+      kd::GradientMatchingOptions().temperature(2.0).distance(kd::GradientDistance::kCosine));  // default λ schedule
+  auto r = r1->forward(c.batch);
+  EXPECT_LT(max_rel_error(r.total, ref()["imgcos_loss"]), 1e-6);
+  EXPECT_LT(max_rel_error(r.parts.at("r1.grad_cosine"), ref()["imgcos_distance"]), 1e-6);
+  EXPECT_EQ(r.parts.count("r1.grad_mse"), 0u);
+  EXPECT_LT(max_rel_error(r.parts.at("r1.grad_share"), ref()["imgcos_share"]), 1e-6);
+  r.total.backward();
+  for (const auto& [name, p] : c.student->params) {
+    EXPECT_LT(max_rel_error(p.grad(), ref()["imgcos_grad_" + name]), 1e-6) << "gradient of " << name;
+  }
+  EXPECT_LT(max_rel_error(c.batch.inputs.grad(), ref()["imgcos_grad_x"]), 1e-6);
+
+  TokenCase t("tok2_mask");
+  kd::GradientMatching tok(kd::GradientMatchingOptions()
+                               .input_key("embeddings")
+                               .lambda(kd::Schedule::constant(0.6))
+                               .temperature(2.0)
+                               .distance(kd::GradientDistance::kCosine));
+  auto rt = tok->forward(t.batch);
+  EXPECT_LT(max_rel_error(rt.total, ref()["tok2cos_loss"]), 1e-6);
+  EXPECT_LT(max_rel_error(rt.parts.at("r1.grad_cosine"), ref()["tok2cos_distance"]), 1e-6);
+  rt.total.backward();
+  for (const auto& [name, p] : t.student->params) {
+    EXPECT_LT(max_rel_error(p.grad(), ref()["tok2cos_grad_" + name]), 1e-6) << "gradient of " << name;
+  }
+  // Padding in the middle ([0, 1]) has a non-zero gradient (its embedding feeds the later positions): it is left
+  // out of the distance.
+  TokenCase mid("tok3_mask");
+  kd::GradientMatching grad_only(kd::GradientMatchingOptions()
+                                     .input_key("embeddings")
+                                     .lambda(kd::Schedule::constant(1.0))
+                                     .distance(kd::GradientDistance::kCosine));
+  EXPECT_LT(max_rel_error(grad_only->forward(mid.batch).total, ref()["tok3cos_distance"]), 1e-6);
+  // A distance between directions: in [0, 2].
+  EXPECT_GE(r.parts.at("r1.grad_cosine").item<double>(), 0.0);
+  EXPECT_LE(r.parts.at("r1.grad_cosine").item<double>(), 2.0);
+}
+
 // NaN in the inputs or the logits comes back as a non-finite loss or non-finite gradients, as in PyTorch:
 // the trainer's non-finite policy decides what the step becomes (test_nonfinite_policy.cpp).
 TEST(GradientMatching, NonFiniteInputsGiveNonFiniteValuesNotErrors) {
