@@ -20,9 +20,9 @@ namespace kd {
 ///
 /// Step scalars are at the step's number counted from 1 (the first optimizer step is step 1), evaluations
 /// at the steps done when they ran, so an evaluation at a stage's end lines up with its last step. Each fit
-/// starts a new event file with a session start at its first step, so TensorBoard drops what earlier files in
-/// the folder logged from there on: a killed process's steps after the checkpoint a resume starts from, or an
-/// earlier run's whole curve.
+/// starts a new event file with a restart marker (SessionLog START) at its first step, so TensorBoard drops
+/// what earlier files in the folder logged from there on: a killed process's steps after the checkpoint a
+/// resume starts from, or an earlier run's whole curve.
 ///
 /// Example: `trainer.add_callback(std::make_shared<kd::TensorBoardLogger>("runs/x/tensorboard/student"));`
 class TensorBoardLogger : public Callback {
