@@ -177,8 +177,13 @@ void check(const json& schema, const json& value, const std::string& path, const
           best.empty() ? "" : fmt::format("did you mean '{}'? ", path.empty() ? best : path + "." + best);
       // A key of another task (student.layers in a fashion_mnist config): say which, and how to switch.
       if (const auto others = tasks_with_key(here, task); !others.empty()) {
+        // "spam", "spam and byte_lm", "spam, byte_lm and custom"
+        std::string list = others.back();
+        if (others.size() > 1) {
+          list = fmt::format("{} and {}", fmt::join(others.begin(), others.end() - 1, ", "), others.back());
+        }
         hint = fmt::format("'{}' is a key of task {} (this config's task is \"{}\"; set \"task\": \"{}\" to use it); ",
-                           here, fmt::join(others, " and "), task, others.front());
+                           here, list, task, others.front());
       }
       throw Error(ErrorCategory::kConfig,
                   fmt::format("{}: unknown key '{}'; {}allowed keys{}: {}", origin, here, hint,

@@ -214,8 +214,8 @@ TEST(Config, TaskErrorsNameTheTasksAndTheirKeys) {
   EXPECT_THAT(msg, HasSubstr("--set task=spamm: 'task' = \"spamm\" is not allowed; use one of: fashion_mnist, spam, byte_lm"));
   // A key of another task: say which task has it and how to switch.
   msg = error_of({}, {"student.layers=3"});
-  EXPECT_THAT(msg, HasSubstr("unknown key 'student.layers'; 'student.layers' is a key of task spam and byte_lm (this "
-                             "config's task is \"fashion_mnist\"; set \"task\": \"spam\" to use it)"));
+  EXPECT_THAT(msg, HasSubstr("unknown key 'student.layers'; 'student.layers' is a key of task spam, byte_lm and "
+                             "custom (this config's task is \"fashion_mnist\"; set \"task\": \"spam\" to use it)"));
   msg = error_of({}, {"task=spam", "data.validation_size=100"});
   EXPECT_THAT(msg, HasSubstr("'data.validation_size' is a key of task fashion_mnist"));
   // Each task has its own student architectures.

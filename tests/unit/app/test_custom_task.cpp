@@ -86,7 +86,7 @@ TEST(CustomTask, RefusesFilesThatDoNotFitNamingTheFileAndTheFix) {
   const auto five = split_file(dir, "five.safetensors", torch::randn({2, 3}), torch::tensor({0, 5}));
   c = resolve_config({}, {"task=custom", "data.train=" + train, "data.test=" + five});
   msg = error_of([&] { task_of(c).load_splits(c, torch::kCPU); });
-  EXPECT_THAT(msg, HasSubstr("class ids 0..5, outside 0..1 (data.num_classes = 2)"));
+  EXPECT_THAT(msg, HasSubstr("class ids 0..5, outside 0..1 (data.num_classes = 2, given or inferred from data.train)"));
   // Float targets; a tensor the task does not read.
   const auto soft = split_file(dir, "soft.safetensors", torch::randn({2, 3}), torch::rand({2}));
   msg = error_of([&] { resolve_config({}, {"task=custom", "data.train=" + soft}); });
