@@ -221,15 +221,7 @@ class CustomTask : public Task {
                  fmt::join(std::vector<int64_t>(s.train.inputs.sizes().begin() + 1, s.train.inputs.sizes().end()), ", "),
                  classes_ > 0 ? fmt::format("{} classes", classes_) : std::string("token targets (language model)"),
                  device.str(), torch::get_num_threads());
-    const int64_t limit = d["limit"];
-    auto first = [&](const data::TensorDataset& x) {
-      auto y = limit > 0 && limit < x.size() ? x.select(torch::arange(limit, torch::kLong)) : x;
-      y.inputs = y.inputs.to(device);
-      y.targets = y.targets.to(device);
-      if (y.mask.defined()) y.mask = y.mask.to(device);
-      return y;
-    };
-    return {first(s.train), first(s.validation), first(s.test)};
+    return capped(std::move(s), d, device);
   }
 
   std::shared_ptr<Model> make_teacher(const json& config, std::string* name) const override {

@@ -36,14 +36,6 @@ data::TensorDataset to_device(data::TensorDataset d, const torch::Device& device
   return d;
 }
 
-// data.limit caps every split; data.eval_limit (when > 0) caps validation and test instead.
-Splits capped(Splits s, const json& d, const torch::Device& device) {
-  const int64_t limit = d["limit"], eval_limit = d.value("eval_limit", int64_t{0});
-  const int64_t eval_cap = eval_limit > 0 ? eval_limit : limit;
-  return {to_device(first(s.train, limit), device), to_device(first(s.validation, eval_cap), device),
-          to_device(first(s.test, eval_cap), device)};
-}
-
 // A transformer's width and depth from a "teacher" / "student" section.
 template <typename Options>
 Options transformer_shape(Options o, const json& s) {
@@ -243,6 +235,13 @@ class ByteLmTask : public Task {
 };
 
 }  // namespace
+
+Splits capped(Splits s, const json& d, const torch::Device& device) {
+  const int64_t limit = d["limit"], eval_limit = d.value("eval_limit", int64_t{0});
+  const int64_t eval_cap = eval_limit > 0 ? eval_limit : limit;
+  return {to_device(first(s.train, limit), device), to_device(first(s.validation, eval_cap), device),
+          to_device(first(s.test, eval_cap), device)};
+}
 
 double Scores::at(const std::string& name) const {
   for (const auto& [k, v] : values) {

@@ -93,6 +93,10 @@ class Task {
   virtual double blank_pixel() const { return 0.0; }
 };
 
+/// `s` capped as a config's "data" section says, on `device`: data.limit caps every split, data.eval_limit
+/// (when present and > 0) the validation and test splits instead (0 = no cap).
+Splits capped(Splits s, const nlohmann::json& data, const torch::Device& device);
+
 /// The task a resolved config names (its "task" key).
 const Task& task_of(const nlohmann::json& config);
 /// Every task's name, for messages and `kd-train list`.
