@@ -5,7 +5,7 @@ results-table markers), JSON, and PNG training curves rendered from the runs' me
 usage: python3 bench/results_table.py [--kd-train build/src/cli/kd-train] [--runs runs/table]
            [--archive bench/results/table/runs] [--results bench/results/table] [--seeds 0 1 2]
            [--tasks TASK ...] [--threads 2] [--readme docs/RESULTS.md] [--table-only] [--extras] [--only RUN ...]
-           (--tasks: fashion_mnist fashion_mnist_long fashion_mnist_24 spam byte_lm, all by default)
+           (--tasks: fashion_mnist fashion_mnist_long fashion_mnist_24 fashion_mnist_r1 spam byte_lm, ...; all by default)
 
 For each task and seed the teacher is trained once (`kd-train teacher --seed S`), then each student
 variant is distilled from that teacher (`kd-train distill --config ... --set teacher.path=...`).
@@ -84,6 +84,24 @@ VARIANTS = {
     "spam_few_labels": [
         ("distilled: three-phase, the student with 10 % of the labels", ["configs/spam_few_labels.json"], []),
     ],
+    # R1 with the scale-free cosine distance between input gradients, beside plain KL and the student alone, all
+    # 4 epochs from the default section's teacher recipe: does a gradient term that weighs in change the student?
+    "fashion_mnist_r1": [
+        ("student alone (hard labels)", ["configs/fashion_mnist_alone.json"], []),
+        ("distilled: plain KL", ["configs/fashion_mnist_kl.json"], []),
+        ("distilled: R1 gradient matching, cosine distance", ["configs/r1_gradient_cosine.json"], []),
+    ],
+    # The learned weighting policies against the same terms at fixed weights (two feature pairs, KL, CE), 2 student
+    # epochs each, one seed: what a stage's "weighting" changes (configs/fashion_mnist_<policy>.json).
+    "fashion_mnist_weighting": [
+        ("student alone (hard labels)", ["configs/fashion_mnist_alone.json"], ["stages.0.epochs=2"]),
+        ("distilled: fixed weights", ["configs/fashion_mnist_weighting.json"], ["stages.0.epochs=2"]),
+        ("distilled: uncertainty weighting", ["configs/fashion_mnist_uncertainty.json"], ["stages.0.epochs=2"]),
+        ("distilled: reward weighting (REINFORCE on validation accuracy)", ["configs/fashion_mnist_reward.json"],
+         ["stages.0.epochs=2"]),
+        ("distilled: min-norm weighting (MGDA)", ["configs/fashion_mnist_min_norm.json"], ["stages.0.epochs=2"]),
+        ("distilled: layer-similarity weighting", ["configs/fashion_mnist_layer_similarity.json"], ["stages.0.epochs=2"]),
+    ],
     "spam": [
         ("student alone (hard labels)", ["configs/spam_transformer.json", "configs/spam_alone.json"], []),
         ("distilled: three-phase", ["configs/spam_transformer.json"], []),
@@ -99,7 +117,8 @@ VARIANTS = {
 EXTRAS = {"distilled: three-phase + CutMix", "distilled: three-phase + FGSM examples (ε 0.05, half of each batch)",
           "distilled: three-phase, 50 % of weights pruned", "distilled: three-phase, linear-attention student",
           "distilled: three-phase + TokenMix", "distilled: three-phase, half of the fc1 channels pruned"}
-TEACHER_CONFIG = {"fashion_mnist": "configs/fashion_mnist.json", "fashion_mnist_extras": "configs/fashion_mnist.json",
+TEACHER_CONFIG = {"fashion_mnist": "configs/fashion_mnist.json", "fashion_mnist_r1": "configs/fashion_mnist.json",
+                  "fashion_mnist_weighting": "configs/fashion_mnist.json", "fashion_mnist_extras": "configs/fashion_mnist.json",
                   "fashion_mnist_three_phase": "configs/fashion_mnist.json", "spam_few_labels": "configs/spam_transformer.json",
                   "fashion_mnist_long": "configs/fashion_mnist_long_kl.json",
                   "fashion_mnist_24": "configs/fashion_mnist_long_kl.json", "spam": "configs/spam_transformer.json",
@@ -112,6 +131,11 @@ TITLES = {"fashion_mnist": "Fashion-MNIST (10 000 test images)",
           "fashion_mnist_three_phase": "Fashion-MNIST, the three-phase recipe with hard labels in every phase and "
                                        "row-sum attention (4 student epochs: 1 + 1 + 2)",
           "spam_few_labels": "SpamAssassin spam/ham, the student with the labels of 10 % of the training mails",
+          "fashion_mnist_weighting": "Fashion-MNIST, a stage's terms (feature pairs 0 and 1, KL, CE) weighed by each "
+                                     "policy against their fixed weights (2 student epochs, the default section's teacher "
+                                     "recipe)",
+          "fashion_mnist_r1": "Fashion-MNIST, R1 with the cosine distance between input gradients against plain KL "
+                              "(4 student epochs, the default section's teacher recipe)",
           "spam": "SpamAssassin spam/ham (1 209 test mails)",
           "byte_lm": "SpamAssassin byte LM (512 held-out test windows of 128 bytes)"}
 # The distilled student each task's targets are scored on, and whose loss parts the curves show.
@@ -119,12 +143,15 @@ RECIPE = {"fashion_mnist": "distilled: three-phase", "fashion_mnist_long": "dist
           "fashion_mnist_24": "distilled: plain KL", "fashion_mnist_extras": "distilled: plain KL",
           "spam": "distilled: three-phase", "byte_lm": "distilled: per-token KL + CE",
           "fashion_mnist_three_phase": "distilled: three-phase, hard labels in every phase, row-sum attention",
-          "spam_few_labels": "distilled: three-phase, the student with 10 % of the labels"}
+          "spam_few_labels": "distilled: three-phase, the student with 10 % of the labels",
+          "fashion_mnist_r1": "distilled: R1 gradient matching, cosine distance",
+          "fashion_mnist_weighting": "distilled: fixed weights"}
 # Sections whose distilled rows are shown with their own --baseline beside them (no student-alone row of their own).
 OWN_BASELINE_ROWS = {"fashion_mnist_three_phase", "spam_few_labels"}
 # Validation evaluations per stage for the curves (steps between them), on top of each stage's end.
 EVAL_EVERY = {"fashion_mnist": 215, "fashion_mnist_extras": 215, "fashion_mnist_long": 215, "fashion_mnist_24": 215,
-              "fashion_mnist_three_phase": 215, "spam": 66, "spam_few_labels": 66, "byte_lm": 250}
+              "fashion_mnist_three_phase": 215, "fashion_mnist_r1": 215,
+              "fashion_mnist_weighting": 100, "spam": 66, "spam_few_labels": 66, "byte_lm": 250}
 
 
 def slug(label):
@@ -235,7 +262,8 @@ def run(cmd, log):
 
 
 DEFAULT_STAGES = {"fashion_mnist": 3, "fashion_mnist_extras": 3, "fashion_mnist_long": 3, "fashion_mnist_24": 3,
-                  "fashion_mnist_three_phase": 3, "spam": 3, "spam_few_labels": 3, "byte_lm": 1}  # the tasks' default recipes (kd-train list)
+                  "fashion_mnist_three_phase": 3, "fashion_mnist_r1": 1,
+                  "fashion_mnist_weighting": 1, "spam": 3, "spam_few_labels": 3, "byte_lm": 1}  # the tasks' default recipes (kd-train list)
 
 
 def stage_count(task, configs):
@@ -443,8 +471,8 @@ def markdown(a, task, rows, scores):
 
 
 def targets(task, rows):
-    """The targets the task is held to, as measured (mean of the seeds); none for the extras section."""
-    if task == "fashion_mnist_extras":
+    """The targets the task is held to, as measured (mean of the seeds); none for the extras and weighting sections."""
+    if task in ("fashion_mnist_extras", "fashion_mnist_weighting"):
         return []
     m = lambda r, s: statistics.mean(r["scores"][s])
     teacher, by = rows[0], {r["label"]: r for r in rows[1:]}

@@ -193,20 +193,6 @@ json scored_row(const std::string& name, kd::Model& model, const Scores& scores,
 
 // evaluation.best_metric (or the task's headline) and whether larger is better; a name the task does not
 // report is refused before anything trains.
-std::pair<std::string, bool> best_metric(const json& config, const Task& task) {
-  const std::vector<std::string> names = task.num_classes() > 0
-                                             ? std::vector<std::string>{"accuracy", "macro_f1"}
-                                             : std::vector<std::string>{"bits_per_byte", "perplexity", "token_accuracy"};
-  std::string m = config.contains("evaluation") ? config["evaluation"].value("best_metric", "") : "";
-  if (m.empty()) m = names.front();
-  if (std::find(names.begin(), names.end(), m) == names.end()) {
-    throw Error(ErrorCategory::kConfig,
-                fmt::format("'evaluation.best_metric' = \"{}\" is not a validation score of task '{}'; it reports: {}", m,
-                            task.name(), fmt::join(names, ", ")));
-  }
-  return {m, m != "bits_per_byte" && m != "perplexity"};
-}
-
 // Every stage once on the first two training examples, with an untrained teacher and student of the configured
 // shapes (StagedTrainer::check): a layer index or width that does not fit stage 3 stops the run here, before
 // the teacher or any stage trains. Changes no random draw and writes nothing.
@@ -214,16 +200,21 @@ void check_stages_before_training(const RunArgs& a, const json& config, const st
                                   const fs::path& out, const Splits& data, const data::TensorDataset& train,
                                   const torch::Device& device) {
   const GeneratorsKept kept;  // building untrained models draws random numbers the run must not lose
-  auto teacher_model = a.task.make_teacher(config);
-  teacher_model->to(device);
-  teacher_model = ensemble_teacher(config, teacher_model, nullptr, device);
+  const bool self_distill = self_distillation(config);
+  std::shared_ptr<Model> teacher_model;
+  if (!self_distill) {
+    teacher_model = a.task.make_teacher(config);
+    teacher_model->to(device);
+    teacher_model = ensemble_teacher(config, teacher_model, nullptr, device);
+  }
   auto student = build_student(config, specs, out);
   student.model->to(device);
   auto options = trainer_options(a);
-  options.teacher_cache(nullptr).process_group(nullptr);
+  options.teacher_cache(nullptr).process_group(nullptr).self_distillation(self_distill && stages_read_teacher(specs));
   kd::StagedTrainer trainer(kd::Student(student.model),
-                            stages_read_teacher(specs) ? std::optional<kd::Teacher>(kd::Teacher(teacher_model))
-                                                       : std::nullopt,
+                            stages_read_teacher(specs) && teacher_model
+                                ? std::optional<kd::Teacher>(kd::Teacher(teacher_model))
+                                : std::nullopt,
                             kd::build_stages(student.specs), options);
   trainer.check(train, &data.validation);
 }
@@ -232,6 +223,7 @@ void check_stages_before_training(const RunArgs& a, const json& config, const st
 // OUT/summary.json; returns the summary on the main rank, null on the others.
 json distill_student(const json& resolved, bool resume, bool dry_run) {
   const RunArgs a(resolved);
+  const bool self_distill = self_distillation(resolved);  // refused here when it cannot work with the rest
   best_metric(resolved, a.task);  // a misspelt metric stops here, before any training
   const torch::Device device = set_up_process(a);
   const fs::path out(a.out);
@@ -282,15 +274,27 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
   const auto& val = data.validation;
   const auto& test = data.test;
   double teacher_seconds = 0;
-  const auto trained = train_or_load_teacher(a, device, data, teacher_seconds, resume, config);
-  std::string teacher_name = trained.name;
-  const auto teacher_model = ensemble_teacher(config, trained.model, &teacher_name, device);
-  if (teacher_model != trained.model) spdlog::info("teacher: {}", teacher_name);
+  std::shared_ptr<Model> teacher_model;
+  std::string teacher_name;
+  if (self_distill) {
+    // The teacher is the student's own moving average; after training it is copied into this student-shaped
+    // model, which the summary scores as the teacher.
+    const GeneratorsKept kept;
+    teacher_model = make_student_model(config, false);
+    teacher_model->to(device);
+    teacher_name = "student EMA (self-distillation teacher)";
+    spdlog::info("teacher: the student's own EMA (decay {}), self-distillation", a.trainer.ema_decay());
+  } else {
+    const auto trained = train_or_load_teacher(a, device, data, teacher_seconds, resume, config);
+    teacher_name = trained.name;
+    teacher_model = ensemble_teacher(config, trained.model, &teacher_name, device);
+    if (teacher_model != trained.model) spdlog::info("teacher: {}", teacher_name);
+  }
   kd::Teacher teacher(teacher_model);
   // Stages of hard labels only train the student alone (a baseline): the teacher is scored, not run.
   const bool teacher_in_training = stages_read_teacher(specs);
 
-  auto [student_model, student_name, specs_with_hooks, lora_hook, qat_hook, prune_hook] =
+  auto [student_model, student_name, specs_with_hooks, lora_hook, qat_hook, prune_hook, reward_feedback] =
       build_student(config, specs, out);
   student_model->to(device);
   std::vector<std::string> plan;
@@ -305,7 +309,7 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
                teacher_in_training ? "distilling" : "training (alone, no teacher term)", student_name,
                kd::parameter_count(*student_model), specs.size(), fmt::join(plan, " -> "));
   json samples;
-  if (config.contains("generate")) {
+  if (config.contains("generate") && !self_distill) {  // a self-distillation teacher exists only once trained
     samples["teacher"] = sample_text(*teacher_model, config["generate"]);
     samples["student_before"] = sample_text(*student_model, config["generate"]);
     if (!samples["teacher"].get<std::string>().empty()) {
@@ -322,9 +326,12 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
                      .checkpoint_every(a.checkpoint_every)
                      // The teacher's weights too: a teacher.pt replaced under the checkpoints is a different run.
                      // The stages apart, so that a resume may change the stages not yet begun.
-                     .fingerprint(fmt::format("{} teacher {:08x}", config_fingerprint(without_stages(config)),
-                                              data::module_fingerprint(*teacher_model)))
-                     .stage_fingerprints(stage_fingerprints(config));
+                     .fingerprint(self_distill ? fmt::format("{} self-distillation",
+                                                             config_fingerprint(without_stages(config)))
+                                               : fmt::format("{} teacher {:08x}", config_fingerprint(without_stages(config)),
+                                                             data::module_fingerprint(*teacher_model)))
+                     .stage_fingerprints(stage_fingerprints(config))
+                     .self_distillation(self_distill && teacher_in_training);
   if (config["teacher"]["cache"]["enabled"].get<bool>() && teacher_in_training) {
     const auto t0 = std::chrono::steady_clock::now();
     const auto copts = cache_options(config["teacher"]["cache"], specs);
@@ -346,7 +353,8 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), copts.top_k(),
                  fmt::join(copts.hidden_states(), ", "), fmt::join(copts.attentions(), ", "));
   }
-  kd::StagedTrainer trainer(kd::Student(student_model), teacher_in_training ? std::optional<kd::Teacher>(teacher) : std::nullopt,
+  kd::StagedTrainer trainer(kd::Student(student_model),
+                            teacher_in_training && !self_distill ? std::optional<kd::Teacher>(teacher) : std::nullopt,
                             kd::build_stages(specs_with_hooks), options);
   if (main_rank) {
     trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
@@ -361,6 +369,8 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
     trainer.add_callback(save_text_on_fit_begin(out / "config.json", config.dump(2) + "\n"));
   }
   trainer.add_callback(timer);
+  // A reward policy's weights move after each of its stage's evaluations (weighting.policy "reward").
+  for (const auto& feedback : reward_feedback) trainer.add_callback(feedback);
   std::shared_ptr<BestStudent> best;
   if (main_rank) {
     const auto [metric, higher] = best_metric(config, a.task);
@@ -391,6 +401,7 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
   if (fit.resumed) spdlog::info("resumed from step {}", fit.resumed_from_step);
   if (!main_rank) return json();  // rank 0 holds the same student and writes and reports it
   save_module(student_model, out / "student.pt");
+  if (self_distill) trainer.ema()->copy_to(*kd::Student(teacher_model));  // the last step's teacher, scored below
   if (!a.task.trains_teacher()) {  // the custom task: the student goes back to the user's PyTorch as TorchScript
     const fs::path ts = out / "student.ts.pt";
     if (auto* script = dynamic_cast<ScriptModel*>(student_model.get())) {
@@ -416,6 +427,7 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
                   {"seed", a.seed},
                   {"test_images", test.size()},
                   {"resumed_from_step", fit.resumed ? json(fit.resumed_from_step) : json(nullptr)},
+                  {"self_distillation", self_distill},
                   {"stages", json::array()}};
   if (qat_hook) {
     // The int8 file is the deliverable: its accuracy is measured by loading it into a fresh student.
@@ -597,7 +609,8 @@ void print_report(const json& summary) {
   }
   const bool custom = summary.value("task", "") == "custom";  // its teacher is the user's file; its student also .ts.pt
   fmt::print("  written: {}/{{{}student.pt{}{}{}, summary.json, config.json, metrics.jsonl, checkpoints/{}}}\n",
-             summary["out"].get<std::string>(), custom ? "" : "teacher.pt, ", custom ? ", student.ts.pt" : "",
+             summary["out"].get<std::string>(),
+             custom || summary.value("self_distillation", false) ? "" : "teacher.pt, ", custom ? ", student.ts.pt" : "",
              summary.contains("int8") ? ", student.int8.pt" : "",
              summary.contains("lora") ? ", lora_adapter.pt" : "", summary.contains("baseline") ? ", baseline/" : "");
 }
@@ -608,8 +621,9 @@ json baseline_config(const json& config) {
   json b = config;
   const fs::path out(config["out"].get<std::string>());
   b["out"] = (out / "baseline").string();
-  // The distilled run's teacher: only scored in the baseline's summary, never run while it trains.
-  if (config["teacher"].contains("path")) {
+  // The distilled run's teacher: only scored in the baseline's summary, never run while it trains (with
+  // self-distillation there is none: the baseline's summary scores its own student's EMA).
+  if (config["teacher"].contains("path") && !config["teacher"].value("self_distillation", false)) {
     const std::string given = config["teacher"]["path"];
     b["teacher"]["path"] = given.empty() ? (out / "teacher.pt").string() : given;
   }
@@ -621,6 +635,7 @@ json baseline_config(const json& config) {
   b["train"]["hard_example_mix"] = 0.0;  // mining ranks examples by the teacher
   for (auto& stage : b["stages"]) {
     stage["losses"] = json::array({{{"type", "hard_label_ce"}, {"name", "ce"}, {"weight", 1.0}}});
+    stage.erase("weighting");  // one term: nothing to weigh
   }
   return b;
 }

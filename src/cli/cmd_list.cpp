@@ -6,6 +6,7 @@
 #include "config.h"
 #include "kd/kd.h"
 #include "task.h"
+#include "weighting_config.h"
 
 namespace kd::app {
 namespace {
@@ -29,6 +30,16 @@ int run_list(const std::map<std::string, std::string>& plugins) {
     fmt::print("  {:<20} {}{}\n", name, registry.description(name),
                plugin == plugins.end() ? "" : fmt::format(" [plugin {}]", plugin->second));
     if (!registry.keys(name).empty()) fmt::print("  {:<20} options: {}\n", "", fmt::join(registry.keys(name), ", "));
+  }
+  fmt::print("\nweighting policies (a stage's \"weighting\": {{\"policy\": ..., options}}; default fixed):\n");
+  for (const auto& p : weighting_policy_names()) {
+    fmt::print("  {:<20} {}\n", p.name, p.description);
+    std::vector<std::string> keys;
+    const nlohmann::json defaults = weighting_defaults(p.kind);
+    for (const auto& [k, v] : defaults.items()) {
+      if (k != "policy") keys.push_back(fmt::format("{}={}", k, v.dump()));
+    }
+    if (!keys.empty()) fmt::print("  {:<20} options: {}\n", "", fmt::join(keys, ", "));
   }
   fmt::print("\ntasks (\"task\" in a config, or --set task=NAME; each has its own defaults):\n");
   for (const auto& name : task_names()) {

@@ -15,6 +15,11 @@ int run_teacher(const json& config, bool resume) {
                             "train; run `kd-train distill`",
                             a.task.name()));
   }
+  if (config["teacher"].value("self_distillation", false)) {
+    throw Error(ErrorCategory::kConfig,
+                "'teacher.self_distillation' is true: the student's own moving average is the teacher, so there is no "
+                "teacher to train; run `kd-train distill`");
+  }
   a.teacher_path.clear();  // this command trains the teacher into OUT, whatever teacher.path says
   const auto lock = lock_run_folder(a.out);
   // The student checkpoints there were trained against the teacher.pt there: a new teacher would leave them stale.

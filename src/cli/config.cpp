@@ -307,7 +307,10 @@ json fashion_mnist_defaults() {
         // term); teacher_mixture_kl learns the weights from the labels instead.
         {"ensemble", json::array()},
         {"ensemble_weights", json::array()},
-        {"ensemble_temperature", 0.0}}},
+        {"ensemble_temperature", 0.0},
+        // self_distillation: no teacher model at all; the stages' teacher is the student's own moving average
+        // (train.ema_decay > 0), run on each batch with the averaged weights (kd::StagedTrainerOptions).
+        {"self_distillation", false}}},
       // width1/width2 as in DepthwiseCnnStudentOptions; hidden is used by "cnn" (the teacher's architecture) only.
       {"student", {{"model", "depthwise_cnn"}, {"width1", 16}, {"width2", 32}, {"hidden", 256}}},
       {"stages", stages_to_json(progressive3())},
@@ -391,7 +394,7 @@ json teacher_section(int64_t epochs, int64_t steps, json shape) {
   shape["steps"] = steps;
   shape["path"] = "";
   shape["cache"] = {{"enabled", false}, {"top_k", 0}, {"dtype", "float16"}, {"path", ""}};
-  for (const char* k : {"ensemble", "ensemble_weights", "ensemble_temperature"}) {
+  for (const char* k : {"ensemble", "ensemble_weights", "ensemble_temperature", "self_distillation"}) {
     shape[k] = fashion_mnist_defaults()["teacher"][k];
   }
   return shape;

@@ -4,6 +4,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <zlib.h>
 
@@ -14,6 +15,7 @@
 #include "kd/core/script_model.h"
 #include "kd/train/stop_signal.h"
 #include "stage_config.h"
+#include "weighting_config.h"
 
 namespace kd::app {
 
@@ -359,6 +361,56 @@ TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device
   return t;
 }
 
+bool self_distillation(const json& config) {
+  const json& t = config["teacher"];
+  if (!t.value("self_distillation", false)) return false;
+  auto refuse = [](const std::string& why) {
+    throw Error(ErrorCategory::kConfig,
+                "config: 'teacher.self_distillation' is true (the student's moving average is its teacher), " + why);
+  };
+  if (!(config["train"]["ema_decay"].get<double>() > 0)) {
+    refuse("which needs the average: set 'train.ema_decay', e.g. 0.999");
+  }
+  if (!t.value("path", "").empty()) refuse("but 'teacher.path' names a teacher file: remove one of the two");
+  if (t.contains("ensemble") && !t["ensemble"].empty()) {
+    refuse("but 'teacher.ensemble' names teacher files: remove one of the two");
+  }
+  if (t["cache"]["enabled"].get<bool>()) {
+    refuse("but 'teacher.cache.enabled' is true: a cache holds a fixed teacher's outputs, and this one changes every "
+           "step; set it false");
+  }
+  if (config["train"]["hard_example_mix"].get<double>() > 0) {
+    refuse("but 'train.hard_example_mix' ranks examples by a fixed teacher: set it 0");
+  }
+  for (const char* hook : {"lora", "qat", "prune"}) {
+    if (config_uses_hook(config, hook)) {
+      refuse(fmt::format("but a stage lists the \"{}\" hook, which rewrites the weights the average follows: drop one "
+                         "of the two",
+                         hook));
+    }
+  }
+  return true;
+}
+
+std::vector<std::string> validation_scores(const Task& task) {
+  return task.num_classes() > 0 ? std::vector<std::string>{"accuracy", "macro_f1"}
+                                : std::vector<std::string>{"bits_per_byte", "perplexity", "token_accuracy"};
+}
+
+bool higher_is_better(const std::string& score) { return score != "bits_per_byte" && score != "perplexity"; }
+
+std::pair<std::string, bool> best_metric(const json& config, const Task& task) {
+  const auto names = validation_scores(task);
+  std::string m = config.contains("evaluation") ? config["evaluation"].value("best_metric", "") : "";
+  if (m.empty()) m = names.front();
+  if (std::find(names.begin(), names.end(), m) == names.end()) {
+    throw Error(ErrorCategory::kConfig,
+                fmt::format("'evaluation.best_metric' = \"{}\" is not a validation score of task '{}'; it reports: {}", m,
+                            task.name(), fmt::join(names, ", ")));
+  }
+  return {m, higher_is_better(m)};
+}
+
 bool config_uses_hook(const json& config, const std::string& hook) {
   for (size_t i = 0; i < config["stages"].size(); ++i) {
     const auto names = stage_hook_names(config["stages"][i], "config", fmt::format("stages[{}]", i));
@@ -419,6 +471,27 @@ StudentSetup build_student(const json& config, const std::vector<StageSpec>& spe
       hooks.push_back(hook_for(name));
     }
     setup.specs[i].hooks(hooks);
+    const std::string path = fmt::format("stages[{}]", i);
+    const auto weighting = stage_weighting(config["stages"][i], specs[i].losses(), "config", path);
+    if (weighting.policy == WeightingPolicyKind::kFixed) continue;
+    if (g_process_group && g_process_group->world_size() > 1 && weighting.policy != WeightingPolicyKind::kUncertainty) {
+      // Each rank would weigh by its own shard (its gradients, its batch, rank 0's evaluations alone), so the
+      // ranks would no longer follow the one-process trajectory; the learned log-variances are all-reduced.
+      throw Error(ErrorCategory::kConfig,
+                  fmt::format("config: '{}.weighting.policy' {} is not available in data-parallel runs ({} ranks): "
+                              "use \"uncertainty\" or one process",
+                              path, config["stages"][i]["weighting"]["policy"].dump(), g_process_group->world_size()));
+    }
+    const std::string metric = weighting.metric.empty() ? best_metric(config, task_of(config)).first : weighting.metric;
+    if (const auto scores = validation_scores(task_of(config)); std::find(scores.begin(), scores.end(), metric) == scores.end()) {
+      throw Error(ErrorCategory::kConfig,
+                  fmt::format("config: '{}.weighting.metric' = \"{}\" is not a validation score of task '{}'; it reports: {}",
+                              path, metric, task_of(config).name(), fmt::join(scores, ", ")));
+    }
+    auto made = make_weighting(weighting, static_cast<int64_t>(specs[i].losses().size()), specs[i].name(), *setup.model,
+                               metric, higher_is_better(metric));
+    setup.specs[i].weighting(made.policy);
+    if (made.feedback) setup.reward_feedback.push_back(made.feedback);
   }
   return setup;
 }

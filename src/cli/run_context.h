@@ -141,6 +141,8 @@ struct StudentSetup {
   std::shared_ptr<lora::Hook> lora_hook;
   std::shared_ptr<qat::Hook> qat_hook;
   std::shared_ptr<prune::Hook> prune_hook;
+  /// One per stage whose "weighting" is a reward policy: the trainer's callbacks that feed it.
+  std::vector<std::shared_ptr<RewardFeedback>> reward_feedback;
 };
 /// With `activation_quant` (set when a stage lists "qat", and for loading an int8 file) the model
 /// has its activation quantization points (models that have them).
@@ -149,6 +151,18 @@ std::shared_ptr<Model> make_student_model(const json& config, bool activation_qu
 /// Whether any stage's loss reads the teacher: false when every term is hard_label_ce (the student trained
 /// alone, as a baseline), and then the trainer runs no teacher.
 bool stages_read_teacher(const std::vector<StageSpec>& specs);
+/// Whether the config's teacher is the student's own EMA (teacher.self_distillation). kd::Error (kConfig)
+/// naming the key and the fix when it is on with what cannot serve it: no train.ema_decay, a teacher file,
+/// an ensemble, the teacher cache, hard-example mining, or a stage hook that rewrites the weights (lora, qat,
+/// prune).
+bool self_distillation(const json& config);
+/// The validation scores the task's evaluations report ("accuracy", "macro_f1"; or the language models'
+/// "bits_per_byte", "perplexity", "token_accuracy"), and which way each is better.
+std::vector<std::string> validation_scores(const Task& task);
+bool higher_is_better(const std::string& score);
+/// The validation score that picks OUT/student.best.pt (evaluation.best_metric, else the task's headline) and
+/// whether higher is better; kd::Error (kConfig) naming the task's scores for one it does not report.
+std::pair<std::string, bool> best_metric(const json& config, const Task& task);
 /// Whether any stage of the config lists `hook`.
 bool config_uses_hook(const json& config, const std::string& hook);
 

@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 
 #include "hook_config.h"
+#include "weighting_config.h"
 #include "kd/core/error.h"
 #include "kd/core/generators_kept.h"
 
@@ -183,7 +184,7 @@ const nlohmann::json& stage_defaults() {
   static const json d = {{"name", ""},   {"epochs", 1},        {"steps", 0},      {"lr", 1e-3},
                          {"loss_lr", -1.0}, {"trainable", json::array()}, {"eval_every", 0}, {"losses", json::array()},
                          {"hooks", json::array()}, {"param_groups", json::array()}, {"ema", true}, {"qat", json::object()},
-                         {"prune", json::object()}};
+                         {"prune", json::object()}, {"weighting", json::object({{"policy", "fixed"}})}};
   return d;
 }
 
@@ -275,6 +276,7 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
         throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}': {}", origin, lpath, e.message()));
       }
     }
+    stage_weighting(s, terms, origin, path);  // checked here, made by the caller (min_norm needs the student)
     spec.losses(std::move(terms));
     specs.push_back(std::move(spec));
   }

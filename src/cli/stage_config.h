@@ -12,7 +12,8 @@
 // over the stage's progress); every other key is that loss's option.
 // A stage may list "hooks": ["lora"] or ["qat"], switched on for that stage and
 // configured by the config's top-level "lora" / "qat" objects; a stage that lists "qat"
-// may add its own "qat" object (per-stage QAT settings, see hook_config.h).
+// may add its own "qat" object (per-stage QAT settings, see hook_config.h), and a stage may weigh its terms
+// with a learned policy: "weighting": {"policy": "uncertainty"} (see weighting_config.h).
 
 #include <string>
 #include <vector>

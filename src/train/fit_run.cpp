@@ -146,7 +146,7 @@ FitRun::FitRun(StagedTrainer& trainer, const data::TensorDataset& train, const d
   n_ = train.size();
   micro_per_epoch_ = (n_ + o_.batch_size() - 1) / o_.batch_size();
   steps_per_epoch_ = (micro_per_epoch_ + o_.accumulation() - 1) / o_.accumulation();
-  if (o_.ema_decay() > 0) ema_ = std::make_unique<Ema>(*trainer_.student_, o_.ema_decay());
+  if (o_.ema_decay() > 0) ema_ = std::make_shared<Ema>(*trainer_.student_, o_.ema_decay());
   // Every stage's loss lives in the checkpoint, so a loss shared by later stages
   // (a projection reused from stage 1 in stage 2) resumes with its trained state.
   order_ = std::make_unique<ExampleOrder>(o_, train_, trainer_.student_, trainer_.teacher_);
@@ -411,12 +411,6 @@ std::unique_ptr<FitRun::StageRun> FitRun::prepare_stage(int64_t si, std::optiona
   auto loss_module = stage.loss().ptr();
   loss_module->train();
   const bool input_grad = needs_input_grad(*loss_module);
-  if (input_grad && (!trainer_.teacher_ || o_.teacher_cache() || o_.self_distillation())) {
-    throw Error(ErrorCategory::kValue,
-                fmt::format("stage '{}': its loss needs input gradients of the teacher (R1), so it needs a live "
-                            "teacher: no teacher cache and no self-distillation",
-                            stage.name()));
-  }
   std::vector<torch::Tensor> loss_params;
   for (auto& p : loss_module->parameters()) if (p.requires_grad()) loss_params.push_back(p);
   auto s = std::make_unique<StageRun>(si, stage, trainer_.stage_length(stage, steps_per_epoch_), o_);
@@ -433,7 +427,11 @@ std::unique_ptr<FitRun::StageRun> FitRun::prepare_stage(int64_t si, std::optiona
   }
   // Data-parallel: the step's last backward sends its gradients in buckets while it runs.
   if (group_) s->gradient_sync = std::make_unique<dist::GradientSync>(o_.process_group(), s->all_params);
-  s->teacher = teacher_source(input_grad);
+  try {
+    s->teacher = teacher_source(input_grad);
+  } catch (const Error& e) {
+    throw Error(e.category(), fmt::format("stage '{}': {}", stage.name(), e.message()));
+  }
   s->ema = stage.ema() ? ema_.get() : nullptr;
 
   const bool mid_stage = resume_path && si == state_.stage_index && state_.stage_step > 0;
@@ -473,7 +471,14 @@ std::unique_ptr<FitRun::StageRun> FitRun::prepare_stage(int64_t si, std::optiona
 }
 
 std::unique_ptr<TeacherSource> FitRun::teacher_source(bool input_grad) {
-  if (input_grad) return input_gradient_teacher(*trainer_.teacher_);
+  if (input_grad) {
+    if (!trainer_.teacher_ || o_.teacher_cache() || o_.self_distillation()) {
+      throw Error(ErrorCategory::kValue,
+                  "its loss needs input gradients of the teacher (R1), so it needs a live teacher: no teacher cache "
+                  "and no self-distillation");
+    }
+    return input_gradient_teacher(*trainer_.teacher_);
+  }
   if (o_.self_distillation()) {
     return function_teacher(
         [this](const torch::Tensor& inputs) {
@@ -693,6 +698,7 @@ TrainSummary FitRun::finish(int stop_signal) {
   summary_.nonfinite_steps = state_.nonfinite_steps;
   summary_.rollbacks = state_.rollbacks;
   summary_.lr_scale = state_.lr_scale;
+  trainer_.ema_ = ema_;
   for (auto& cb : callbacks_) cb->on_fit_end(summary_);
   if (stop_signal) {
     spdlog::warn("stopped by signal {} after step {}{}", stop_signal, state_.global_step,

@@ -85,7 +85,7 @@ class FitRun {
   int64_t micro_per_epoch_ = 0;
   int64_t steps_per_epoch_ = 0;
   torch::Device device_;
-  std::unique_ptr<Ema> ema_;
+  std::shared_ptr<Ema> ema_;  // handed to the trainer when fit() returns (StagedTrainer::ema)
   std::unique_ptr<CheckpointManager> ckpt_;
   std::unique_ptr<ExampleOrder> order_;
   // Every stage's loss, the hooks' state and the example order's scores: the checkpoint's "loss" entry.

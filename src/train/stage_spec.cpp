@@ -40,7 +40,13 @@ std::vector<Stage> build_stages(const std::vector<StageSpec>& specs, const LossR
       }
       terms.emplace_back(term.term_name(), it->second, term.weight());
     }
-    stages.push_back(Stage(spec.name(), torch::nn::AnyModule(WeightedSum(std::move(terms))))
+    WeightedSum sum(nullptr);
+    try {  // the sum checks that the policy was built for this many terms
+      sum = WeightedSum(std::move(terms), spec.weighting());
+    } catch (const Error& e) {
+      throw Error(e.category(), fmt::format("{}: {}", where, e.message()));
+    }
+    stages.push_back(Stage(spec.name(), torch::nn::AnyModule(sum))
                          .epochs(spec.epochs())
                          .steps(spec.steps())
                          .lr(spec.lr())

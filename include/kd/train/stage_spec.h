@@ -9,6 +9,7 @@
 #include <torch/arg.h>
 
 #include "kd/losses/registry.h"
+#include "kd/losses/weighting/policy.h"
 #include "kd/train/stage.h"
 
 namespace kd {
@@ -42,6 +43,10 @@ struct StageSpec {
   TORCH_ARG(bool, ema) = true;
   /// As kd::Stage::hooks (the app layer makes them, since they need the student).
   TORCH_ARG(std::vector<std::shared_ptr<StageHook>>, hooks) = {};
+  /// The policy that weighs the terms each step (kd::WeightedSum's; empty: the
+  /// terms' own weights). Made by the caller, as hooks are: kd::MinNormWeighting
+  /// needs the student's parameters, kd::RewardWeighting a kd::RewardFeedback.
+  TORCH_ARG(AnyWeighting, weighting) = {};
 };
 
 /// Makes the stages, each loss a kd::WeightedSum of its terms created by `registry`.
@@ -50,9 +55,13 @@ struct StageSpec {
 /// module shared by those stages (its weight may differ), so a projection that
 /// stage 1 learnt keeps training in stage 2 instead of starting again.
 ///
+/// A stage's weighting policy, when set, combines its terms (each stage owns
+/// its policy: two stages never share one).
+///
 /// Throws kd::Error (kConfig) for a stage without a name or without terms, two
-/// terms with one name in a stage, and whatever the registry refuses (unknown
-/// type, bad keys), each prefixed with "stage '<name>'".
+/// terms with one name in a stage, a policy built for another number of terms,
+/// and whatever the registry refuses (unknown type, bad keys), each prefixed
+/// with "stage '<name>'".
 ///
 /// Example: `auto stages = kd::build_stages(kd::progressive3(kd::Progressive3Options()));`
 std::vector<Stage> build_stages(const std::vector<StageSpec>& specs,

@@ -18,6 +18,7 @@
 #include "kd/train/adversarial.h"
 #include "kd/train/autocast.h"
 #include "kd/train/callback.h"
+#include "kd/train/ema.h"
 #include "kd/train/stage.h"
 
 namespace kd {
@@ -191,6 +192,13 @@ class StagedTrainer {
 
   const std::vector<Stage>& stages() const { return stages_; }
 
+  /// The moving average of the student's weights as the last fit() left it
+  /// (options().ema_decay() > 0; nullptr before a fit or without EMA) — with
+  /// self_distillation, the teacher the student learnt from at its last step.
+  ///
+  /// Example: `auto copy = make_student(); trainer.ema()->copy_to(*copy);   // score the averaged weights`
+  std::shared_ptr<const Ema> ema() const { return ema_; }
+
  private:
   friend class detail::FitRun;  // one fit() call: the stage loop, the step, checkpoints (src/train/fit_run.h)
 
@@ -206,6 +214,7 @@ class StagedTrainer {
   std::vector<Stage> stages_;
   StagedTrainerOptions options_;
   std::vector<std::shared_ptr<Callback>> callbacks_;
+  std::shared_ptr<Ema> ema_;  // of the last fit()
 };
 
 }  // namespace kd

@@ -63,6 +63,22 @@ TEST(StagedTrainerCheck, ALayerIndexOutOfRangeInTheLastStageStopsBeforeTheFirstS
   EXPECT_THAT(message, HasSubstr("7"));
 }
 
+TEST(StagedTrainerCheck, AnInputGradientLossWithoutALiveTeacherIsRefusedByName) {
+  // R1 differentiates the teacher with respect to its inputs: with the student's EMA as the teacher there is no
+  // teacher model to differentiate (this used to dereference a missing teacher).
+  const auto data = synthetic(64, 1);
+  kd::StagedTrainer t(kd::Student(std::make_shared<MlpImpl>()), std::nullopt,
+                      kd::build_stages({kd::StageSpec("r1").steps(2).losses({kd::LossSpec("gradient_matching")})}),
+                      kd::StagedTrainerOptions().batch_size(16).ema_decay(0.9).self_distillation(true));
+  try {
+    t.check(data);
+    ADD_FAILURE() << "check() accepted R1 with self-distillation";
+  } catch (const kd::Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("stage 1/1 'r1'"));
+    EXPECT_THAT(e.what(), HasSubstr("needs input gradients of the teacher (R1), so it needs a live teacher"));
+  }
+}
+
 TEST(StagedTrainerCheck, ATrainablePatternThatMatchesNothingStopsBeforeTheFirstStep) {
   const auto message = refused_before_training(two_stages(0, {"^decoder\\."}), synthetic(64, 1));
   EXPECT_THAT(message, HasSubstr("stage 'b': no student parameter matches the trainable patterns"));
