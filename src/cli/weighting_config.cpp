@@ -8,6 +8,7 @@
 #include <fmt/ranges.h>
 
 #include "kd/core/error.h"
+#include "kd/core/generators_kept.h"
 #include "kd/losses/loss_traits.h"
 #include "kd/losses/weighting/reward.h"
 #include "kd/losses/weighting/uncertainty.h"
@@ -205,6 +206,8 @@ WeightingConfig stage_weighting(const json& stage, const std::vector<LossSpec>& 
       }
       c.similarity.layers(layers);
       // A term is weighed when its loss shows the features it compares (feature_l2) or `layers` names it.
+      // Making a loss draws its projections' initial weights: the run's random stream must not notice.
+      const GeneratorsKept kept;
       const bool weighs_some = std::any_of(terms.begin(), terms.end(), [&](const LossSpec& t) {
         if (layers.count(t.term_name())) return true;
         const auto module = LossRegistry::global().create(t).ptr();

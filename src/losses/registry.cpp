@@ -345,9 +345,10 @@ void LossRegistry::add_builtins() {
   add(
       "hard_label_ce",
       [](const LossSpec& s) {
+        const HardLabelCEOptions defaults;
         return HardLabelCE(HardLabelCEOptions()
-                               .label_smoothing(s.number("label_smoothing", 0.0))
-                               .ignore_index(s.integer("ignore_index", -100)));
+                               .label_smoothing(s.number("label_smoothing", defaults.label_smoothing()))
+                               .ignore_index(s.integer("ignore_index", defaults.ignore_index())));
       },
       {"label_smoothing", "ignore_index"}, "cross-entropy of the student's logits against the targets");
 
@@ -365,10 +366,11 @@ void LossRegistry::add_builtins() {
         const auto spatial = s.choice("spatial_mismatch", {"error", "adaptive_pool"}, "error");
         o.spatial_mismatch(spatial == "adaptive_pool" ? SpatialMismatch::kAdaptivePool : SpatialMismatch::kError);
         if (s.choice("pair_weighting", {"none", "layer_similarity"}, "none") == "layer_similarity") {
+          const LayerSimilarityWeightingOptions defaults;
           o.pair_weighting(LayerSimilarityWeighting(
               LayerSimilarityWeightingOptions()
-                  .slope(s.number("similarity_slope", 0.5))
-                  .midpoint(s.number("similarity_midpoint", 6.0))
+                  .slope(s.number("similarity_slope", defaults.slope()))
+                  .midpoint(s.number("similarity_midpoint", defaults.midpoint()))
                   .normalize(s.choice("similarity_normalize", {"sum_to_count", "none"}, "sum_to_count") == "none"
                                  ? LayerWeightNorm::kNone
                                  : LayerWeightNorm::kSumToCount)));
@@ -385,8 +387,8 @@ void LossRegistry::add_builtins() {
         AttentionMSEOptions o(pairs_from(s, {-1}, /*dims=*/false));
         o.heads(s.choice("heads", {"grouped", "mean"}, "grouped") == "mean" ? HeadMapping::kMean
                                                                           : HeadMapping::kGrouped);
-        o.log_space(s.boolean("log_space", false));
-        o.eps(s.number("eps", 1e-8));
+        o.log_space(s.boolean("log_space", o.log_space()));
+        o.eps(s.number("eps", o.eps()));
         o.reduction(s.choice("reduction", {"mean", "row_sum"}, "mean") == "row_sum" ? AttentionReduction::kRowSum
                                                                                   : AttentionReduction::kMean);
         return AttentionMSE(o);
@@ -406,17 +408,17 @@ void LossRegistry::add_builtins() {
           }
           o.lambda(Schedule::constant(s.number("lambda")));
         } else {
-          const double a = s.number("lambda_start", 0.8), b = s.number("lambda_end", 0.3);
+          const double a = s.number("lambda_start", o.lambda().start()), b = s.number("lambda_end", o.lambda().end());
           o.lambda(s.choice("lambda_schedule", {"linear", "cosine"}, "linear") == "cosine" ? Schedule::cosine(a, b)
                                                                                          : Schedule::linear(a, b));
         }
-        o.temperature(s.number("temperature", 1.0));
-        o.input_key(s.string("input_key", ""));
+        o.temperature(s.number("temperature", o.temperature()));
+        o.input_key(s.string("input_key", o.input_key()));
         const auto space = s.choice("space", {"auto", "raw", "position_norm"}, "auto");
         o.space(space == "raw"             ? GradientSpace::kRaw
                 : space == "position_norm" ? GradientSpace::kPositionNorm
                                            : GradientSpace::kAuto);
-        o.ignore_index(s.integer("ignore_index", -100));
+        o.ignore_index(s.integer("ignore_index", o.ignore_index()));
         o.distance(s.choice("distance", {"mse", "cosine"}, "mse") == "cosine" ? GradientDistance::kCosine
                                                                             : GradientDistance::kMse);
         return GradientMatching(o);

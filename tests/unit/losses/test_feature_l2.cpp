@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "kd/core/error.h"
+#include "gradient_check.h"
 #include "kd/losses/feature_l2.h"
 #include "reference.h"
 
@@ -159,28 +160,9 @@ TEST(FeatureL2, ProjectionGradientsMatchFiniteDifferencesInDouble) {
   batch.student.hidden_states = {torch::randn({2, 3, 3}, torch::kFloat64), torch::randn({2, 2, 3, 3}, torch::kFloat64)};
   batch.teacher.hidden_states = {torch::randn({2, 3, 4}, torch::kFloat64), torch::randn({2, 3, 3, 3}, torch::kFloat64)};
   batch.mask = torch::tensor({{1, 1, 0}, {1, 1, 1}}, torch::kFloat64);
-  feat->forward(batch).total.backward();
-
-  const double h = 1e-6;
-  auto params = feat->named_parameters();
-  ASSERT_EQ(params.size(), 4u);
-  for (auto& item : params) {
-    auto p = item.value();
-    const auto analytic = p.grad().clone();
-    torch::NoGradGuard no_grad;
-    auto flat = p.view({-1});
-    for (int64_t i = 0; i < flat.numel(); ++i) {
-      const double orig = flat[i].item<double>();
-      flat[i] = orig + h;
-      const double up = feat->forward(batch).total.item<double>();
-      flat[i] = orig - h;
-      const double down = feat->forward(batch).total.item<double>();
-      flat[i] = orig;
-      const double numeric = (up - down) / (2 * h);
-      EXPECT_NEAR(analytic.view({-1})[i].item<double>(), numeric, 1e-6 * std::max(1.0, std::abs(numeric)))
-          << item.key() << "[" << i << "]";
-    }
-  }
+  ASSERT_EQ(feat->parameters().size(), 4u);  // both pairs' projection weight and bias
+  kd::testing::expect_gradients_match([&] { return feat->forward(batch).total; }, kd::testing::parameters_of(*feat),
+                                      1e-6, 1e-6);
 }
 
 TEST(FeatureL2, ProjectionsAreRegisteredAtConstructionWithTheChosenInit) {

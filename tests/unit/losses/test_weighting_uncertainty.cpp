@@ -8,6 +8,7 @@
 #include "kd/core/error.h"
 #include "kd/losses/weighted_sum.h"
 #include "kd/losses/weighting/uncertainty.h"
+#include "gradient_check.h"
 
 namespace {
 
@@ -61,29 +62,8 @@ TEST(UncertaintyWeighting, FiniteDifferenceGradientInDouble) {
     return std::vector<torch::Tensor>{x.pow(2).sum(), x.abs().sum() + 1.0, (x[0] - x[1]).pow(2), x.exp().mean()};
   };
   const std::vector<std::string> names{"a", "b", "c", "d"};
-  uw->combine(losses_of(x), names, {}).total.backward();
-  const auto analytic_s = uw->log_vars.grad().clone();
-  const auto analytic_x = x.grad().clone();
-
-  const double h = 1e-6;
-  torch::NoGradGuard no_grad;
-  for (int64_t k = 0; k < 4; ++k) {
-    const double s0 = uw->log_vars[k].item<double>();
-    uw->log_vars[k].fill_(s0 + h);
-    const double up = uw->combine(losses_of(x), names, {}).total.item<double>();
-    uw->log_vars[k].fill_(s0 - h);
-    const double down = uw->combine(losses_of(x), names, {}).total.item<double>();
-    uw->log_vars[k].fill_(s0);
-    EXPECT_NEAR(analytic_s[k].item<double>(), (up - down) / (2 * h), 1e-7) << "s_" << k;
-  }
-  for (int64_t i = 0; i < 4; ++i) {
-    auto xp = x.detach().clone(), xm = x.detach().clone();
-    xp[i] += h;
-    xm[i] -= h;
-    const double up = uw->combine(losses_of(xp), names, {}).total.item<double>();
-    const double down = uw->combine(losses_of(xm), names, {}).total.item<double>();
-    EXPECT_NEAR(analytic_x[i].item<double>(), (up - down) / (2 * h), 1e-7) << "x_" << i;
-  }
+  kd::testing::expect_gradients_match([&] { return uw->combine(losses_of(x), names, {}).total; },
+                                      {{"log_vars", uw->log_vars}, {"x", x}});
 }
 
 TEST(UncertaintyWeighting, LearnsLogOfEachLoss) {

@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "gradient_check.h"
 #include "kd/core/error.h"
 #include "kd/models/linear_attention.h"
 #include "kd/models/transformer_encoder.h"
@@ -95,19 +96,8 @@ TEST(LinearAttention, GradientsMatchCentralDifferences) {
   auto x = torch::randn({1, 4, 4}, torch::kFloat64).requires_grad_(true);
   const auto rope = kd::models::rotary_tables(4, 4, 10000.0, x.options());
   const auto w = torch::randn({1, 4, 4}, torch::kFloat64);  // a fixed projection of the output to a scalar
-  auto f = [&](const torch::Tensor& in) { return (attn->forward(in, rope).output * w).sum(); };
-  f(x).backward();
-  const auto analytic = x.grad().clone();
   EXPECT_FALSE(attn->forward(x, rope).probabilities.defined());  // surrogate off
-  torch::NoGradGuard no_grad;
-  const double h = 1e-6;
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    auto plus = x.detach().clone(), minus = x.detach().clone();
-    plus.view(-1)[i] += h;
-    minus.view(-1)[i] -= h;
-    const double numeric = (f(plus).item<double>() - f(minus).item<double>()) / (2 * h);
-    EXPECT_NEAR(analytic.view(-1)[i].item<double>(), numeric, 1e-7 * std::max(1.0, std::abs(numeric))) << i;
-  }
+  kd::testing::expect_gradients_match([&] { return (attn->forward(x, rope).output * w).sum(); }, {{"x", x}});
 }
 
 TEST(LinearAttention, RefusesPerQueryMasksAndBadShapes) {
