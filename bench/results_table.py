@@ -148,6 +148,9 @@ RECIPE = {"fashion_mnist": "distilled: three-phase", "fashion_mnist_long": "dist
           "fashion_mnist_weighting": "distilled: fixed weights"}
 # Sections whose distilled rows are shown with their own --baseline beside them (no student-alone row of their own).
 OWN_BASELINE_ROWS = {"fashion_mnist_three_phase", "spam_few_labels"}
+# Sections whose distilled rows run without --baseline: their student-alone row has the same stages' length and
+# schedule, so each gain is paired with it per seed (a baseline per row would train that same student again).
+PAIRED_ROWS = {"fashion_mnist_r1", "fashion_mnist_weighting"}
 # Validation evaluations per stage for the curves (steps between them), on top of each stage's end.
 EVAL_EVERY = {"fashion_mnist": 215, "fashion_mnist_extras": 215, "fashion_mnist_long": 215, "fashion_mnist_24": 215,
               "fashion_mnist_three_phase": 215, "fashion_mnist_r1": 215,
@@ -307,7 +310,7 @@ def train_all(a):
                           flush=True)
                     continue
                 cmd = [a.kd_train, "distill", "--out", out] + common
-                if not label.startswith("student alone"):
+                if not label.startswith("student alone") and task not in PAIRED_ROWS:
                     cmd.append("--baseline")  # its own student alone: the same stages, steps, schedule and seed
                 for c in configs:
                     cmd += ["--config", c]
