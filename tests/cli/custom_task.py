@@ -9,30 +9,16 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
+
+import kd_cli
 
 cmake, build, plugin, work = sys.argv[1:5]
 taken_name_plugin = sys.argv[5] if len(sys.argv) > 5 else None
 source = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 python = "/usr/bin/python3"
-failures = []
-
-
-def run(cmd, expect_exit, *patterns, cwd=None):
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd)
-    out = r.stdout.decode("utf-8", "replace")
-    label = " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(cmd))[:160]
-    problems = []
-    if r.returncode != expect_exit:
-        problems.append(f"exit {r.returncode}, expected {expect_exit}")
-    problems += [f"no {p!r} in the output" for p in patterns if p not in out]
-    if problems:
-        failures.append(f"{label}: {'; '.join(problems)}\n{out[-3000:]}")
-        print(f"FAIL {label}: {'; '.join(problems)}")
-    else:
-        print(f"ok   {label}")
-    return out
+checks = kd_cli.Checks("custom_task.py")  # whole commands: the installed kd-train, cmake, python
+run, failures = checks.run, checks.failures
 
 
 shutil.rmtree(work, ignore_errors=True)
@@ -189,6 +175,4 @@ left = [f for f in (os.listdir(bad) if os.path.exists(bad) else []) if f != ".kd
 if left:
     failures.append(f"a refused run left {left} in {bad}")
 
-if failures:
-    sys.exit("custom_task.py: " + "\n\n".join(failures))
-print("custom_task.py: all checks passed")
+checks.finish()

@@ -8,25 +8,15 @@ usage: ensemble.py KD_TRAIN SOURCE_DIR WORK
 import json
 import os
 import shutil
-import subprocess
 import sys
+
+import kd_cli
 
 kd, source, work = sys.argv[1:4]
 shutil.rmtree(work, ignore_errors=True)
-failures = []
+checks = kd_cli.Checks("ensemble.py", kd)
+run, failures = checks.run, checks.failures
 tiny = ["--threads", "1", "--set", "data.limit=512", "--set", "teacher.epochs=1", "--set", "train.batch_size=64"]
-
-
-def run(args, expect, *needles):
-    r = subprocess.run([kd, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
-    out = r.stdout.decode(errors="replace")
-    problems = ([f"exit {r.returncode}, expected {expect}"] if r.returncode != expect else []) + \
-               [f"no {n!r}" for n in needles if n not in out]
-    label = " ".join(args)[:150]
-    if problems:
-        failures.append(f"kd-train {label}: {'; '.join(problems)}\n{out[-2500:]}")
-    print(("FAIL " if problems else "ok   ") + label)
-    return out
 
 
 second = os.path.join(work, "second_teacher")
@@ -63,6 +53,4 @@ for args, needles in [
     run(["distill", "--config", os.path.join(source, "configs/fashion_mnist_ensemble.json"), *tiny,
          "--set", f"teacher.path={learned}/teacher.pt", *args, "--out", bad], 2, *needles)
 
-if failures:
-    sys.exit("ensemble.py:\n" + "\n".join(failures))
-print("ensemble.py: all checks passed")
+checks.finish()

@@ -15,25 +15,15 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
+
+import kd_cli
 
 kd, source, work = sys.argv[1:4]
 shutil.rmtree(work, ignore_errors=True)
-failures = []
+checks = kd_cli.Checks("weighting.py", kd)
+run, check, failures = checks.run, checks.check, checks.failures
 tiny = ["--threads", "1", "--set", "data.limit=256", "--set", "train.batch_size=64", "--set", "train.log_every=1"]
-
-
-def run(args, expect, *needles):
-    r = subprocess.run([kd, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
-    out = r.stdout.decode(errors="replace")
-    problems = ([f"exit {r.returncode}, expected {expect}"] if r.returncode != expect else []) + \
-               [f"no {n!r}" for n in needles if n not in out]
-    label = " ".join(args)[:160]
-    if problems:
-        failures.append(f"kd-train {label}: {'; '.join(problems)}\n{out[-2500:]}")
-    print(("FAIL " if problems else "ok   ") + label)
-    return out
 
 
 def steps(out):
@@ -42,11 +32,6 @@ def steps(out):
         failures.append(f"{path} was not written")
         return []
     return [e for e in map(json.loads, open(path)) if e["event"] == "step"]
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
 
 
 def close(a, b, tol=1e-4):
@@ -137,6 +122,4 @@ for args, needles in [
     check(not os.path.exists(os.path.join(bad, "metrics.jsonl")), f"a refused run wrote metrics: {args}")
 run(["teacher", *config("self_distill"), *tiny, "--out", bad], 2, "no teacher to train")
 
-if failures:
-    sys.exit("weighting.py:\n" + "\n".join(failures))
-print("weighting.py: all checks passed")
+checks.finish()
