@@ -191,8 +191,6 @@ json scored_row(const std::string& name, kd::Model& model, const Scores& scores,
   return row;
 }
 
-// evaluation.best_metric (or the task's headline) and whether larger is better; a name the task does not
-// report is refused before anything trains.
 // Every stage once on the first two training examples, with an untrained teacher and student of the configured
 // shapes (StagedTrainer::check): a layer index or width that does not fit stage 3 stops the run here, before
 // the teacher or any stage trains. Changes no random draw and writes nothing.
