@@ -539,6 +539,10 @@ const nlohmann::json& task_defaults(const std::string& task) {
 
 const nlohmann::json& distill_defaults() { return task_defaults("fashion_mnist"); }
 
+void config_error(const std::string& origin, const std::string& path, const std::string& problem) {
+  throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' {}", origin, path, problem));
+}
+
 std::string task_named_in(const nlohmann::json& layer, const std::string& origin) {
   if (!layer.is_object() || !layer.contains("task")) return "";
   const json& t = layer["task"];

@@ -11,6 +11,10 @@
 
 namespace kd::app {
 
+/// Throws kd::Error (kConfig) "<origin>: '<path>' <problem>", the form of every refused config value, e.g.
+/// `config_error("config", "stages[1].weighting.lr", "must be a number in (0, 100], got -1")`.
+[[noreturn]] void config_error(const std::string& origin, const std::string& path, const std::string& problem);
+
 /// The default configuration of `kd-train distill` for `task` ("fashion_mnist", "spam", "byte_lm", "custom"; see
 /// task.h); it doubles as that task's schema: every allowed key appears here, with the type its value
 /// must have. kd::Error (kConfig) for an unknown task, naming the ones there are.

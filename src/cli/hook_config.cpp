@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "config.h"
 #include "kd/core/error.h"
 
 namespace kd::app {
@@ -64,9 +65,7 @@ const std::vector<std::string>& qat_stage_keys() {
 }
 
 qat::StageOptions qat_stage_options_from_json(const json& j, const std::string& origin, const std::string& path) {
-  const auto fail = [&](const std::string& where, const std::string& problem) {
-    throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' {}", origin, where, problem));
-  };
+  const auto fail = [&](const std::string& where, const std::string& problem) { config_error(origin, where, problem); };
   if (!j.is_object()) {
     fail(path, fmt::format("must be an object with keys {}, got {}", fmt::join(qat_stage_keys(), ", "), j.dump()));
   }
@@ -109,9 +108,7 @@ prune::Options prune_options_from_json(const json& j, const std::string& origin)
 
 prune::StageSparsity prune_stage_from_json(const json& j, const std::string& origin, const std::string& path,
                                            prune::StageSparsity defaults) {
-  const auto fail = [&](const std::string& where, const std::string& problem) {
-    throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' {}", origin, where, problem));
-  };
+  const auto fail = [&](const std::string& where, const std::string& problem) { config_error(origin, where, problem); };
   if (!j.is_object()) fail(path, fmt::format("must be an object with keys start, end, got {}", j.dump()));
   for (const auto& [key, v] : j.items()) {
     const std::string here = path + "." + key;

@@ -7,6 +7,7 @@
 
 #include "hook_config.h"
 #include "weighting_config.h"
+#include "config.h"
 #include "kd/core/error.h"
 #include "kd/core/generators_kept.h"
 
@@ -15,14 +16,10 @@ namespace {
 
 using json = nlohmann::json;
 
-[[noreturn]] void fail(const std::string& origin, const std::string& path, const std::string& problem) {
-  throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' {}", origin, path, problem));
-}
-
 // A negative weight would turn a term into a reward for moving away from the teacher (or the labels).
 void require_non_negative(double w, const std::string& origin, const std::string& path) {
   if (w < 0) {
-    fail(origin, path, fmt::format("must be >= 0, got {}: a negative weight rewards the term it weights; to drop a term "
+    config_error(origin, path, fmt::format("must be >= 0, got {}: a negative weight rewards the term it weights; to drop a term "
                                    "remove it or give it weight 0",
                                    w));
   }
@@ -35,13 +32,13 @@ Schedule weight_from_json(const json& w, const std::string& origin, const std::s
   }
   const char* expected =
       "must be a number or {\"schedule\": \"linear\" or \"cosine\", \"start\": number, \"end\": number}";
-  if (!w.is_object()) fail(origin, path, fmt::format("{}, got {}", expected, w.dump()));
+  if (!w.is_object()) config_error(origin, path, fmt::format("{}, got {}", expected, w.dump()));
   for (const auto& [k, v] : w.items()) {
-    if (k != "schedule" && k != "start" && k != "end") fail(origin, path + "." + k, "is not a key of a weight schedule; " + std::string(expected));
+    if (k != "schedule" && k != "start" && k != "end") config_error(origin, path + "." + k, "is not a key of a weight schedule; " + std::string(expected));
   }
   if (!w.contains("schedule") || !w["schedule"].is_string() || !w.contains("start") || !w["start"].is_number() ||
       !w.contains("end") || !w["end"].is_number()) {
-    fail(origin, path, fmt::format("{}, got {}", expected, w.dump()));
+    config_error(origin, path, fmt::format("{}, got {}", expected, w.dump()));
   }
   const auto kind = w["schedule"].get<std::string>();
   const double a = w["start"], b = w["end"];
@@ -50,7 +47,7 @@ Schedule weight_from_json(const json& w, const std::string& origin, const std::s
   if (kind == "linear") return Schedule::linear(a, b);
   if (kind == "cosine") return Schedule::cosine(a, b);
   if (kind == "constant" && a == b) return Schedule::constant(a);
-  fail(origin, path + ".schedule", fmt::format("must be \"linear\" or \"cosine\", got {}", w["schedule"].dump()));
+  config_error(origin, path + ".schedule", fmt::format("must be \"linear\" or \"cosine\", got {}", w["schedule"].dump()));
 }
 
 json weight_to_json(const Schedule& s) {
@@ -64,16 +61,16 @@ json weight_to_json(const Schedule& s) {
 }
 
 LossSpec loss_from_json(const json& j, const std::string& origin, const std::string& path) {
-  if (!j.is_object()) fail(origin, path, fmt::format("must be an object with a \"type\", got {}", j.dump()));
+  if (!j.is_object()) config_error(origin, path, fmt::format("must be an object with a \"type\", got {}", j.dump()));
   if (!j.contains("type") || !j["type"].is_string()) {
-    fail(origin, path + ".type", "is missing: name the loss, e.g. \"type\": \"temperature_kl\" (kd-train list shows all)");
+    config_error(origin, path + ".type", "is missing: name the loss, e.g. \"type\": \"temperature_kl\" (kd-train list shows all)");
   }
   LossSpec spec(j["type"].get<std::string>());
   for (const auto& [key, v] : j.items()) {
     const std::string here = path + "." + key;
     if (key == "type") continue;
     if (key == "name") {
-      if (!v.is_string()) fail(origin, here, fmt::format("must be a string, got {}", v.dump()));
+      if (!v.is_string()) config_error(origin, here, fmt::format("must be a string, got {}", v.dump()));
       spec.name(v.get<std::string>());
     } else if (key == "weight") {
       spec.weight(weight_from_json(v, origin, here));
@@ -86,7 +83,7 @@ LossSpec loss_from_json(const json& j, const std::string& origin, const std::str
     } else if (v.is_array() && std::all_of(v.begin(), v.end(), [](const json& x) { return x.is_number(); })) {
       spec.set(key, v.get<std::vector<double>>());
     } else {
-      fail(origin, here, fmt::format("must be a number, a boolean, a string or a list of numbers, got {}", v.dump()));
+      config_error(origin, here, fmt::format("must be a number, a boolean, a string or a list of numbers, got {}", v.dump()));
     }
   }
   return spec;
@@ -112,16 +109,16 @@ json loss_to_json(const LossSpec& s) {
 // [{"patterns": ["^fc\\."], "lr": 3e-3, "weight_decay": 0}, ...]; weight_decay optional.
 std::vector<ParamGroup> param_groups_from_json(const json& groups, const std::string& origin, const std::string& path) {
   const char* expected = "must be a list of {\"patterns\": [regex, ...], \"lr\": number, \"weight_decay\": number (optional)}";
-  if (!groups.is_array()) fail(origin, path, fmt::format("{}, got {}", expected, groups.dump()));
+  if (!groups.is_array()) config_error(origin, path, fmt::format("{}, got {}", expected, groups.dump()));
   std::vector<ParamGroup> out;
   for (size_t i = 0; i < groups.size(); ++i) {
     const json& g = groups[i];
     const std::string here = fmt::format("{}[{}]", path, i);
-    if (!g.is_object()) fail(origin, here, fmt::format("{}, got {}", expected, g.dump()));
+    if (!g.is_object()) config_error(origin, here, fmt::format("{}, got {}", expected, g.dump()));
     for (const auto& [k, v] : g.items()) {
       if (k != "patterns" && k != "lr" && k != "weight_decay") {
         const auto best = closest_name(k, {"patterns", "lr", "weight_decay"});
-        fail(origin, here + "." + k,
+        config_error(origin, here + "." + k,
              fmt::format("is not a parameter-group key; {}allowed: patterns, lr, weight_decay",
                          best.empty() ? "" : "did you mean '" + best + "'? "));
       }
@@ -129,16 +126,16 @@ std::vector<ParamGroup> param_groups_from_json(const json& groups, const std::st
     const json patterns = g.value("patterns", json());
     if (!patterns.is_array() || patterns.empty() ||
         !std::all_of(patterns.begin(), patterns.end(), [](const json& x) { return x.is_string(); })) {
-      fail(origin, here + ".patterns",
+      config_error(origin, here + ".patterns",
            fmt::format("must be a non-empty list of regexes over parameter names, got {}", patterns.dump()));
     }
     const json lr = g.value("lr", json());
     if (!lr.is_number() || !(lr.get<double>() > 0 && lr.get<double>() <= 10)) {
-      fail(origin, here + ".lr", fmt::format("must be a number in (0, 10], got {}", lr.dump()));
+      config_error(origin, here + ".lr", fmt::format("must be a number in (0, 10], got {}", lr.dump()));
     }
     const json wd = g.value("weight_decay", json(-1.0));
     if (!wd.is_number() || !(wd.get<double>() >= 0 || wd.get<double>() == -1) || wd.get<double>() > 10) {
-      fail(origin, here + ".weight_decay",
+      config_error(origin, here + ".weight_decay",
            fmt::format("must be a number in [0, 10] (or -1: train.weight_decay), got {}", wd.dump()));
     }
     out.push_back(ParamGroup{patterns.get<std::vector<std::string>>(), lr.get<double>(), wd.get<double>()});
@@ -162,18 +159,18 @@ const std::vector<std::string>& known_hooks() {
 std::vector<std::string> stage_hook_names(const json& stage, const std::string& origin, const std::string& path) {
   const json hooks = stage.value("hooks", json::array());
   const std::string expected = fmt::format("must be a list of hook names ({}), got ", fmt::join(known_hooks(), ", "));
-  if (!hooks.is_array()) fail(origin, path + ".hooks", expected + hooks.dump());
+  if (!hooks.is_array()) config_error(origin, path + ".hooks", expected + hooks.dump());
   std::vector<std::string> out;
   for (size_t i = 0; i < hooks.size(); ++i) {
     const auto& h = hooks[i];
     if (!h.is_string() || std::find(known_hooks().begin(), known_hooks().end(), h.get<std::string>()) == known_hooks().end()) {
       const auto best = h.is_string() ? closest_name(h.get<std::string>(), known_hooks()) : "";
-      fail(origin, fmt::format("{}.hooks[{}]", path, i),
+      config_error(origin, fmt::format("{}.hooks[{}]", path, i),
            fmt::format("is {}; {}a stage hook is one of: {} (configured by the top-level key of that name)", h.dump(),
                        best.empty() ? "" : "did you mean '" + best + "'? ", fmt::join(known_hooks(), ", ")));
     }
     if (std::find(out.begin(), out.end(), h.get<std::string>()) != out.end()) {
-      fail(origin, fmt::format("{}.hooks[{}]", path, i), fmt::format("repeats {}", h.dump()));
+      config_error(origin, fmt::format("{}.hooks[{}]", path, i), fmt::format("repeats {}", h.dump()));
     }
     out.push_back(h.get<std::string>());
   }
@@ -193,7 +190,7 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
   // seeded must be where it was afterwards, so that `kd-train teacher` and distill's own teacher start alike.
   const GeneratorsKept kept;
   if (!stages.is_array() || stages.empty()) {
-    fail(origin, "stages", fmt::format("must be a non-empty array of stage objects, got {}", stages.dump()));
+    config_error(origin, "stages", fmt::format("must be a non-empty array of stage objects, got {}", stages.dump()));
   }
   std::vector<StageSpec> specs;
   for (size_t i = 0; i < stages.size(); ++i) {
@@ -201,11 +198,11 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
     const std::string path = fmt::format("stages[{}]", i);
     std::vector<std::string> keys;
     for (const auto& [k, _] : stage_defaults().items()) keys.push_back(k);
-    if (!s.is_object()) fail(origin, path, fmt::format("must be an object with keys {}, got {}", fmt::join(keys, ", "), s.dump()));
+    if (!s.is_object()) config_error(origin, path, fmt::format("must be an object with keys {}, got {}", fmt::join(keys, ", "), s.dump()));
     for (const auto& [k, v] : s.items()) {
       if (!stage_defaults().contains(k)) {
         const auto best = closest_name(k, keys);
-        fail(origin, path + "." + k,
+        config_error(origin, path + "." + k,
              fmt::format("is not a stage key; {}allowed: {}", best.empty() ? "" : "did you mean '" + best + "'? ",
                          fmt::join(keys, ", ")));
       }
@@ -215,14 +212,14 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
       const json v = s.value(key, stage_defaults()[key]);
       if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(hi)) ||
           v.get<int64_t>() < lo || v.get<int64_t>() > hi) {
-        fail(origin, path + "." + key, fmt::format("must be an integer in [{}, {}], got {}", lo, hi, v.dump()));
+        config_error(origin, path + "." + key, fmt::format("must be an integer in [{}, {}], got {}", lo, hi, v.dump()));
       }
       return v.get<int64_t>();
     };
     auto get_lr = [&](const char* key, bool allow_default) {
       const json v = s.value(key, stage_defaults()[key]);
       if (!v.is_number() || !((v.get<double>() > 0 && v.get<double>() <= 10) || (allow_default && v.get<double>() == -1))) {
-        fail(origin, path + "." + key,
+        config_error(origin, path + "." + key,
              fmt::format("must be a number in (0, 10]{}, got {}", allow_default ? " (or -1: same as lr)" : "", v.dump()));
       }
       return v.get<double>();
@@ -230,39 +227,39 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
     StageSpec spec;
     const json name = s.value("name", json(""));
     if (!name.is_string() || name.get<std::string>().empty()) {
-      fail(origin, path + ".name", fmt::format("must be a non-empty string, got {}", name.dump()));
+      config_error(origin, path + ".name", fmt::format("must be a non-empty string, got {}", name.dump()));
     }
     spec.name(name.get<std::string>());
     constexpr int64_t kMaxSteps = int64_t{1} << 40;
     spec.epochs(get_int("epochs", 0, 1'000'000)).steps(get_int("steps", 0, kMaxSteps)).eval_every(get_int("eval_every", 0, kMaxSteps));
-    if (spec.epochs() == 0 && spec.steps() == 0) fail(origin, path, "needs epochs >= 1 or steps >= 1");
+    if (spec.epochs() == 0 && spec.steps() == 0) config_error(origin, path, "needs epochs >= 1 or steps >= 1");
     spec.lr(get_lr("lr", false)).loss_lr(get_lr("loss_lr", true));
     const json trainable = s.value("trainable", json::array());
     if (!trainable.is_array() || !std::all_of(trainable.begin(), trainable.end(), [](const json& x) { return x.is_string(); })) {
-      fail(origin, path + ".trainable",
+      config_error(origin, path + ".trainable",
            fmt::format("must be a list of regexes over parameter names (empty: all), got {}", trainable.dump()));
     }
     spec.trainable(trainable.get<std::vector<std::string>>());
     spec.param_groups(param_groups_from_json(s.value("param_groups", json::array()), origin, path + ".param_groups"));
     const json ema = s.value("ema", json(true));
-    if (!ema.is_boolean()) fail(origin, path + ".ema", fmt::format("must be true or false, got {}", ema.dump()));
+    if (!ema.is_boolean()) config_error(origin, path + ".ema", fmt::format("must be true or false, got {}", ema.dump()));
     spec.ema(ema.get<bool>());
     const auto hooks = stage_hook_names(s, origin, path);  // checked here, made by the caller (hooks need the student)
     if (s.contains("qat")) {  // this stage's QAT settings (kd::qat::StageOptions)
       qat_stage_options_from_json(s["qat"], origin, path + ".qat");
       if (std::find(hooks.begin(), hooks.end(), "qat") == hooks.end()) {
-        fail(origin, path + ".qat", "sets QAT options but the stage does not list \"qat\" in its \"hooks\"; add it there");
+        config_error(origin, path + ".qat", "sets QAT options but the stage does not list \"qat\" in its \"hooks\"; add it there");
       }
     }
     if (s.contains("prune")) {  // this stage's sparsity schedule
       prune_stage_from_json(s["prune"], origin, path + ".prune");
       if (std::find(hooks.begin(), hooks.end(), "prune") == hooks.end()) {
-        fail(origin, path + ".prune", "sets a pruning schedule but the stage does not list \"prune\" in its \"hooks\"; add it there");
+        config_error(origin, path + ".prune", "sets a pruning schedule but the stage does not list \"prune\" in its \"hooks\"; add it there");
       }
     }
     const json losses = s.value("losses", json::array());
     if (!losses.is_array() || losses.empty()) {
-      fail(origin, path + ".losses",
+      config_error(origin, path + ".losses",
            fmt::format("must be a non-empty list of loss terms like {{\"type\": \"temperature_kl\", \"weight\": 0.8}}, "
                        "got {}", losses.dump()));
     }

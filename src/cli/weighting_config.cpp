@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "config.h"
 #include "kd/core/error.h"
 #include "kd/core/generators_kept.h"
 #include "kd/losses/loss_traits.h"
@@ -17,10 +18,6 @@ namespace kd::app {
 namespace {
 
 using json = nlohmann::json;
-
-[[noreturn]] void fail(const std::string& origin, const std::string& path, const std::string& problem) {
-  throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' {}", origin, path, problem));
-}
 
 const std::vector<std::pair<MinNormSolver, const char*>>& solver_names() {
   static const std::vector<std::pair<MinNormSolver, const char*>> names = {
@@ -42,7 +39,7 @@ E enum_from_json(const json& v, const std::vector<std::pair<E, const char*>>& na
     if (v.is_string() && v.get<std::string>() == n) return e;
     allowed.emplace_back(n);
   }
-  fail(origin, path, fmt::format("must be one of {}, got {}", fmt::join(allowed, ", "), v.dump()));
+  config_error(origin, path, fmt::format("must be one of {}, got {}", fmt::join(allowed, ", "), v.dump()));
 }
 
 double number_in(const json& w, const char* key, double fallback, double lo, double hi, bool lo_open,
@@ -52,7 +49,7 @@ double number_in(const json& w, const char* key, double fallback, double lo, dou
   const bool ok = v.is_number() && std::isfinite(v.get<double>()) && (lo_open ? v.get<double>() > lo : v.get<double>() >= lo) &&
                   v.get<double>() <= hi;
   if (!ok) {
-    fail(origin, path + "." + key,
+    config_error(origin, path + "." + key,
          fmt::format("must be a number in {}{}, {}], got {}", lo_open ? "(" : "[", lo, hi, v.dump()));
   }
   return v.get<double>();
@@ -102,7 +99,7 @@ WeightingConfig stage_weighting(const json& stage, const std::vector<LossSpec>& 
   std::vector<std::string> policies;
   for (const auto& p : weighting_policy_names()) policies.emplace_back(p.name);
   if (!w.is_object() || !w.contains("policy") || !w["policy"].is_string()) {
-    fail(origin, path,
+    config_error(origin, path,
          fmt::format("must be an object with a \"policy\" ({}), e.g. {{\"policy\": \"uncertainty\"}}; got {}",
                      fmt::join(policies, ", "), w.dump()));
   }
@@ -111,7 +108,7 @@ WeightingConfig stage_weighting(const json& stage, const std::vector<LossSpec>& 
                                [&](const WeightingPolicyName& p) { return name == p.name; });
   if (it == weighting_policy_names().end()) {
     const auto best = closest_name(name, policies);
-    fail(origin, path + ".policy",
+    config_error(origin, path + ".policy",
          fmt::format("is \"{}\"; {}a weighting policy is one of: {}", name,
                      best.empty() ? "" : "did you mean '" + best + "'? ", fmt::join(policies, ", ")));
   }
@@ -122,7 +119,7 @@ WeightingConfig stage_weighting(const json& stage, const std::vector<LossSpec>& 
   for (const auto& [k, v] : w.items()) {
     if (!keys.contains(k)) {
       const auto best = closest_name(k, allowed);
-      fail(origin, path + "." + k,
+      config_error(origin, path + "." + k,
            fmt::format("is not a key of the {} policy; {}allowed: {}", name,
                        best.empty() ? "" : "did you mean '" + best + "'? ", fmt::join(allowed, ", ")));
     }
@@ -136,7 +133,7 @@ WeightingConfig stage_weighting(const json& stage, const std::vector<LossSpec>& 
       break;
     case WeightingPolicyKind::kReward: {
       if (w.contains("metric") && !w["metric"].is_string()) {
-        fail(origin, path + ".metric", fmt::format("must be a validation score's name (\"\": evaluation.best_metric), got {}",
+        config_error(origin, path + ".metric", fmt::format("must be a validation score's name (\"\": evaluation.best_metric), got {}",
                                                    w["metric"].dump()));
       }
       c.metric = w.value("metric", c.metric);
@@ -146,7 +143,7 @@ WeightingConfig stage_weighting(const json& stage, const std::vector<LossSpec>& 
       c.scale = number_in(w, "scale", c.scale, 0, 1e6, false, origin, path);
       const json every = stage.value("eval_every", json(0));
       if (!every.is_number_integer() || every.get<int64_t>() <= 0) {
-        fail(origin, path + ".policy",
+        config_error(origin, path + ".policy",
              fmt::format("is \"reward\", which learns from the stage's validation evaluations: give {} an "
                          "\"eval_every\" (e.g. 100 steps), so that it has more than the one at the stage's end",
                          stage_path));
@@ -156,14 +153,14 @@ WeightingConfig stage_weighting(const json& stage, const std::vector<LossSpec>& 
     case WeightingPolicyKind::kMinNorm: {
       const json shared = w.value("shared", json::array());
       if (!shared.is_array() || !std::all_of(shared.begin(), shared.end(), [](const json& x) { return x.is_string(); })) {
-        fail(origin, path + ".shared",
+        config_error(origin, path + ".shared",
              fmt::format("must be a list of regexes over student parameter names (empty: all), got {}", shared.dump()));
       }
       for (size_t i = 0; i < shared.size(); ++i) {
         try {
           std::regex(shared[i].get<std::string>());
         } catch (const std::regex_error& e) {
-          fail(origin, fmt::format("{}.shared[{}]", path, i), fmt::format("is not a regex: {}", e.what()));
+          config_error(origin, fmt::format("{}.shared[{}]", path, i), fmt::format("is not a regex: {}", e.what()));
         }
       }
       c.shared = shared.get<std::vector<std::string>>();
@@ -176,7 +173,7 @@ WeightingConfig stage_weighting(const json& stage, const std::vector<LossSpec>& 
       s.midpoint(number_in(w, "midpoint", s.midpoint(), -1000, 1000, false, origin, path));
       if (w.contains("clamp_negative")) {
         if (!w["clamp_negative"].is_boolean()) {
-          fail(origin, path + ".clamp_negative", fmt::format("must be true or false, got {}", w["clamp_negative"].dump()));
+          config_error(origin, path + ".clamp_negative", fmt::format("must be true or false, got {}", w["clamp_negative"].dump()));
         }
         s.clamp_negative(w["clamp_negative"].get<bool>());
       }
@@ -185,16 +182,16 @@ WeightingConfig stage_weighting(const json& stage, const std::vector<LossSpec>& 
       TermLayers layers;
       const json given = w.value("layers", json::object());
       if (!given.is_object()) {
-        fail(origin, path + ".layers",
+        config_error(origin, path + ".layers",
              fmt::format("must be an object {{\"term\": [teacher_layer, student_layer]}}, got {}", given.dump()));
       }
       for (const auto& [term, pair] : given.items()) {
         const std::string here = path + ".layers." + term;
         if (std::find(term_names.begin(), term_names.end(), term) == term_names.end()) {
-          fail(origin, here, fmt::format("is not a term of the stage; its terms: {}", fmt::join(term_names, ", ")));
+          config_error(origin, here, fmt::format("is not a term of the stage; its terms: {}", fmt::join(term_names, ", ")));
         }
         if (!pair.is_array() || pair.size() != 2 || !pair[0].is_number_integer() || !pair[1].is_number_integer()) {
-          fail(origin, here,
+          config_error(origin, here,
                fmt::format("must be [teacher_layer, student_layer] (hidden-state indices; negative count from the end), "
                            "got {}",
                            pair.dump()));
@@ -214,7 +211,7 @@ WeightingConfig stage_weighting(const json& stage, const std::vector<LossSpec>& 
         return dynamic_cast<const LayerFeatureSource*>(module.get()) != nullptr;
       });
       if (!weighs_some) {
-        fail(origin, path + ".policy",
+        config_error(origin, path + ".policy",
              fmt::format("is \"layer_similarity\", which weighs feature terms, but none of the stage's terms ({}) is "
                          "one: add a feature_l2 term, or name a term's hidden states in \"layers\": "
                          "{{\"{}\": [teacher_layer, student_layer]}}",
