@@ -12,7 +12,7 @@
 #include "kd/core/archive_file.h"
 #include "kd/core/atomic_file.h"
 #include "kd/core/error.h"
-#include "kd/core/format.h"
+#include "kd/detail/format.h"
 #include "kd/core/name_matcher.h"
 #include "kd/core/script_model.h"
 #include "kd/nn/linear.h"
@@ -49,7 +49,7 @@ class LoRAImpl::Adapter : public torch::nn::Module, public kd::nn::LinearAdapter
 };
 
 std::string ParameterReport::to_string() const {
-  return fmt::format("trainable {} of {} parameters ({:.2f} %)", with_thousands(trainable), with_thousands(total),
+  return fmt::format("trainable {} of {} parameters ({:.2f} %)", detail::with_thousands(trainable), detail::with_thousands(total),
                      100.0 * fraction());
 }
 

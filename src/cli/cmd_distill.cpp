@@ -158,8 +158,11 @@ data::TeacherCacheOptions cache_options(const json& c, const std::vector<StageSp
   std::set<int64_t> hidden, attention;
   for (const auto& s : specs) {
     for (const auto& l : s.losses()) {
-      if (l.type() != "feature_l2" && l.type() != "attention_mse") continue;
-      for (double v : l.numbers("teacher_layers", {})) (l.type() == "feature_l2" ? hidden : attention).insert(int64_t(v));
+      const auto& needs = LossRegistry::global().needs(l.type());
+      for (double v : l.numbers("teacher_layers", {})) {
+        if (needs.teacher_hidden_states()) hidden.insert(int64_t(v));
+        if (needs.teacher_attentions()) attention.insert(int64_t(v));
+      }
     }
   }
   return data::TeacherCacheOptions()
@@ -217,6 +220,316 @@ void check_stages_before_training(const RunArgs& a, const json& config, const st
   trainer.check(train, &data.validation);
 }
 
+// The cache keeps one mixture of an ensemble's logits; a term reading each teacher's own cannot use it.
+void refuse_cached_mixture(const json& config, const std::vector<StageSpec>& specs) {
+  if (!config["teacher"]["cache"]["enabled"].get<bool>()) return;
+  for (const auto& s : specs) {
+    for (const auto& l : s.losses()) {
+      if (LossRegistry::global().needs(l.type()).each_teacher()) {
+        throw Error(ErrorCategory::kConfig,
+                    fmt::format("config: stage '{}' uses {}, which reads each teacher's logits; the "
+                                "teacher cache keeps only the mixture: set teacher.cache.enabled=false",
+                                s.name(), l.type()));
+      }
+    }
+  }
+}
+
+// The run's teacher: trained or loaded (an ensemble when the config names one), or for self-distillation a
+// student-shaped model that the final EMA is copied into after training, which the summary scores.
+struct RunTeacher {
+  std::shared_ptr<Model> model;
+  std::string name;
+  double seconds = 0;  // training the teacher; 0 when loaded
+};
+
+RunTeacher prepare_teacher(const RunArgs& a, const json& config, const Splits& data, const torch::Device& device,
+                           bool resume, bool self_distill) {
+  RunTeacher t;
+  if (self_distill) {
+    const GeneratorsKept kept;
+    t.model = make_student_model(config, false);
+    t.model->to(device);
+    t.name = "student EMA (self-distillation teacher)";
+    spdlog::info("teacher: the student's own EMA (decay {}), self-distillation", a.trainer.ema_decay());
+    return t;
+  }
+  const auto trained = train_or_load_teacher(a, device, data, t.seconds, resume, config);
+  t.name = trained.name;
+  t.model = ensemble_teacher(config, trained.model, &t.name, device);
+  if (t.model != trained.model) spdlog::info("teacher: {}", t.name);
+  return t;
+}
+
+// One line naming the student and each stage's steps and weighted terms.
+void log_plan(const std::vector<StageSpec>& specs, const StudentSetup& student, bool teacher_in_training) {
+  std::vector<std::string> plan;
+  for (const auto& s : specs) {
+    std::vector<std::string> terms;
+    for (const auto& l : s.losses()) terms.push_back(fmt::format("{}·{}", l.weight().describe(), l.term_name()));
+    plan.push_back(fmt::format("{} ({}: {})", s.name(),
+                               s.steps() > 0 ? fmt::format("{} steps", s.steps()) : fmt::format("{} ep", s.epochs()),
+                               fmt::join(terms, " + ")));
+  }
+  spdlog::info("student: {} {} ({} parameters) in {} stage(s): {}",
+               teacher_in_training ? "distilling" : "training (alone, no teacher term)", student.name,
+               kd::parameter_count(*student.model), specs.size(), fmt::join(plan, " -> "));
+}
+
+// byte_lm with a "generate" section: the teacher's and the untrained student's samples, printed and kept for
+// the summary (null otherwise; a self-distillation teacher exists only once trained).
+json samples_before_training(const json& config, bool self_distill, kd::Model& teacher, kd::Model& student) {
+  json samples;
+  if (!config.contains("generate") || self_distill) return samples;
+  samples["teacher"] = sample_text(teacher, config["generate"]);
+  samples["student_before"] = sample_text(student, config["generate"]);
+  if (!samples["teacher"].get<std::string>().empty()) {
+    fmt::print("\nteacher sample:\n{}\n\nstudent sample before training:\n{}\n\n", samples["teacher"].get<std::string>(),
+               samples["student_before"].get<std::string>());
+  }
+  return samples;
+}
+
+// The trainer's options for the student run: checkpoints under OUT/checkpoints, fingerprinted by the config
+// without its stages (so that a resume may change the stages not yet begun) and by the teacher's weights (a
+// teacher.pt replaced under the checkpoints is a different run).
+kd::StagedTrainerOptions student_trainer_options(const RunArgs& a, const json& config, const fs::path& out,
+                                                 const kd::Model& teacher, bool self_distill, bool teacher_in_training) {
+  const std::string fingerprint =
+      self_distill ? fmt::format("{} self-distillation", config_fingerprint(without_stages(config)))
+                   : fmt::format("{} teacher {:08x}", config_fingerprint(without_stages(config)),
+                                 data::module_fingerprint(teacher));
+  return trainer_options(a)
+      .checkpoint_dir((out / "checkpoints").string())
+      .checkpoint_every(a.checkpoint_every)
+      .fingerprint(fingerprint)
+      .stage_fingerprints(stage_fingerprints(config))
+      .self_distillation(self_distill && teacher_in_training);
+}
+
+// teacher.cache: the teacher's outputs over the training set, built into OUT/teacher.cache (or reused when it
+// fits) or read from the path given, which must fit this teacher, data and options.
+void attach_teacher_cache(kd::StagedTrainerOptions& options, const json& config, const std::vector<StageSpec>& specs,
+                          kd::Teacher& teacher, const data::TensorDataset& train, const fs::path& out) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto copts = cache_options(config["teacher"]["cache"], specs);
+  const std::string given = config["teacher"]["cache"]["path"];
+  const std::string cache_path = given.empty() ? (out / "teacher.cache").string() : given;
+  if (given.empty()) {
+    // Data-parallel: each rank runs the teacher over its share of the data into the one file.
+    options.teacher_cache(data::TeacherCache::open_or_build(cache_path, teacher, train, copts, process_group().get()));
+  } else {
+    if (!fs::exists(given)) {
+      throw Error(ErrorCategory::kFile,
+                  fmt::format("teacher.cache.path '{}' does not exist; leave it empty to build OUT/teacher.cache", given));
+    }
+    options.teacher_cache(data::TeacherCache::open(given, data::module_fingerprint(*teacher->model()),
+                                                   data::dataset_fingerprint(train), copts));
+  }
+  spdlog::info("teacher cache {}: {:.1f} MiB ({:.1f} s); top_k {}, hidden states [{}], attention maps [{}]",
+               cache_path, options.teacher_cache()->bytes() / 1048576.0,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), copts.top_k(),
+               fmt::join(copts.hidden_states(), ", "), fmt::join(copts.attentions(), ", "));
+}
+
+// The callbacks whose records the summary reads after training.
+struct RunRecords {
+  std::shared_ptr<StageRecord> stages;
+  std::shared_ptr<BestStudent> best;                 // null on other ranks and with train.eval_on_ema
+  std::shared_ptr<FloatBeforeQat> float_before_qat;  // null without a QAT stage after another
+};
+
+// The main rank's outputs: console, OUT/metrics.jsonl (a fresh log unless the run resumes from a checkpoint;
+// MetricsLog cuts what a resumed run does again), TensorBoard, OUT/config.json.
+void add_main_rank_logs(kd::StagedTrainer& trainer, const RunArgs& a, const json& config, const fs::path& out,
+                        bool starts_afresh) {
+  trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
+  if (starts_afresh) fs::remove(out / "metrics.jsonl");
+  trainer.add_callback(std::make_shared<kd::MetricsLog>((out / "metrics.jsonl").string()));
+  if (const auto tb = tensorboard_dir(config, "student"); !tb.empty()) {
+    trainer.add_callback(std::make_shared<kd::TensorBoardLogger>(tb));
+    spdlog::info("TensorBoard: tensorboard --logdir {}", fs::path(tb).parent_path().string());
+  }
+  trainer.add_callback(save_text_on_fit_begin(out / "config.json", config.dump(2) + "\n"));
+}
+
+// OUT/student.best.pt's keeper; evaluations in stages whose hooks change the model's structure are not
+// candidates. Null with train.eval_on_ema (those scores are the EMA's).
+std::shared_ptr<BestStudent> best_student_keeper(const RunArgs& a, const json& config, const fs::path& out,
+                                                 const StudentSetup& student, bool resume) {
+  const auto [metric, higher] = best_metric(config, a.task);
+  if (a.trainer.eval_on_ema()) {
+    spdlog::info("student.best.pt: not kept with train.eval_on_ema (the validation scores are the EMA's)");
+    return nullptr;
+  }
+  std::set<std::string> skipped;
+  for (const auto& spec : student.specs) {
+    for (const auto& h : spec.hooks()) {
+      if (h == student.lora_hook || h == student.qat_hook) skipped.insert(spec.name());
+    }
+  }
+  return std::make_shared<BestStudent>(out, student.model, metric, higher, skipped, resume);
+}
+
+// The float student's test scores at the end of the stage before the first QAT stage, when there is one.
+std::shared_ptr<FloatBeforeQat> float_before_qat_probe(const RunArgs& a, const StudentSetup& student,
+                                                       const data::TensorDataset& test) {
+  for (size_t i = 1; i < student.specs.size() && student.qat_hook; ++i) {
+    const auto& h = student.specs[i].hooks();
+    if (std::find(h.begin(), h.end(), student.qat_hook) != h.end()) {
+      return std::make_shared<FloatBeforeQat>(student.specs[i - 1].name(), a.task, *student.model, test);
+    }
+  }
+  return nullptr;
+}
+
+RunRecords add_callbacks(kd::StagedTrainer& trainer, const RunArgs& a, const json& config, const fs::path& out,
+                         const StudentSetup& student, const data::TensorDataset& test, bool resume, bool starts_afresh) {
+  const bool main_rank = is_main_rank();
+  RunRecords r;
+  r.stages = std::make_shared<StageRecord>(main_rank ? out / "stages.json" : fs::path(), resume);
+  if (main_rank) add_main_rank_logs(trainer, a, config, out, starts_afresh);
+  trainer.add_callback(r.stages);
+  // A reward policy's weights move after each of its stage's evaluations (weighting.policy "reward").
+  for (const auto& feedback : student.reward_feedback) trainer.add_callback(feedback);
+  if (main_rank) {
+    r.best = best_student_keeper(a, config, out, student, resume);
+    if (r.best) trainer.add_callback(r.best);
+  }
+  r.float_before_qat = float_before_qat_probe(a, student, test);
+  if (r.float_before_qat) trainer.add_callback(r.float_before_qat);
+  return r;
+}
+
+// The custom task's student goes back to the user's PyTorch as OUT/student.ts.pt: a TorchScript student with
+// its parameters trained in place (loadable as it came), a library architecture traced.
+void save_student_torchscript(const RunArgs& a, const json& config, kd::Model& student, const torch::Device& device) {
+  const fs::path ts = fs::path(a.out) / "student.ts.pt";
+  if (auto* script = dynamic_cast<ScriptModel*>(&student)) {
+    write_atomically(ts.string(), [&](const std::string& tmp) { script->module().save(tmp); });
+  } else {
+    export_torchscript(student, a.task.example_input(config).to(device), ts.string());
+  }
+  spdlog::info("student: {} (TorchScript, torch.jit.load-able)", ts.string());
+}
+
+// The int8 file is the deliverable: its accuracy is measured by loading it into a fresh student, beside the
+// float student before QAT and the same trained weights with quantization off (the loss due to int8 alone, free
+// of the extra training the QAT stage gave). Last, because it leaves the student in float.
+void add_int8_report(json& summary, const RunArgs& a, const json& config, const StudentSetup& student,
+                     const FloatBeforeQat* float_before_qat, const data::TensorDataset& test,
+                     const torch::Device& device) {
+  const fs::path int8_path = fs::path(a.out) / "student.int8.pt";
+  const auto written = kd::qat::export_int8(*student.model, *student.qat_hook->qat().ptr(), int8_path.string());
+  auto fresh = make_student_model(config, /*activation_quant=*/true);
+  fresh->to(device);
+  kd::qat::load_int8(*fresh, int8_path.string());
+  const auto im = a.task.evaluate(*fresh, test);
+  auto row = model_row(student.name + " (int8 file)", *fresh, im);
+  row["file_bytes"] = written.file_bytes;
+  summary["models"].push_back(row);
+  json& int8 = summary["int8"];
+  int8["file"] = int8_path.string();
+  int8["file_bytes"] = written.file_bytes;
+  int8["float32_bytes"] = written.float32_bytes;
+  int8["ratio"] = written.ratio();
+  int8["test_" + im.headline()] = im.values.front().second;
+  const std::string headline = im.headline();
+  const bool before_measured = float_before_qat && float_before_qat->measured;
+  int8["float_test_" + headline + "_before_qat"] =
+      before_measured ? json(float_before_qat->scores.at(headline)) : json(nullptr);
+  int8["exclude"] = config["qat"]["exclude"];
+  spdlog::info("{} -> {}", written.to_string(), int8_path.string());
+  if (before_measured) {
+    summary["models"].push_back(
+        model_row(student.name + " (float, before QAT)", *student.model, float_before_qat->scores));
+  }
+  student.qat_hook->qat().ptr()->restore();
+  const auto fm = a.task.evaluate(*student.model, test);
+  int8["float_test_" + headline + "_same_weights"] = fm.at(headline);
+  summary["models"].push_back(model_row(student.name + " (float, QAT weights)", *student.model, fm));
+}
+
+// What the LoRA and pruning hooks did: ranks and trainable share, sparsity per site.
+void add_hook_reports(json& summary, const json& config, const StudentSetup& student) {
+  if (const auto& lora = student.lora_hook) {
+    const auto& r = lora->stage_report();
+    summary["lora"] = {{"rank", lora->lora()->options().rank()},
+                       {"targets", lora->lora()->targets()},
+                       {"trainable_parameters", r.trainable},
+                       {"total_parameters", r.total},
+                       {"trainable_fraction", r.fraction()},
+                       {"report", r.to_string()}};
+  }
+  if (const auto& prune = student.prune_hook) {
+    const auto r = prune->pruning()->report();
+    json sites = json::array();
+    for (const auto& s : r.sites) {
+      sites.push_back({{"name", s.name}, {"units", s.units}, {"pruned_units", s.pruned_units},
+                       {"parameters", s.parameters}, {"zero_parameters", s.zero_parameters}});
+    }
+    summary["pruning"] = {{"granularity", config["prune"]["granularity"]},
+                          {"target_sparsity", prune->pruning()->target_sparsity()},
+                          {"covered_parameters", r.parameters},
+                          {"zero_parameters", r.zero_parameters},
+                          {"sparsity", r.sparsity()},
+                          {"sites", sites},
+                          {"report", r.to_string()}};
+  }
+}
+
+// After training: OUT/summary.json with the teacher's and the student's test scores, the stage records, the best
+// checkpoint, the int8 file's scores (QAT), the hooks' reports and the samples.
+json write_summary(const RunArgs& a, const json& config, const RunTeacher& teacher, const StudentSetup& student,
+                   const RunRecords& records, const Splits& data, const kd::TrainSummary& fit, json samples,
+                   bool self_distill, const torch::Device& device) {
+  const auto& test = data.test;
+  // Classifiers: the calibration error from the same pass as the scores.
+  const int64_t ece_bins = config.contains("evaluation") ? config["evaluation"].value("ece_bins", int64_t{0}) : 0;
+  const auto tm = a.task.evaluate(*teacher.model, test, ece_bins);
+  const auto sm = a.task.evaluate(*student.model, test, ece_bins);
+  const std::string student_label = student.qat_hook ? student.name + " (fake-quant)" : student.name;
+  json summary = {{"task", a.task.name()},
+                  {"kd_train", build_info()},
+                  {"models", {scored_row(teacher.name, *teacher.model, tm, a.task, test, config),
+                              scored_row(student_label, *student.model, sm, a.task, test, config)}},
+                  {"teacher_seconds", teacher.seconds},
+                  {"seed", a.seed},
+                  {"test_images", test.size()},
+                  {"resumed_from_step", fit.resumed ? json(fit.resumed_from_step) : json(nullptr)},
+                  {"self_distillation", self_distill},
+                  {"stages", json::array()}};
+  if (student.qat_hook) add_int8_report(summary, a, config, student, records.float_before_qat.get(), test, device);
+  double student_seconds = 0;
+  for (const auto& row : records.stages->rows) {
+    student_seconds += row["seconds"].get<double>();
+    summary["stages"].push_back(row);
+  }
+  summary["student_seconds"] = student_seconds;
+  if (records.best && records.best->best.is_object()) summary["best"] = records.best->best;
+  const std::string headline = sm.headline();
+  if (a.task.higher_is_better()) {
+    summary["retained_" + headline] = sm.at(headline) / tm.at(headline);
+  } else {
+    summary[headline + "_gap"] = sm.at(headline) - tm.at(headline);
+  }
+  add_hook_reports(summary, config, student);
+  if (!samples.is_null() && !samples["teacher"].get<std::string>().empty()) {
+    samples["student_after"] = sample_text(*student.model, config["generate"]);
+    samples["generate"] = config["generate"];
+    summary["samples"] = samples;
+  }
+  summary["task_title"] = a.task.title();
+  summary["validation_examples"] = data.validation.size();
+  summary["out"] = a.out;
+  summary["headline"] = headline;
+  summary["higher_is_better"] = a.task.higher_is_better();
+  summary["scores"] = json::array();
+  for (const auto& kv : sm.values) summary["scores"].push_back(kv.first);
+  save_text(fs::path(a.out) / "summary.json", summary.dump(2) + "\n");
+  return summary;
+}
+
 // Trains the config's student (the teacher first when it is missing) and writes OUT/student.pt and
 // OUT/summary.json; returns the summary on the main rank, null on the others.
 json distill_student(const json& resolved, bool resume, bool dry_run) {
@@ -230,16 +543,7 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
   if (!a.task.trains_teacher()) loaded = load_splits(a, resolved, device);
   const json config = loaded ? with_feature_dims(resolved, a.task, loaded->train, device) : resolved;
   const auto specs = stages_from_json(config["stages"], "config");
-  for (const auto& s : specs) {
-    for (const auto& l : s.losses()) {
-      if (l.type() == "teacher_mixture_kl" && config["teacher"]["cache"]["enabled"].get<bool>()) {
-        throw Error(ErrorCategory::kConfig,
-                    fmt::format("config: stage '{}' uses teacher_mixture_kl, which reads each teacher's logits; the "
-                                "teacher cache keeps only the mixture: set teacher.cache.enabled=false",
-                                s.name()));
-      }
-    }
-  }
+  refuse_cached_mixture(config, specs);
   // Hooks that do not fit the student (a LoRA target it lacks) fail now, not after the teacher trained.
   const int64_t student_bytes = [&] {
     const GeneratorsKept kept;
@@ -269,249 +573,32 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
     spdlog::info("student: labels of {} of the {} training examples (data.student_labels {}); the rest are -100",
                  (train.targets != -100).sum().item<int64_t>(), train.size(), labelled);
   }
-  const auto& val = data.validation;
-  const auto& test = data.test;
-  double teacher_seconds = 0;
-  std::shared_ptr<Model> teacher_model;
-  std::string teacher_name;
-  if (self_distill) {
-    // The teacher is the student's own moving average; after training it is copied into this student-shaped
-    // model, which the summary scores as the teacher.
-    const GeneratorsKept kept;
-    teacher_model = make_student_model(config, false);
-    teacher_model->to(device);
-    teacher_name = "student EMA (self-distillation teacher)";
-    spdlog::info("teacher: the student's own EMA (decay {}), self-distillation", a.trainer.ema_decay());
-  } else {
-    const auto trained = train_or_load_teacher(a, device, data, teacher_seconds, resume, config);
-    teacher_name = trained.name;
-    teacher_model = ensemble_teacher(config, trained.model, &teacher_name, device);
-    if (teacher_model != trained.model) spdlog::info("teacher: {}", teacher_name);
-  }
-  kd::Teacher teacher(teacher_model);
+  const RunTeacher teacher = prepare_teacher(a, config, data, device, resume, self_distill);
+  kd::Teacher live_teacher(teacher.model);  // frozen (eval mode) from here on, samples included
   // Stages of hard labels only train the student alone (a baseline): the teacher is scored, not run.
   const bool teacher_in_training = stages_read_teacher(specs);
-
-  auto [student_model, student_name, specs_with_hooks, lora_hook, qat_hook, prune_hook, reward_feedback] =
-      build_student(config, specs, out);
-  student_model->to(device);
-  std::vector<std::string> plan;
-  for (const auto& s : specs) {
-    std::vector<std::string> terms;
-    for (const auto& l : s.losses()) terms.push_back(fmt::format("{}·{}", l.weight().describe(), l.term_name()));
-    plan.push_back(fmt::format("{} ({}: {})", s.name(),
-                               s.steps() > 0 ? fmt::format("{} steps", s.steps()) : fmt::format("{} ep", s.epochs()),
-                               fmt::join(terms, " + ")));
-  }
-  spdlog::info("student: {} {} ({} parameters) in {} stage(s): {}",
-               teacher_in_training ? "distilling" : "training (alone, no teacher term)", student_name,
-               kd::parameter_count(*student_model), specs.size(), fmt::join(plan, " -> "));
-  json samples;
-  if (config.contains("generate") && !self_distill) {  // a self-distillation teacher exists only once trained
-    samples["teacher"] = sample_text(*teacher_model, config["generate"]);
-    samples["student_before"] = sample_text(*student_model, config["generate"]);
-    if (!samples["teacher"].get<std::string>().empty()) {
-      fmt::print("\nteacher sample:\n{}\n\nstudent sample before training:\n{}\n\n", samples["teacher"].get<std::string>(),
-                 samples["student_before"].get<std::string>());
-    }
-  }
-  // Nothing to resume from: a fresh stage record and (below) a fresh log.
+  StudentSetup student = build_student(config, specs, out);
+  student.model->to(device);
+  log_plan(specs, student, teacher_in_training);
+  json samples = samples_before_training(config, self_distill, *teacher.model, *student.model);
+  // Nothing to resume from: a fresh stage record and a fresh log.
   const bool starts_afresh = !resume || first_checkpoint(out / "checkpoints").empty();
   if (main_rank && starts_afresh) fs::remove(out / "stages.json");
-  auto timer = std::make_shared<StageRecord>(main_rank ? out / "stages.json" : fs::path(), resume);
-  auto options = trainer_options(a)
-                     .checkpoint_dir((out / "checkpoints").string())
-                     .checkpoint_every(a.checkpoint_every)
-                     // The teacher's weights too: a teacher.pt replaced under the checkpoints is a different run.
-                     // The stages apart, so that a resume may change the stages not yet begun.
-                     .fingerprint(self_distill ? fmt::format("{} self-distillation",
-                                                             config_fingerprint(without_stages(config)))
-                                               : fmt::format("{} teacher {:08x}", config_fingerprint(without_stages(config)),
-                                                             data::module_fingerprint(*teacher_model)))
-                     .stage_fingerprints(stage_fingerprints(config))
-                     .self_distillation(self_distill && teacher_in_training);
+  auto options = student_trainer_options(a, config, out, *teacher.model, self_distill, teacher_in_training);
   if (config["teacher"]["cache"]["enabled"].get<bool>() && teacher_in_training) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const auto copts = cache_options(config["teacher"]["cache"], specs);
-    const std::string given = config["teacher"]["cache"]["path"];
-    const std::string cache_path = given.empty() ? (out / "teacher.cache").string() : given;
-    if (given.empty()) {
-      // Data-parallel: each rank runs the teacher over its share of the data into the one file.
-      options.teacher_cache(data::TeacherCache::open_or_build(cache_path, teacher, train, copts, process_group().get()));
-    } else {  // a cache made elsewhere is used as it is: it must fit this teacher, data and options
-      if (!fs::exists(given)) {
-        throw Error(ErrorCategory::kFile,
-                    fmt::format("teacher.cache.path '{}' does not exist; leave it empty to build OUT/teacher.cache", given));
-      }
-      options.teacher_cache(data::TeacherCache::open(given, data::module_fingerprint(*teacher->model()),
-                                                     data::dataset_fingerprint(train), copts));
-    }
-    spdlog::info("teacher cache {}: {:.1f} MiB ({:.1f} s); top_k {}, hidden states [{}], attention maps [{}]",
-                 cache_path, options.teacher_cache()->bytes() / 1048576.0,
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), copts.top_k(),
-                 fmt::join(copts.hidden_states(), ", "), fmt::join(copts.attentions(), ", "));
+    attach_teacher_cache(options, config, specs, live_teacher, train, out);
   }
-  kd::StagedTrainer trainer(kd::Student(student_model),
-                            teacher_in_training && !self_distill ? std::optional<kd::Teacher>(teacher) : std::nullopt,
-                            kd::build_stages(specs_with_hooks), options);
-  if (main_rank) {
-    trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
-    // A fresh run starts a fresh log, and so does a --resume with no checkpoint to resume from (the lines a
-    // killed start-up left are not this run's); a resumed one appends (MetricsLog cuts what it does again).
-    if (starts_afresh) fs::remove(out / "metrics.jsonl");
-    trainer.add_callback(std::make_shared<kd::MetricsLog>((out / "metrics.jsonl").string()));
-    if (const auto tb = tensorboard_dir(config, "student"); !tb.empty()) {
-      trainer.add_callback(std::make_shared<kd::TensorBoardLogger>(tb));
-      spdlog::info("TensorBoard: tensorboard --logdir {}", fs::path(tb).parent_path().string());
-    }
-    trainer.add_callback(save_text_on_fit_begin(out / "config.json", config.dump(2) + "\n"));
-  }
-  trainer.add_callback(timer);
-  // A reward policy's weights move after each of its stage's evaluations (weighting.policy "reward").
-  for (const auto& feedback : reward_feedback) trainer.add_callback(feedback);
-  std::shared_ptr<BestStudent> best;
-  if (main_rank) {
-    const auto [metric, higher] = best_metric(config, a.task);
-    if (a.trainer.eval_on_ema()) {
-      spdlog::info("student.best.pt: not kept with train.eval_on_ema (the validation scores are the EMA's)");
-    } else {
-      std::set<std::string> skipped;
-      for (size_t i = 0; i < specs_with_hooks.size(); ++i) {
-        for (const auto& h : specs_with_hooks[i].hooks()) {
-          if (h == lora_hook || h == qat_hook) skipped.insert(specs_with_hooks[i].name());
-        }
-      }
-      best = std::make_shared<BestStudent>(out, student_model, metric, higher, skipped, resume);
-      trainer.add_callback(best);
-    }
-  }
-  std::shared_ptr<FloatBeforeQat> float_before_qat;
-  for (size_t i = 1; i < specs_with_hooks.size() && qat_hook; ++i) {
-    const auto& h = specs_with_hooks[i].hooks();
-    if (std::find(h.begin(), h.end(), qat_hook) != h.end()) {
-      float_before_qat =
-          std::make_shared<FloatBeforeQat>(specs_with_hooks[i - 1].name(), a.task, *student_model, test);
-      trainer.add_callback(float_before_qat);
-      break;
-    }
-  }
-  const auto fit = fit_stoppable(trainer, train, val, resume, "student.pt and summary.json were not written");
+  kd::StagedTrainer trainer(kd::Student(student.model),
+                            teacher_in_training && !self_distill ? std::optional<kd::Teacher>(live_teacher) : std::nullopt,
+                            kd::build_stages(student.specs), options);
+  const RunRecords records = add_callbacks(trainer, a, config, out, student, data.test, resume, starts_afresh);
+  const auto fit = fit_stoppable(trainer, train, data.validation, resume, "student.pt and summary.json were not written");
   if (fit.resumed) spdlog::info("resumed from step {}", fit.resumed_from_step);
   if (!main_rank) return json();  // rank 0 holds the same student and writes and reports it
-  save_module(student_model, out / "student.pt");
-  if (self_distill) trainer.ema()->copy_to(*kd::Student(teacher_model));  // the last step's teacher, scored below
-  if (!a.task.trains_teacher()) {  // the custom task: the student goes back to the user's PyTorch as TorchScript
-    const fs::path ts = out / "student.ts.pt";
-    if (auto* script = dynamic_cast<ScriptModel*>(student_model.get())) {
-      // The user's TorchScript student, its parameters trained in place: loadable as it came.
-      write_atomically(ts.string(), [&](const std::string& tmp) { script->module().save(tmp); });
-    } else {  // a library architecture (student.model), traced
-      export_torchscript(*student_model, a.task.example_input(config).to(device), ts.string());
-    }
-    spdlog::info("student: {} (TorchScript, torch.jit.load-able)", ts.string());
-  }
-
-  // Classifiers: the calibration error from the same pass as the scores.
-  const int64_t ece_bins = config.contains("evaluation") ? config["evaluation"].value("ece_bins", int64_t{0}) : 0;
-  const auto tm = a.task.evaluate(*teacher_model, test, ece_bins);
-  const auto sm = a.task.evaluate(*student_model, test, ece_bins);
-  const std::string student_label = qat_hook ? student_name + " (fake-quant)" : student_name;
-  json summary = {{"task", a.task.name()},
-                  {"kd_train", build_info()},
-                  {"models", {scored_row(teacher_name, *teacher_model, tm, a.task, test, config),
-                              scored_row(student_label, *student_model, sm, a.task, test, config)}},
-                  {"teacher_seconds", teacher_seconds},
-                  {"student_seconds", 0.0},
-                  {"seed", a.seed},
-                  {"test_images", test.size()},
-                  {"resumed_from_step", fit.resumed ? json(fit.resumed_from_step) : json(nullptr)},
-                  {"self_distillation", self_distill},
-                  {"stages", json::array()}};
-  if (qat_hook) {
-    // The int8 file is the deliverable: its accuracy is measured by loading it into a fresh student.
-    const fs::path int8_path = out / "student.int8.pt";
-    const auto written = kd::qat::export_int8(*student_model, *qat_hook->qat().ptr(), int8_path.string());
-    auto fresh = make_student_model(config, /*activation_quant=*/true);
-    fresh->to(device);
-    kd::qat::load_int8(*fresh, int8_path.string());
-    const auto im = a.task.evaluate(*fresh, test);
-    auto row = model_row(student_name + " (int8 file)", *fresh, im);
-    row["file_bytes"] = written.file_bytes;
-    summary["models"].push_back(row);
-    json& int8 = summary["int8"];
-    int8["file"] = int8_path.string();
-    int8["file_bytes"] = written.file_bytes;
-    int8["float32_bytes"] = written.float32_bytes;
-    int8["ratio"] = written.ratio();
-    int8["test_" + im.headline()] = im.values.front().second;
-    const std::string headline = im.headline();
-    int8["float_test_" + headline + "_before_qat"] = nullptr;
-    if (float_before_qat && float_before_qat->measured) {
-      int8["float_test_" + headline + "_before_qat"] = float_before_qat->scores.at(headline);
-    }
-    int8["exclude"] = config["qat"]["exclude"];
-    spdlog::info("{} -> {}", written.to_string(), int8_path.string());
-    if (float_before_qat && float_before_qat->measured) {
-      summary["models"].push_back(model_row(student_name + " (float, before QAT)", *student_model, float_before_qat->scores));
-    }
-    // The same trained weights with quantization off: the loss due to int8 alone, free of the extra
-    // training the QAT stage gave. Last, because it leaves the student in float.
-    qat_hook->qat().ptr()->restore();
-    const auto fm = a.task.evaluate(*student_model, test);
-    int8["float_test_" + headline + "_same_weights"] = fm.at(headline);
-    summary["models"].push_back(model_row(student_name + " (float, QAT weights)", *student_model, fm));
-  }
-  double student_seconds = 0;
-  for (const auto& row : timer->rows) {
-    student_seconds += row["seconds"].get<double>();
-    summary["stages"].push_back(row);
-  }
-  summary["student_seconds"] = student_seconds;
-  if (best && best->best.is_object()) summary["best"] = best->best;
-  const std::string headline = sm.headline();
-  if (a.task.higher_is_better()) {
-    summary["retained_" + headline] = sm.at(headline) / tm.at(headline);
-  } else {
-    summary[headline + "_gap"] = sm.at(headline) - tm.at(headline);
-  }
-  if (lora_hook) {
-    const auto& r = lora_hook->stage_report();
-    summary["lora"] = {{"rank", lora_hook->lora()->options().rank()},
-                       {"targets", lora_hook->lora()->targets()},
-                       {"trainable_parameters", r.trainable},
-                       {"total_parameters", r.total},
-                       {"trainable_fraction", r.fraction()}};
-  }
-  if (prune_hook) {
-    const auto r = prune_hook->pruning()->report();
-    json sites = json::array();
-    for (const auto& s : r.sites) {
-      sites.push_back({{"name", s.name}, {"units", s.units}, {"pruned_units", s.pruned_units},
-                       {"parameters", s.parameters}, {"zero_parameters", s.zero_parameters}});
-    }
-    summary["pruning"] = {{"granularity", config["prune"]["granularity"]},
-                          {"target_sparsity", prune_hook->pruning()->target_sparsity()},
-                          {"covered_parameters", r.parameters},
-                          {"zero_parameters", r.zero_parameters},
-                          {"sparsity", r.sparsity()},
-                          {"sites", sites}};
-  }
-  if (!samples.is_null() && !samples["teacher"].get<std::string>().empty()) {
-    samples["student_after"] = sample_text(*student_model, config["generate"]);
-    samples["generate"] = config["generate"];
-    summary["samples"] = samples;
-  }
-  summary["task_title"] = a.task.title();
-  summary["validation_examples"] = val.size();
-  summary["out"] = a.out;
-  summary["headline"] = headline;
-  summary["higher_is_better"] = a.task.higher_is_better();
-  summary["scores"] = json::array();
-  for (const auto& kv : sm.values) summary["scores"].push_back(kv.first);
-  if (lora_hook) summary["lora"]["report"] = lora_hook->stage_report().to_string();
-  if (prune_hook) summary["pruning"]["report"] = prune_hook->pruning()->report().to_string();
-  save_text(out / "summary.json", summary.dump(2) + "\n");
-  return summary;
+  save_module(student.model, out / "student.pt");
+  if (self_distill) trainer.ema()->copy_to(*kd::Student(teacher.model));  // the last step's teacher, scored below
+  if (!a.task.trains_teacher()) save_student_torchscript(a, config, *student.model, device);
+  return write_summary(a, config, teacher, student, records, data, fit, std::move(samples), self_distill, device);
 }
 
 

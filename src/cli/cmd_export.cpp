@@ -62,12 +62,9 @@ std::pair<double, double> fastest_forward_ms(Model& a, Model& b, const torch::Te
   return {ta, tb};
 }
 
-}  // namespace
-
-int run_export(const json& config, const ExportArgs& e) {
-  const RunArgs a(config);
-  const torch::Device device = set_up_process(a);
-  const fs::path out(a.out);
+// The file to export and the file to write, after refusing flag combinations and paths that cannot work;
+// creates the folder `to` goes into.
+std::pair<fs::path, fs::path> checked_paths(const fs::path& out, const ExportArgs& e) {
   const fs::path from = e.model_file.empty() ? out / (e.which + ".pt") : fs::path(e.model_file);
   if (e.format == "int8" && e.which != "student") {
     throw Error(ErrorCategory::kConfig, "--format int8 exports students only (kd-train eval reads int8 students); use "
@@ -88,6 +85,11 @@ int run_export(const json& config, const ExportArgs& e) {
                                                     to.string()));
   }
   if (!to.parent_path().empty()) ensure_output_folder(to.parent_path());
+  return {from, to};
+}
+
+// The model in `from`, in eval mode.
+LoadedModel load_for_export(const json& config, const ExportArgs& e, const fs::path& from, const torch::Device& device) {
   // A student trained with a QAT stage was saved with its activation quantization points.
   const bool qat_state = e.which == "student" && !is_int8_file(from) && config_uses_hook(config, "qat");
   LoadedModel loaded = [&] {
@@ -99,62 +101,82 @@ int run_export(const json& config, const ExportArgs& e) {
     return m;
   }();
   loaded.model->eval();
-  const Splits data = load_splits(a, config, device);
-  const auto probe = data.test.inputs.slice(0, 0, std::min<int64_t>(8, data.test.size()));
+  return loaded;
+}
 
-  if (e.format == "torchscript" && e.compact) {
-    // The dense model stays loaded beside the compacted one: outputs, file bytes and speed side by side.
-    LoadedModel dense = load_model_file(config, e.which, from, device);
-    dense.model->eval();
-    const auto report = prune::compact(*loaded.model);
-    if (!report.changed()) {
-      spdlog::warn("--compact: nothing to remove from {}: no attention head or feed-forward channel of a transformer "
-                   "block is all zero (prune with granularity \"head\", or \"channel\" with targets [\"fc1\"]; "
-                   "convolutions are not compacted)",
-                   loaded.name);
-    }
-    torch::NoGradGuard no_grad;
-    const double diff = max_difference(loaded.model->forward(probe).logits, dense.model->forward(probe).logits);
-    const fs::path dense_file = to.string() + ".dense.tmp";
-    const auto dense_bytes = export_torchscript(*dense.model, a.task.example_input(config).to(device), dense_file.string(),
-                                                ScriptExportOptions().with_layers(e.with_layers));
-    fs::remove(dense_file);
-    const auto timing = data.test.inputs.slice(0, 0, std::min<int64_t>(64, data.test.size()));
-    const auto [dense_ms, compact_ms] = fastest_forward_ms(*dense.model, *loaded.model, timing);
-    fmt::print("{}\n  largest logit difference compact vs dense on {} test inputs {:.3g}; forward of {} test inputs "
-               "(fastest of 21 alternating rounds, {} thread(s)): dense {:.2f} ms, compact {:.2f} ms ({:.2f}x); "
-               "TorchScript dense {} bytes\n",
-               report.to_string(), probe.size(0), diff, timing.size(0), torch::get_num_threads(), dense_ms, compact_ms,
-               dense_ms / compact_ms, dense_bytes);
+// What every export variant works from. The variants unpack it with structured bindings, so a new
+// member goes last.
+struct ExportJob {
+  const json& config;
+  const ExportArgs& args;
+  const RunArgs& run;
+  torch::Device device;
+  fs::path from, to;
+  LoadedModel loaded;
+  Splits data;
+  torch::Tensor probe;  // the first (up to 8) test inputs the exported file is compared on
+};
+
+// --compact: prunes job.loaded in place and prints how it compares with the dense model in `from`.
+void compact_and_compare(const ExportJob& job) {
+  const auto& [config, e, a, device, from, to, loaded, data, probe] = job;
+  // The dense model stays loaded beside the compacted one: outputs, file bytes and speed side by side.
+  LoadedModel dense = load_model_file(config, e.which, from, device);
+  dense.model->eval();
+  const auto report = prune::compact(*loaded.model);
+  if (!report.changed()) {
+    spdlog::warn("--compact: nothing to remove from {}: no attention head or feed-forward channel of a transformer "
+                 "block is all zero (prune with granularity \"head\", or \"channel\" with targets [\"fc1\"]; "
+                 "convolutions are not compacted)",
+                 loaded.name);
   }
+  torch::NoGradGuard no_grad;
+  const double diff = max_difference(loaded.model->forward(probe).logits, dense.model->forward(probe).logits);
+  const fs::path dense_file = to.string() + ".dense.tmp";
+  const auto dense_bytes = export_torchscript(*dense.model, a.task.example_input(config).to(device), dense_file.string(),
+                                              ScriptExportOptions().with_layers(e.with_layers));
+  fs::remove(dense_file);
+  const auto timing = data.test.inputs.slice(0, 0, std::min<int64_t>(64, data.test.size()));
+  const auto [dense_ms, compact_ms] = fastest_forward_ms(*dense.model, *loaded.model, timing);
+  fmt::print("{}\n  largest logit difference compact vs dense on {} test inputs {:.3g}; forward of {} test inputs "
+             "(fastest of 21 alternating rounds, {} thread(s)): dense {:.2f} ms, compact {:.2f} ms ({:.2f}x); "
+             "TorchScript dense {} bytes\n",
+             report.to_string(), probe.size(0), diff, timing.size(0), torch::get_num_threads(), dense_ms, compact_ms,
+             dense_ms / compact_ms, dense_bytes);
+}
 
-  if (e.format == "torchscript") {
-    if (e.which == "student" && config["student"].value("dynamic_depth", false)) {
-      spdlog::warn("the student has dynamic depth; a trace records the depth of one input length ({} tokens: {}), "
-                   "so the TorchScript file runs that depth for every input",
-                   a.task.example_input(config).size(1), "the full length");
-    }
-    const auto bytes = export_torchscript(*loaded.model, a.task.example_input(config).to(device), to.string(),
-                                          ScriptExportOptions().with_layers(e.with_layers));
-    // Read back as any user would, and compare on test inputs.
-    auto script = torch::jit::load(to.string(), device);
-    script.eval();
-    torch::NoGradGuard no_grad;
-    const auto want = loaded.model->forward(probe).logits;
-    const auto got_value = script.forward({probe});
-    const auto got = got_value.isTuple() ? got_value.toTuple()->elements()[0].toTensor() : got_value.toTensor();
-    fmt::print("{} ({} parameters) -> {}: TorchScript, {} bytes{}; read back with torch::jit::load, largest logit "
-               "difference on {} test inputs {:.3g}\n",
-               loaded.name, parameter_count(*loaded.model), to.string(), bytes,
-               e.with_layers ? ", forward returns (logits, hidden_states, attentions)" : ", forward returns the logits",
-               probe.size(0), max_difference(got, want));
-    fmt::print("  Python: m = torch.jit.load(\"{}\"); logits = m(x)   C++: torch::jit::load, or kd::ScriptModel::load\n",
-               to.string());
-    return 0;
+// Writes the TorchScript file, reads it back and prints how closely it matches the loaded model.
+int write_torchscript(const ExportJob& job) {
+  const auto& [config, e, a, device, from, to, loaded, data, probe] = job;
+  if (e.which == "student" && config["student"].value("dynamic_depth", false)) {
+    spdlog::warn("the student has dynamic depth; a trace records the depth of one input length ({} tokens: {}), "
+                 "so the TorchScript file runs that depth for every input",
+                 a.task.example_input(config).size(1), "the full length");
   }
+  const auto bytes = export_torchscript(*loaded.model, a.task.example_input(config).to(device), to.string(),
+                                        ScriptExportOptions().with_layers(e.with_layers));
+  // Read back as any user would, and compare on test inputs.
+  auto script = torch::jit::load(to.string(), device);
+  script.eval();
+  torch::NoGradGuard no_grad;
+  const auto want = loaded.model->forward(probe).logits;
+  const auto got_value = script.forward({probe});
+  const auto got = got_value.isTuple() ? got_value.toTuple()->elements()[0].toTensor() : got_value.toTensor();
+  fmt::print("{} ({} parameters) -> {}: TorchScript, {} bytes{}; read back with torch::jit::load, largest logit "
+             "difference on {} test inputs {:.3g}\n",
+             loaded.name, parameter_count(*loaded.model), to.string(), bytes,
+             e.with_layers ? ", forward returns (logits, hidden_states, attentions)" : ", forward returns the logits",
+             probe.size(0), max_difference(got, want));
+  fmt::print("  Python: m = torch.jit.load(\"{}\"); logits = m(x)   C++: torch::jit::load, or kd::ScriptModel::load\n",
+             to.string());
+  return 0;
+}
 
-  // int8: weights (and activation points, for models that have them) quantized after calibration on
-  // training batches with the observers the config's "qat" section names; fake quantization off meanwhile.
+// int8: weights (and activation points, for models that have them) quantized after calibration on
+// training batches with the observers the config's "qat" section names; fake quantization off meanwhile.
+// The written file is loaded into a fresh student and scored on the test split beside the float model.
+int write_int8(const ExportJob& job) {
+  const auto& [config, e, a, device, from, to, loaded, data, probe] = job;
   auto student = make_student_model(config, /*activation_quant=*/true);
   student->to(device);
   copy_state(*loaded.model, *student);
@@ -185,6 +207,21 @@ int run_export(const json& config, const ExportArgs& e) {
   fmt::print("  test ({} examples): float {}\n                       int8 file {}\n", data.test.size(),
              float_scores.to_string(), int8_scores.to_string());
   return 0;
+}
+
+}  // namespace
+
+int run_export(const json& config, const ExportArgs& e) {
+  const RunArgs a(config);
+  const torch::Device device = set_up_process(a);
+  const auto [from, to] = checked_paths(fs::path(a.out), e);
+  LoadedModel loaded = load_for_export(config, e, from, device);
+  Splits data = load_splits(a, config, device);
+  const auto probe = data.test.inputs.slice(0, 0, std::min<int64_t>(8, data.test.size()));
+  const ExportJob job{config, e, a, device, from, to, std::move(loaded), std::move(data), probe};
+  if (e.format == "torchscript" && e.compact) compact_and_compare(job);
+  if (e.format == "torchscript") return write_torchscript(job);
+  return write_int8(job);
 }
 
 }  // namespace kd::app

@@ -11,6 +11,9 @@
 #include <fmt/ranges.h>
 
 #include "kd/core/error.h"
+#include "kd/models/linear_attention.h"
+#include "kd/prune/pruning.h"
+#include "kd/quant/fake_quantize.h"
 #include "kd/train/recipes.h"
 #include "custom_task.h"
 #include "stage_config.h"
@@ -98,16 +101,16 @@ const std::map<std::string, Range>& ranges() {
 std::map<std::string, std::vector<std::string>> choices(const std::string& task) {
   std::map<std::string, std::vector<std::string>> c = {
       {"task", task_names()},
-      {"train.precision", {"fp32", "bf16"}},
+      {"train.precision", kPrecisionNames.names()},
       {"teacher.cache.dtype", {"float32", "float16", "bfloat16"}},
-      {"train.optimizer", {"adamw", "sgd"}},
-      {"train.hardness", {"teacher_entropy", "disagreement"}},
+      {"train.optimizer", kOptimizerKindNames.names()},
+      {"train.hardness", kHardnessNames.names()},
       {"train.augment", {"none", "shift_flip", "cutmix", "token_mix"}},
-      {"train.nonfinite", {"skip", "lower_lr", "rollback", "stop"}},
-      {"qat.weight_observer", {"moving_average", "minmax"}},
-      {"student.attention", {"softmax", "linear"}},
-      {"prune.granularity", {"unstructured", "channel", "head"}},
-      {"qat.activation_observer", {"moving_average", "minmax"}},
+      {"train.nonfinite", kNonFinitePolicyNames.names()},
+      {"qat.weight_observer", qat::kObserverNames.names()},
+      {"student.attention", models::kAttentionKindNames.names()},
+      {"prune.granularity", prune::kGranularityNames.names()},
+      {"qat.activation_observer", qat::kObserverNames.names()},
   };
   c["student.model"] = task == "spam"      ? std::vector<std::string>{"transformer"}
                        : task == "byte_lm" ? std::vector<std::string>{"causal_lm"}

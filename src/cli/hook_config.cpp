@@ -23,10 +23,6 @@ std::vector<std::string> strings_at(const json& list, const std::string& origin,
   }
   return out;
 }
-
-qat::Observer observer(const json& name) {
-  return name == "minmax" ? qat::Observer::kMinMax : qat::Observer::kMovingAverage;
-}
 }  // namespace
 
 lora::Options lora_options_from_json(const json& j, const std::string& origin) {
@@ -50,9 +46,10 @@ qat::Options qat_options_from_json(const json& j, const std::string& origin) {
       .bits(8)
       .per_channel(j.at("per_channel").get<bool>())
       .narrow_range(j.at("narrow_range").get<bool>())
-      .weight_observer(observer(j.at("weight_observer")))
+      .weight_observer(qat::kObserverNames.at(j.at("weight_observer").get<std::string>(), "qat.weight_observer"))
       .activations(j.at("activations").get<bool>())
-      .activation_observer(observer(j.at("activation_observer")))
+      .activation_observer(
+          qat::kObserverNames.at(j.at("activation_observer").get<std::string>(), "qat.activation_observer"))
       .averaging_constant(j.at("averaging_constant").get<double>())
       .exclude(strings_at(j.at("exclude"), origin, "qat.exclude",
                           "a regex over layer names (e.g. \"^fc$\" keeps the classifier in float)"));
@@ -99,9 +96,7 @@ prune::Options prune_options_from_json(const json& j, const std::string& origin)
   const std::string g = j.at("granularity");
   const char* what = "a layer name (\"fc\", a dotted suffix like \"attn.q_proj\", or \"re:<regex>\")";
   return prune::Options()
-      .granularity(g == "channel" ? prune::Granularity::kChannel
-                   : g == "head"  ? prune::Granularity::kHead
-                                  : prune::Granularity::kUnstructured)
+      .granularity(prune::kGranularityNames.at(g, "prune.granularity"))
       .targets(strings_at(j.at("targets"), origin, "prune.targets", what))
       .exclude(strings_at(j.at("exclude"), origin, "prune.exclude", what));
 }

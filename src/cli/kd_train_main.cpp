@@ -77,15 +77,10 @@ class ByLevelSink : public spdlog::sinks::base_sink<std::mutex> {
   spdlog::sinks::stderr_color_sink_st err_;
 };
 
-}  // namespace
 
-namespace kd::app {
-
-int kd_train_main(int argc, char** argv) {
-  spdlog::set_default_logger(std::make_shared<spdlog::logger>("", std::make_shared<ByLevelSink>()));
-  CLI::App app{"kd-train: knowledge distillation with kdistill"};
-  app.require_subcommand(1);
-  app.fallthrough();  // --nproc may come after the subcommand too
+// Every value the command line sets. CLI11 options keep references to these, so one instance must
+// outlive the parse and everything that reads the results.
+struct CliOptions {
   std::vector<std::string> configs, sets;
   std::string out, device, model_file, which = "student", tensorboard;
   int64_t seed = -1, threads = -1;
@@ -93,65 +88,87 @@ int kd_train_main(int argc, char** argv) {
   std::string log_level = "info";
   int nproc = 1;
   std::vector<std::string> plugins;
+  bool eval_json = false;
+  kd::app::ExportArgs export_args;
+};
+
+struct Subcommands {
+  CLI::App* teacher;
+  CLI::App* distill;
+  CLI::App* eval;
+  CLI::App* exp;
+  CLI::App* list;
+};
+
+// Options that apply whichever subcommand follows.
+void add_global_options(CLI::App& app, CliOptions& o) {
   app.set_version_flag("--version", kd::app::version_text(), "print kdistill's, LibTorch's and the build's versions");
-  app.add_option("--log-level", log_level, "what the log shows: trace, debug, info (default), warn, error or off")
+  app.add_option("--log-level", o.log_level, "what the log shows: trace, debug, info (default), warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
-  app.add_flag("--quiet,-q", quiet, "warnings and errors only (same as --log-level warn); results are still printed");
-  app.add_option("--nproc", nproc,
+  app.add_flag("--quiet,-q", o.quiet, "warnings and errors only (same as --log-level warn); results are still printed");
+  app.add_option("--nproc", o.nproc,
                  "data-parallel: start N ranks of teacher/distill on this machine (c10d Gloo over loopback); for "
                  "several machines start each rank yourself with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set")
       ->check(CLI::Range(1, 256));
-  app.add_option("--plugin", plugins,
+  app.add_option("--plugin", o.plugins,
                  "a shared library whose KD_REGISTER_LOSS losses configs may then name (repeatable; `kd-train list` "
                  "shows them)");
-  const std::string defaults =
-      "Defaults of task fashion_mnist (every key a config may set; `kd-train list` shows the other tasks' data, "
-      "teacher and student keys):\n" +
-      kd::app::distill_defaults().dump(2);
-  auto add_common = [&](CLI::App* cmd) {
-    cmd->add_option("--config", configs, "JSON config file (repeatable; later files override earlier)")
-        ->check(CLI::ExistingFile);
-    cmd->add_option("--set", sets, "override one key, e.g. --set stages.2.epochs=3 (repeatable; wins over files)");
-    cmd->add_option("--out", out, "output folder (same as --set out=DIR)");
-    cmd->add_option("--device", device, "cpu, cuda, cuda:N or auto (same as --set train.device=...)");
-    cmd->add_option("--seed", seed, "random seed (same as --set train.seed=N)")->check(CLI::NonNegativeNumber);
-    cmd->add_option("--threads", threads, "intra-op threads, 0 = all cores (same as --set train.threads=N)")
-        ->check(CLI::NonNegativeNumber);
-    cmd->add_flag("--print-config", print_config, "print the resolved config (defaults, files, --set) and exit");
-    cmd->footer(defaults);
-  };
-  auto* teacher = app.add_subcommand("teacher", "train the task's teacher from scratch into OUT/teacher.pt");
-  add_common(teacher);
-  auto* distill = app.add_subcommand(
+}
+
+// The config options every subcommand but `list` takes; `defaults` becomes the help's footer.
+void add_common_options(CLI::App* cmd, CliOptions& o, const std::string& defaults) {
+  cmd->add_option("--config", o.configs, "JSON config file (repeatable; later files override earlier)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--set", o.sets, "override one key, e.g. --set stages.2.epochs=3 (repeatable; wins over files)");
+  cmd->add_option("--out", o.out, "output folder (same as --set out=DIR)");
+  cmd->add_option("--device", o.device, "cpu, cuda, cuda:N or auto (same as --set train.device=...)");
+  cmd->add_option("--seed", o.seed, "random seed (same as --set train.seed=N)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", o.threads, "intra-op threads, 0 = all cores (same as --set train.threads=N)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--print-config", o.print_config, "print the resolved config (defaults, files, --set) and exit");
+  cmd->footer(defaults);
+}
+
+// `teacher` and `distill`, added in this order so --help lists them so.
+void add_training_subcommands(CLI::App& app, CliOptions& o, const std::string& defaults, Subcommands& s) {
+  s.teacher = app.add_subcommand("teacher", "train the task's teacher from scratch into OUT/teacher.pt");
+  add_common_options(s.teacher, o, defaults);
+  s.distill = app.add_subcommand(
       "distill", "distill a student from a teacher; with no config: the default Fashion-MNIST recipe");
-  add_common(distill);
-  distill->add_flag("--resume", resume,
-                    "continue from the newest checkpoint in OUT/checkpoints (same config; the teacher is reloaded)");
-  distill->add_flag("--baseline", baseline,
-                    "also train the same student on hard labels alone (same stages, steps, schedule and seed) into "
-                    "OUT/baseline and report what distillation gained over it");
-  distill->add_flag("--dry-run", dry_run,
-                    "check the config, the data and every stage on two examples (untrained models), then stop: "
-                    "nothing is trained or written");
-  teacher->add_flag("--resume", resume, "continue from the newest checkpoint in OUT/teacher_checkpoints");
-  for (auto* cmd : {distill, teacher}) {
-    cmd->add_option("--tensorboard", tensorboard,
+  add_common_options(s.distill, o, defaults);
+  s.distill->add_flag("--resume", o.resume,
+                      "continue from the newest checkpoint in OUT/checkpoints (same config; the teacher is reloaded)");
+  s.distill->add_flag("--baseline", o.baseline,
+                      "also train the same student on hard labels alone (same stages, steps, schedule and seed) into "
+                      "OUT/baseline and report what distillation gained over it");
+  s.distill->add_flag("--dry-run", o.dry_run,
+                      "check the config, the data and every stage on two examples (untrained models), then stop: "
+                      "nothing is trained or written");
+  s.teacher->add_flag("--resume", o.resume, "continue from the newest checkpoint in OUT/teacher_checkpoints");
+  for (auto* cmd : {s.distill, s.teacher}) {
+    cmd->add_option("--tensorboard", o.tensorboard,
                     "TensorBoard event files go to DIR/student and DIR/teacher (default OUT/tensorboard); none: "
                     "not written (same as --set train.tensorboard=DIR)");
   }
+}
+
+CLI::App* add_eval_subcommand(CLI::App& app, CliOptions& o, const std::string& defaults) {
   auto* eval = app.add_subcommand("eval", "test-set scores of a saved model (accuracy, macro-F1 and per-class F1; "
                                           "language models: bits per byte, perplexity, token accuracy)");
-  add_common(eval);
-  eval->add_option("--which", which, "the architecture to load: student (the config's) or teacher")
+  add_common_options(eval, o, defaults);
+  eval->add_option("--which", o.which, "the architecture to load: student (the config's) or teacher")
       ->check(CLI::IsMember({"student", "teacher"}));
-  eval->add_option("--model", model_file, "the saved model (default: OUT/<which>.pt)")->check(CLI::ExistingFile);
-  bool eval_json = false;
-  eval->add_flag("--json", eval_json,
+  eval->add_option("--model", o.model_file, "the saved model (default: OUT/<which>.pt)")->check(CLI::ExistingFile);
+  eval->add_flag("--json", o.eval_json,
                  "print the scores as one JSON object on stdout (model, file, parameters, examples, scores, "
                  "per-class F1), and log warnings and errors only");
-  kd::app::ExportArgs export_args;
+  return eval;
+}
+
+CLI::App* add_export_subcommand(CLI::App& app, CliOptions& o, const std::string& defaults) {
+  kd::app::ExportArgs& export_args = o.export_args;
   auto* exp = app.add_subcommand("export", "write a trained model as a TorchScript file or (students) an int8 file");
-  add_common(exp);
+  add_common_options(exp, o, defaults);
   exp->add_option("--which", export_args.which, "the architecture to load: student (the config's) or teacher")
       ->check(CLI::IsMember({"student", "teacher"}));
   exp->add_option("--model", export_args.model_file, "the saved model (default: OUT/<which>.pt)")->check(CLI::ExistingFile);
@@ -168,8 +185,84 @@ int kd_train_main(int argc, char** argv) {
   exp->add_flag("--compact", export_args.compact,
                 "TorchScript: first remove the attention heads and feed-forward channels pruning zeroed (kd::prune::compact); "
                 "prints the parameters, file bytes and forward time of the dense and the compact model");
-  auto* list = app.add_subcommand("list", "list the registered losses (with their option keys), tasks, models and data sets");
+  return exp;
+}
 
+// The whole command line, bound to `o`; the subcommands in the order --help lists them.
+Subcommands set_up_cli(CLI::App& app, CliOptions& o) {
+  app.require_subcommand(1);
+  app.fallthrough();  // --nproc may come after the subcommand too
+  add_global_options(app, o);
+  const std::string defaults =
+      "Defaults of task fashion_mnist (every key a config may set; `kd-train list` shows the other tasks' data, "
+      "teacher and student keys):\n" +
+      kd::app::distill_defaults().dump(2);
+  Subcommands s{};
+  add_training_subcommands(app, o, defaults, s);
+  s.eval = add_eval_subcommand(app, o, defaults);
+  s.exp = add_export_subcommand(app, o, defaults);
+  s.list = app.add_subcommand("list", "list the registered losses (with their option keys), tasks, models and data sets");
+  return s;
+}
+
+// Runs this command line again as `nproc` local ranks, less --nproc; returns their combined status.
+int launch_ranks(int argc, char** argv, const CliOptions& o, const Subcommands& s) {
+  if (kd::dist::environment_has_ranks()) {
+    throw kd::Error(kd::ErrorCategory::kConfig,
+                    "--nproc starts the ranks itself, but WORLD_SIZE is already set in the environment (this is "
+                    "one rank of a job): drop --nproc, or unset RANK/WORLD_SIZE");
+  }
+  if (!*s.distill && !*s.teacher) {
+    throw kd::Error(kd::ErrorCategory::kConfig, "--nproc applies to `teacher` and `distill` only");
+  }
+  std::vector<std::string> args;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--nproc") { ++i; continue; }
+    if (arg.rfind("--nproc=", 0) == 0) continue;
+    args.push_back(arg);
+  }
+  kd::app::LaunchOptions launch;
+  launch.nproc = o.nproc;
+  launch.name = argv[0];
+  const int status = kd::app::launch_local_ranks("/proc/self/exe", args, launch);
+  const int signal = kd::app::forwarded_signal();
+  if (signal && status == kd::StopSignal::exit_code(signal)) return kd::StopSignal::exit_by(signal);
+  return status;
+}
+
+// After a successful parse: the chosen subcommand's work and its exit status; errors propagate.
+int run_command(int argc, char** argv, CliOptions& o, const Subcommands& s) {
+  const auto plugin_losses = kd::app::load_plugins(o.plugins);  // before any config names their losses
+  if (o.nproc > 1) return launch_ranks(argc, argv, o, s);
+  if (*s.list) return kd::app::run_list(plugin_losses);
+  // Named flags are shorthands for --set and win over it, as the command line's last word.
+  if (!o.out.empty()) o.sets.push_back("out=" + nlohmann::json(o.out).dump());
+  if (!o.device.empty()) o.sets.push_back("train.device=" + nlohmann::json(o.device).dump());
+  if (o.seed >= 0) o.sets.push_back("train.seed=" + std::to_string(o.seed));
+  if (o.threads >= 0) o.sets.push_back("train.threads=" + std::to_string(o.threads));
+  if (!o.tensorboard.empty()) o.sets.push_back("train.tensorboard=" + nlohmann::json(o.tensorboard).dump());
+  const auto config = kd::app::resolve_config(o.configs, o.sets);
+  if (o.print_config) {
+    fmt::print("{}\n", config.dump(2));
+    return 0;
+  }
+  if (*s.teacher) return kd::app::run_teacher(config, o.resume);
+  if (*s.distill) return kd::app::run_distill(config, o.resume, o.baseline, o.dry_run);
+  if (*s.eval) return kd::app::run_eval(config, o.which, o.model_file, o.eval_json);
+  if (*s.exp) return kd::app::run_export(config, o.export_args);
+  return 0;
+}
+
+}  // namespace
+
+namespace kd::app {
+
+int kd_train_main(int argc, char** argv) {
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("", std::make_shared<ByLevelSink>()));
+  CLI::App app{"kd-train: knowledge distillation with kdistill"};
+  CliOptions o;
+  const Subcommands s = set_up_cli(app, o);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -177,49 +270,9 @@ int kd_train_main(int argc, char** argv) {
     return code == 0 ? 0 : 2;     // a command-line mistake is bad input, like a config's
   }
   // --json keeps stdout for the JSON object alone.
-  spdlog::set_level(quiet || eval_json ? spdlog::level::warn : spdlog::level::from_str(log_level));
+  spdlog::set_level(o.quiet || o.eval_json ? spdlog::level::warn : spdlog::level::from_str(o.log_level));
   try {
-    const auto plugin_losses = kd::app::load_plugins(plugins);  // before any config names their losses
-    if (nproc > 1) {
-      if (kd::dist::environment_has_ranks()) {
-        throw kd::Error(kd::ErrorCategory::kConfig,
-                        "--nproc starts the ranks itself, but WORLD_SIZE is already set in the environment (this is "
-                        "one rank of a job): drop --nproc, or unset RANK/WORLD_SIZE");
-      }
-      if (!*distill && !*teacher) {
-        throw kd::Error(kd::ErrorCategory::kConfig, "--nproc applies to `teacher` and `distill` only");
-      }
-      std::vector<std::string> args;
-      for (int i = 1; i < argc; ++i) {
-        const std::string s = argv[i];
-        if (s == "--nproc") { ++i; continue; }
-        if (s.rfind("--nproc=", 0) == 0) continue;
-        args.push_back(s);
-      }
-      kd::app::LaunchOptions launch;
-      launch.nproc = nproc;
-      launch.name = argv[0];
-      const int status = kd::app::launch_local_ranks("/proc/self/exe", args, launch);
-      const int signal = kd::app::forwarded_signal();
-      if (signal && status == kd::StopSignal::exit_code(signal)) return kd::StopSignal::exit_by(signal);
-      return status;
-    }
-    if (*list) return kd::app::run_list(plugin_losses);
-    // Named flags are shorthands for --set and win over it, as the command line's last word.
-    if (!out.empty()) sets.push_back("out=" + nlohmann::json(out).dump());
-    if (!device.empty()) sets.push_back("train.device=" + nlohmann::json(device).dump());
-    if (seed >= 0) sets.push_back("train.seed=" + std::to_string(seed));
-    if (threads >= 0) sets.push_back("train.threads=" + std::to_string(threads));
-    if (!tensorboard.empty()) sets.push_back("train.tensorboard=" + nlohmann::json(tensorboard).dump());
-    const auto config = kd::app::resolve_config(configs, sets);
-    if (print_config) {
-      fmt::print("{}\n", config.dump(2));
-      return 0;
-    }
-    if (*teacher) return kd::app::run_teacher(config, resume);
-    if (*distill) return kd::app::run_distill(config, resume, baseline, dry_run);
-    if (*eval) return kd::app::run_eval(config, which, model_file, eval_json);
-    if (*exp) return kd::app::run_export(config, export_args);
+    return run_command(argc, argv, o, s);
   } catch (const kd::app::Stopped& e) {
     spdlog::warn("{}", e.what());
     spdlog::default_logger()->flush();
@@ -234,7 +287,6 @@ int kd_train_main(int argc, char** argv) {
     spdlog::error("{}", e.what());
     return 1;
   }
-  return 0;
 }
 
 }  // namespace kd::app

@@ -25,10 +25,9 @@ RunArgs::RunArgs(const json& c)
       threads(c["train"]["threads"]), log_every(c["train"]["log_every"]),
       checkpoint_every(c["train"]["checkpoint_every"]), seed(c["train"]["seed"]), lr(c["train"]["lr"]),
       weight_decay(c["train"]["weight_decay"]),
-      precision(c["train"]["precision"] == "bf16" ? Precision::kBFloat16 : Precision::kFloat32) {
+      precision(kPrecisionNames.at(c["train"]["precision"].get<std::string>(), "train.precision")) {
   const json& t = c["train"];
-  const std::string nonfinite = t["nonfinite"];
-  trainer.optimizer(t["optimizer"] == "sgd" ? OptimizerKind::kSgd : OptimizerKind::kAdamW)
+  trainer.optimizer(kOptimizerKindNames.at(t["optimizer"].get<std::string>(), "train.optimizer"))
       .momentum(t["momentum"])
       .nesterov(t["nesterov"])
       .accumulation(t["accumulation"])
@@ -39,11 +38,8 @@ RunArgs::RunArgs(const json& c)
       .eval_on_ema(t["eval_on_ema"])
       .keep_last(t["keep_last"])
       .hard_example_mix(t["hard_example_mix"])
-      .hardness(t["hardness"] == "disagreement" ? Hardness::kDisagreement : Hardness::kTeacherEntropy)
-      .nonfinite(nonfinite == "stop"       ? NonFinitePolicy::kStop
-                 : nonfinite == "lower_lr" ? NonFinitePolicy::kLowerLr
-                 : nonfinite == "rollback" ? NonFinitePolicy::kRollback
-                                           : NonFinitePolicy::kSkipStep)
+      .hardness(kHardnessNames.at(t["hardness"].get<std::string>(), "train.hardness"))
+      .nonfinite(kNonFinitePolicyNames.at(t["nonfinite"].get<std::string>(), "train.nonfinite"))
       .lr_backoff(t["lr_backoff"])
       .max_consecutive_nonfinite(t["max_consecutive_nonfinite"]);
   trainer.augmentation(task.augmentation(t));
@@ -426,7 +422,7 @@ std::shared_ptr<Model> make_student_model(const json& config, bool activation_qu
 bool stages_read_teacher(const std::vector<StageSpec>& specs) {
   for (const auto& s : specs) {
     for (const auto& l : s.losses()) {
-      if (l.type() != "hard_label_ce") return true;
+      if (LossRegistry::global().needs(l.type()).teacher()) return true;
     }
   }
   return false;

@@ -182,7 +182,7 @@ class SpamTask : public Task {
                    .num_classes(2)
                    .max_len(config["data"]["max_len"]);
       if (student) {
-        o.attention(s["attention"] == "linear" ? models::AttentionKind::kLinear : models::AttentionKind::kSoftmax)
+        o.attention(models::kAttentionKindNames.at(s["attention"].get<std::string>(), "student.attention"))
             .dynamic_depth(s["dynamic_depth"])
             .depth_thresholds(s["depth_thresholds"].get<std::vector<int64_t>>())
             .depth_layers(s["depth_layers"].get<std::vector<int64_t>>());

@@ -1,4 +1,5 @@
 #include "kd/core/atomic_file.h"
+#include "kd/detail/file_sync.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -45,7 +46,7 @@ void write_bytes_atomically(const std::string& path, const std::string& bytes) {
   });
 }
 
-void fsync_directory(const std::string& path) { fsync_path(path, O_RDONLY | O_DIRECTORY, "folder"); }
+void detail::fsync_directory(const std::string& path) { fsync_path(path, O_RDONLY | O_DIRECTORY, "folder"); }
 
 void write_atomically(const std::string& path, const std::function<void(const std::string&)>& write) {
   const fs::path target(path);
@@ -76,7 +77,7 @@ void write_atomically(const std::string& path, const std::function<void(const st
   }
 }
 
-uint32_t file_crc32(const std::string& path) {
+uint32_t detail::file_crc32(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(ErrorCategory::kFile, fmt::format("cannot read '{}'", path));
   uLong crc = crc32(0L, Z_NULL, 0);

@@ -103,6 +103,9 @@ LossResult HardLabelCEImpl::forward(const DistillBatch& batch) {
   LossResult r;
   r.total = functional::hard_label_ce(batch.student.logits, targets, options);
   r.parts["ce"] = r.total.detach();
+  if (targets.defined() && !targets.is_floating_point() && targets.scalar_type() != torch::kBool) {
+    r.count = static_cast<double>((targets != options.ignore_index()).sum().item<int64_t>());
+  }
   return r;
 }
 

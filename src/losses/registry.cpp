@@ -172,7 +172,7 @@ LossRegistry& LossRegistry::global() {
 }
 
 bool LossRegistry::add(const std::string& type, LossFactory factory, std::vector<std::string> keys,
-                       std::string description) {
+                       std::string description, LossNeeds needs) {
   if (type.empty()) throw Error(ErrorCategory::kConfig, "LossRegistry::add: the loss type name is empty");
   if (!factory) throw Error(ErrorCategory::kConfig, fmt::format("LossRegistry::add('{}'): the factory is empty", type));
   if (contains(type)) {
@@ -182,14 +182,14 @@ bool LossRegistry::add(const std::string& type, LossFactory factory, std::vector
                             type));
   }
   std::sort(keys.begin(), keys.end());
-  entries_[type] = Entry{std::move(factory), std::move(keys), std::move(description)};
+  entries_[type] = Entry{std::move(factory), std::move(keys), std::move(description), needs};
   return true;
 }
 
 bool LossRegistry::add_static(const std::string& type, LossFactory factory, std::vector<std::string> keys,
-                              std::string description) noexcept {
+                              std::string description, LossNeeds needs) noexcept {
   try {
-    add(type, std::move(factory), std::move(keys), std::move(description));
+    add(type, std::move(factory), std::move(keys), std::move(description), needs);
   } catch (const std::exception& e) {
     try {
       static_errors_.push_back(e.what());
@@ -222,6 +222,7 @@ const LossRegistry::Entry& LossRegistry::entry(const std::string& type) const {
 
 const std::vector<std::string>& LossRegistry::keys(const std::string& type) const { return entry(type).keys; }
 const std::string& LossRegistry::description(const std::string& type) const { return entry(type).description; }
+const LossNeeds& LossRegistry::needs(const std::string& type) const { return entry(type).needs; }
 
 AnyLoss LossRegistry::create(const LossSpec& spec) const {
   const Entry& e = entry(spec.type());
@@ -301,19 +302,15 @@ std::vector<LayerPair> pairs_from(const LossSpec& s, const std::vector<int64_t>&
   return pairs;
 }
 
-}  // namespace
-
-void LossRegistry::add_builtins() {
-  add(
+// Logit-level losses: they compare the teacher's and student's output distributions (or the targets).
+void add_logit_losses(LossRegistry& r) {
+  r.add(
       "temperature_kl",
       [](const LossSpec& s) {
-        const auto mode = s.choice("mode", {"forward", "reverse", "jsd"}, "forward");
         const TemperatureKLOptions defaults;
         auto options = TemperatureKLOptions()
                            .temperature(s.number("temperature", defaults.temperature()))
-                           .mode(mode == "reverse" ? KLMode::kReverse
-                                 : mode == "jsd"   ? KLMode::kJSD
-                                                   : KLMode::kForward)
+                           .mode(s.choice("mode", kKLModeNames, defaults.mode()))
                            .beta(s.number("beta", defaults.beta()))
                            .ignore_index(s.integer("ignore_index", *defaults.ignore_index()))
                            .chunk_size(s.integer("chunk_size", defaults.chunk_size()))
@@ -327,7 +324,7 @@ void LossRegistry::add_builtins() {
       "soft-target divergence on the logits at temperature T (forward KL(p_t || p_s)·T², reverse KL, or JSD(beta)); "
       "standardize: z-scored logits");
 
-  add(
+  r.add(
       "dkd",
       [](const LossSpec& s) {
         const DKDOptions defaults;
@@ -342,7 +339,7 @@ void LossRegistry::add_builtins() {
       {"alpha", "beta", "temperature", "warmup", "standardize", "ignore_index"},
       "decoupled KD: alpha·TCKD + beta·NCKD at temperature T, needs targets (Zhao et al. 2022)");
 
-  add(
+  r.add(
       "hard_label_ce",
       [](const LossSpec& s) {
         const HardLabelCEOptions defaults;
@@ -350,53 +347,50 @@ void LossRegistry::add_builtins() {
                                .label_smoothing(s.number("label_smoothing", defaults.label_smoothing()))
                                .ignore_index(s.integer("ignore_index", defaults.ignore_index())));
       },
-      {"label_smoothing", "ignore_index"}, "cross-entropy of the student's logits against the targets");
+      {"label_smoothing", "ignore_index"}, "cross-entropy of the student's logits against the targets",
+      LossNeeds().teacher(false));
+}
 
-  add(
+// Hidden-state losses: they read matched teacher/student layers, so they share pairs_from().
+void add_layer_losses(LossRegistry& r) {
+  r.add(
       "feature_l2",
       [](const LossSpec& s) {
         FeatureL2Options o(pairs_from(s, {}, /*dims=*/true));
-        const auto init = s.choice("init", {"default", "xavier", "orthogonal", "identity"}, "default");
-        o.init(init == "xavier"       ? ProjectionInit::kXavier
-               : init == "orthogonal" ? ProjectionInit::kOrthogonal
-               : init == "identity"   ? ProjectionInit::kIdentity
-                                      : ProjectionInit::kDefault);
-        const auto norm = s.choice("normalize", {"none", "l2", "standardize"}, "none");
-        o.normalize(norm == "l2" ? FeatureNorm::kL2 : norm == "standardize" ? FeatureNorm::kStandardize : FeatureNorm::kNone);
-        const auto spatial = s.choice("spatial_mismatch", {"error", "adaptive_pool"}, "error");
-        o.spatial_mismatch(spatial == "adaptive_pool" ? SpatialMismatch::kAdaptivePool : SpatialMismatch::kError);
+        o.init(s.choice("init", kProjectionInitNames, o.init()));
+        o.normalize(s.choice("normalize", kFeatureNormNames, o.normalize()));
+        o.spatial_mismatch(s.choice("spatial_mismatch", kSpatialMismatchNames, o.spatial_mismatch()));
         if (s.choice("pair_weighting", {"none", "layer_similarity"}, "none") == "layer_similarity") {
           const LayerSimilarityWeightingOptions defaults;
           o.pair_weighting(LayerSimilarityWeighting(
               LayerSimilarityWeightingOptions()
                   .slope(s.number("similarity_slope", defaults.slope()))
                   .midpoint(s.number("similarity_midpoint", defaults.midpoint()))
-                  .normalize(s.choice("similarity_normalize", {"sum_to_count", "none"}, "sum_to_count") == "none"
-                                 ? LayerWeightNorm::kNone
-                                 : LayerWeightNorm::kSumToCount)));
+                  .normalize(s.choice("similarity_normalize", kLayerWeightNormNames, defaults.normalize()))));
         }
         return FeatureL2(o);
       },
       {"teacher_layers", "student_layers", "pair_weights", "student_dims", "teacher_dims", "init", "normalize",
        "spatial_mismatch", "pair_weighting", "similarity_slope", "similarity_midpoint", "similarity_normalize"},
-      "L2 (MSE) between matched teacher and student hidden states, with learned projections");
+      "L2 (MSE) between matched teacher and student hidden states, with learned projections",
+      LossNeeds().teacher_hidden_states(true));
 
-  add(
+  r.add(
       "attention_mse",
       [](const LossSpec& s) {
         AttentionMSEOptions o(pairs_from(s, {-1}, /*dims=*/false));
-        o.heads(s.choice("heads", {"grouped", "mean"}, "grouped") == "mean" ? HeadMapping::kMean
-                                                                          : HeadMapping::kGrouped);
+        o.heads(s.choice("heads", kHeadMappingNames, o.heads()));
         o.log_space(s.boolean("log_space", o.log_space()));
         o.eps(s.number("eps", o.eps()));
-        o.reduction(s.choice("reduction", {"mean", "row_sum"}, "mean") == "row_sum" ? AttentionReduction::kRowSum
-                                                                                  : AttentionReduction::kMean);
+        o.reduction(s.choice("reduction", kAttentionReductionNames, o.reduction()));
         return AttentionMSE(o);
       },
       {"teacher_layers", "student_layers", "pair_weights", "heads", "log_space", "eps", "reduction"},
-      "MSE between matched teacher and student attention maps");
+      "MSE between matched teacher and student attention maps", LossNeeds().teacher_attentions(true));
+}
 
-  add(
+void add_gradient_losses(LossRegistry& r) {
+  r.add(
       "gradient_matching",
       [](const LossSpec& s) {
         GradientMatchingOptions o;
@@ -414,19 +408,23 @@ void LossRegistry::add_builtins() {
         }
         o.temperature(s.number("temperature", o.temperature()));
         o.input_key(s.string("input_key", o.input_key()));
-        const auto space = s.choice("space", {"auto", "raw", "position_norm"}, "auto");
-        o.space(space == "raw"             ? GradientSpace::kRaw
-                : space == "position_norm" ? GradientSpace::kPositionNorm
-                                           : GradientSpace::kAuto);
+        o.space(s.choice("space", kGradientSpaceNames, o.space()));
         o.ignore_index(s.integer("ignore_index", o.ignore_index()));
-        o.distance(s.choice("distance", {"mse", "cosine"}, "mse") == "cosine" ? GradientDistance::kCosine
-                                                                            : GradientDistance::kMse);
+        o.distance(s.choice("distance", kGradientDistanceNames, o.distance()));
         return GradientMatching(o);
       },
       {"lambda", "lambda_start", "lambda_end", "lambda_schedule", "temperature", "input_key", "space",
        "ignore_index", "distance"},
       "R1: λ·D(g_s, g_t) + (1−λ)·KL(p_t || p_s), g = ∂ task loss / ∂ inputs, D = MSE or (\"distance\": "
       "\"cosine\") a scale-free 1 − cos");
+}
+
+}  // namespace
+
+void LossRegistry::add_builtins() {
+  add_logit_losses(*this);
+  add_layer_losses(*this);
+  add_gradient_losses(*this);
 }
 
 }  // namespace kd

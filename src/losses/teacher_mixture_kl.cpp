@@ -98,6 +98,7 @@ KD_REGISTER_LOSS(
                                   .initial_weights(s.numbers("initial_weights", {})));
     },
     {"teachers", "temperature", "label_weight", "initial_weights"},
-    "KL to a mixture of kd::MultiTeacher's teachers whose weights are learned from the labels");
+    "KL to a mixture of kd::MultiTeacher's teachers whose weights are learned from the labels",
+    LossNeeds().each_teacher(true));
 
 }  // namespace kd

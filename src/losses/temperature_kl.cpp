@@ -545,6 +545,7 @@ LossResult TemperatureKLImpl::forward(const DistillBatch& batch) {
     r.total = functional::temperature_kl_topk(zs, v->second, i->second, rows, o);
   }
   r.parts["kl"] = r.total.detach();
+  r.count = static_cast<double>(rows.sum().item<int64_t>());
   r.parts["kl.temperature"] =
       torch::scalar_tensor(T, torch::TensorOptions().dtype(r.total.scalar_type()).device(r.total.device()));
   return r;

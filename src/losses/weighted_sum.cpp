@@ -119,6 +119,18 @@ std::string part_key(const std::string& term, const std::string& part) {
   return term + "." + part;
 }
 
+// The count the terms that report one agree on (terms without one follow it); unset when none reports one or
+// two disagree (token terms beside a term over labelled examples only), so that the trainer weighs by examples.
+std::optional<double> common_count(const std::vector<LossResult>& results) {
+  std::optional<double> count;
+  for (const auto& r : results) {
+    if (!r.count) continue;
+    if (count && *count != *r.count) return std::nullopt;
+    count = r.count;
+  }
+  return count;
+}
+
 }  // namespace
 
 LossResult WeightedSumImpl::forward(const DistillBatch& batch) {
@@ -200,6 +212,7 @@ LossResult WeightedSumImpl::forward(const DistillBatch& batch) {
     out.parts[name] = results[k].total.detach().reshape({});
     out.parts["w." + name] = torch::scalar_tensor(w[k], torch::kFloat64);
   }
+  out.count = common_count(results);
   return out;
 }
 

@@ -61,10 +61,6 @@ std::string buffer_name(const std::string& name) {
   return s.empty() ? std::string("model") : s;
 }
 
-const char* kind_name(Granularity g) {
-  return g == Granularity::kUnstructured ? "unstructured" : g == Granularity::kChannel ? "channel" : "head";
-}
-
 bool is_weight_layer(torch::nn::Module& m) {
   return dynamic_cast<torch::nn::LinearImpl*>(&m) || dynamic_cast<torch::nn::Conv1dImpl*>(&m) ||
          dynamic_cast<torch::nn::Conv2dImpl*>(&m) || dynamic_cast<torch::nn::Conv3dImpl*>(&m);
@@ -129,7 +125,7 @@ PruningImpl::PruningImpl(std::shared_ptr<torch::nn::Module> model, Options optio
   if (sites_.empty()) {
     throw Error(ErrorCategory::kConfig,
                 fmt::format("pruning ({}): no {} matches targets [{}] without exclude [{}]; the model's are: {}",
-                            kind_name(options_.granularity()), heads ? "attention module" : "Linear/Conv layer",
+                            kGranularityNames.name(options_.granularity()), heads ? "attention module" : "Linear/Conv layer",
                             fmt::join(options_.targets(), ", "), fmt::join(options_.exclude(), ", "),
                             seen.empty() ? std::string("none") : fmt::format("{}", fmt::join(seen, ", "))));
   }

@@ -84,8 +84,6 @@ std::pair<torch::Tensor, torch::Tensor> quantization_params(const torch::Tensor&
 namespace qat {
 namespace {
 
-const char* observer_name(Observer o) { return o == Observer::kMinMax ? "min_max" : "moving_average"; }
-
 void validate(const FakeQuantizeOptions& o) {
   if (!(o.quant_min() <= 0 && 0 < o.quant_max())) {
     throw Error(ErrorCategory::kValue,
@@ -302,7 +300,7 @@ void FakeQuantizeImpl::pretty_print(std::ostream& stream) const {
   stream << fmt::format("kd::qat::FakeQuantize(quant_min={}, quant_max={}, {}, {}, observer={}", options_.quant_min(),
                         options_.quant_max(), options_.symmetric() ? "symmetric" : "affine",
                         options_.per_channel() ? fmt::format("per_channel(axis={})", options_.ch_axis()) : "per_tensor",
-                        observer_name(options_.observer()));
+                        kObserverNames.name(options_.observer()));
   if (options_.observer() == Observer::kMovingAverage) stream << fmt::format("({})", options_.averaging_constant());
   stream << fmt::format(", fake_quant={}, observer={})", fake_quant_enabled() ? "on" : "off",
                         observer_enabled() ? "on" : "off");

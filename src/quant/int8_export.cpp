@@ -11,7 +11,7 @@
 #include <torch/torch.h>
 
 #include "kd/core/error.h"
-#include "kd/core/format.h"
+#include "kd/detail/format.h"
 #include "kd/core/model_output.h"
 #include "kd/nn/linear.h"
 #include "kd/quant/int8_file.h"
@@ -72,8 +72,8 @@ std::map<std::string, torch::Tensor> state_of(const torch::nn::Module& model) {
 std::string Int8Report::to_string() const {
   return fmt::format("int8 file {} bytes = {:.2f} × float32 state {} bytes ({} int8 weight{}, {} values; {} activation "
                      "point{}; {} float tensor{})",
-                     with_thousands(file_bytes), ratio(), with_thousands(float32_bytes), weight_sites,
-                     weight_sites == 1 ? "" : "s", with_thousands(int8_values), activation_sites,
+                     detail::with_thousands(file_bytes), ratio(), detail::with_thousands(float32_bytes), weight_sites,
+                     weight_sites == 1 ? "" : "s", detail::with_thousands(int8_values), activation_sites,
                      activation_sites == 1 ? "" : "s", float_tensors, float_tensors == 1 ? "" : "s");
 }
 

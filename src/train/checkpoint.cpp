@@ -13,6 +13,7 @@
 
 #include "kd/core/archive_file.h"
 #include "kd/core/atomic_file.h"
+#include "kd/detail/file_sync.h"
 #include "kd/core/error.h"
 
 namespace kd {
@@ -104,7 +105,7 @@ std::string CheckpointManager::save(const TrainingState& state, const Checkpoint
   std::string final_path;
   save_archive_atomically(archive, staging.string());
   final_path = (fs::path(options_.dir()) /
-                fmt::format("ckpt-{:010d}-{:08x}.pt", state.global_step, file_crc32(staging.string())))
+                fmt::format("ckpt-{:010d}-{:08x}.pt", state.global_step, detail::file_crc32(staging.string())))
                    .string();
   std::error_code ec;
   fs::rename(staging, final_path, ec);
@@ -112,7 +113,7 @@ std::string CheckpointManager::save(const TrainingState& state, const Checkpoint
     fs::remove(staging, ec);
     throw Error(ErrorCategory::kFile, fmt::format("cannot move checkpoint into place at '{}'", final_path));
   }
-  fsync_directory(options_.dir());  // the rename itself must survive a power cut
+  detail::fsync_directory(options_.dir());  // the rename itself must survive a power cut
 
   auto all = list();
   while (static_cast<int64_t>(all.size()) > options_.keep_last()) {
@@ -173,7 +174,7 @@ TrainingState CheckpointManager::read(const std::string& path, const CheckpointC
   };
   if (!std::regex_match(name, m, name_pattern())) throw refuse("its name carries no checksum (ckpt-<step>-<crc32>.pt)");
   const uint32_t expected_crc = static_cast<uint32_t>(std::stoul(m[2].str(), nullptr, 16));
-  const uint32_t actual_crc = file_crc32(path);
+  const uint32_t actual_crc = detail::file_crc32(path);
   if (expected_crc != actual_crc) {
     throw refuse(fmt::format("checksum {:08x} does not match the {:08x} recorded at save time (truncated or corrupted)",
                              actual_crc, expected_crc));

@@ -13,7 +13,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "kd/core/format.h"
+#include "kd/detail/format.h"
 #include <torch/torch.h>
 
 #include "kd/train/stage.h"
@@ -114,7 +114,7 @@ std::string summary_table(const TrainSummary& summary) {
   }
   std::string ending = "finished";
   if (summary.stopped_by_signal != 0) ending = fmt::format("stopped by signal {}", summary.stopped_by_signal);
-  out += fmt::format("{} steps{}; {}", with_thousands(summary.steps),
+  out += fmt::format("{} steps{}; {}", detail::with_thousands(summary.steps),
                      summary.resumed ? fmt::format(" (resumed at step {})", summary.resumed_from_step) : std::string(),
                      ending);
   if (summary.nonfinite_steps > 0) {
@@ -176,12 +176,12 @@ void ConsoleLogger::on_fit_begin(const FitInfo& info) {
   total_steps_ = info.total_steps;
   fit_start_ = std::chrono::steady_clock::now();
   const auto size = [](int64_t params, int64_t bytes) {
-    return fmt::format("{} parameters, {:.1f} KiB", with_thousands(params), bytes / 1024.0);
+    return fmt::format("{} parameters, {:.1f} KiB", detail::with_thousands(params), bytes / 1024.0);
   };
   spdlog::info("student: {}{}; {} training examples, {} stage(s){}", size(info.student_parameters, info.student_bytes),
                info.teacher_parameters > 0 ? "; teacher: " + size(info.teacher_parameters, info.teacher_bytes)
                                            : std::string(),
-               with_thousands(info.train_examples), info.stages,
+               detail::with_thousands(info.train_examples), info.stages,
                info.resumed ? fmt::format(", resumed at step {}", info.resumed_from_step) : std::string());
 }
 

@@ -85,6 +85,18 @@ std::string nonfinite_outputs(const DistillBatch& b, const TeacherSource* teache
   return out;
 }
 
+// The step's sums of losses and gradients divided by the items they are over: the global batch's means.
+// Nothing counted (every target ignored): the sums are zero, and stay so.
+void to_means(LossResult& sum, const std::vector<torch::Tensor>& params, double counted) {
+  if (counted <= 0) return;
+  torch::NoGradGuard no_grad;
+  for (const auto& p : params) {
+    if (p.grad().defined()) p.mutable_grad().div_(counted);
+  }
+  sum.total = sum.total / counted;
+  for (auto& [name, v] : sum.parts) v = v / counted;
+}
+
 // Adds `r * share` (detached) to `sum`, part by part.
 void accumulate(LossResult& sum, const LossResult& r, double share) {
   sum.total = sum.total.defined() ? sum.total + r.total.detach() * share : r.total.detach() * share;
@@ -518,10 +530,10 @@ std::vector<torch::Tensor> FitRun::next_micro_batches(StageRun& s, int64_t& exam
   return micro;
 }
 
-LossResult FitRun::forward_backward(StageRun& s, const std::vector<torch::Tensor>& micro, int64_t examples,
-                                    std::string& diagnosis) {
+LossResult FitRun::forward_backward(StageRun& s, const std::vector<torch::Tensor>& micro, std::string& diagnosis) {
   auto& student = trainer_.student_;
   LossResult step_loss;
+  double counted = 0;  // the step's items (LossResult::count, else examples) over every micro-batch and rank
   for (size_t m = 0; m < micro.size(); ++m) {
     // Data-parallel: this rank's shard of the micro-batch. A rank whose shard is empty runs one
     // example with weight 0, so that every rank reports the same loss parts.
@@ -558,20 +570,23 @@ LossResult FitRun::forward_backward(StageRun& s, const std::vector<torch::Tensor
       if (diagnosis.empty()) diagnosis = "the inputs and the models' outputs are finite (check the loss's options and the learning rate)";
       else diagnosis = "NaN or Inf in " + diagnosis;
     }
-    const double share = weight * double(idx.numel()) / double(examples);
+    // Sums, not means, until every micro-batch of every rank is in: each mean weighs by what it is over.
+    const double count = weight * r.count.value_or(double(idx.numel()));
     if (s.gradient_sync && m + 1 == micro.size()) s.gradient_sync->arm();
-    (r.total * share).backward();
-    accumulate(step_loss, r, share);
+    (r.total * count).backward();
+    accumulate(step_loss, r, count);
+    counted += count;
   }
   if (s.gradient_sync) {
-    // Each rank's part was weighted by its share of the step's examples: the sums are the step's means.
-    std::vector<torch::Tensor> reported = {step_loss.total.detach().clone()};
+    std::vector<torch::Tensor> reported = {step_loss.total.detach().clone(), torch::scalar_tensor(counted, torch::kFloat64)};
     for (auto& [name, v] : step_loss.parts) reported.push_back(v.detach().clone());
     s.gradient_sync->finish(reported);
     step_loss.total = reported[0];
-    size_t k = 1;
+    counted = reported[1].item<double>();
+    size_t k = 2;
     for (auto& [name, v] : step_loss.parts) v = reported[k++];
   }
+  to_means(step_loss, s.all_params, counted);
   return step_loss;
 }
 
@@ -588,11 +603,11 @@ FitRun::StepResult FitRun::train_step(StageRun& s) {
   s.info.epoch = state_.epoch;
   s.info.progress = double(state_.stage_step) / double(s.total);
 
-  // Gather this step's micro-batches first, so each is weighted by its share of the step's examples.
+  // Gather this step's micro-batches first (an optimizer step never spans two epochs).
   const auto micro = next_micro_batches(s, step.examples);
   s.optimizer->zero_grad();
   std::string diagnosis;  // where a micro-batch's non-finite loss came from
-  step.loss = forward_backward(s, micro, step.examples, diagnosis);
+  step.loss = forward_backward(s, micro, diagnosis);
 
   std::vector<torch::Tensor> norms;
   for (auto& p : s.all_params) if (p.grad().defined()) norms.push_back(p.grad().detach().norm().to(torch::kDouble));

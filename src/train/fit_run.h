@@ -64,10 +64,10 @@ class FitRun {
   std::unique_ptr<TeacherSource> teacher_source(bool input_grad);
   /// The step's micro-batches (rows of the training set), never spanning two epochs; `examples` their total.
   std::vector<torch::Tensor> next_micro_batches(StageRun& s, int64_t& examples);
-  /// Forward and backward of every micro-batch, each weighted by its share of the step's examples. The first
-  /// micro-batch whose loss is not finite says in `diagnosis` which inputs or outputs hold NaN or Inf.
-  LossResult forward_backward(StageRun& s, const std::vector<torch::Tensor>& micro, int64_t examples,
-                              std::string& diagnosis);
+  /// Forward and backward of every micro-batch; the step's loss and gradients are the means over every item the
+  /// losses count (LossResult::count, else examples) in every micro-batch of every rank. The first micro-batch
+  /// whose loss is not finite says in `diagnosis` which inputs or outputs hold NaN or Inf.
+  LossResult forward_backward(StageRun& s, const std::vector<torch::Tensor>& micro, std::string& diagnosis);
   StepResult train_step(StageRun& s);
   /// Callbacks, stage-end hooks, checkpoint and evaluation after a step; the stop signal to obey (0: none).
   int after_step(StageRun& s, const StepResult& step);

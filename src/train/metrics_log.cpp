@@ -19,7 +19,10 @@
 #include "kd/train/stage.h"
 
 namespace kd {
+namespace {
 
+// `s` as a JSON string literal, quotes included. By hand rather than nlohmann_json, which refuses a name that is
+// not valid UTF-8.
 std::string json_quote(const std::string& s) {
   std::string out = "\"";
   for (const unsigned char c : s) {
@@ -37,9 +40,8 @@ std::string json_quote(const std::string& s) {
   return out + "\"";
 }
 
+// `x` as a JSON number, or null when it is not finite.
 std::string json_number(double x) { return std::isfinite(x) ? fmt::format("{}", x) : "null"; }
-
-namespace {
 
 // A process killed while writing a line leaves it without its newline; a resumed run appending after it
 // would glue two objects together. Cut the file back to its last complete line.

@@ -7,16 +7,6 @@
 
 namespace kd::detail {
 
-const char* policy_name(NonFinitePolicy policy) {
-  switch (policy) {
-    case NonFinitePolicy::kStop: return "stop";
-    case NonFinitePolicy::kSkipStep: return "skip";
-    case NonFinitePolicy::kLowerLr: return "lower_lr";
-    case NonFinitePolicy::kRollback: return "rollback";
-  }
-  return "?";
-}
-
 NonFiniteGuard::NonFiniteGuard(NonFinitePolicy policy, double lr_backoff, int64_t max_consecutive)
     : policy_(policy), lr_backoff_(lr_backoff), max_consecutive_(max_consecutive) {}
 
@@ -42,7 +32,7 @@ NonFiniteGuard::Action NonFiniteGuard::check(bool finite, const std::function<st
     throw Error(ErrorCategory::kValue,
                 fmt::format("{}; {} steps in a row were non-finite, stopping (policy '{}'; {}). Check the data and "
                             "lower the learning rate",
-                            what, consecutive_, policy_name(policy_), where));
+                            what, consecutive_, kNonFinitePolicyNames.name(policy_), where));
   }
   if (policy_ == NonFinitePolicy::kRollback && last) {
     spdlog::warn("{}: rolling back", what);

@@ -10,9 +10,6 @@
 
 namespace kd::detail {
 
-/// The name a config uses for the policy ("stop", "skip", "lower_lr", "rollback").
-const char* policy_name(NonFinitePolicy policy);
-
 /// Decides what a step's update becomes once its loss and gradient norm are known. Losses only report
 /// values; this applies the policy, counts the steps in TrainingState and writes the warnings.
 class NonFiniteGuard {

@@ -23,10 +23,4 @@ void write_atomically(const std::string& path, const std::function<void(const st
 /// error is a kd::Error (kFile) naming the path, with the old file untouched and no temporary left.
 void write_bytes_atomically(const std::string& path, const std::string& bytes);
 
-/// fsync()s a folder, so that a rename inside it survives a power cut; kd::Error (kFile) on failure.
-void fsync_directory(const std::string& path);
-
-/// CRC-32 (zlib's) of a file's bytes; kd::Error (kFile) if it cannot be read.
-uint32_t file_crc32(const std::string& path);
-
 }  // namespace kd

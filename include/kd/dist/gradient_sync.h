@@ -28,8 +28,9 @@ struct GradientSyncOptions {
 /// every gradient in it and the buckets before it have gone. finish() sends what is left, waits,
 /// and writes the sums into each parameter's `.grad`.
 ///
-/// The trainer scales each rank's loss by its share of the step's examples (n_rank / N), so the
-/// sum is the mean gradient over the whole global batch: g = Σ_r (n_r / N) ∇L_r.
+/// The trainer back-propagates each rank's loss times its count c_r (LossResult::count: counted tokens, else
+/// examples), sums the counts in finish()'s `extra` and divides the summed gradients by them, so the result is
+/// the mean gradient over the whole global batch: g = Σ_r c_r ∇L_r / Σ_r c_r.
 ///
 /// Gradient accumulation: only the step's last backward is armed; the earlier ones accumulate
 /// locally, and the bucket takes the accumulated gradient (.grad before the last backward plus

@@ -8,6 +8,7 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include "kd/core/enum_names.h"
 #include "kd/losses/distill_batch.h"
 #include "kd/losses/layer_pair.h"
 
@@ -23,6 +24,8 @@ enum class HeadMapping {
   kGrouped,  ///< teacher heads split into H_s contiguous groups of H_t/H_s, each group averaged to
              ///< match student head h; needs H_t % H_s == 0. Equal counts: head-by-head comparison.
 };
+inline constexpr EnumNames<HeadMapping, 2> kHeadMappingNames{
+    {{{HeadMapping::kGrouped, "grouped"}, {HeadMapping::kMean, "mean"}}}};
 
 /// How AttentionMSE averages the squared differences.
 enum class AttentionReduction {
@@ -30,6 +33,8 @@ enum class AttentionReduction {
   kRowSum,  ///< summed over the keys, mean over counted (b, h, query) rows: each query's squared L2 distance
             ///< between the two attention distributions, L times kMean for unmasked maps
 };
+inline constexpr EnumNames<AttentionReduction, 2> kAttentionReductionNames{
+    {{{AttentionReduction::kMean, "mean"}, {AttentionReduction::kRowSum, "row_sum"}}}};
 
 /// Options for AttentionMSE.
 struct AttentionMSEOptions {

@@ -3,6 +3,7 @@
 /// What every loss module receives, and what it returns.
 
 #include <map>
+#include <optional>
 #include <string>
 
 #include <torch/types.h>
@@ -43,9 +44,16 @@ struct DistillBatch {
 ///
 /// `total` is the scalar to back-propagate; `parts` hold detached or live
 /// scalars (name -> value), e.g. {"kl": ..., "ce": ..., "w.kl": ...}.
+///
+/// `count` is how many items `total` is the mean over (counted tokens, labelled examples), as marian's
+/// RationalLoss keeps the sum and its count: the trainer weighs micro-batches and data-parallel ranks by it, so
+/// that a step's loss is the mean over every counted item of the global batch whatever the padding of each
+/// part. Unset: the batch's examples. Example: HardLabelCE over [B, L] targets with 37 of them not
+/// ignore_index reports count 37.
 struct LossResult {
   torch::Tensor total;
   std::map<std::string, torch::Tensor> parts;
+  std::optional<double> count;
 };
 
 }  // namespace kd

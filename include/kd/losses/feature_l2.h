@@ -10,6 +10,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include "kd/core/enum_names.h"
 #include "kd/losses/distill_batch.h"
 #include "kd/losses/layer_pair.h"
 #include "kd/losses/loss_traits.h"
@@ -24,6 +25,11 @@ enum class ProjectionInit {
   kIdentity,    ///< eye on the leading min(student_dim, teacher_dim) block, zeros elsewhere, zero bias:
                 ///< starts as "copy (or truncate / zero-pad) the student's features"
 };
+inline constexpr EnumNames<ProjectionInit, 4> kProjectionInitNames{
+    {{{ProjectionInit::kDefault, "default"},
+      {ProjectionInit::kXavier, "xavier"},
+      {ProjectionInit::kOrthogonal, "orthogonal"},
+      {ProjectionInit::kIdentity, "identity"}}}};
 
 /// Normalisation applied to both sides (after the projection) before the distance,
 /// over the feature dimension (channels for [B, C, H, W], the last one otherwise).
@@ -32,12 +38,16 @@ enum class FeatureNorm {
   kL2,           ///< x / max(‖x‖₂, 1e-12): compares directions only (F.normalize)
   kStandardize,  ///< (x − mean) / √(var + 1e-5), biased var: a layer norm without affine parameters
 };
+inline constexpr EnumNames<FeatureNorm, 3> kFeatureNormNames{
+    {{{FeatureNorm::kNone, "none"}, {FeatureNorm::kL2, "l2"}, {FeatureNorm::kStandardize, "standardize"}}}};
 
 /// What to do when [B, C, H, W] features' spatial sizes differ.
 enum class SpatialMismatch {
   kError,         ///< throw kd::Error (kShape) naming both shapes
   kAdaptivePool,  ///< adaptive-average-pool both maps to the smaller height and the smaller width
 };
+inline constexpr EnumNames<SpatialMismatch, 2> kSpatialMismatchNames{
+    {{{SpatialMismatch::kError, "error"}, {SpatialMismatch::kAdaptivePool, "adaptive_pool"}}}};
 
 /// Per-pair weights computed from the features being compared (e.g. cosine
 /// similarity × a layer prior). Receives the projected (and normalised)

@@ -8,6 +8,7 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include "kd/core/enum_names.h"
 #include "kd/losses/distill_batch.h"
 #include "kd/losses/loss_traits.h"
 #include "kd/losses/schedule.h"
@@ -21,6 +22,8 @@ enum class GradientSpace {
   kPositionNorm,  ///< ‖g‖₂ over the last dimension: token embeddings [B, L, D_s] and [B, L, D_t]
                   ///< become per-token gradient norms [B, L], comparable across widths
 };
+inline constexpr EnumNames<GradientSpace, 3> kGradientSpaceNames{
+    {{{GradientSpace::kAuto, "auto"}, {GradientSpace::kRaw, "raw"}, {GradientSpace::kPositionNorm, "position_norm"}}}};
 
 /// How far apart the two (mapped) input gradients are.
 enum class GradientDistance {
@@ -28,6 +31,8 @@ enum class GradientDistance {
   kCosine,  ///< 1 − cos(φ(g_s)_b, φ(g_t)_b) per example b (flattened over its counted positions), batch mean:
             ///< in [0, 2] whatever the gradients' size, so λ weighs two terms of comparable scale
 };
+inline constexpr EnumNames<GradientDistance, 2> kGradientDistanceNames{
+    {{{GradientDistance::kMse, "mse"}, {GradientDistance::kCosine, "cosine"}}}};
 
 /// Options for GradientMatching.
 struct GradientMatchingOptions {

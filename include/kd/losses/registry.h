@@ -11,11 +11,29 @@
 
 #include <torch/arg.h>
 
+#include "kd/core/enum_names.h"
 #include "kd/losses/any_loss.h"
 #include "kd/losses/schedule.h"
 #include "kd/losses/weighted_sum.h"
 
 namespace kd {
+
+/// What a registered loss type reads besides the student's outputs, declared at registration so that whoever
+/// runs it can plan before building it: whether the teacher runs at all, which teacher layers a teacher cache
+/// must keep, and whether the cache's one mixture of an ensemble's logits serves it. Losses registered without
+/// it read the teacher's logits.
+///
+/// Example: `reg.add("ce_only", factory, {}, "targets only", kd::LossNeeds().teacher(false));`
+struct LossNeeds {
+  /// The teacher's outputs; false for a loss of the targets alone (hard_label_ce), whose stages run no teacher.
+  TORCH_ARG(bool, teacher) = true;
+  /// Each ensemble member's logits (teacher_mixture_kl), which a teacher cache does not keep.
+  TORCH_ARG(bool, each_teacher) = false;
+  /// The teacher's hidden states at the layers its spec's "teacher_layers" lists (feature_l2).
+  TORCH_ARG(bool, teacher_hidden_states) = false;
+  /// The teacher's attention maps at the layers its spec's "teacher_layers" lists (attention_mse).
+  TORCH_ARG(bool, teacher_attentions) = false;
+};
 
 /// A loss described as data: its registered `type`, the term `name` and
 /// `weight` it takes in a WeightedSum, and typed options by key. The
@@ -88,6 +106,12 @@ class LossSpec {
   /// A string that must be one of `allowed` (kd::Error listing them otherwise).
   std::string choice(const std::string& key, const std::vector<std::string>& allowed,
                      const std::string& fallback) const;
+  /// choice() over the names an enum's table gives (kd::EnumNames), as the enum value; `fallback` when unset.
+  /// Example: `o.mode(spec.choice("mode", kd::kKLModeNames, o.mode()));`
+  template <typename E, std::size_t N>
+  E choice(const std::string& key, const EnumNames<E, N>& names, E fallback) const {
+    return *names.parse(choice(key, names.names(), names.name(fallback)));
+  }
 
   /// Keys the loss type accepts (set by LossRegistry before calling a factory;
   /// listed in error messages). Empty means unknown.
@@ -145,11 +169,11 @@ class LossRegistry {
   /// `keys`: the keys its specs may carry (empty: any, unchecked).
   /// Returns true, so it can initialise a static (see KD_REGISTER_LOSS).
   bool add(const std::string& type, LossFactory factory, std::vector<std::string> keys = {},
-           std::string description = "");
+           std::string description = "", LossNeeds needs = {});
   /// add() for static initialisation (KD_REGISTER_LOSS), where an exception would end the process: a
   /// registration add() refuses is kept, to be taken with take_static_errors(), and nothing is registered.
   bool add_static(const std::string& type, LossFactory factory, std::vector<std::string> keys = {},
-                  std::string description = "") noexcept;
+                  std::string description = "", LossNeeds needs = {}) noexcept;
   /// The messages of the registrations add_static() refused since the last call (e.g. a plugin's loss whose
   /// name is already taken), oldest first.
   std::vector<std::string> take_static_errors();
@@ -162,6 +186,8 @@ class LossRegistry {
   /// The keys and description given at registration.
   const std::vector<std::string>& keys(const std::string& type) const;
   const std::string& description(const std::string& type) const;
+  /// What `type` reads (LossNeeds); kd::Error (kConfig) for a type not registered, as create().
+  const LossNeeds& needs(const std::string& type) const;
 
   /// Makes the loss. kd::Error (kConfig): unknown type (lists the registered
   /// ones and suggests the closest by edit distance), a key the type does not
@@ -177,6 +203,7 @@ class LossRegistry {
     LossFactory factory;
     std::vector<std::string> keys;
     std::string description;
+    LossNeeds needs;
   };
   const Entry& entry(const std::string& type) const;
   std::map<std::string, Entry> entries_;

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "kd/core/enum_names.h"
 #include "kd/losses/distill_batch.h"
 #include "kd/losses/schedule.h"
 
@@ -21,6 +22,8 @@ enum class KLMode {
   kReverse,  ///< KL(p_s ‖ p_t): mode-seeking
   kJSD,      ///< generalized Jensen–Shannon divergence JSD(β), see TemperatureKLOptions::beta
 };
+inline constexpr EnumNames<KLMode, 3> kKLModeNames{
+    {{{KLMode::kForward, "forward"}, {KLMode::kReverse, "reverse"}, {KLMode::kJSD, "jsd"}}}};
 
 /// Options for TemperatureKL.
 struct TemperatureKLOptions {

@@ -68,6 +68,9 @@ struct WeightedTerm {
 /// - "w.<name>": w_k, the weight used this step (CPU float64 scalars);
 /// - "weighting.<part>": extra parts a policy reports.
 ///
+/// Count (LossResult::count): the one the terms that report a count agree on (KL and CE over the same
+/// tokens); unset when none reports one or two disagree.
+///
 /// Errors (kd::Error): an invalid or duplicate term name, an empty loss, or a
 /// policy built for another number of losses (kConfig); forward on an empty
 /// sum (kState); a loss whose total is not a scalar (kShape); a non-finite

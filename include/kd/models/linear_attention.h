@@ -9,6 +9,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include "kd/core/enum_names.h"
 #include "kd/models/attention.h"
 #include "kd/models/rope.h"
 #include "kd/nn/linear.h"
@@ -20,6 +21,8 @@ enum class AttentionKind {
   kSoftmax,  ///< MultiHeadSelfAttention: softmax(q kᵀ/√d) v, O(L²)
   kLinear,   ///< LinearSelfAttention: kernel feature map, O(L)
 };
+inline constexpr EnumNames<AttentionKind, 2> kAttentionKindNames{
+    {{{AttentionKind::kSoftmax, "softmax"}, {AttentionKind::kLinear, "linear"}}}};
 
 /// Options for LinearSelfAttention.
 struct LinearSelfAttentionOptions {

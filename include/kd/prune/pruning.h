@@ -11,6 +11,8 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include "kd/core/enum_names.h"
+
 namespace kd::prune {
 
 /// What one pruning decision removes.
@@ -19,6 +21,8 @@ enum class Granularity {
   kChannel,       ///< output channels of Linear / Conv layers (a weight row and its bias), smallest L2 norm
   kHead,          ///< attention heads (their q/k/v rows and o_proj columns), smallest L2 norm
 };
+inline constexpr EnumNames<Granularity, 3> kGranularityNames{
+    {{{Granularity::kUnstructured, "unstructured"}, {Granularity::kChannel, "channel"}, {Granularity::kHead, "head"}}}};
 
 /// Options for prepare().
 struct Options {

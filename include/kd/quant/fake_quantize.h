@@ -11,6 +11,8 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include "kd/core/enum_names.h"
+
 namespace kd::qat {
 
 /// How a FakeQuantize tracks the range [min, max] of what it sees.
@@ -23,6 +25,8 @@ enum class Observer {
   /// (torch.ao MovingAverageMinMaxObserver / MovingAveragePerChannelMinMaxObserver).
   kMovingAverage,
 };
+inline constexpr EnumNames<Observer, 2> kObserverNames{
+    {{{Observer::kMovingAverage, "moving_average"}, {Observer::kMinMax, "minmax"}}}};
 
 /// Options for FakeQuantize: the integer grid, the scheme and the observer.
 struct FakeQuantizeOptions {

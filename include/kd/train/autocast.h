@@ -4,6 +4,8 @@
 
 #include <torch/types.h>
 
+#include "kd/core/enum_names.h"
+
 namespace kd {
 
 /// Precision of the forward passes (the weights, their gradients and the
@@ -12,6 +14,8 @@ enum class Precision {
   kFloat32,   ///< everything in float32 (the default)
   kBFloat16,  ///< LibTorch autocast to bfloat16 on the model's device (CUDA or CPU)
 };
+inline constexpr EnumNames<Precision, 2> kPrecisionNames{
+    {{{Precision::kFloat32, "fp32"}, {Precision::kBFloat16, "bf16"}}}};
 
 /// Turns LibTorch's autocast on for `device`'s type (CUDA or CPU) with dtype
 /// bfloat16 for the guard's lifetime, then restores the previous state and

@@ -50,9 +50,4 @@ class MetricsLog : public Callback {
   std::FILE* file_ = nullptr;
 };
 
-/// `s` as a JSON string literal, quotes included.
-std::string json_quote(const std::string& s);
-/// `x` as a JSON number, or null when it is not finite.
-std::string json_number(double x);
-
 }  // namespace kd

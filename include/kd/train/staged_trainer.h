@@ -9,6 +9,7 @@
 
 #include <torch/arg.h>
 
+#include "kd/core/enum_names.h"
 #include "kd/core/student.h"
 #include "kd/core/teacher.h"
 #include "kd/data/augmentation.h"
@@ -27,12 +28,16 @@ namespace detail {
 class FitRun;
 }
 enum class OptimizerKind { kAdamW, kSgd };
+inline constexpr EnumNames<OptimizerKind, 2> kOptimizerKindNames{
+    {{{OptimizerKind::kAdamW, "adamw"}, {OptimizerKind::kSgd, "sgd"}}}};
 
 /// What makes an example "hard" for hard-example mining.
 enum class Hardness {
   kTeacherEntropy,  ///< predictive entropy of the teacher (computed once per fit(): the teacher is frozen)
   kDisagreement,    ///< KL(teacher ‖ student), refreshed at the start of every epoch
 };
+inline constexpr EnumNames<Hardness, 2> kHardnessNames{
+    {{{Hardness::kTeacherEntropy, "teacher_entropy"}, {Hardness::kDisagreement, "disagreement"}}}};
 
 /// What the trainer does when a step's loss or global gradient norm is NaN or infinite. The
 /// check runs every step (the norm is computed for clipping anyway); the step's update is never
@@ -46,6 +51,10 @@ enum class NonFinitePolicy {
   /// learning rates by lr_backoff; before the first checkpoint exists it acts as kLowerLr.
   kRollback,
 };
+inline constexpr EnumNames<NonFinitePolicy, 4> kNonFinitePolicyNames{{{{NonFinitePolicy::kSkipStep, "skip"},
+                                                                       {NonFinitePolicy::kLowerLr, "lower_lr"},
+                                                                       {NonFinitePolicy::kRollback, "rollback"},
+                                                                       {NonFinitePolicy::kStop, "stop"}}}};
 
 /// What an evaluation measures.
 enum class EvalTask {

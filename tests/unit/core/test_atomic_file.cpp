@@ -5,6 +5,7 @@
 #include <zlib.h>
 
 #include "kd/core/atomic_file.h"
+#include "kd/detail/file_sync.h"
 #include "kd/core/error.h"
 #include "reference.h"
 
@@ -52,8 +53,8 @@ TEST(AtomicFile, AFailedWriteKeepsTheOldFileAndRemovesTheTemporary) {
 TEST(AtomicFile, Crc32MatchesZlibOnKnownInput) {
   const auto dir = kd::testing::temp_dir("atomic");
   std::ofstream(dir + "/a") << "123456789";
-  EXPECT_EQ(kd::file_crc32(dir + "/a"), 0xCBF43926u);  // the CRC-32 check value
-  EXPECT_THROW(kd::file_crc32(dir + "/missing"), kd::Error);
+  EXPECT_EQ(kd::detail::file_crc32(dir + "/a"), 0xCBF43926u);  // the CRC-32 check value
+  EXPECT_THROW(kd::detail::file_crc32(dir + "/missing"), kd::Error);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -80,6 +81,21 @@ int test_port() {
 std::shared_ptr<kd::dist::ProcessGroup> join(int rank, int port, double timeout_s = 60) {
   return kd::dist::ProcessGroup::create(
       kd::dist::ProcessGroupOptions().rank(rank).world_size(2).master_port(port).timeout_s(timeout_s));
+}
+
+// Rank 1 saves its `weights` to KD_TEST_OUT and gets nullopt (its part of the test ends there); rank 0 waits for
+// rank 1 to exit cleanly and gets the weights it saved (none if it failed).
+std::optional<std::vector<torch::Tensor>> weights_of_rank_1(int rank, pid_t child,
+                                                            const std::vector<torch::Tensor>& weights,
+                                                            const std::string& path) {
+  if (rank == 1) {
+    torch::save(weights, std::getenv("KD_TEST_OUT"));
+    return std::nullopt;
+  }
+  std::vector<torch::Tensor> other;
+  EXPECT_EQ(wait_exit_code(child), 0);
+  if (std::filesystem::exists(path)) torch::load(other, path);
+  return other;
 }
 
 std::vector<torch::Tensor> snapshot(torch::nn::Module& m) {
@@ -165,13 +181,9 @@ TEST(DataParallel, TwoRanksTrainTheSameStudentAsOneProcessWithTheSameGlobalBatch
   const auto eval = trainer.evaluate(dp.validation, "end", summary.steps);
   auto weights = snapshot(*dp.student_net);
   for (auto& p : dp.feature->parameters()) weights.push_back(p.detach().clone());
-  if (rank == 1) {
-    torch::save(weights, std::getenv("KD_TEST_OUT"));
-    return;
-  }
-  ASSERT_EQ(wait_exit_code(child), 0);
-  std::vector<torch::Tensor> other;
-  torch::load(other, rank1_weights);
+  const auto rank_1 = weights_of_rank_1(rank, child, weights, rank1_weights);
+  if (!rank_1) return;
+  const auto& other = *rank_1;
 
   Workload single(7);
   kd::StagedTrainer alone(kd::Student(single.student_net), kd::Teacher(single.teacher_net), single.stages(4, 5),
@@ -196,6 +208,49 @@ TEST(DataParallel, TwoRanksTrainTheSameStudentAsOneProcessWithTheSameGlobalBatch
   const auto alone_eval = alone.evaluate(single.validation, "end", summary.steps);
   EXPECT_DOUBLE_EQ(eval.metrics.at("accuracy"), alone_eval.metrics.at("accuracy"));
   EXPECT_DOUBLE_EQ(eval.metrics.at("macro_f1"), alone_eval.metrics.at("macro_f1"));
+}
+
+// Token-mean losses over unevenly padded sequences (1 to 12 real tokens): each rank's shard of a micro-batch
+// holds a different number of counted tokens, so only weighing each rank's mean by its count (LossResult::count),
+// not by its examples, gives one process's step: the mean over every counted token of the global batch.
+TEST(DataParallel, TwoRanksWithUnevenPaddingTrainTheSameStudentAsOneProcess) {
+  const int rank = my_rank();
+  const int port = rank == 0 ? free_port() : test_port();
+  const std::string rank1_weights = kd::testing::temp_dir("dp-tokens-rank1") + "/weights.pt";
+  pid_t child = rank == 0 ? spawn_rank_1(port, "KD_TEST_OUT=" + rank1_weights) : 0;
+
+  const auto data = kd::testing::padded_tokens(40, 12, 11, 5);
+  auto run = [&](std::shared_ptr<kd::dist::ProcessGroup> group) {
+    torch::manual_seed(1);
+    auto teacher = std::make_shared<kd::testing::TokenNetImpl>(11, 8);
+    torch::manual_seed(2);
+    auto student = std::make_shared<kd::testing::TokenNetImpl>(11, 6);
+    kd::WeightedSum loss({{"kl", kd::TemperatureKL(kd::TemperatureKLOptions().temperature(2.0)), 0.5},
+                          {"ce", kd::HardLabelCE(), 0.5}});
+    auto options = kd::StagedTrainerOptions().batch_size(10).accumulation(2).clip_norm(0);
+    if (group) options.process_group(group);
+    kd::StagedTrainer trainer(kd::Student(student), kd::Teacher(teacher),
+                              {kd::Stage("kd", torch::nn::AnyModule(loss)).steps(6).lr(0.05)}, options);
+    trainer.fit(data);
+    return snapshot(*student);
+  };
+  const auto weights = run(join(rank, port));
+  const auto rank_1 = weights_of_rank_1(rank, child, weights, rank1_weights);
+  if (!rank_1) return;
+  const auto& other = *rank_1;
+  const auto expected = run(nullptr);
+  torch::manual_seed(2);
+  const auto initial = snapshot(*std::make_shared<kd::testing::TokenNetImpl>(11, 6));
+  ASSERT_EQ(weights.size(), expected.size());
+  ASSERT_EQ(other.size(), expected.size());
+  double moved = 0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_LT((weights[i] - expected[i]).abs().max().item<double>(), 1e-6);
+    EXPECT_LT((other[i] - expected[i]).abs().max().item<double>(), 1e-6);
+    moved = std::max(moved, (expected[i] - initial[i]).abs().max().item<double>());
+  }
+  EXPECT_GT(moved, 1e-3);  // the comparison is about weights that training really changed
 }
 
 std::string file_bytes(const std::string& path) {

@@ -222,6 +222,29 @@ TEST(LossRegistry, LocalRegistriesAndDuplicates) {
   EXPECT_FALSE(reg.contains("scaled_mse"));  // registered in the global registry only
 }
 
+// What a loss reads is declared at registration: a CLI decides from it whether a stage runs the teacher and
+// which teacher layers a cache keeps, without knowing the loss by name.
+TEST(LossRegistry, NeedsAreDeclaredAtRegistration) {
+  const auto& reg = kd::LossRegistry::global();
+  EXPECT_FALSE(reg.needs("hard_label_ce").teacher());
+  for (const char* n : {"temperature_kl", "dkd", "feature_l2", "attention_mse", "gradient_matching", "teacher_mixture_kl"}) {
+    EXPECT_TRUE(reg.needs(n).teacher()) << n;
+  }
+  EXPECT_TRUE(reg.needs("feature_l2").teacher_hidden_states());
+  EXPECT_FALSE(reg.needs("feature_l2").teacher_attentions());
+  EXPECT_TRUE(reg.needs("attention_mse").teacher_attentions());
+  EXPECT_FALSE(reg.needs("attention_mse").teacher_hidden_states());
+  EXPECT_TRUE(reg.needs("teacher_mixture_kl").each_teacher());
+  EXPECT_FALSE(reg.needs("temperature_kl").each_teacher());
+  // A user's loss reads the teacher's logits unless it says otherwise.
+  EXPECT_TRUE(reg.needs("scaled_mse").teacher());
+  EXPECT_FALSE(reg.needs("scaled_mse").teacher_hidden_states());
+  kd::LossRegistry local;
+  local.add("targets_only", [](const kd::LossSpec&) { return ScaledMse(1.0); }, {}, "", kd::LossNeeds().teacher(false));
+  EXPECT_FALSE(local.needs("targets_only").teacher());
+  EXPECT_THAT(message_of([&] { local.needs("target_only"); }), HasSubstr("Did you mean 'targets_only'?"));
+}
+
 TEST(LossSpec, TypedGettersAndDefaults) {
   auto s = kd::LossSpec("x")
                .set("n", 2)

@@ -123,6 +123,35 @@ TEST(StagedTrainerOptim, AccumulationOverAShortLastMicroBatchIsTheMeanOverTheSte
   }
 }
 
+TEST(StagedTrainerOptim, AccumulationOverUnevenlyPaddedSequencesIsTheMeanOverTheStepsTokens) {
+  // 24 padded sequences with 1 to 11 real tokens, micro-batches of 8, 3 per step: one step over every sequence.
+  // The step must equal one SGD step on the token-mean cross-entropy over all 24 (the mean over every counted
+  // token, as one big batch computes it), not the mean of the three micro-batches' token means.
+  const auto data = kd::testing::padded_tokens(24, 12, 11, 3);
+  torch::manual_seed(4);
+  auto net = std::make_shared<kd::testing::TokenNetImpl>(11, 6);
+  std::map<std::string, torch::Tensor> before, grads;
+  for (auto& item : net->named_parameters()) before[item.key()] = item.value().detach().clone();
+  torch::nn::functional::cross_entropy(net->forward(data.inputs).logits.reshape({-1, 11}), data.targets.reshape({-1}),
+                                       torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100))
+      .backward();
+  for (auto& item : net->named_parameters()) grads[item.key()] = item.value().grad().detach().clone();
+  for (auto& p : net->parameters()) p.mutable_grad() = torch::Tensor();
+  // Sequences really hold different numbers of tokens (0 to 11 counted targets).
+  const auto counted = (data.targets != -100).sum(1);
+  ASSERT_EQ(counted.min().item<int64_t>(), 0);
+  ASSERT_EQ(counted.max().item<int64_t>(), 11);
+
+  kd::StagedTrainer t(kd::Student(net), std::nullopt,
+                      {kd::Stage("ce", torch::nn::AnyModule(kd::HardLabelCE())).steps(1).lr(0.5)},
+                      plain_sgd(8).accumulation(3));
+  t.fit(data);
+  for (auto& item : net->named_parameters()) {
+    const auto& name = item.key();
+    EXPECT_TRUE(torch::allclose(item.value(), before.at(name) - 0.5 * grads.at(name), 1e-5, 1e-7)) << name;
+  }
+}
+
 struct EvalRecorder : kd::Callback {
   void on_step_end(const kd::StepReport&) override {
     std::vector<torch::Tensor> w;

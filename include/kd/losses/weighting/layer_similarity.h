@@ -11,6 +11,7 @@
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
+#include "kd/core/enum_names.h"
 #include "kd/losses/layer_pair.h"
 #include "kd/losses/weighting/policy.h"
 
@@ -22,6 +23,8 @@ enum class LayerWeightNorm {
   kSumToCount,  ///< scaled to sum to P (mean 1), so the weighted loss keeps the unweighted one's scale;
                 ///< all 1 when the raw weights sum to ≤ 0
 };
+inline constexpr EnumNames<LayerWeightNorm, 2> kLayerWeightNormNames{
+    {{{LayerWeightNorm::kSumToCount, "sum_to_count"}, {LayerWeightNorm::kNone, "none"}}}};
 
 /// Options for LayerSimilarityWeighting.
 struct LayerSimilarityWeightingOptions {

@@ -9,6 +9,7 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include "kd/core/enum_names.h"
 #include "kd/losses/weighting/policy.h"
 
 namespace kd {
@@ -19,6 +20,8 @@ enum class MinNormSolver {
   kExact,       ///< enumerate the 2^K − 1 candidate supports, solve each face's KKT system, keep the best
   kFrankWolfe,  ///< Frank–Wolfe with exact line search (Sener & Koltun, Algorithm 2)
 };
+inline constexpr EnumNames<MinNormSolver, 3> kMinNormSolverNames{
+    {{{MinNormSolver::kAuto, "auto"}, {MinNormSolver::kExact, "exact"}, {MinNormSolver::kFrankWolfe, "frank_wolfe"}}}};
 
 /// Options for MinNormWeighting.
 struct MinNormWeightingOptions {

@@ -1,6 +1,6 @@
-#include "kd/core/format.h"
+#include "kd/detail/format.h"
 
-namespace kd {
+namespace kd::detail {
 
 std::string with_thousands(int64_t n) {
   // Via uint64_t so that INT64_MIN has a magnitude.
@@ -14,4 +14,4 @@ std::string with_thousands(int64_t n) {
   return out;
 }
 
-}  // namespace kd
+}  // namespace kd::detail

@@ -1,0 +1,74 @@
+// EnumNames: one table per enum, read by every parser and writer of the enum's names.
+#include <set>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "kd/core/enum_names.h"
+#include "kd/core/error.h"
+#include "kd/models/linear_attention.h"
+#include "kd/prune/pruning.h"
+#include "kd/quant/fake_quantize.h"
+#include "kd/train/autocast.h"
+#include "kd/train/staged_trainer.h"
+
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+enum class Color { kRed, kGreen, kBlue };
+constexpr kd::EnumNames<Color, 2> kColorNames{{{{Color::kRed, "red"}, {Color::kGreen, "green"}}}};
+
+TEST(EnumNames, NamesParsesAndListsInTableOrder) {
+  static_assert(std::string_view(kColorNames.name(Color::kGreen)) == "green", "name() is usable at compile time");
+  EXPECT_STREQ(kColorNames.name(Color::kRed), "red");
+  EXPECT_STREQ(kColorNames.name(Color::kBlue), "?");  // a value the table lacks
+  EXPECT_EQ(kColorNames.parse("green"), Color::kGreen);
+  EXPECT_EQ(kColorNames.parse("Green"), std::nullopt);  // exactly as spelt
+  EXPECT_EQ(kColorNames.parse(""), std::nullopt);
+  EXPECT_THAT(kColorNames.names(), ElementsAre("red", "green"));
+}
+
+TEST(EnumNames, AtNamesTheKeyTheValueAndTheChoices) {
+  EXPECT_EQ(kColorNames.at("red", "paint"), Color::kRed);
+  try {
+    kColorNames.at("blue", "paint");
+    FAIL() << "no error";
+  } catch (const kd::Error& e) {
+    EXPECT_EQ(e.category(), kd::ErrorCategory::kValue);
+    EXPECT_THAT(e.what(), HasSubstr("paint 'blue' is not one of red, green"));
+  }
+}
+
+// Every library table: names distinct, each parses back to its value, and the names configs use.
+template <typename E, std::size_t N>
+void expect_round_trip(const kd::EnumNames<E, N>& table) {
+  std::set<std::string> seen;
+  for (const auto& e : table.entries) {
+    EXPECT_TRUE(seen.insert(e.name).second) << "duplicate name " << e.name;
+    ASSERT_TRUE(table.parse(e.name).has_value()) << e.name;
+    EXPECT_EQ(*table.parse(e.name), e.value) << e.name;
+    EXPECT_STREQ(table.name(e.value), e.name);
+  }
+}
+
+TEST(EnumNames, LibraryTablesRoundTripWithTheConfigNames) {
+  expect_round_trip(kd::kOptimizerKindNames);
+  expect_round_trip(kd::kHardnessNames);
+  expect_round_trip(kd::kNonFinitePolicyNames);
+  expect_round_trip(kd::kPrecisionNames);
+  expect_round_trip(kd::prune::kGranularityNames);
+  expect_round_trip(kd::qat::kObserverNames);
+  expect_round_trip(kd::models::kAttentionKindNames);
+  EXPECT_THAT(kd::kNonFinitePolicyNames.names(), ElementsAre("skip", "lower_lr", "rollback", "stop"));
+  EXPECT_EQ(kd::kNonFinitePolicyNames.parse("skip"), kd::NonFinitePolicy::kSkipStep);
+  EXPECT_EQ(kd::kOptimizerKindNames.parse("sgd"), kd::OptimizerKind::kSgd);
+  EXPECT_EQ(kd::kHardnessNames.parse("disagreement"), kd::Hardness::kDisagreement);
+  EXPECT_EQ(kd::kPrecisionNames.parse("bf16"), kd::Precision::kBFloat16);
+  EXPECT_EQ(kd::prune::kGranularityNames.parse("head"), kd::prune::Granularity::kHead);
+  EXPECT_EQ(kd::qat::kObserverNames.parse("minmax"), kd::qat::Observer::kMinMax);
+  EXPECT_EQ(kd::models::kAttentionKindNames.parse("linear"), kd::models::AttentionKind::kLinear);
+}
+
+}  // namespace
