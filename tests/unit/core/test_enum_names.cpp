@@ -6,6 +6,12 @@
 
 #include "kd/core/enum_names.h"
 #include "kd/core/error.h"
+#include "kd/losses/attention_mse.h"
+#include "kd/losses/feature_l2.h"
+#include "kd/losses/gradient_matching.h"
+#include "kd/losses/temperature_kl.h"
+#include "kd/losses/weighting/layer_similarity.h"
+#include "kd/losses/weighting/min_norm.h"
 #include "kd/models/linear_attention.h"
 #include "kd/prune/pruning.h"
 #include "kd/quant/fake_quantize.h"
@@ -61,6 +67,16 @@ TEST(EnumNames, LibraryTablesRoundTripWithTheConfigNames) {
   expect_round_trip(kd::prune::kGranularityNames);
   expect_round_trip(kd::qat::kObserverNames);
   expect_round_trip(kd::models::kAttentionKindNames);
+  expect_round_trip(kd::kKLModeNames);
+  expect_round_trip(kd::kProjectionInitNames);
+  expect_round_trip(kd::kFeatureNormNames);
+  expect_round_trip(kd::kSpatialMismatchNames);
+  expect_round_trip(kd::kHeadMappingNames);
+  expect_round_trip(kd::kAttentionReductionNames);
+  expect_round_trip(kd::kGradientSpaceNames);
+  expect_round_trip(kd::kGradientDistanceNames);
+  expect_round_trip(kd::kMinNormSolverNames);
+  expect_round_trip(kd::kLayerWeightNormNames);
   EXPECT_THAT(kd::kNonFinitePolicyNames.names(), ElementsAre("skip", "lower_lr", "rollback", "stop"));
   EXPECT_EQ(kd::kNonFinitePolicyNames.parse("skip"), kd::NonFinitePolicy::kSkipStep);
   EXPECT_EQ(kd::kOptimizerKindNames.parse("sgd"), kd::OptimizerKind::kSgd);
@@ -69,6 +85,13 @@ TEST(EnumNames, LibraryTablesRoundTripWithTheConfigNames) {
   EXPECT_EQ(kd::prune::kGranularityNames.parse("head"), kd::prune::Granularity::kHead);
   EXPECT_EQ(kd::qat::kObserverNames.parse("minmax"), kd::qat::Observer::kMinMax);
   EXPECT_EQ(kd::models::kAttentionKindNames.parse("linear"), kd::models::AttentionKind::kLinear);
+  // The loss options' spellings, as kd-train configs and LossSpecs give them.
+  EXPECT_EQ(kd::kKLModeNames.parse("jsd"), kd::KLMode::kJSD);
+  EXPECT_EQ(kd::kSpatialMismatchNames.parse("adaptive_pool"), kd::SpatialMismatch::kAdaptivePool);
+  EXPECT_EQ(kd::kAttentionReductionNames.parse("row_sum"), kd::AttentionReduction::kRowSum);
+  EXPECT_EQ(kd::kGradientSpaceNames.parse("position_norm"), kd::GradientSpace::kPositionNorm);
+  EXPECT_EQ(kd::kMinNormSolverNames.parse("frank_wolfe"), kd::MinNormSolver::kFrankWolfe);
+  EXPECT_EQ(kd::kLayerWeightNormNames.parse("sum_to_count"), kd::LayerWeightNorm::kSumToCount);
 }
 
 }  // namespace
