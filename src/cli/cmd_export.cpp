@@ -104,8 +104,7 @@ LoadedModel load_for_export(const json& config, const ExportArgs& e, const fs::p
   return loaded;
 }
 
-// What every export variant works from. The variants unpack it with structured bindings, so a new
-// member goes last.
+// What every export variant works from.
 struct ExportJob {
   const json& config;
   const ExportArgs& args;
@@ -119,56 +118,58 @@ struct ExportJob {
 
 // --compact: prunes job.loaded in place and prints how it compares with the dense model in `from`.
 void compact_and_compare(const ExportJob& job) {
-  const auto& [config, e, a, device, from, to, loaded, data, probe] = job;
   // The dense model stays loaded beside the compacted one: outputs, file bytes and speed side by side.
-  LoadedModel dense = load_model_file(config, e.which, from, device);
+  LoadedModel dense = load_model_file(job.config, job.args.which, job.from, job.device);
   dense.model->eval();
-  const auto report = prune::compact(*loaded.model);
+  const auto report = prune::compact(*job.loaded.model);
   if (!report.changed()) {
     spdlog::warn("--compact: nothing to remove from {}: no attention head or feed-forward channel of a transformer "
                  "block is all zero (prune with granularity \"head\", or \"channel\" with targets [\"fc1\"]; "
                  "convolutions are not compacted)",
-                 loaded.name);
+                 job.loaded.name);
   }
   torch::NoGradGuard no_grad;
-  const double diff = max_difference(loaded.model->forward(probe).logits, dense.model->forward(probe).logits);
-  const fs::path dense_file = to.string() + ".dense.tmp";
-  const auto dense_bytes = export_torchscript(*dense.model, a.task.example_input(config).to(device), dense_file.string(),
-                                              ScriptExportOptions().with_layers(e.with_layers));
+  const double diff =
+      max_difference(job.loaded.model->forward(job.probe).logits, dense.model->forward(job.probe).logits);
+  const fs::path dense_file = job.to.string() + ".dense.tmp";
+  const auto example = job.run.task.example_input(job.config).to(job.device);
+  const auto dense_bytes = export_torchscript(*dense.model, example, dense_file.string(),
+                                              ScriptExportOptions().with_layers(job.args.with_layers));
   fs::remove(dense_file);
-  const auto timing = data.test.inputs.slice(0, 0, std::min<int64_t>(64, data.test.size()));
-  const auto [dense_ms, compact_ms] = fastest_forward_ms(*dense.model, *loaded.model, timing);
+  const auto timing = job.data.test.inputs.slice(0, 0, std::min<int64_t>(64, job.data.test.size()));
+  const auto [dense_ms, compact_ms] = fastest_forward_ms(*dense.model, *job.loaded.model, timing);
   fmt::print("{}\n  largest logit difference compact vs dense on {} test inputs {:.3g}; forward of {} test inputs "
              "(fastest of 21 alternating rounds, {} thread(s)): dense {:.2f} ms, compact {:.2f} ms ({:.2f}x); "
              "TorchScript dense {} bytes\n",
-             report.to_string(), probe.size(0), diff, timing.size(0), torch::get_num_threads(), dense_ms, compact_ms,
-             dense_ms / compact_ms, dense_bytes);
+             report.to_string(), job.probe.size(0), diff, timing.size(0), torch::get_num_threads(), dense_ms,
+             compact_ms, dense_ms / compact_ms, dense_bytes);
 }
 
 // Writes the TorchScript file, reads it back and prints how closely it matches the loaded model.
 int write_torchscript(const ExportJob& job) {
-  const auto& [config, e, a, device, from, to, loaded, data, probe] = job;
-  if (e.which == "student" && config["student"].value("dynamic_depth", false)) {
+  if (job.args.which == "student" && job.config["student"].value("dynamic_depth", false)) {
     spdlog::warn("the student has dynamic depth; a trace records the depth of one input length ({} tokens: {}), "
                  "so the TorchScript file runs that depth for every input",
-                 a.task.example_input(config).size(1), "the full length");
+                 job.run.task.example_input(job.config).size(1), "the full length");
   }
-  const auto bytes = export_torchscript(*loaded.model, a.task.example_input(config).to(device), to.string(),
-                                        ScriptExportOptions().with_layers(e.with_layers));
+  const auto example = job.run.task.example_input(job.config).to(job.device);
+  const auto bytes = export_torchscript(*job.loaded.model, example, job.to.string(),
+                                        ScriptExportOptions().with_layers(job.args.with_layers));
   // Read back as any user would, and compare on test inputs.
-  auto script = torch::jit::load(to.string(), device);
+  auto script = torch::jit::load(job.to.string(), job.device);
   script.eval();
   torch::NoGradGuard no_grad;
-  const auto want = loaded.model->forward(probe).logits;
-  const auto got_value = script.forward({probe});
+  const auto want = job.loaded.model->forward(job.probe).logits;
+  const auto got_value = script.forward({job.probe});
   const auto got = got_value.isTuple() ? got_value.toTuple()->elements()[0].toTensor() : got_value.toTensor();
   fmt::print("{} ({} parameters) -> {}: TorchScript, {} bytes{}; read back with torch::jit::load, largest logit "
              "difference on {} test inputs {:.3g}\n",
-             loaded.name, parameter_count(*loaded.model), to.string(), bytes,
-             e.with_layers ? ", forward returns (logits, hidden_states, attentions)" : ", forward returns the logits",
-             probe.size(0), max_difference(got, want));
+             job.loaded.name, parameter_count(*job.loaded.model), job.to.string(), bytes,
+             job.args.with_layers ? ", forward returns (logits, hidden_states, attentions)"
+                                  : ", forward returns the logits",
+             job.probe.size(0), max_difference(got, want));
   fmt::print("  Python: m = torch.jit.load(\"{}\"); logits = m(x)   C++: torch::jit::load, or kd::ScriptModel::load\n",
-             to.string());
+             job.to.string());
   return 0;
 }
 
@@ -176,35 +177,34 @@ int write_torchscript(const ExportJob& job) {
 // training batches with the observers the config's "qat" section names; fake quantization off meanwhile.
 // The written file is loaded into a fresh student and scored on the test split beside the float model.
 int write_int8(const ExportJob& job) {
-  const auto& [config, e, a, device, from, to, loaded, data, probe] = job;
-  auto student = make_student_model(config, /*activation_quant=*/true);
-  student->to(device);
-  copy_state(*loaded.model, *student);
-  auto q = qat::prepare(student, qat_options_from_json(config["qat"], "config"));
+  auto student = make_student_model(job.config, /*activation_quant=*/true);
+  student->to(job.device);
+  copy_state(*job.loaded.model, *student);
+  auto q = qat::prepare(student, qat_options_from_json(job.config["qat"], "config"));
   student->eval();
   q->enable_fake_quant(false);
   q->enable_observers(true);
-  const int64_t n = data.train.size(), batches = std::max<int64_t>(1, e.calibration_batches);
-  const int64_t batch = std::max<int64_t>(1, std::min<int64_t>(a.batch_size, n));
+  const int64_t n = job.data.train.size(), batches = std::max<int64_t>(1, job.args.calibration_batches);
+  const int64_t batch = std::max<int64_t>(1, std::min<int64_t>(job.run.batch_size, n));
   {
     torch::NoGradGuard no_grad;
     for (int64_t b = 0; b < batches && b * batch < n; ++b) {
       q->refresh();
-      student->forward(data.train.inputs.slice(0, b * batch, std::min(n, (b + 1) * batch)));
+      student->forward(job.data.train.inputs.slice(0, b * batch, std::min(n, (b + 1) * batch)));
     }
   }
   q->freeze_observers();
   q->enable_fake_quant(true);
   q->refresh();
-  const auto written = qat::export_int8(*student, *q, to.string());
-  auto fresh = make_student_model(config, /*activation_quant=*/true);
-  fresh->to(device);
-  qat::load_int8(*fresh, to.string());
-  const auto float_scores = a.task.evaluate(*loaded.model, data.test);
-  const auto int8_scores = a.task.evaluate(*fresh, data.test);
-  fmt::print("{} -> {}: {}\n  {}; calibrated on {} training batch(es) of {}\n", loaded.name, to.string(),
+  const auto written = qat::export_int8(*student, *q, job.to.string());
+  auto fresh = make_student_model(job.config, /*activation_quant=*/true);
+  fresh->to(job.device);
+  qat::load_int8(*fresh, job.to.string());
+  const auto float_scores = job.run.task.evaluate(*job.loaded.model, job.data.test);
+  const auto int8_scores = job.run.task.evaluate(*fresh, job.data.test);
+  fmt::print("{} -> {}: {}\n  {}; calibrated on {} training batch(es) of {}\n", job.loaded.name, job.to.string(),
              written.to_string(), q->summary(), std::min(batches, (n + batch - 1) / batch), batch);
-  fmt::print("  test ({} examples): float {}\n                       int8 file {}\n", data.test.size(),
+  fmt::print("  test ({} examples): float {}\n                       int8 file {}\n", job.data.test.size(),
              float_scores.to_string(), int8_scores.to_string());
   return 0;
 }

@@ -15,6 +15,7 @@
 #include "kd/prune/pruning.h"
 #include "kd/quant/fake_quantize.h"
 #include "kd/train/recipes.h"
+#include "config_keys.h"
 #include "custom_task.h"
 #include "stage_config.h"
 #include "task.h"
@@ -24,100 +25,6 @@ namespace {
 
 using json = nlohmann::json;
 
-struct Range {
-  double lo, hi;
-  bool lo_open = false;
-};
-
-// Numeric keys with limits; a key not listed only has to have the right type.
-const std::map<std::string, Range>& ranges() {
-  static const std::map<std::string, Range> r = {
-      {"data.limit", {0, 1e9}},
-      {"data.num_classes", {0, 1e7}},
-      {"data.validation_fraction", {0, 0.9, true}},
-      {"data.student_labels", {0, 1, true}},
-      {"evaluation.fgsm_epsilon", {0, 10}},
-      {"evaluation.ece_bins", {1, 1000}},
-      {"data.validation_size", {0, 59999}},
-      {"teacher.epochs", {0, 1000}},
-      {"teacher.cache.top_k", {0, 1e6}},
-      {"teacher.ensemble_temperature", {0, 100}},
-      {"train.batch_size", {1, 65536}},
-      {"train.lr", {0, 10, true}},
-      {"train.weight_decay", {0, 10}},
-      {"train.threads", {0, 1024}},
-      {"train.seed", {0, 9.007199254740992e15}},
-      {"train.log_every", {0, 1e9}},
-      {"train.checkpoint_every", {0, 1e9}},
-      {"train.keep_last", {1, 1000}},
-      {"train.momentum", {0, 1}},
-      {"train.accumulation", {1, 65536}},
-      {"train.clip_norm", {0, 1e6}},
-      {"train.warmup_steps", {0, 1e9}},
-      {"train.min_lr_factor", {0, 1}},
-      {"train.ema_decay", {0, 0.999999999}},
-      {"train.hard_example_mix", {0, 1}},
-      {"train.mix_alpha", {0, 1e3, true}},
-      {"train.adversarial_epsilon", {0, 10}},
-      {"train.adversarial_ratio", {0, 1}},
-      {"train.mix_probability", {0, 1}},
-      {"train.lr_backoff", {0, 1, true}},
-      {"train.max_consecutive_nonfinite", {1, 1e6}},
-      {"student.width1", {1, 4096}},
-      {"student.width2", {1, 4096}},
-      {"student.hidden", {1, 65536}},
-      {"teacher.steps", {0, 1e9}},
-      {"data.eval_limit", {0, 1e9}},
-      {"data.max_len", {1, 65536}},
-      {"data.context", {1, 65536}},
-      {"teacher.layers", {1, 1024}},
-      {"teacher.d_model", {1, 65536}},
-      {"teacher.heads", {1, 1024}},
-      {"teacher.ffn", {0, 1 << 20}},
-      {"teacher.dropout", {0, 0.999}},
-      {"student.layers", {1, 1024}},
-      {"student.d_model", {1, 65536}},
-      {"student.heads", {1, 1024}},
-      {"student.ffn", {0, 1 << 20}},
-      {"student.dropout", {0, 0.999}},
-      {"student.vocab", {1, 1 << 24}},
-      {"generate.tokens", {0, 1e6}},
-      {"generate.temperature", {0, 100}},
-      {"generate.top_k", {0, 1e6}},
-      {"generate.seed", {0, 9.007199254740992e15}},
-      {"lora.rank", {1, 4096}},
-      {"lora.alpha", {0, 1e6, true}},
-      {"lora.dropout", {0, 0.999}},
-      {"qat.averaging_constant", {0, 1, true}},
-      {"qat.freeze_observers_at", {0, 1}},
-      {"prune.start", {0, 0.999}},
-      {"prune.end", {0, 0.999}},
-      {"prune.update_every", {1, 1e6}},
-  };
-  return r;
-}
-
-// String keys with a fixed set of values; the student's architectures depend on the task.
-std::map<std::string, std::vector<std::string>> choices(const std::string& task) {
-  std::map<std::string, std::vector<std::string>> c = {
-      {"task", task_names()},
-      {"train.precision", kPrecisionNames.names()},
-      {"teacher.cache.dtype", {"float32", "float16", "bfloat16"}},
-      {"train.optimizer", kOptimizerKindNames.names()},
-      {"train.hardness", kHardnessNames.names()},
-      {"train.augment", {"none", "shift_flip", "cutmix", "token_mix"}},
-      {"train.nonfinite", kNonFinitePolicyNames.names()},
-      {"qat.weight_observer", qat::kObserverNames.names()},
-      {"student.attention", models::kAttentionKindNames.names()},
-      {"prune.granularity", prune::kGranularityNames.names()},
-      {"qat.activation_observer", qat::kObserverNames.names()},
-  };
-  c["student.model"] = task == "spam"      ? std::vector<std::string>{"transformer"}
-                       : task == "byte_lm" ? std::vector<std::string>{"causal_lm"}
-                       : task == "custom"  ? std::vector<std::string>{"", "depthwise_cnn", "cnn", "transformer", "causal_lm"}
-                                           : std::vector<std::string>{"depthwise_cnn", "cnn"};
-  return c;
-}
 
 // The other tasks whose schema has the key at dotted `path` (for "set task to use it" hints).
 std::vector<std::string> tasks_with_key(const std::string& path, const std::string& except) {
@@ -216,7 +123,7 @@ void check(const json& schema, const json& value, const std::string& path, const
         }
       }
     }
-    const auto allowed_values = choices(task);
+    const auto allowed_values = config_choices(task);
     if (auto it = allowed_values.find(here); it != allowed_values.end()) {
       const auto& allowed = it->second;
       if (std::find(allowed.begin(), allowed.end(), v.get<std::string>()) == allowed.end()) {
@@ -224,13 +131,9 @@ void check(const json& schema, const json& value, const std::string& path, const
                                                         v.dump(), fmt::join(allowed, ", ")));
       }
     }
-    if (auto it = ranges().find(here); it != ranges().end()) {
-      const double x = v.get<double>();
-      const Range& r = it->second;
-      if (x > r.hi || x < r.lo || (r.lo_open && x == r.lo)) {
-        throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' = {} is out of range; allowed {}{}, {}]", origin,
-                                                        here, v.dump(), r.lo_open ? "(" : "[", r.lo, r.hi));
-      }
+    if (const auto r = key_range(here); r && !r->contains(v.get<double>())) {
+      throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' = {} is out of range; allowed {}", origin, here,
+                                                      v.dump(), r->to_string()));
     }
   }
 }
@@ -528,6 +431,27 @@ json parse_layer(const std::string& text, const std::string& origin) {
 }
 
 }  // namespace
+
+std::map<std::string, std::vector<std::string>> config_choices(const std::string& task) {
+  std::map<std::string, std::vector<std::string>> c = {
+      {"task", task_names()},
+      {"train.precision", kPrecisionNames.names()},
+      {"teacher.cache.dtype", {"float32", "float16", "bfloat16"}},
+      {"train.optimizer", kOptimizerKindNames.names()},
+      {"train.hardness", kHardnessNames.names()},
+      {"train.augment", {"none", "shift_flip", "cutmix", "token_mix"}},
+      {"train.nonfinite", kNonFinitePolicyNames.names()},
+      {"qat.weight_observer", qat::kObserverNames.names()},
+      {"student.attention", models::kAttentionKindNames.names()},
+      {"prune.granularity", prune::kGranularityNames.names()},
+      {"qat.activation_observer", qat::kObserverNames.names()},
+  };
+  c["student.model"] = task == "spam"      ? std::vector<std::string>{"transformer"}
+                       : task == "byte_lm" ? std::vector<std::string>{"causal_lm"}
+                       : task == "custom"  ? std::vector<std::string>{"", "depthwise_cnn", "cnn", "transformer", "causal_lm"}
+                                           : std::vector<std::string>{"depthwise_cnn", "cnn"};
+  return c;
+}
 
 const nlohmann::json& task_defaults(const std::string& task) {
   static const json fashion_mnist = fashion_mnist_defaults(), spam = spam_defaults(), byte_lm = byte_lm_defaults(),

@@ -4,6 +4,7 @@
 // The library itself never sees JSON: the app validates the tree here, then
 // turns it into typed Options (see kd_train.cpp).
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,10 @@ namespace kd::app {
 /// task.h); it doubles as that task's schema: every allowed key appears here, with the type its value
 /// must have. kd::Error (kConfig) for an unknown task, naming the ones there are.
 const nlohmann::json& task_defaults(const std::string& task);
+
+/// The string keys of `task`'s config with a fixed set of values, by dotted path, and those values (from
+/// the enums' name tables; "student.model" lists the task's student architectures).
+std::map<std::string, std::vector<std::string>> config_choices(const std::string& task);
 
 /// task_defaults("fashion_mnist"): what `kd-train distill` runs with no config.
 const nlohmann::json& distill_defaults();

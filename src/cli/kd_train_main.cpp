@@ -9,6 +9,7 @@
 //   kd-train export  [common options] [--model FILE] [--which student|teacher] [--format torchscript|int8]
 //                    [--to FILE] [--with-layers] [--calibration-batches N] [--compact]
 //   kd-train list
+//   kd-train schema  [--task T] [--markdown]          the JSON Schema of a task's config (or the key reference)
 //   kd-train --plugin FILE.so ...                     load losses a shared library registers (repeatable)
 //   kd-train --version | --log-level L | --quiet     versions; how much the log shows (any subcommand)
 //   --print-config (teacher, distill, eval, export)  the resolved config, then exit
@@ -44,12 +45,14 @@
 #include "build_info.h"
 #include "commands.h"
 #include "config.h"
+#include "config_schema.h"
 #include "kd/core/error.h"
 #include "kd/dist/process_group.h"
 #include "kd/train/stop_signal.h"
 #include "launcher.h"
 #include "plugins.h"
 #include "run_context.h"
+#include "task.h"
 
 namespace {
 
@@ -90,6 +93,8 @@ struct CliOptions {
   std::vector<std::string> plugins;
   bool eval_json = false;
   kd::app::ExportArgs export_args;
+  std::string schema_task = "fashion_mnist";
+  bool schema_markdown = false;
 };
 
 struct Subcommands {
@@ -98,6 +103,7 @@ struct Subcommands {
   CLI::App* eval;
   CLI::App* exp;
   CLI::App* list;
+  CLI::App* schema;
 };
 
 // Options that apply whichever subcommand follows.
@@ -202,6 +208,12 @@ Subcommands set_up_cli(CLI::App& app, CliOptions& o) {
   s.eval = add_eval_subcommand(app, o, defaults);
   s.exp = add_export_subcommand(app, o, defaults);
   s.list = app.add_subcommand("list", "list the registered losses (with their option keys), tasks, models and data sets");
+  s.schema = app.add_subcommand("schema", "print the JSON Schema of a task's config: every key with its type, "
+                                          "default, limits, allowed values and meaning");
+  s.schema->add_option("--task", o.schema_task, "the task whose config it describes (default fashion_mnist)")
+      ->check(CLI::IsMember(kd::app::task_names()));
+  s.schema->add_flag("--markdown", o.schema_markdown,
+                     "print the key reference of every task as Markdown instead (docs/CONFIG.md's, generated)");
   return s;
 }
 
@@ -236,6 +248,11 @@ int run_command(int argc, char** argv, CliOptions& o, const Subcommands& s) {
   const auto plugin_losses = kd::app::load_plugins(o.plugins);  // before any config names their losses
   if (o.nproc > 1) return launch_ranks(argc, argv, o, s);
   if (*s.list) return kd::app::run_list(plugin_losses);
+  if (*s.schema) {
+    fmt::print("{}\n", o.schema_markdown ? kd::app::config_reference_markdown()
+                                         : kd::app::config_schema(o.schema_task).dump(2));
+    return 0;
+  }
   // Named flags are shorthands for --set and win over it, as the command line's last word.
   if (!o.out.empty()) o.sets.push_back("out=" + nlohmann::json(o.out).dump());
   if (!o.device.empty()) o.sets.push_back("train.device=" + nlohmann::json(o.device).dump());

@@ -8,6 +8,7 @@
 #include "hook_config.h"
 #include "weighting_config.h"
 #include "config.h"
+#include "config_keys.h"
 #include "kd/core/error.h"
 #include "kd/core/generators_kept.h"
 
@@ -208,7 +209,9 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
       }
     }
     // Bounded above too, so that steps = epochs x steps per epoch cannot overflow into a short plan.
-    auto get_int = [&](const char* key, int64_t lo, int64_t hi) {
+    auto get_int = [&](const char* key) {
+      const Range r = *key_range(std::string("stages[].") + key);
+      const auto lo = static_cast<int64_t>(r.lo), hi = static_cast<int64_t>(r.hi);
       const json v = s.value(key, stage_defaults()[key]);
       if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(hi)) ||
           v.get<int64_t>() < lo || v.get<int64_t>() > hi) {
@@ -218,9 +221,10 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
     };
     auto get_lr = [&](const char* key, bool allow_default) {
       const json v = s.value(key, stage_defaults()[key]);
-      if (!v.is_number() || !((v.get<double>() > 0 && v.get<double>() <= 10) || (allow_default && v.get<double>() == -1))) {
+      const Range r = *key_range(std::string("stages[].") + key);
+      if (!v.is_number() || !(r.contains(v.get<double>()) || (allow_default && v.get<double>() == -1))) {
         config_error(origin, path + "." + key,
-             fmt::format("must be a number in (0, 10]{}, got {}", allow_default ? " (or -1: same as lr)" : "", v.dump()));
+             fmt::format("must be a number in {}{}, got {}", r.to_string(), allow_default ? " (or -1: same as lr)" : "", v.dump()));
       }
       return v.get<double>();
     };
@@ -230,8 +234,7 @@ std::vector<StageSpec> stages_from_json(const json& stages, const std::string& o
       config_error(origin, path + ".name", fmt::format("must be a non-empty string, got {}", name.dump()));
     }
     spec.name(name.get<std::string>());
-    constexpr int64_t kMaxSteps = int64_t{1} << 40;
-    spec.epochs(get_int("epochs", 0, 1'000'000)).steps(get_int("steps", 0, kMaxSteps)).eval_every(get_int("eval_every", 0, kMaxSteps));
+    spec.epochs(get_int("epochs")).steps(get_int("steps")).eval_every(get_int("eval_every"));
     if (spec.epochs() == 0 && spec.steps() == 0) config_error(origin, path, "needs epochs >= 1 or steps >= 1");
     spec.lr(get_lr("lr", false)).loss_lr(get_lr("loss_lr", true));
     const json trainable = s.value("trainable", json::array());

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "kd/core/error.h"
 
@@ -37,8 +38,12 @@ torch::Tensor soft_target_ce(const torch::Tensor& logits, const torch::Tensor& t
   return -(y * torch::log_softmax(logits.reshape({-1, C}), -1)).sum(-1).mean();
 }
 
-torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& targets,
-                            const HardLabelCEOptions& options) {
+namespace {
+
+// `counted` receives the number of targets the mean is over (integer targets only), so
+// the loss reports the count this already synchronised for.
+torch::Tensor counted_ce(const torch::Tensor& logits, const torch::Tensor& targets, const HardLabelCEOptions& options,
+                         std::optional<int64_t>& counted) {
   check_smoothing(options.label_smoothing());
   if (!targets.defined()) {
     throw Error(ErrorCategory::kValue, "HardLabelCE needs batch.targets (class indices), got none");
@@ -62,8 +67,9 @@ torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& ta
   const auto flat_logits = logits.reshape({-1, C});
   const auto flat_targets = targets.reshape({-1}).to(logits.device(), torch::kLong);
   const auto keep = flat_targets != options.ignore_index();
-  const int64_t counted = keep.sum().item<int64_t>();
-  if (counted > 0) {
+  const int64_t n_kept = keep.sum().item<int64_t>();
+  counted = n_kept;
+  if (n_kept > 0) {
     const auto kept = flat_targets.masked_select(keep);
     const int64_t lo = kept.min().item<int64_t>(), hi = kept.max().item<int64_t>();
     if (lo < 0 || hi >= C) {
@@ -77,7 +83,7 @@ torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& ta
   // NaN row would leak into the gradient even with a zero weight.
   auto rows = flat_logits;
   auto rows_targets = flat_targets;
-  if (counted < flat_targets.size(0)) {
+  if (n_kept < flat_targets.size(0)) {
     const auto idx = keep.nonzero().squeeze(1);
     rows = flat_logits.index_select(0, idx);
     rows_targets = flat_targets.index_select(0, idx);
@@ -86,7 +92,15 @@ torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& ta
   auto nll = -log_p.gather(1, rows_targets.unsqueeze(1)).squeeze(1);
   const double eps = options.label_smoothing();
   if (eps > 0) nll = (1 - eps) * nll - eps * log_p.mean(-1);
-  return nll.sum() / static_cast<double>(std::max<int64_t>(counted, 1));
+  return nll.sum() / static_cast<double>(std::max<int64_t>(n_kept, 1));
+}
+
+}  // namespace
+
+torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& targets,
+                            const HardLabelCEOptions& options) {
+  std::optional<int64_t> counted;
+  return counted_ce(logits, targets, options, counted);
 }
 
 }  // namespace functional
@@ -101,11 +115,10 @@ LossResult HardLabelCEImpl::forward(const DistillBatch& batch) {
     targets = targets.masked_fill(batch.mask.to(targets.device()) == 0, options.ignore_index());
   }
   LossResult r;
-  r.total = functional::hard_label_ce(batch.student.logits, targets, options);
+  std::optional<int64_t> counted;
+  r.total = functional::counted_ce(batch.student.logits, targets, options, counted);
   r.parts["ce"] = r.total.detach();
-  if (targets.defined() && !targets.is_floating_point() && targets.scalar_type() != torch::kBool) {
-    r.count = static_cast<double>((targets != options.ignore_index()).sum().item<int64_t>());
-  }
+  if (counted) r.count = static_cast<double>(*counted);
   return r;
 }
 

@@ -348,13 +348,16 @@ std::pair<Tensor, int64_t> counted_rows(const Tensor& student, const Tensor& row
   return {flat.nonzero().squeeze(1), count};
 }
 
+// `counted` (when given) receives the number of rows the mean is over, so a caller
+// that reports the count reads the one host sync this already made.
 Tensor divergence(const Tensor& student_logits, const Tensor& teacher, const Tensor& indices, const Tensor& row_mask,
-                  const TemperatureKLOptions& options) {
+                  const TemperatureKLOptions& options, int64_t* counted = nullptr) {
   const double T = options.temperature();
   check_options(options, T);
   const int64_t V = student_logits.size(-1);
   const int64_t D = teacher.size(-1);
   const auto [rows, count] = counted_rows(student_logits, row_mask);
+  if (counted != nullptr) *counted = count;
   const Tensor s2 = student_logits.reshape({-1, V});
   const Tensor t2 = teacher.reshape({-1, D});
   const Tensor i2 = indices.defined() ? indices.reshape({-1, D}).to(s2.device(), torch::kLong) : Tensor();
@@ -383,29 +386,17 @@ void check_rank(const Tensor& student_logits, const Tensor& teacher = {}, const 
   check_floating(student_logits, "the student logits");
 }
 
-}  // namespace
-
-namespace functional {
-
-torch::Tensor temperature_kl(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
-                             const TemperatureKLOptions& options) {
-  return temperature_kl(student_logits, teacher_logits, torch::Tensor(), options);
-}
-
-torch::Tensor temperature_kl(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
-                             const torch::Tensor& row_mask, const TemperatureKLOptions& options) {
+void check_full_teacher(const Tensor& student_logits, const Tensor& teacher_logits) {
   ModelOutput s, t;
   s.logits = student_logits;
   t.logits = teacher_logits;
   check_logits_comparable(s, t);  // kModel for missing logits, kShape naming both shapes
   check_rank(student_logits, teacher_logits);
   check_floating(teacher_logits, "the teacher logits");
-  return divergence(student_logits, teacher_logits, torch::Tensor(), row_mask, options);
 }
 
-torch::Tensor temperature_kl_topk(const torch::Tensor& student_logits, const torch::Tensor& teacher_topk_logits,
-                                  const torch::Tensor& teacher_topk_indices, const torch::Tensor& row_mask,
-                                  const TemperatureKLOptions& options) {
+void check_topk_teacher(const Tensor& student_logits, const Tensor& teacher_topk_logits,
+                        const Tensor& teacher_topk_indices) {
   check_rank(student_logits, teacher_topk_logits, "teacher top-k logits");
   if (!teacher_topk_logits.defined() || !teacher_topk_indices.defined()) {
     throw Error(ErrorCategory::kModel,
@@ -442,6 +433,27 @@ torch::Tensor temperature_kl_topk(const torch::Tensor& student_logits, const tor
                               shape_string(teacher_topk_indices), lo, hi, shape_string(student_logits), V - 1));
     }
   }
+}
+
+}  // namespace
+
+namespace functional {
+
+torch::Tensor temperature_kl(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
+                             const TemperatureKLOptions& options) {
+  return temperature_kl(student_logits, teacher_logits, torch::Tensor(), options);
+}
+
+torch::Tensor temperature_kl(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
+                             const torch::Tensor& row_mask, const TemperatureKLOptions& options) {
+  check_full_teacher(student_logits, teacher_logits);
+  return divergence(student_logits, teacher_logits, torch::Tensor(), row_mask, options);
+}
+
+torch::Tensor temperature_kl_topk(const torch::Tensor& student_logits, const torch::Tensor& teacher_topk_logits,
+                                  const torch::Tensor& teacher_topk_indices, const torch::Tensor& row_mask,
+                                  const TemperatureKLOptions& options) {
+  check_topk_teacher(student_logits, teacher_topk_logits, teacher_topk_indices);
   return divergence(student_logits, teacher_topk_logits, teacher_topk_indices, row_mask, options);
 }
 
@@ -525,9 +537,12 @@ LossResult TemperatureKLImpl::forward(const DistillBatch& batch) {
   const auto rows = functional::kl_counted_rows(raw, batch.mask, batch.targets, options.ignore_index());
   const auto zs = options.standardize() ? functional::standardize_logits(raw) : raw;
   LossResult r;
+  int64_t counted = 0;
   if (batch.teacher.logits.defined()) {
     const auto& zt = batch.teacher.logits;
-    r.total = functional::temperature_kl(zs, options.standardize() ? functional::standardize_logits(zt) : zt, rows, o);
+    const auto zt_used = options.standardize() ? functional::standardize_logits(zt) : zt;
+    check_full_teacher(zs, zt_used);
+    r.total = divergence(zs, zt_used, Tensor(), rows, o, &counted);
   } else if (options.standardize()) {
     throw Error(ErrorCategory::kModel,
                 "TemperatureKL with standardize needs the teacher's full logits, but the teacher gives a sparse "
@@ -542,10 +557,11 @@ LossResult TemperatureKLImpl::forward(const DistillBatch& batch) {
                               "logits, or read them from a TeacherCache",
                               mode_name(options.mode())));
     }
-    r.total = functional::temperature_kl_topk(zs, v->second, i->second, rows, o);
+    check_topk_teacher(zs, v->second, i->second);
+    r.total = divergence(zs, v->second, i->second, rows, o, &counted);
   }
   r.parts["kl"] = r.total.detach();
-  r.count = static_cast<double>(rows.sum().item<int64_t>());
+  r.count = static_cast<double>(counted);
   r.parts["kl.temperature"] =
       torch::scalar_tensor(T, torch::TensorOptions().dtype(r.total.scalar_type()).device(r.total.device()));
   return r;

@@ -88,7 +88,7 @@ std::string nonfinite_outputs(const DistillBatch& b, const TeacherSource* teache
 // The step's sums of losses and gradients divided by the items they are over: the global batch's means.
 // Nothing counted (every target ignored): the sums are zero, and stay so.
 void to_means(LossResult& sum, const std::vector<torch::Tensor>& params, double counted) {
-  if (counted <= 0) return;
+  if (counted <= 0 || counted == 1) return;
   torch::NoGradGuard no_grad;
   for (const auto& p : params) {
     if (p.grad().defined()) p.mutable_grad().div_(counted);
@@ -534,6 +534,9 @@ LossResult FitRun::forward_backward(StageRun& s, const std::vector<torch::Tensor
   auto& student = trainer_.student_;
   LossResult step_loss;
   double counted = 0;  // the step's items (LossResult::count, else examples) over every micro-batch and rank
+  // One micro-batch on one process: its mean is the step's mean, so it back-propagates as it is and
+  // the gradients skip the rescaling pass.
+  const bool one_mean = micro.size() == 1 && !group_;
   for (size_t m = 0; m < micro.size(); ++m) {
     // Data-parallel: this rank's shard of the micro-batch. A rank whose shard is empty runs one
     // example with weight 0, so that every rank reports the same loss parts.
@@ -571,9 +574,9 @@ LossResult FitRun::forward_backward(StageRun& s, const std::vector<torch::Tensor
       else diagnosis = "NaN or Inf in " + diagnosis;
     }
     // Sums, not means, until every micro-batch of every rank is in: each mean weighs by what it is over.
-    const double count = weight * r.count.value_or(double(idx.numel()));
+    const double count = one_mean ? 1.0 : weight * r.count.value_or(double(idx.numel()));
     if (s.gradient_sync && m + 1 == micro.size()) s.gradient_sync->arm();
-    (r.total * count).backward();
+    (one_mean ? r.total : r.total * count).backward();
     accumulate(step_loss, r, count);
     counted += count;
   }
