@@ -4,8 +4,8 @@
 
 #include "kd/adapters/lora.h"
 #include "kd/adapters/lora_hook.h"
-#include "kd/core/archive_file.h"
-#include "kd/core/atomic_file.h"
+#include "kd/io/archive_file.h"
+#include "kd/io/atomic_file.h"
 #include "kd/core/device.h"
 #include "kd/core/enum_names.h"
 #include "kd/core/error.h"
@@ -73,6 +73,7 @@
 #include "kd/train/console_logger.h"
 #include "kd/train/ema.h"
 #include "kd/train/lr_schedule.h"
+#include "kd/train/metric_names.h"
 #include "kd/train/metrics.h"
 #include "kd/train/metrics_log.h"
 #include "kd/train/tensorboard_logger.h"

@@ -9,8 +9,8 @@
 #include <fmt/ranges.h>
 #include <torch/torch.h>
 
-#include "kd/core/archive_file.h"
-#include "kd/core/atomic_file.h"
+#include "kd/io/archive_file.h"
+#include "kd/io/atomic_file.h"
 #include "kd/core/error.h"
 #include "kd/detail/format.h"
 #include "kd/core/name_matcher.h"

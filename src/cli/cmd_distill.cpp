@@ -11,8 +11,9 @@
 #include "build_info.h"
 #include "commands.h"
 #include "custom_task.h"
-#include "kd/core/atomic_file.h"
+#include "kd/io/atomic_file.h"
 #include "kd/core/script_model.h"
+#include "kd/train/metric_names.h"
 #include "run_context.h"
 #include "run_lock.h"
 #include "stage_config.h"
@@ -602,12 +603,7 @@ json distill_student(const json& resolved, bool resume, bool dry_run) {
 }
 
 
-std::string heading(const std::string& k) {
-  return k == "macro_f1" ? std::string("macro-F1") : k == "bits_per_byte" ? std::string("bits/byte")
-       : k == "token_accuracy" ? std::string("token acc") : k;
-}
-
-bool is_percentage(const std::string& k) { return k == "accuracy" || k == "token_accuracy" || k == "macro_f1"; }
+std::string heading(const std::string& k) { return metric::info(k).heading; }
 
 // The stage table, the test table and the run's one-line verdicts, from a summary written by distill_student.
 void print_report(const json& summary) {
@@ -616,7 +612,8 @@ void print_report(const json& summary) {
   auto cell = [](const std::string& k, const json& v) {
     if (!v.is_number()) return fmt::format("{:>10}", "-");
     const double x = v.get<double>();
-    return k == "accuracy" || k == "token_accuracy" ? fmt::format("{:>9.2f}%", 100 * x) : fmt::format("{:>10.4f}", x);
+    return k == metric::kAccuracy || k == metric::kTokenAccuracy ? fmt::format("{:>9.2f}%", 100 * x)
+                                                                  : fmt::format("{:>10.4f}", x);
   };
   fmt::print("\nStages (validation set, {} examples)\n", summary["validation_examples"].get<int64_t>());
   fmt::print("  {:<12} {:>7} {:>9}", "stage", "steps", "seconds");
@@ -679,7 +676,7 @@ void print_report(const json& summary) {
     for (const auto& c : columns) {
       if (!summary["distillation_gain"].contains(c)) continue;
       const double g = summary["distillation_gain"][c].get<double>();
-      parts.push_back(is_percentage(c) ? fmt::format("{} {:+.2f} points", heading(c), 100 * g)
+      parts.push_back(metric::info(c).share ? fmt::format("{} {:+.2f} points", heading(c), 100 * g)
                                        : fmt::format("{} {:+.4f}", heading(c), g));
     }
     fmt::print("  distillation against the same student alone (same steps, schedule and seed): {}{}\n",

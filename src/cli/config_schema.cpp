@@ -9,6 +9,7 @@
 
 #include "kd/core/error.h"
 #include "kd/losses/registry.h"
+#include "kd/losses/schedule.h"
 #include "config.h"
 #include "config_keys.h"
 #include "stage_config.h"
@@ -100,7 +101,7 @@ json loss_term_schema() {
   const auto types = registry.names();
   const json schedule = {{"type", "object"},
                          {"properties",
-                          {{"schedule", {{"enum", {"linear", "cosine", "constant"}}}},
+                          {{"schedule", {{"enum", kRampKindNames.names()}}},
                            {"start", {{"type", "number"}}},
                            {"end", {{"type", "number"}}}}},
                          {"required", {"schedule", "start", "end"}},

@@ -9,10 +9,11 @@
 #include <zlib.h>
 
 #include "hook_config.h"
-#include "kd/core/archive_file.h"
-#include "kd/core/atomic_file.h"
+#include "kd/io/archive_file.h"
+#include "kd/io/atomic_file.h"
 #include "kd/core/multi_teacher.h"
 #include "kd/core/script_model.h"
+#include "kd/train/metric_names.h"
 #include "kd/train/stop_signal.h"
 #include "stage_config.h"
 #include "weighting_config.h"
@@ -389,11 +390,10 @@ bool self_distillation(const json& config) {
 }
 
 std::vector<std::string> validation_scores(const Task& task) {
-  return task.num_classes() > 0 ? std::vector<std::string>{"accuracy", "macro_f1"}
-                                : std::vector<std::string>{"bits_per_byte", "perplexity", "token_accuracy"};
+  return task.num_classes() > 0 ? metric::classification_scores() : metric::language_model_scores();
 }
 
-bool higher_is_better(const std::string& score) { return score != "bits_per_byte" && score != "perplexity"; }
+bool higher_is_better(const std::string& score) { return metric::info(score).higher_is_better; }
 
 std::pair<std::string, bool> best_metric(const json& config, const Task& task) {
   const auto names = validation_scores(task);

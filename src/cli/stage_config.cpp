@@ -31,8 +31,9 @@ Schedule weight_from_json(const json& w, const std::string& origin, const std::s
     require_non_negative(w.get<double>(), origin, path);
     return Schedule::constant(w.get<double>());
   }
-  const char* expected =
-      "must be a number or {\"schedule\": \"linear\" or \"cosine\", \"start\": number, \"end\": number}";
+  const std::string kinds = fmt::format("\"{}\"", fmt::join(kRampKindNames.names(), "\" or \""));
+  const std::string expected =
+      fmt::format("must be a number or {{\"schedule\": {}, \"start\": number, \"end\": number}}", kinds);
   if (!w.is_object()) config_error(origin, path, fmt::format("{}, got {}", expected, w.dump()));
   for (const auto& [k, v] : w.items()) {
     if (k != "schedule" && k != "start" && k != "end") config_error(origin, path + "." + k, "is not a key of a weight schedule; " + std::string(expected));
@@ -41,21 +42,20 @@ Schedule weight_from_json(const json& w, const std::string& origin, const std::s
       !w.contains("end") || !w["end"].is_number()) {
     config_error(origin, path, fmt::format("{}, got {}", expected, w.dump()));
   }
-  const auto kind = w["schedule"].get<std::string>();
+  const auto kind = kRampKindNames.parse(w["schedule"].get<std::string>());
   const double a = w["start"], b = w["end"];
   require_non_negative(a, origin, path + ".start");
   require_non_negative(b, origin, path + ".end");
-  if (kind == "linear") return Schedule::linear(a, b);
-  if (kind == "cosine") return Schedule::cosine(a, b);
-  if (kind == "constant" && a == b) return Schedule::constant(a);
-  config_error(origin, path + ".schedule", fmt::format("must be \"linear\" or \"cosine\", got {}", w["schedule"].dump()));
+  if (kind) return Schedule::ramp(*kind, a, b);
+  config_error(origin, path + ".schedule", fmt::format("must be {}, got {}", kinds, w["schedule"].dump()));
 }
 
 json weight_to_json(const Schedule& s) {
   switch (s.kind()) {
     case Schedule::Kind::kConstant: return s.start();
-    case Schedule::Kind::kLinear: return {{"schedule", "linear"}, {"start", s.start()}, {"end", s.end()}};
-    case Schedule::Kind::kCosine: return {{"schedule", "cosine"}, {"start", s.start()}, {"end", s.end()}};
+    case Schedule::Kind::kLinear:
+    case Schedule::Kind::kCosine:
+      return {{"schedule", kRampKindNames.name(s.kind())}, {"start", s.start()}, {"end", s.end()}};
     case Schedule::Kind::kStep: break;
   }
   throw Error(ErrorCategory::kConfig, "a step schedule weight cannot be written to a config; use linear or cosine");

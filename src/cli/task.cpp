@@ -11,6 +11,7 @@
 #include "kd/core/error.h"
 #include "kd/data/fashion_mnist.h"
 #include "kd/data/mixing.h"
+#include "kd/train/metric_names.h"
 #include "kd/data/spam_assassin.h"
 #include "kd/models/causal_lm.h"
 #include "kd/models/cnn.h"
@@ -261,12 +262,10 @@ json Scores::to_json() const {
 std::string Scores::to_string() const {
   std::vector<std::string> parts;
   for (const auto& [k, v] : values) {
-    if (k == "accuracy" || k == "token_accuracy") {
-      parts.push_back(fmt::format("{} {:.2f}%", k == "accuracy" ? "accuracy" : "token accuracy", 100 * v));
-    } else if (k == "macro_f1") {
-      parts.push_back(fmt::format("macro-F1 {:.4f}", v));
-    } else if (k == "bits_per_byte") {
-      parts.push_back(fmt::format("bits/byte {:.4f}", v));
+    if (k == metric::kAccuracy || k == metric::kTokenAccuracy) {
+      parts.push_back(fmt::format("{} {:.2f}%", k == metric::kAccuracy ? "accuracy" : "token accuracy", 100 * v));
+    } else if (k == metric::kMacroF1 || k == metric::kBitsPerByte) {
+      parts.push_back(fmt::format("{} {:.4f}", metric::info(k).heading, v));
     } else {
       parts.push_back(fmt::format("{} {:.4f}", k, v));
     }
@@ -296,12 +295,14 @@ Scores Task::evaluate(Model& model, const data::TensorDataset& split, int64_t ec
     std::optional<CalibrationMetrics> calibration;
     if (ece_bins > 0) calibration.emplace(ece_bins);
     const auto m = evaluate_classifier(model, split, num_classes(), 512, calibration ? &*calibration : nullptr);
-    Scores s{{{"accuracy", m.accuracy()}, {"macro_f1", m.macro_f1()}}};
+    Scores s{{{metric::kAccuracy, m.accuracy()}, {metric::kMacroF1, m.macro_f1()}}};
     if (calibration) s.ece = calibration->ece();
     return s;
   }
   const auto m = evaluate_language_model(model, split);
-  return {{{"bits_per_byte", m.bits_per_byte()}, {"perplexity", m.perplexity()}, {"token_accuracy", m.token_accuracy()}}};
+  return {{{metric::kBitsPerByte, m.bits_per_byte()},
+           {metric::kPerplexity, m.perplexity()},
+           {metric::kTokenAccuracy, m.token_accuracy()}}};
 }
 
 const std::vector<std::string>& task_names() {

@@ -5,7 +5,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "kd/core/archive_file.h"
+#include "kd/io/archive_file.h"
 #include "kd/core/error.h"
 
 namespace kd {

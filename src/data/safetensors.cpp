@@ -17,7 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "kd/core/atomic_file.h"
+#include "kd/io/atomic_file.h"
 #include "kd/core/error.h"
 
 // The data buffer is copied byte for byte into LibTorch's tensors, which hold their elements in the

@@ -16,7 +16,7 @@
 #include <torch/torch.h>
 #include <zlib.h>
 
-#include "kd/core/atomic_file.h"
+#include "kd/io/atomic_file.h"
 #include "kd/core/device.h"
 #include "kd/core/error.h"
 #include "kd/dist/process_group.h"

@@ -403,8 +403,7 @@ void add_gradient_losses(LossRegistry& r) {
           o.lambda(Schedule::constant(s.number("lambda")));
         } else {
           const double a = s.number("lambda_start", o.lambda().start()), b = s.number("lambda_end", o.lambda().end());
-          o.lambda(s.choice("lambda_schedule", {"linear", "cosine"}, "linear") == "cosine" ? Schedule::cosine(a, b)
-                                                                                         : Schedule::linear(a, b));
+          o.lambda(Schedule::ramp(s.choice("lambda_schedule", kRampKindNames, Schedule::Kind::kLinear), a, b));
         }
         o.temperature(s.number("temperature", o.temperature()));
         o.input_key(s.string("input_key", o.input_key()));

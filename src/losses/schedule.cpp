@@ -23,6 +23,16 @@ Schedule Schedule::step(double start, double gamma, std::vector<double> mileston
   return s;
 }
 
+Schedule Schedule::ramp(Kind kind, double start, double end) {
+  switch (kind) {
+    case Kind::kConstant: return constant(start);
+    case Kind::kLinear: return linear(start, end);
+    case Kind::kCosine: return cosine(start, end);
+    case Kind::kStep: break;
+  }
+  throw Error(ErrorCategory::kValue, "Schedule::ramp: a step schedule needs milestones; use Schedule::step");
+}
+
 double Schedule::operator()(double progress) const {
   const double p = std::clamp(progress, 0.0, 1.0);
   switch (kind_) {

@@ -13,7 +13,7 @@
 #include <torch/torch.h>
 #include <zlib.h>
 
-#include "kd/core/atomic_file.h"
+#include "kd/io/atomic_file.h"
 #include "kd/core/error.h"
 #include "kd/core/model_output.h"
 

@@ -11,8 +11,8 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include "kd/core/archive_file.h"
-#include "kd/core/atomic_file.h"
+#include "kd/io/archive_file.h"
+#include "kd/io/atomic_file.h"
 #include "kd/detail/file_sync.h"
 #include "kd/core/error.h"
 

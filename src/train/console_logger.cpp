@@ -16,16 +16,20 @@
 #include "kd/detail/format.h"
 #include <torch/torch.h>
 
+#include "kd/train/metric_names.h"
 #include "kd/train/stage.h"
 
 namespace kd {
 
 namespace {
 
-// Metrics in the order a reader looks for them; anything else follows alphabetically.
+// Metrics in the order a reader looks for them (kd::metric::known); anything else follows alphabetically.
 const std::vector<std::string>& preferred_metrics() {
-  static const std::vector<std::string> order = {"accuracy", "macro_f1", "nll", "perplexity", "bits_per_byte",
-                                                 "token_accuracy"};
+  static const std::vector<std::string> order = [] {
+    std::vector<std::string> names;
+    for (const auto& m : metric::known()) names.push_back(m.name);
+    return names;
+  }();
   return order;
 }
 
@@ -199,7 +203,7 @@ void ConsoleLogger::on_fit_end(const TrainSummary& summary) {
 
 void ConsoleLogger::on_eval(const EvalResult& result) {
   std::string metrics;
-  for (const auto& key : {"accuracy", "macro_f1", "nll", "perplexity", "bits_per_byte", "token_accuracy"}) {
+  for (const auto& key : preferred_metrics()) {
     if (auto it = result.metrics.find(key); it != result.metrics.end()) metrics += fmt::format(" {} {:.4f}", key, it->second);
   }
   if (mid_line_) std::fputs("\n", stdout);

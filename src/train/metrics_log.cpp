@@ -14,7 +14,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include "kd/core/atomic_file.h"
+#include "kd/io/atomic_file.h"
 #include "kd/core/error.h"
 #include "kd/train/stage.h"
 

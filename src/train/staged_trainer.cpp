@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "kd/core/error.h"
+#include "kd/train/metric_names.h"
 #include "kd/train/metrics.h"
 #include "fit_run.h"
 
@@ -149,8 +150,8 @@ EvalResult StagedTrainer::evaluate(const data::TensorDataset& dataset, const std
       group->all_reduce_sum(counts);
       metrics = ClassificationMetrics::from_confusion(counts[0]);
     }
-    r.metrics["accuracy"] = metrics.accuracy();
-    r.metrics["macro_f1"] = metrics.macro_f1();
+    r.metrics[metric::kAccuracy] = metrics.accuracy();
+    r.metrics[metric::kMacroF1] = metrics.macro_f1();
     const auto f1 = metrics.per_class_f1();
     for (size_t c = 0; c < f1.size(); ++c) r.metrics[fmt::format("f1.{}", c)] = f1[c];
   } else if (task == EvalTask::kLanguageModel) {
@@ -164,10 +165,10 @@ EvalResult StagedTrainer::evaluate(const data::TensorDataset& dataset, const std
       m.nll_sum = sums[0][1].item<double>();
       m.token_correct = sums[0][2].item<double>();
     }
-    r.metrics["nll"] = m.nll();
-    r.metrics["perplexity"] = m.perplexity();
-    r.metrics["bits_per_byte"] = m.bits_per_byte();
-    r.metrics["token_accuracy"] = m.token_accuracy();
+    r.metrics[metric::kNll] = m.nll();
+    r.metrics[metric::kPerplexity] = m.perplexity();
+    r.metrics[metric::kBitsPerByte] = m.bits_per_byte();
+    r.metrics[metric::kTokenAccuracy] = m.token_accuracy();
   }
   return r;
 }

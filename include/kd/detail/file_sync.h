@@ -1,7 +1,7 @@
 #pragma once
 /// \file
 /// File-system steps behind atomic writes and checkpoint names. Internal: not part of the API (kd/kd.h leaves it
-/// out); users write files with kd::write_atomically (kd/core/atomic_file.h).
+/// out); users write files with kd::write_atomically (kd/io/atomic_file.h).
 
 #include <cstdint>
 #include <string>

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "kd/core/enum_names.h"
+
 namespace kd {
 
 /// A value as a function of progress p ∈ [0, 1] through the current stage.
@@ -25,6 +27,9 @@ class Schedule {
   static Schedule linear(double start, double end) { return Schedule(Kind::kLinear, start, end); }
   static Schedule cosine(double start, double end) { return Schedule(Kind::kCosine, start, end); }
   static Schedule step(double start, double gamma, std::vector<double> milestones);
+  /// linear(start, end) or cosine(start, end) by `kind` (constant: start); kd::Error (kValue) for kStep,
+  /// which needs milestones. Example: `kd::Schedule::ramp(*kd::kRampKindNames.parse("cosine"), 0.8, 0.3)`.
+  static Schedule ramp(Kind kind, double start, double end);
 
   /// The value at `progress` (clamped to [0, 1]).
   double operator()(double progress) const;
@@ -42,5 +47,10 @@ class Schedule {
   double end_;   // for kStep: gamma
   std::vector<double> milestones_;
 };
+
+/// The schedules a config names between two values: a stage weight's {"schedule": ..., "start", "end"},
+/// gradient_matching's "lambda_schedule". (A constant is a plain number there; step needs milestones.)
+inline constexpr EnumNames<Schedule::Kind, 2> kRampKindNames{
+    {{{Schedule::Kind::kLinear, "linear"}, {Schedule::Kind::kCosine, "cosine"}}}};
 
 }  // namespace kd

@@ -9,6 +9,7 @@
 #include "kd/losses/attention_mse.h"
 #include "kd/losses/feature_l2.h"
 #include "kd/losses/gradient_matching.h"
+#include "kd/losses/schedule.h"
 #include "kd/losses/temperature_kl.h"
 #include "kd/losses/weighting/layer_similarity.h"
 #include "kd/losses/weighting/min_norm.h"
@@ -77,6 +78,7 @@ TEST(EnumNames, LibraryTablesRoundTripWithTheConfigNames) {
   expect_round_trip(kd::kGradientDistanceNames);
   expect_round_trip(kd::kMinNormSolverNames);
   expect_round_trip(kd::kLayerWeightNormNames);
+  expect_round_trip(kd::kRampKindNames);
   EXPECT_THAT(kd::kNonFinitePolicyNames.names(), ElementsAre("skip", "lower_lr", "rollback", "stop"));
   EXPECT_EQ(kd::kNonFinitePolicyNames.parse("skip"), kd::NonFinitePolicy::kSkipStep);
   EXPECT_EQ(kd::kOptimizerKindNames.parse("sgd"), kd::OptimizerKind::kSgd);
@@ -92,6 +94,7 @@ TEST(EnumNames, LibraryTablesRoundTripWithTheConfigNames) {
   EXPECT_EQ(kd::kGradientSpaceNames.parse("position_norm"), kd::GradientSpace::kPositionNorm);
   EXPECT_EQ(kd::kMinNormSolverNames.parse("frank_wolfe"), kd::MinNormSolver::kFrankWolfe);
   EXPECT_EQ(kd::kLayerWeightNormNames.parse("sum_to_count"), kd::LayerWeightNorm::kSumToCount);
+  EXPECT_THAT(kd::kRampKindNames.names(), ElementsAre("linear", "cosine"));
 }
 
 }  // namespace

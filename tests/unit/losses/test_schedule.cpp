@@ -87,4 +87,16 @@ TEST(Schedule, StepRejectsMilestonesOutsideTheUnitInterval) {
   }
 }
 
+TEST(Schedule, RampBuildsTheKindItIsGiven) {
+  // ramp(kind, a, b) is the named constructor of that kind: the same values at every progress.
+  const auto cosine = kd::Schedule::ramp(kd::Schedule::Kind::kCosine, 0.8, 0.3);
+  const auto linear = kd::Schedule::ramp(kd::Schedule::Kind::kLinear, 0.8, 0.3);
+  for (double p : kProgress) {
+    EXPECT_DOUBLE_EQ(cosine(p), 0.3 + 0.5 * (0.8 - 0.3) * (1.0 + std::cos(kPi * p))) << p;
+    EXPECT_DOUBLE_EQ(linear(p), 0.8 + (0.3 - 0.8) * p) << p;
+  }
+  EXPECT_EQ(kd::Schedule::ramp(kd::Schedule::Kind::kConstant, 0.5, 9.0).describe(), "constant(0.5)");
+  EXPECT_THROW(kd::Schedule::ramp(kd::Schedule::Kind::kStep, 1.0, 0.1), kd::Error);
+}
+
 }  // namespace

@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 #include <zlib.h>
 
-#include "kd/core/atomic_file.h"
+#include "kd/io/atomic_file.h"
 #include "kd/detail/file_sync.h"
 #include "kd/core/error.h"
 #include "reference.h"

@@ -1,4 +1,4 @@
-#include "kd/core/archive_file.h"
+#include "kd/io/archive_file.h"
 
 #include <zlib.h>
 
@@ -11,7 +11,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
-#include "kd/core/atomic_file.h"
+#include "kd/io/atomic_file.h"
 #include "kd/core/model_output.h"
 
 namespace kd {

@@ -1,4 +1,4 @@
-#include "kd/core/atomic_file.h"
+#include "kd/io/atomic_file.h"
 #include "kd/detail/file_sync.h"
 
 #include <fcntl.h>

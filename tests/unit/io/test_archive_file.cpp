@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "kd/core/archive_file.h"
+#include "kd/io/archive_file.h"
 #include "kd/core/error.h"
 #include "kd/core/script_model.h"
 #include "reference.h"
