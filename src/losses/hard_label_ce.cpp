@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 
 #include "kd/core/error.h"
@@ -40,10 +41,14 @@ torch::Tensor soft_target_ce(const torch::Tensor& logits, const torch::Tensor& t
 
 namespace {
 
-// `counted` receives the number of targets the mean is over (integer targets only), so
-// the loss reports the count this already synchronised for.
-torch::Tensor counted_ce(const torch::Tensor& logits, const torch::Tensor& targets, const HardLabelCEOptions& options,
-                         std::optional<int64_t>& counted) {
+// The mean cross-entropy and, for integer targets, the number of targets it is over (so the loss
+// reports the count this already synchronised for).
+struct CountedCE {
+  torch::Tensor loss;
+  std::optional<int64_t> count;
+};
+
+CountedCE counted_ce(const torch::Tensor& logits, const torch::Tensor& targets, const HardLabelCEOptions& options) {
   check_smoothing(options.label_smoothing());
   if (!targets.defined()) {
     throw Error(ErrorCategory::kValue, "HardLabelCE needs batch.targets (class indices), got none");
@@ -51,7 +56,9 @@ torch::Tensor counted_ce(const torch::Tensor& logits, const torch::Tensor& targe
   if (!logits.defined()) {
     throw Error(ErrorCategory::kModel, "HardLabelCE: the student output has no logits; make the model return logits");
   }
-  if (targets.is_floating_point() && targets.sizes() == logits.sizes()) return soft_target_ce(logits, targets, options);
+  if (targets.is_floating_point() && targets.sizes() == logits.sizes()) {
+    return {soft_target_ce(logits, targets, options), std::nullopt};
+  }
   if (logits.dim() < 2 || logits.sizes().slice(0, logits.dim() - 1) != targets.sizes()) {
     throw Error(ErrorCategory::kShape,
                 fmt::format("HardLabelCE: logits {} and targets {} disagree; targets must have the "
@@ -67,12 +74,17 @@ torch::Tensor counted_ce(const torch::Tensor& logits, const torch::Tensor& targe
   const auto flat_logits = logits.reshape({-1, C});
   const auto flat_targets = targets.reshape({-1}).to(logits.device(), torch::kLong);
   const auto keep = flat_targets != options.ignore_index();
-  const int64_t n_kept = keep.sum().item<int64_t>();
-  counted = n_kept;
-  if (n_kept > 0) {
-    const auto kept = flat_targets.masked_select(keep);
-    const int64_t lo = kept.min().item<int64_t>(), hi = kept.max().item<int64_t>();
-    if (lo < 0 || hi >= C) {
+  int64_t n_kept = 0;
+  if (flat_targets.numel() > 0) {
+    // The count and the kept targets' range in one host sync.
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max(), kMin = std::numeric_limits<int64_t>::min();
+    const auto stats = torch::stack({keep.sum(), flat_targets.masked_fill(~keep, kMax).min(),
+                                     flat_targets.masked_fill(~keep, kMin).max()})
+                           .to(torch::kCPU);
+    const auto* v = stats.data_ptr<int64_t>();
+    n_kept = v[0];
+    const int64_t lo = v[1], hi = v[2];
+    if (n_kept > 0 && (lo < 0 || hi >= C)) {
       throw Error(ErrorCategory::kValue,
                   fmt::format("HardLabelCE: targets {} range over [{}, {}] but the logits {} have classes [0, {}]; "
                               "mark padding with ignore_index ({})",
@@ -92,15 +104,14 @@ torch::Tensor counted_ce(const torch::Tensor& logits, const torch::Tensor& targe
   auto nll = -log_p.gather(1, rows_targets.unsqueeze(1)).squeeze(1);
   const double eps = options.label_smoothing();
   if (eps > 0) nll = (1 - eps) * nll - eps * log_p.mean(-1);
-  return nll.sum() / static_cast<double>(std::max<int64_t>(n_kept, 1));
+  return {nll.sum() / static_cast<double>(std::max<int64_t>(n_kept, 1)), n_kept};
 }
 
 }  // namespace
 
 torch::Tensor hard_label_ce(const torch::Tensor& logits, const torch::Tensor& targets,
                             const HardLabelCEOptions& options) {
-  std::optional<int64_t> counted;
-  return counted_ce(logits, targets, options, counted);
+  return counted_ce(logits, targets, options).loss;
 }
 
 }  // namespace functional
@@ -115,10 +126,10 @@ LossResult HardLabelCEImpl::forward(const DistillBatch& batch) {
     targets = targets.masked_fill(batch.mask.to(targets.device()) == 0, options.ignore_index());
   }
   LossResult r;
-  std::optional<int64_t> counted;
-  r.total = functional::counted_ce(batch.student.logits, targets, options, counted);
+  const auto ce = functional::counted_ce(batch.student.logits, targets, options);
+  r.total = ce.loss;
   r.parts["ce"] = r.total.detach();
-  if (counted) r.count = static_cast<double>(*counted);
+  if (ce.count) r.count = static_cast<double>(*ce.count);
   return r;
 }
 

@@ -435,6 +435,20 @@ void check_topk_teacher(const Tensor& student_logits, const Tensor& teacher_topk
   }
 }
 
+// The divergence against a full or a top-k teacher after its checks: the one path of the functionals
+// and the module. `counted` as in divergence().
+Tensor full_kl(const Tensor& student_logits, const Tensor& teacher_logits, const Tensor& row_mask,
+               const TemperatureKLOptions& options, int64_t* counted = nullptr) {
+  check_full_teacher(student_logits, teacher_logits);
+  return divergence(student_logits, teacher_logits, Tensor(), row_mask, options, counted);
+}
+
+Tensor topk_kl(const Tensor& student_logits, const Tensor& topk_logits, const Tensor& topk_indices,
+               const Tensor& row_mask, const TemperatureKLOptions& options, int64_t* counted = nullptr) {
+  check_topk_teacher(student_logits, topk_logits, topk_indices);
+  return divergence(student_logits, topk_logits, topk_indices, row_mask, options, counted);
+}
+
 }  // namespace
 
 namespace functional {
@@ -446,15 +460,13 @@ torch::Tensor temperature_kl(const torch::Tensor& student_logits, const torch::T
 
 torch::Tensor temperature_kl(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
                              const torch::Tensor& row_mask, const TemperatureKLOptions& options) {
-  check_full_teacher(student_logits, teacher_logits);
-  return divergence(student_logits, teacher_logits, torch::Tensor(), row_mask, options);
+  return full_kl(student_logits, teacher_logits, row_mask, options);
 }
 
 torch::Tensor temperature_kl_topk(const torch::Tensor& student_logits, const torch::Tensor& teacher_topk_logits,
                                   const torch::Tensor& teacher_topk_indices, const torch::Tensor& row_mask,
                                   const TemperatureKLOptions& options) {
-  check_topk_teacher(student_logits, teacher_topk_logits, teacher_topk_indices);
-  return divergence(student_logits, teacher_topk_logits, teacher_topk_indices, row_mask, options);
+  return topk_kl(student_logits, teacher_topk_logits, teacher_topk_indices, row_mask, options);
 }
 
 torch::Tensor standardize_logits(const torch::Tensor& logits, double eps) {
@@ -541,8 +553,7 @@ LossResult TemperatureKLImpl::forward(const DistillBatch& batch) {
   if (batch.teacher.logits.defined()) {
     const auto& zt = batch.teacher.logits;
     const auto zt_used = options.standardize() ? functional::standardize_logits(zt) : zt;
-    check_full_teacher(zs, zt_used);
-    r.total = divergence(zs, zt_used, Tensor(), rows, o, &counted);
+    r.total = full_kl(zs, zt_used, rows, o, &counted);
   } else if (options.standardize()) {
     throw Error(ErrorCategory::kModel,
                 "TemperatureKL with standardize needs the teacher's full logits, but the teacher gives a sparse "
@@ -557,8 +568,7 @@ LossResult TemperatureKLImpl::forward(const DistillBatch& batch) {
                               "logits, or read them from a TeacherCache",
                               mode_name(options.mode())));
     }
-    check_topk_teacher(zs, v->second, i->second);
-    r.total = divergence(zs, v->second, i->second, rows, o, &counted);
+    r.total = topk_kl(zs, v->second, i->second, rows, o, &counted);
   }
   r.parts["kl"] = r.total.detach();
   r.count = static_cast<double>(counted);
