@@ -8,12 +8,12 @@
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
+#include "kd/core/script_model.h"
+#include "kd/io/atomic_file.h"
+#include "kd/train/metric_names.h"
 #include "build_info.h"
 #include "commands.h"
 #include "custom_task.h"
-#include "kd/io/atomic_file.h"
-#include "kd/core/script_model.h"
-#include "kd/train/metric_names.h"
 #include "run_context.h"
 #include "run_lock.h"
 #include "stage_config.h"
@@ -143,19 +143,16 @@ struct FloatBeforeQat : kd::Callback {
 
 // byte_lm: `generate.tokens` bytes after `generate.prompt` from `model` (temperature + top-k, seeded),
 // printable: bytes outside ASCII text shown as '.'.
-std::string sample_text(kd::Model& model, const json& g) {
+std::string sample_text(kd::Model& model, const GenerateConfig& g) {
   auto* lm = dynamic_cast<models::CausalLMImpl*>(&model);
-  if (!lm || g["tokens"].get<int64_t>() == 0) return "";
-  const std::string prompt = g["prompt"].get<std::string>().empty() ? "\n" : g["prompt"].get<std::string>();
-  return models::printable_bytes(lm->generate(models::byte_tokens(prompt).to(lm->embed->weight.device()), g["tokens"],
-                                              models::GenerateOptions()
-                                                  .temperature(g["temperature"])
-                                                  .top_k(g["top_k"])
-                                                  .seed(g["seed"].get<uint64_t>())));
+  if (!lm || g.tokens == 0) return "";
+  const std::string prompt = g.prompt.empty() ? "\n" : g.prompt;
+  return models::printable_bytes(lm->generate(models::byte_tokens(prompt).to(lm->embed->weight.device()), g.tokens,
+                                              models::GenerateOptions().temperature(g.temperature).top_k(g.top_k).seed(g.seed)));
 }
 
 // The teacher outputs the stages read: logits, and the layers their feature / attention terms name.
-data::TeacherCacheOptions cache_options(const json& c, const std::vector<StageSpec>& specs) {
+data::TeacherCacheOptions cache_options(const TeacherCacheConfig& c, const std::vector<StageSpec>& specs) {
   std::set<int64_t> hidden, attention;
   for (const auto& s : specs) {
     for (const auto& l : s.losses()) {
@@ -167,25 +164,26 @@ data::TeacherCacheOptions cache_options(const json& c, const std::vector<StageSp
     }
   }
   return data::TeacherCacheOptions()
-      .top_k(c["top_k"])
-      .dtype(parse_dtype(c["dtype"].get<std::string>()))
+      .top_k(c.top_k)
+      .dtype(c.dtype)
       .hidden_states({hidden.begin(), hidden.end()})
       .attentions({attention.begin(), attention.end()});
 }
 
-json without_stages(json config) {
-  config.erase("stages");
-  return config;
+json without_stages(json document) {
+  document.erase("stages");
+  return document;
 }
 
 // A summary row with, for classifiers, the calibration and (evaluation.fgsm_epsilon > 0) the accuracy under an
 // FGSM attack made against the model itself, clamped to the task's input range.
-json scored_row(const std::string& name, kd::Model& model, const Scores& scores, const Task& task,
-                const data::TensorDataset& test, const json& config) {
+json scored_row(const std::string& name, kd::Model& model, const Scores& scores, const data::TensorDataset& test,
+                const RunConfig& config) {
+  const Task& task = *config.task;
   json row = model_row(name, model, scores);
   if (scores.ece) row["test_ece"] = *scores.ece;
-  if (task.num_classes() == 0 || !config.contains("evaluation")) return row;
-  const double eps = config["evaluation"].value("fgsm_epsilon", 0.0);
+  if (task.num_classes() == 0) return row;
+  const double eps = config.evaluation.fgsm_epsilon;
   if (eps > 0) {
     auto attack = AdversarialOptions().epsilon(eps);
     if (const auto range = task.input_range()) attack.input_min(range->first).input_max(range->second);
@@ -198,20 +196,20 @@ json scored_row(const std::string& name, kd::Model& model, const Scores& scores,
 // Every stage once on the first two training examples, with an untrained teacher and student of the configured
 // shapes (StagedTrainer::check): a layer index or width that does not fit stage 3 stops the run here, before
 // the teacher or any stage trains. Changes no random draw and writes nothing.
-void check_stages_before_training(const RunArgs& a, const json& config, const std::vector<StageSpec>& specs,
-                                  const fs::path& out, const Splits& data, const data::TensorDataset& train,
-                                  const torch::Device& device) {
+void check_stages_before_training(const RunConfig& config, const fs::path& out, const Splits& data,
+                                  const data::TensorDataset& train, const torch::Device& device) {
+  const auto specs = config.specs();
   const GeneratorsKept kept;  // building untrained models draws random numbers the run must not lose
   const bool self_distill = self_distillation(config);
   std::shared_ptr<Model> teacher_model;
   if (!self_distill) {
-    teacher_model = a.task.make_teacher(config);
+    teacher_model = config.task->make_teacher(config);
     teacher_model->to(device);
     teacher_model = ensemble_teacher(config, teacher_model, nullptr, device);
   }
-  auto student = build_student(config, specs, out);
+  auto student = build_student(config, out);
   student.model->to(device);
-  auto options = trainer_options(a);
+  auto options = trainer_options(config);
   options.teacher_cache(nullptr).process_group(nullptr).self_distillation(self_distill && stages_read_teacher(specs));
   kd::StagedTrainer trainer(kd::Student(student.model),
                             stages_read_teacher(specs) && teacher_model
@@ -222,9 +220,10 @@ void check_stages_before_training(const RunArgs& a, const json& config, const st
 }
 
 // The cache keeps one mixture of an ensemble's logits; a term reading each teacher's own cannot use it.
-void refuse_cached_mixture(const json& config, const std::vector<StageSpec>& specs) {
-  if (!config["teacher"]["cache"]["enabled"].get<bool>()) return;
-  for (const auto& s : specs) {
+void refuse_cached_mixture(const RunConfig& config) {
+  if (!config.teacher.cache.enabled) return;
+  for (const auto& stage : config.stages) {
+    const StageSpec& s = stage.spec;
     for (const auto& l : s.losses()) {
       if (LossRegistry::global().needs(l.type()).each_teacher()) {
         throw Error(ErrorCategory::kConfig,
@@ -244,18 +243,18 @@ struct RunTeacher {
   double seconds = 0;  // training the teacher; 0 when loaded
 };
 
-RunTeacher prepare_teacher(const RunArgs& a, const json& config, const Splits& data, const torch::Device& device,
-                           bool resume, bool self_distill) {
+RunTeacher prepare_teacher(const RunConfig& config, const Splits& data, const torch::Device& device, bool resume,
+                           bool self_distill) {
   RunTeacher t;
   if (self_distill) {
     const GeneratorsKept kept;
     t.model = make_student_model(config, false);
     t.model->to(device);
     t.name = "student EMA (self-distillation teacher)";
-    spdlog::info("teacher: the student's own EMA (decay {}), self-distillation", a.trainer.ema_decay());
+    spdlog::info("teacher: the student's own EMA (decay {}), self-distillation", config.train.trainer.ema_decay());
     return t;
   }
-  const auto trained = train_or_load_teacher(a, device, data, t.seconds, resume, config);
+  const auto trained = train_or_load_teacher(config, device, data, t.seconds, resume);
   t.name = trained.name;
   t.model = ensemble_teacher(config, trained.model, &t.name, device);
   if (t.model != trained.model) spdlog::info("teacher: {}", t.name);
@@ -279,11 +278,11 @@ void log_plan(const std::vector<StageSpec>& specs, const StudentSetup& student, 
 
 // byte_lm with a "generate" section: the teacher's and the untrained student's samples, printed and kept for
 // the summary (null otherwise; a self-distillation teacher exists only once trained).
-json samples_before_training(const json& config, bool self_distill, kd::Model& teacher, kd::Model& student) {
+json samples_before_training(const RunConfig& config, bool self_distill, kd::Model& teacher, kd::Model& student) {
   json samples;
-  if (!config.contains("generate") || self_distill) return samples;
-  samples["teacher"] = sample_text(teacher, config["generate"]);
-  samples["student_before"] = sample_text(student, config["generate"]);
+  if (!config.generate || self_distill) return samples;
+  samples["teacher"] = sample_text(teacher, *config.generate);
+  samples["student_before"] = sample_text(student, *config.generate);
   if (!samples["teacher"].get<std::string>().empty()) {
     fmt::print("\nteacher sample:\n{}\n\nstudent sample before training:\n{}\n\n", samples["teacher"].get<std::string>(),
                samples["student_before"].get<std::string>());
@@ -294,15 +293,14 @@ json samples_before_training(const json& config, bool self_distill, kd::Model& t
 // The trainer's options for the student run: checkpoints under OUT/checkpoints, fingerprinted by the config
 // without its stages (so that a resume may change the stages not yet begun) and by the teacher's weights (a
 // teacher.pt replaced under the checkpoints is a different run).
-kd::StagedTrainerOptions student_trainer_options(const RunArgs& a, const json& config, const fs::path& out,
-                                                 const kd::Model& teacher, bool self_distill, bool teacher_in_training) {
-  const std::string fingerprint =
-      self_distill ? fmt::format("{} self-distillation", config_fingerprint(without_stages(config)))
-                   : fmt::format("{} teacher {:08x}", config_fingerprint(without_stages(config)),
-                                 data::module_fingerprint(teacher));
-  return trainer_options(a)
+kd::StagedTrainerOptions student_trainer_options(const RunConfig& config, const fs::path& out, const kd::Model& teacher,
+                                                 bool self_distill, bool teacher_in_training) {
+  const std::string without = config_fingerprint(without_stages(config.document));
+  const std::string fingerprint = self_distill ? fmt::format("{} self-distillation", without)
+                                               : fmt::format("{} teacher {:08x}", without, data::module_fingerprint(teacher));
+  return trainer_options(config)
       .checkpoint_dir((out / "checkpoints").string())
-      .checkpoint_every(a.checkpoint_every)
+      .checkpoint_every(config.train.checkpoint_every)
       .fingerprint(fingerprint)
       .stage_fingerprints(stage_fingerprints(config))
       .self_distillation(self_distill && teacher_in_training);
@@ -310,11 +308,11 @@ kd::StagedTrainerOptions student_trainer_options(const RunArgs& a, const json& c
 
 // teacher.cache: the teacher's outputs over the training set, built into OUT/teacher.cache (or reused when it
 // fits) or read from the path given, which must fit this teacher, data and options.
-void attach_teacher_cache(kd::StagedTrainerOptions& options, const json& config, const std::vector<StageSpec>& specs,
-                          kd::Teacher& teacher, const data::TensorDataset& train, const fs::path& out) {
+void attach_teacher_cache(kd::StagedTrainerOptions& options, const RunConfig& config, kd::Teacher& teacher,
+                          const data::TensorDataset& train, const fs::path& out) {
   const auto t0 = std::chrono::steady_clock::now();
-  const auto copts = cache_options(config["teacher"]["cache"], specs);
-  const std::string given = config["teacher"]["cache"]["path"];
+  const auto copts = cache_options(config.teacher.cache, config.specs());
+  const std::string& given = config.teacher.cache.path;
   const std::string cache_path = given.empty() ? (out / "teacher.cache").string() : given;
   if (given.empty()) {
     // Data-parallel: each rank runs the teacher over its share of the data into the one file.
@@ -342,24 +340,23 @@ struct RunRecords {
 
 // The main rank's outputs: console, OUT/metrics.jsonl (a fresh log unless the run resumes from a checkpoint;
 // MetricsLog cuts what a resumed run does again), TensorBoard, OUT/config.json.
-void add_main_rank_logs(kd::StagedTrainer& trainer, const RunArgs& a, const json& config, const fs::path& out,
-                        bool starts_afresh) {
-  trainer.add_callback(std::make_shared<kd::ConsoleLogger>(a.log_every));
+void add_main_rank_logs(kd::StagedTrainer& trainer, const RunConfig& config, const fs::path& out, bool starts_afresh) {
+  trainer.add_callback(std::make_shared<kd::ConsoleLogger>(config.train.log_every));
   if (starts_afresh) fs::remove(out / "metrics.jsonl");
   trainer.add_callback(std::make_shared<kd::MetricsLog>((out / "metrics.jsonl").string()));
   if (const auto tb = tensorboard_dir(config, "student"); !tb.empty()) {
     trainer.add_callback(std::make_shared<kd::TensorBoardLogger>(tb));
     spdlog::info("TensorBoard: tensorboard --logdir {}", fs::path(tb).parent_path().string());
   }
-  trainer.add_callback(save_text_on_fit_begin(out / "config.json", config.dump(2) + "\n"));
+  trainer.add_callback(save_text_on_fit_begin(out / "config.json", config.document.dump(2) + "\n"));
 }
 
 // OUT/student.best.pt's keeper; evaluations in stages whose hooks change the model's structure are not
 // candidates. Null with train.eval_on_ema (those scores are the EMA's).
-std::shared_ptr<BestStudent> best_student_keeper(const RunArgs& a, const json& config, const fs::path& out,
+std::shared_ptr<BestStudent> best_student_keeper(const RunConfig& config, const fs::path& out,
                                                  const StudentSetup& student, bool resume) {
-  const auto [metric, higher] = best_metric(config, a.task);
-  if (a.trainer.eval_on_ema()) {
+  const auto [metric, higher] = best_metric(config);
+  if (config.train.trainer.eval_on_ema()) {
     spdlog::info("student.best.pt: not kept with train.eval_on_ema (the validation scores are the EMA's)");
     return nullptr;
   }
@@ -373,43 +370,43 @@ std::shared_ptr<BestStudent> best_student_keeper(const RunArgs& a, const json& c
 }
 
 // The float student's test scores at the end of the stage before the first QAT stage, when there is one.
-std::shared_ptr<FloatBeforeQat> float_before_qat_probe(const RunArgs& a, const StudentSetup& student,
+std::shared_ptr<FloatBeforeQat> float_before_qat_probe(const Task& task, const StudentSetup& student,
                                                        const data::TensorDataset& test) {
   for (size_t i = 1; i < student.specs.size() && student.qat_hook; ++i) {
     const auto& h = student.specs[i].hooks();
     if (std::find(h.begin(), h.end(), student.qat_hook) != h.end()) {
-      return std::make_shared<FloatBeforeQat>(student.specs[i - 1].name(), a.task, *student.model, test);
+      return std::make_shared<FloatBeforeQat>(student.specs[i - 1].name(), task, *student.model, test);
     }
   }
   return nullptr;
 }
 
-RunRecords add_callbacks(kd::StagedTrainer& trainer, const RunArgs& a, const json& config, const fs::path& out,
+RunRecords add_callbacks(kd::StagedTrainer& trainer, const RunConfig& config, const fs::path& out,
                          const StudentSetup& student, const data::TensorDataset& test, bool resume, bool starts_afresh) {
   const bool main_rank = is_main_rank();
   RunRecords r;
   r.stages = std::make_shared<StageRecord>(main_rank ? out / "stages.json" : fs::path(), resume);
-  if (main_rank) add_main_rank_logs(trainer, a, config, out, starts_afresh);
+  if (main_rank) add_main_rank_logs(trainer, config, out, starts_afresh);
   trainer.add_callback(r.stages);
   // A reward policy's weights move after each of its stage's evaluations (weighting.policy "reward").
   for (const auto& feedback : student.reward_feedback) trainer.add_callback(feedback);
   if (main_rank) {
-    r.best = best_student_keeper(a, config, out, student, resume);
+    r.best = best_student_keeper(config, out, student, resume);
     if (r.best) trainer.add_callback(r.best);
   }
-  r.float_before_qat = float_before_qat_probe(a, student, test);
+  r.float_before_qat = float_before_qat_probe(*config.task, student, test);
   if (r.float_before_qat) trainer.add_callback(r.float_before_qat);
   return r;
 }
 
 // The custom task's student goes back to the user's PyTorch as OUT/student.ts.pt: a TorchScript student with
 // its parameters trained in place (loadable as it came), a library architecture traced.
-void save_student_torchscript(const RunArgs& a, const json& config, kd::Model& student, const torch::Device& device) {
-  const fs::path ts = fs::path(a.out) / "student.ts.pt";
+void save_student_torchscript(const RunConfig& config, kd::Model& student, const torch::Device& device) {
+  const fs::path ts = fs::path(config.out) / "student.ts.pt";
   if (auto* script = dynamic_cast<ScriptModel*>(&student)) {
     write_atomically(ts.string(), [&](const std::string& tmp) { script->module().save(tmp); });
   } else {
-    export_torchscript(student, a.task.example_input(config).to(device), ts.string());
+    export_torchscript(student, config.task->example_input(config).to(device), ts.string());
   }
   spdlog::info("student: {} (TorchScript, torch.jit.load-able)", ts.string());
 }
@@ -417,15 +414,16 @@ void save_student_torchscript(const RunArgs& a, const json& config, kd::Model& s
 // The int8 file is the deliverable: its accuracy is measured by loading it into a fresh student, beside the
 // float student before QAT and the same trained weights with quantization off (the loss due to int8 alone, free
 // of the extra training the QAT stage gave). Last, because it leaves the student in float.
-void add_int8_report(json& summary, const RunArgs& a, const json& config, const StudentSetup& student,
+void add_int8_report(json& summary, const RunConfig& config, const StudentSetup& student,
                      const FloatBeforeQat* float_before_qat, const data::TensorDataset& test,
                      const torch::Device& device) {
-  const fs::path int8_path = fs::path(a.out) / "student.int8.pt";
+  const Task& task = *config.task;
+  const fs::path int8_path = fs::path(config.out) / "student.int8.pt";
   const auto written = kd::qat::export_int8(*student.model, *student.qat_hook->qat().ptr(), int8_path.string());
   auto fresh = make_student_model(config, /*activation_quant=*/true);
   fresh->to(device);
   kd::qat::load_int8(*fresh, int8_path.string());
-  const auto im = a.task.evaluate(*fresh, test);
+  const auto im = task.evaluate(*fresh, test);
   auto row = model_row(student.name + " (int8 file)", *fresh, im);
   row["file_bytes"] = written.file_bytes;
   summary["models"].push_back(row);
@@ -439,20 +437,20 @@ void add_int8_report(json& summary, const RunArgs& a, const json& config, const 
   const bool before_measured = float_before_qat && float_before_qat->measured;
   int8["float_test_" + headline + "_before_qat"] =
       before_measured ? json(float_before_qat->scores.at(headline)) : json(nullptr);
-  int8["exclude"] = config["qat"]["exclude"];
+  int8["exclude"] = config.hooks.qat.exclude();
   spdlog::info("{} -> {}", written.to_string(), int8_path.string());
   if (before_measured) {
     summary["models"].push_back(
         model_row(student.name + " (float, before QAT)", *student.model, float_before_qat->scores));
   }
   student.qat_hook->qat().ptr()->restore();
-  const auto fm = a.task.evaluate(*student.model, test);
+  const auto fm = task.evaluate(*student.model, test);
   int8["float_test_" + headline + "_same_weights"] = fm.at(headline);
   summary["models"].push_back(model_row(student.name + " (float, QAT weights)", *student.model, fm));
 }
 
 // What the LoRA and pruning hooks did: ranks and trainable share, sparsity per site.
-void add_hook_reports(json& summary, const json& config, const StudentSetup& student) {
+void add_hook_reports(json& summary, const RunConfig& config, const StudentSetup& student) {
   if (const auto& lora = student.lora_hook) {
     const auto& r = lora->stage_report();
     summary["lora"] = {{"rank", lora->lora()->options().rank()},
@@ -469,7 +467,7 @@ void add_hook_reports(json& summary, const json& config, const StudentSetup& stu
       sites.push_back({{"name", s.name}, {"units", s.units}, {"pruned_units", s.pruned_units},
                        {"parameters", s.parameters}, {"zero_parameters", s.zero_parameters}});
     }
-    summary["pruning"] = {{"granularity", config["prune"]["granularity"]},
+    summary["pruning"] = {{"granularity", prune::kGranularityNames.name(config.hooks.prune.granularity())},
                           {"target_sparsity", prune->pruning()->target_sparsity()},
                           {"covered_parameters", r.parameters},
                           {"zero_parameters", r.zero_parameters},
@@ -481,26 +479,27 @@ void add_hook_reports(json& summary, const json& config, const StudentSetup& stu
 
 // After training: OUT/summary.json with the teacher's and the student's test scores, the stage records, the best
 // checkpoint, the int8 file's scores (QAT), the hooks' reports and the samples.
-json write_summary(const RunArgs& a, const json& config, const RunTeacher& teacher, const StudentSetup& student,
+json write_summary(const RunConfig& config, const RunTeacher& teacher, const StudentSetup& student,
                    const RunRecords& records, const Splits& data, const kd::TrainSummary& fit, json samples,
                    bool self_distill, const torch::Device& device) {
+  const Task& task = *config.task;
   const auto& test = data.test;
   // Classifiers: the calibration error from the same pass as the scores.
-  const int64_t ece_bins = config.contains("evaluation") ? config["evaluation"].value("ece_bins", int64_t{0}) : 0;
-  const auto tm = a.task.evaluate(*teacher.model, test, ece_bins);
-  const auto sm = a.task.evaluate(*student.model, test, ece_bins);
+  const int64_t ece_bins = config.evaluation.ece_bins;
+  const auto tm = task.evaluate(*teacher.model, test, ece_bins);
+  const auto sm = task.evaluate(*student.model, test, ece_bins);
   const std::string student_label = student.qat_hook ? student.name + " (fake-quant)" : student.name;
-  json summary = {{"task", a.task.name()},
+  json summary = {{"task", task.name()},
                   {"kd_train", build_info()},
-                  {"models", {scored_row(teacher.name, *teacher.model, tm, a.task, test, config),
-                              scored_row(student_label, *student.model, sm, a.task, test, config)}},
+                  {"models", {scored_row(teacher.name, *teacher.model, tm, test, config),
+                              scored_row(student_label, *student.model, sm, test, config)}},
                   {"teacher_seconds", teacher.seconds},
-                  {"seed", a.seed},
+                  {"seed", config.train.seed},
                   {"test_images", test.size()},
                   {"resumed_from_step", fit.resumed ? json(fit.resumed_from_step) : json(nullptr)},
                   {"self_distillation", self_distill},
                   {"stages", json::array()}};
-  if (student.qat_hook) add_int8_report(summary, a, config, student, records.float_before_qat.get(), test, device);
+  if (student.qat_hook) add_int8_report(summary, config, student, records.float_before_qat.get(), test, device);
   double student_seconds = 0;
   for (const auto& row : records.stages->rows) {
     student_seconds += row["seconds"].get<double>();
@@ -509,97 +508,96 @@ json write_summary(const RunArgs& a, const json& config, const RunTeacher& teach
   summary["student_seconds"] = student_seconds;
   if (records.best && records.best->best.is_object()) summary["best"] = records.best->best;
   const std::string headline = sm.headline();
-  if (a.task.higher_is_better()) {
+  if (task.higher_is_better()) {
     summary["retained_" + headline] = sm.at(headline) / tm.at(headline);
   } else {
     summary[headline + "_gap"] = sm.at(headline) - tm.at(headline);
   }
   add_hook_reports(summary, config, student);
   if (!samples.is_null() && !samples["teacher"].get<std::string>().empty()) {
-    samples["student_after"] = sample_text(*student.model, config["generate"]);
-    samples["generate"] = config["generate"];
+    samples["student_after"] = sample_text(*student.model, *config.generate);
+    const GenerateConfig& g = *config.generate;
+    samples["generate"] = {{"prompt", g.prompt}, {"tokens", g.tokens}, {"temperature", g.temperature},
+                           {"top_k", g.top_k}, {"seed", g.seed}};
     summary["samples"] = samples;
   }
-  summary["task_title"] = a.task.title();
+  summary["task_title"] = task.title();
   summary["validation_examples"] = data.validation.size();
-  summary["out"] = a.out;
+  summary["out"] = config.out;
   summary["headline"] = headline;
-  summary["higher_is_better"] = a.task.higher_is_better();
+  summary["higher_is_better"] = task.higher_is_better();
   summary["scores"] = json::array();
   for (const auto& kv : sm.values) summary["scores"].push_back(kv.first);
-  save_text(fs::path(a.out) / "summary.json", summary.dump(2) + "\n");
+  save_text(fs::path(config.out) / "summary.json", summary.dump(2) + "\n");
   return summary;
 }
 
 // Trains the config's student (the teacher first when it is missing) and writes OUT/student.pt and
 // OUT/summary.json; returns the summary on the main rank, null on the others.
-json distill_student(const json& resolved, bool resume, bool dry_run) {
-  const RunArgs a(resolved);
+json distill_student(const RunConfig& resolved, bool resume, bool dry_run) {
   const bool self_distill = self_distillation(resolved);  // refused here when it cannot work with the rest
-  best_metric(resolved, a.task);  // a misspelt metric stops here, before any training
-  const torch::Device device = set_up_process(a);
-  const fs::path out(a.out);
+  best_metric(resolved);  // a misspelt metric stops here, before any training
+  const torch::Device device = set_up_process(resolved);
+  const Task& task = *resolved.task;
+  const fs::path out(resolved.out);
   // The user's models: the widths of the layers feature terms pair come from one forward pass of each.
   std::optional<Splits> loaded;
-  if (!a.task.trains_teacher()) loaded = load_splits(a, resolved, device);
-  const json config = loaded ? with_feature_dims(resolved, a.task, loaded->train, device) : resolved;
-  const auto specs = stages_from_json(config["stages"], "config");
-  refuse_cached_mixture(config, specs);
+  if (!task.trains_teacher()) loaded = load_splits(resolved, device);
+  const RunConfig config = loaded ? with_feature_dims(resolved, loaded->train, device) : resolved;
+  const auto specs = config.specs();
+  refuse_cached_mixture(config);
   // Hooks that do not fit the student (a LoRA target it lacks) fail now, not after the teacher trained.
   const int64_t student_bytes = [&] {
     const GeneratorsKept kept;
-    return parameter_bytes(*build_student(config, specs, out).model);
+    return parameter_bytes(*build_student(config, out).model);
   }();
   refuse_stale_checkpoints(out / "checkpoints", resume);
-  const Splits data = loaded ? std::move(*loaded) : load_splits(a, config, device);
+  const Splits data = loaded ? std::move(*loaded) : load_splits(config, device);
   // The teacher trains on every label; the student's hard-label terms may see only some (data.student_labels).
-  const double labelled = config["data"].value("student_labels", 1.0);
-  const auto train = labelled < 1 ? data::keep_labels(data.train, labelled, config["data"]["split_seed"].get<uint64_t>())
-                                  : data.train;
-  check_stages_before_training(a, config, specs, out, data, train, device);
+  const double labelled = config.data.student_labels;
+  const auto train = labelled < 1 ? data::keep_labels(data.train, labelled, config.data.split_seed) : data.train;
+  check_stages_before_training(config, out, data, train, device);
   if (dry_run) {
     spdlog::info("dry run: the config, the data ({} / {} / {} examples) and the {} stage(s) check out on {}; nothing "
                  "was trained or written",
-                 data.train.size(), data.validation.size(), data.test.size(), specs.size(), a.out);
+                 data.train.size(), data.validation.size(), data.test.size(), specs.size(), config.out);
     return json{{"dry_run", true}};
   }
   const bool main_rank = is_main_rank();  // the only rank that writes (data-parallel runs)
   if (main_rank) {
     ensure_output_folder(out);
     // Checkpoints hold the student, two AdamW moments and the EMA; keep_last + 1 exist while one is written.
-    require_free_space(out, (4 * (a.trainer.keep_last() + 1) + 2) * student_bytes + (1 << 20),
+    require_free_space(out, (4 * (config.train.trainer.keep_last() + 1) + 2) * student_bytes + (1 << 20),
                        "distilling the student (its checkpoints and student.pt)");
   }
   if (labelled < 1) {
     spdlog::info("student: labels of {} of the {} training examples (data.student_labels {}); the rest are -100",
                  (train.targets != -100).sum().item<int64_t>(), train.size(), labelled);
   }
-  const RunTeacher teacher = prepare_teacher(a, config, data, device, resume, self_distill);
+  const RunTeacher teacher = prepare_teacher(config, data, device, resume, self_distill);
   kd::Teacher live_teacher(teacher.model);  // frozen (eval mode) from here on, samples included
   // Stages of hard labels only train the student alone (a baseline): the teacher is scored, not run.
   const bool teacher_in_training = stages_read_teacher(specs);
-  StudentSetup student = build_student(config, specs, out);
+  StudentSetup student = build_student(config, out);
   student.model->to(device);
   log_plan(specs, student, teacher_in_training);
   json samples = samples_before_training(config, self_distill, *teacher.model, *student.model);
   // Nothing to resume from: a fresh stage record and a fresh log.
   const bool starts_afresh = !resume || first_checkpoint(out / "checkpoints").empty();
   if (main_rank && starts_afresh) fs::remove(out / "stages.json");
-  auto options = student_trainer_options(a, config, out, *teacher.model, self_distill, teacher_in_training);
-  if (config["teacher"]["cache"]["enabled"].get<bool>() && teacher_in_training) {
-    attach_teacher_cache(options, config, specs, live_teacher, train, out);
-  }
+  auto options = student_trainer_options(config, out, *teacher.model, self_distill, teacher_in_training);
+  if (config.teacher.cache.enabled && teacher_in_training) attach_teacher_cache(options, config, live_teacher, train, out);
   kd::StagedTrainer trainer(kd::Student(student.model),
                             teacher_in_training && !self_distill ? std::optional<kd::Teacher>(live_teacher) : std::nullopt,
                             kd::build_stages(student.specs), options);
-  const RunRecords records = add_callbacks(trainer, a, config, out, student, data.test, resume, starts_afresh);
+  const RunRecords records = add_callbacks(trainer, config, out, student, data.test, resume, starts_afresh);
   const auto fit = fit_stoppable(trainer, train, data.validation, resume, "student.pt and summary.json were not written");
   if (fit.resumed) spdlog::info("resumed from step {}", fit.resumed_from_step);
   if (!main_rank) return json();  // rank 0 holds the same student and writes and reports it
   save_module(student.model, out / "student.pt");
   if (self_distill) trainer.ema()->copy_to(*kd::Student(teacher.model));  // the last step's teacher, scored below
-  if (!a.task.trains_teacher()) save_student_torchscript(a, config, *student.model, device);
-  return write_summary(a, config, teacher, student, records, data, fit, std::move(samples), self_distill, device);
+  if (!task.trains_teacher()) save_student_torchscript(config, *student.model, device);
+  return write_summary(config, teacher, student, records, data, fit, std::move(samples), self_distill, device);
 }
 
 
@@ -699,27 +697,26 @@ void print_report(const json& summary) {
 
 }  // namespace
 
-json baseline_config(const json& config) {
-  json b = config;
-  const fs::path out(config["out"].get<std::string>());
-  b["out"] = (out / "baseline").string();
-  // The distilled run's teacher: only scored in the baseline's summary, never run while it trains (with
-  // self-distillation there is none: the baseline's summary scores its own student's EMA).
-  if (config["teacher"].contains("path") && !config["teacher"].value("self_distillation", false)) {
-    const std::string given = config["teacher"]["path"];
-    b["teacher"]["path"] = given.empty() ? (out / "teacher.pt").string() : given;
-  }
-  b["teacher"]["cache"]["enabled"] = false;
-  // Its own TensorBoard run beside the distilled one: OUT/baseline/tensorboard, or baseline/ in a given folder.
-  if (const std::string tb = config["train"].value("tensorboard", ""); !tb.empty() && tb != "none") {
-    b["train"]["tensorboard"] = (fs::path(tb) / "baseline").string();
-  }
-  b["train"]["hard_example_mix"] = 0.0;  // mining ranks examples by the teacher
-  for (auto& stage : b["stages"]) {
-    stage["losses"] = json::array({{{"type", "hard_label_ce"}, {"name", "ce"}, {"weight", 1.0}}});
-    stage.erase("weighting");  // one term: nothing to weigh
-  }
-  return b;
+RunConfig baseline_config(const RunConfig& config) {
+  const fs::path out(config.out);
+  return reparsed(config, [&](json& b) {
+    b["out"] = (out / "baseline").string();
+    // The distilled run's teacher: only scored in the baseline's summary, never run while it trains (with
+    // self-distillation there is none: the baseline's summary scores its own student's EMA).
+    if (config.task->trains_teacher() && !config.teacher.self_distillation) {
+      b["teacher"]["path"] = config.teacher.path.empty() ? (out / "teacher.pt").string() : config.teacher.path;
+    }
+    b["teacher"]["cache"]["enabled"] = false;
+    // Its own TensorBoard run beside the distilled one: OUT/baseline/tensorboard, or baseline/ in a given folder.
+    if (const std::string& tb = config.train.tensorboard; !tb.empty() && tb != "none") {
+      b["train"]["tensorboard"] = (fs::path(tb) / "baseline").string();
+    }
+    b["train"]["hard_example_mix"] = 0.0;  // mining ranks examples by the teacher
+    for (auto& stage : b["stages"]) {
+      stage["losses"] = json::array({{{"type", "hard_label_ce"}, {"name", "ce"}, {"weight", 1.0}}});
+      stage.erase("weighting");  // one term: nothing to weigh
+    }
+  });
 }
 
 json distillation_gain(const json& distilled, const json& alone) {
@@ -735,13 +732,13 @@ json distillation_gain(const json& distilled, const json& alone) {
   return gain;
 }
 
-int run_distill(const json& config, bool resume, bool baseline, bool dry_run) {
+int run_distill(const RunConfig& config, bool resume, bool baseline, bool dry_run) {
   if (dry_run) {  // no lock either: a dry run writes nothing, not even the run folder
     distill_student(config, resume, true);
     if (baseline) distill_student(baseline_config(config), resume, true);
     return 0;
   }
-  const auto lock = lock_run_folder(config["out"].get<std::string>());  // OUT/baseline included
+  const auto lock = lock_run_folder(config.out);  // OUT/baseline included
   json summary = distill_student(config, resume, false);
   if (baseline) {
     spdlog::info("baseline: the same student on hard labels alone, with the same stages, steps, schedule and seed");

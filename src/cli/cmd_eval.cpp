@@ -6,10 +6,10 @@
 
 namespace kd::app {
 
-int run_eval(const json& config, const std::string& which, const std::string& model_file, bool as_json) {
-  const RunArgs a(config);
-  const torch::Device device = set_up_process(a);
-  const fs::path out(a.out);
+int run_eval(const RunConfig& config, const std::string& which, const std::string& model_file, bool as_json) {
+  const Task& task = *config.task;
+  const torch::Device device = set_up_process(config);
+  const fs::path out(config.out);
   const fs::path path = model_file.empty() ? out / (which + ".pt") : fs::path(model_file);
   // An int8 file (kd-train distill with a "qat" stage, or kd-train export --format int8) loads through
   // kd::qat::load_int8.
@@ -19,11 +19,11 @@ int run_eval(const json& config, const std::string& which, const std::string& mo
   }
   auto loaded = load_model_file(config, which, path, device);
   if (loaded.int8_report && !as_json) fmt::print("{}\n", *loaded.int8_report);
-  const Splits data = load_splits(a, config, device);
-  const auto m = a.task.evaluate(*loaded.model, data.test);
+  const Splits data = load_splits(config, device);
+  const auto m = task.evaluate(*loaded.model, data.test);
   std::vector<double> f1;
-  if (a.task.num_classes() > 0) {
-    f1 = evaluate_classifier(*loaded.model, data.test, a.task.num_classes()).per_class_f1();
+  if (task.num_classes() > 0) {
+    f1 = evaluate_classifier(*loaded.model, data.test, task.num_classes()).per_class_f1();
   }
   if (as_json) {
     json report = {{"model", loaded.name},

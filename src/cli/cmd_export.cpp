@@ -9,10 +9,10 @@
 #include <spdlog/spdlog.h>
 #include <torch/script.h>
 
-#include "commands.h"
-#include "hook_config.h"
 #include "kd/core/script_export.h"
 #include "kd/prune/compact.h"
+#include "commands.h"
+#include "hook_config.h"
 #include "run_context.h"
 
 namespace kd::app {
@@ -89,9 +89,10 @@ std::pair<fs::path, fs::path> checked_paths(const fs::path& out, const ExportArg
 }
 
 // The model in `from`, in eval mode.
-LoadedModel load_for_export(const json& config, const ExportArgs& e, const fs::path& from, const torch::Device& device) {
+LoadedModel load_for_export(const RunConfig& config, const ExportArgs& e, const fs::path& from,
+                            const torch::Device& device) {
   // A student trained with a QAT stage was saved with its activation quantization points.
-  const bool qat_state = e.which == "student" && !is_int8_file(from) && config_uses_hook(config, "qat");
+  const bool qat_state = e.which == "student" && !is_int8_file(from) && config.uses_hook("qat");
   LoadedModel loaded = [&] {
     if (!qat_state) return load_model_file(config, e.which, from, device);
     LoadedModel m;
@@ -106,9 +107,8 @@ LoadedModel load_for_export(const json& config, const ExportArgs& e, const fs::p
 
 // What every export variant works from.
 struct ExportJob {
-  const json& config;
+  const RunConfig& config;
   const ExportArgs& args;
-  const RunArgs& run;
   torch::Device device;
   fs::path from, to;
   LoadedModel loaded;
@@ -132,7 +132,7 @@ void compact_and_compare(const ExportJob& job) {
   const double diff =
       max_difference(job.loaded.model->forward(job.probe).logits, dense.model->forward(job.probe).logits);
   const fs::path dense_file = job.to.string() + ".dense.tmp";
-  const auto example = job.run.task.example_input(job.config).to(job.device);
+  const auto example = job.config.task->example_input(job.config).to(job.device);
   const auto dense_bytes = export_torchscript(*dense.model, example, dense_file.string(),
                                               ScriptExportOptions().with_layers(job.args.with_layers));
   fs::remove(dense_file);
@@ -147,12 +147,12 @@ void compact_and_compare(const ExportJob& job) {
 
 // Writes the TorchScript file, reads it back and prints how closely it matches the loaded model.
 int write_torchscript(const ExportJob& job) {
-  if (job.args.which == "student" && job.config["student"].value("dynamic_depth", false)) {
+  if (job.args.which == "student" && job.config.student.dynamic_depth) {
     spdlog::warn("the student has dynamic depth; a trace records the depth of one input length ({} tokens: {}), "
                  "so the TorchScript file runs that depth for every input",
-                 job.run.task.example_input(job.config).size(1), "the full length");
+                 job.config.task->example_input(job.config).size(1), "the full length");
   }
-  const auto example = job.run.task.example_input(job.config).to(job.device);
+  const auto example = job.config.task->example_input(job.config).to(job.device);
   const auto bytes = export_torchscript(*job.loaded.model, example, job.to.string(),
                                         ScriptExportOptions().with_layers(job.args.with_layers));
   // Read back as any user would, and compare on test inputs.
@@ -180,12 +180,12 @@ int write_int8(const ExportJob& job) {
   auto student = make_student_model(job.config, /*activation_quant=*/true);
   student->to(job.device);
   copy_state(*job.loaded.model, *student);
-  auto q = qat::prepare(student, qat_options_from_json(job.config["qat"], "config"));
+  auto q = qat::prepare(student, job.config.hooks.qat);
   student->eval();
   q->enable_fake_quant(false);
   q->enable_observers(true);
   const int64_t n = job.data.train.size(), batches = std::max<int64_t>(1, job.args.calibration_batches);
-  const int64_t batch = std::max<int64_t>(1, std::min<int64_t>(job.run.batch_size, n));
+  const int64_t batch = std::max<int64_t>(1, std::min<int64_t>(job.config.train.batch_size, n));
   {
     torch::NoGradGuard no_grad;
     for (int64_t b = 0; b < batches && b * batch < n; ++b) {
@@ -200,8 +200,8 @@ int write_int8(const ExportJob& job) {
   auto fresh = make_student_model(job.config, /*activation_quant=*/true);
   fresh->to(job.device);
   qat::load_int8(*fresh, job.to.string());
-  const auto float_scores = job.run.task.evaluate(*job.loaded.model, job.data.test);
-  const auto int8_scores = job.run.task.evaluate(*fresh, job.data.test);
+  const auto float_scores = job.config.task->evaluate(*job.loaded.model, job.data.test);
+  const auto int8_scores = job.config.task->evaluate(*fresh, job.data.test);
   fmt::print("{} -> {}: {}\n  {}; calibrated on {} training batch(es) of {}\n", job.loaded.name, job.to.string(),
              written.to_string(), q->summary(), std::min(batches, (n + batch - 1) / batch), batch);
   fmt::print("  test ({} examples): float {}\n                       int8 file {}\n", job.data.test.size(),
@@ -211,14 +211,13 @@ int write_int8(const ExportJob& job) {
 
 }  // namespace
 
-int run_export(const json& config, const ExportArgs& e) {
-  const RunArgs a(config);
-  const torch::Device device = set_up_process(a);
-  const auto [from, to] = checked_paths(fs::path(a.out), e);
+int run_export(const RunConfig& config, const ExportArgs& e) {
+  const torch::Device device = set_up_process(config);
+  const auto [from, to] = checked_paths(fs::path(config.out), e);
   LoadedModel loaded = load_for_export(config, e, from, device);
-  Splits data = load_splits(a, config, device);
+  Splits data = load_splits(config, device);
   const auto probe = data.test.inputs.slice(0, 0, std::min<int64_t>(8, data.test.size()));
-  const ExportJob job{config, e, a, device, from, to, std::move(loaded), std::move(data), probe};
+  const ExportJob job{config, e, device, from, to, std::move(loaded), std::move(data), probe};
   if (e.format == "torchscript" && e.compact) compact_and_compare(job);
   if (e.format == "torchscript") return write_torchscript(job);
   return write_int8(job);

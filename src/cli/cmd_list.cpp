@@ -2,9 +2,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "kd/kd.h"
 #include "commands.h"
 #include "config.h"
-#include "kd/kd.h"
 #include "task.h"
 #include "weighting_config.h"
 
@@ -44,7 +44,7 @@ int run_list(const std::map<std::string, std::string>& plugins) {
   fmt::print("\ntasks (\"task\" in a config, or --set task=NAME; each has its own defaults):\n");
   for (const auto& name : task_names()) {
     const auto& d = task_defaults(name);
-    const Task& task = task_of(d);
+    const Task& task = task_named(name);
     if (!task.trains_teacher()) {  // its models are the user's files
       fmt::print("  {:<20} {}: teacher.torchscript -> student.torchscript (TorchScript files, the student trained in "
                  "place and written as OUT/student.ts.pt); data: safetensors files; out {}\n",
@@ -55,8 +55,9 @@ int run_list(const std::map<std::string, std::string>& plugins) {
       continue;
     }
     std::string teacher, student;
-    const auto t = task.make_teacher(d, &teacher);
-    const auto s = task.make_student(d, false, &student);
+    const RunConfig defaults = parse_run_config(d);
+    const auto t = task.make_teacher(defaults, &teacher);
+    const auto s = task.make_student(defaults, false, &student);
     fmt::print("  {:<20} {}: teacher {} ({} parameters) -> student {} ({} parameters); out {}\n", name, task.title(),
                teacher, parameter_count(*t), student, parameter_count(*s), d["out"].get<std::string>());
     fmt::print("  {:<20} data:    {}\n", "", section_keys(d["data"]));

@@ -14,7 +14,6 @@
 #include "kd/models/linear_attention.h"
 #include "kd/prune/pruning.h"
 #include "kd/quant/fake_quantize.h"
-#include "kd/train/recipes.h"
 #include "config_keys.h"
 #include "custom_task.h"
 #include "stage_config.h"
@@ -45,14 +44,11 @@ std::vector<std::string> tasks_with_key(const std::string& path, const std::stri
   return found;
 }
 
+// "an integer", "a string": json_type_name with its article, for messages.
 std::string type_name(const json& v) {
-  if (v.is_boolean()) return "a boolean";
-  if (v.is_number_integer() || v.is_number_unsigned()) return "an integer";
-  if (v.is_number()) return "a number";
-  if (v.is_string()) return "a string";
-  if (v.is_object()) return "an object";
-  if (v.is_array()) return "an array";
-  return "null";
+  const std::string t = json_type_name(v);
+  if (t == "null") return t;
+  return (t == "integer" || t == "object" || t == "array" ? "an " : "a ") + t;
 }
 
 // A JSON number written with a fraction or exponent that is a whole number int64 can hold (2.0, 1e3).
@@ -71,8 +67,9 @@ bool same_type(const json& schema, const json& v) {
   return std::string(schema.type_name()) == v.type_name();
 }
 
+// `choices`: config_choices(task), built once per validated layer.
 void check(const json& schema, const json& value, const std::string& path, const std::string& origin,
-           const std::string& task) {
+           const std::string& task, const std::map<std::string, std::vector<std::string>>& choices) {
   for (const auto& [key, v] : value.items()) {
     const std::string here = path.empty() ? key : path + "." + key;
     if (here == "stages" && schema.contains(key)) {
@@ -108,7 +105,7 @@ void check(const json& schema, const json& value, const std::string& path, const
                     fmt::format("{}: '{}' must be an object with keys {}, got {} ({})", origin, here,
                                 fmt::join(keys, ", "), type_name(v), v.dump()));
       }
-      check(s, v, here, origin, task);
+      check(s, v, here, origin, task, choices);
       continue;
     }
     if (!same_type(s, v)) {
@@ -123,8 +120,7 @@ void check(const json& schema, const json& value, const std::string& path, const
         }
       }
     }
-    const auto allowed_values = config_choices(task);
-    if (auto it = allowed_values.find(here); it != allowed_values.end()) {
+    if (auto it = choices.find(here); it != choices.end()) {
       const auto& allowed = it->second;
       if (std::find(allowed.begin(), allowed.end(), v.get<std::string>()) == allowed.end()) {
         throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}' = {} is not allowed; use one of: {}", origin, here,
@@ -181,50 +177,25 @@ json with_override(json config, const std::string& path, const json& value, cons
 
 }  // namespace
 
-namespace {
-
-// The Fashion-MNIST recipe: also every section the other tasks share (lora, qat, train).
-json fashion_mnist_defaults() {
+json shared_config_defaults() {
   return {
-      {"task", "fashion_mnist"},
-      {"out", "runs/default"},
-      {"data",
-       {{"root", "/usr/share/datasets/fashion-mnist"},
-        {"limit", 0},
-        {"validation_size", 5000},
-        {"split_seed", 0},
-        // student_labels: the fraction of training examples whose labels the student's hard-label terms
-        // see (drawn with split_seed; the others are -100); the teacher always trains on every label.
-        {"student_labels", 1.0}}},
-      // steps > 0 trains the teacher for that many optimizer steps instead of `epochs`.
       // cache.enabled: the teacher runs once over the training set; its logits (all, or the top_k) and the
       // hidden states / attention maps the stages' losses name are read from OUT/teacher.cache afterwards.
-      // path: a teacher state written by `kd-train teacher` to use instead of OUT/teacher.pt ("" = OUT's,
-      // trained there when missing). cache.path: a cache built earlier to read ("" = OUT/teacher.cache, rebuilt
-      // when stale); a given one must match this teacher, data and options.
+      // cache.path: a cache built earlier to read ("" = OUT/teacher.cache, rebuilt when stale); a given one
+      // must match this teacher, data and options.
       {"teacher",
-       {{"epochs", 2},
-        {"steps", 0},
-        {"path", ""},
-        {"cache", {{"enabled", false}, {"top_k", 0}, {"dtype", "float16"}, {"path", ""}}},
+       {{"cache", {{"enabled", false}, {"top_k", 0}, {"dtype", "float16"}, {"path", ""}}},
         // ensemble: more teacher files (this task's teacher.pt states; TorchScript files for "custom") distilled
         // together with the teacher above as one (kd::MultiTeacher): their soft targets mixed with ensemble_weights
         // (empty = equal) at ensemble_temperature (0 = the T of the first temperature_kl, dkd or teacher_mixture_kl
         // term); teacher_mixture_kl learns the weights from the labels instead.
         {"ensemble", json::array()},
         {"ensemble_weights", json::array()},
-        {"ensemble_temperature", 0.0},
-        // self_distillation: no teacher model at all; the stages' teacher is the student's own moving average
-        // (train.ema_decay > 0), run on each batch with the averaged weights (kd::StagedTrainerOptions).
-        {"self_distillation", false}}},
-      // width1/width2 as in DepthwiseCnnStudentOptions; hidden is used by "cnn" (the teacher's architecture) only.
-      {"student", {{"model", "depthwise_cnn"}, {"width1", 16}, {"width2", 32}, {"hidden", 256}}},
-      {"stages", stages_to_json(progressive3())},
-      // After training, beside the test scores: accuracy under an FGSM attack of this L∞ step made against each
-      // model itself (0 = not measured; image tasks), and the expected calibration error over ece_bins bins.
+        {"ensemble_temperature", 0.0}}},
+      // After training, beside the test scores: the expected calibration error over ece_bins bins (classifiers).
       // best_metric: the validation score that picks OUT/student.best.pt ("" = the task's headline: accuracy, or
       // bits per byte for language models).
-      {"evaluation", {{"fgsm_epsilon", 0.0}, {"ece_bins", 15}, {"best_metric", ""}}},
+      {"evaluation", {{"ece_bins", 15}, {"best_metric", ""}}},
       // Used by stages that list "lora" in their "hooks" (see kd::lora::Options, kd::lora::HookOptions).
       {"lora", {{"rank", 8}, {"alpha", 16.0}, {"rslora", false}, {"dropout", 0.0}, {"targets", json::array()},
                 {"merge_at_end", true}}},
@@ -290,130 +261,14 @@ json fashion_mnist_defaults() {
   };
 }
 
-// A transformer's shape in a "teacher" / "student" section (ffn 0 = 4·d_model).
-json transformer_section(int64_t layers, int64_t d_model, int64_t heads) {
-  return {{"layers", layers}, {"d_model", d_model}, {"heads", heads}, {"ffn", 0}, {"dropout", 0.1}};
-}
-
-json teacher_section(int64_t epochs, int64_t steps, json shape) {
-  shape["epochs"] = epochs;
-  shape["steps"] = steps;
-  shape["path"] = "";
-  shape["cache"] = {{"enabled", false}, {"top_k", 0}, {"dtype", "float16"}, {"path", ""}};
-  for (const char* k : {"ensemble", "ensemble_weights", "ensemble_temperature", "self_distillation"}) {
-    shape[k] = fashion_mnist_defaults()["teacher"][k];
-  }
-  return shape;
-}
-
-// spam: a 6-layer byte encoder distilled into 2 layers with the three phases: hidden states of teacher
-// layers 3 and 6 -> student layers 1 and 2 (projected 64 -> 128), attention maps of the same layers
-// (4 teacher heads averaged in pairs onto 2), then soft targets and hard labels.
-json spam_defaults() {
-  json d = fashion_mnist_defaults();
-  d["task"] = "spam";
-  d["out"] = "runs/spam";
-  // root "" = where scripts/setup installs the corpus ($KD_DATA_DIR or ~/.cache/kdistill/spam-assassin).
-  // limit caps every split, eval_limit (when > 0) the validation and test splits; max_len: bytes per mail.
-  d["data"] = {{"root", ""}, {"limit", 0}, {"eval_limit", 0}, {"max_len", 128}, {"split_seed", 0}, {"student_labels", 1.0}};
-  d["evaluation"].erase("fgsm_epsilon");  // FGSM needs images; token ids have no L∞ step
-  d["teacher"] = teacher_section(4, 0, transformer_section(6, 128, 4));
-  // dynamic_depth: a batch whose longest real length is <= depth_thresholds[i] bytes runs depth_layers[i] layers.
-  d["student"] = transformer_section(2, 64, 2);
-  d["student"]["model"] = "transformer";
-  d["student"]["dynamic_depth"] = false;
-  // attention: "softmax", or "linear" (kernel feature map, O(L); attention terms then see its surrogate).
-  d["student"]["attention"] = "softmax";
-  d["student"]["depth_thresholds"] = {64};
-  d["student"]["depth_layers"] = {1};
-  d["stages"] = json::parse(R"([
-    {"name": "features", "epochs": 1,
-     "losses": [{"type": "feature_l2", "name": "feat", "weight": 1.0, "teacher_layers": [2, 5], "student_layers": [0, 1],
-                 "teacher_dims": [128, 128], "student_dims": [64, 64]}]},
-    {"name": "attention", "epochs": 1,
-     "losses": [{"type": "feature_l2", "name": "feat", "weight": 1.0, "teacher_layers": [2, 5], "student_layers": [0, 1],
-                 "teacher_dims": [128, 128], "student_dims": [64, 64]},
-                {"type": "attention_mse", "name": "attn", "weight": 0.5, "teacher_layers": [2, 5], "student_layers": [0, 1]}]},
-    {"name": "logits", "epochs": 3,
-     "losses": [{"type": "feature_l2", "name": "feat", "weight": 1.0, "teacher_layers": [2, 5], "student_layers": [0, 1],
-                 "teacher_dims": [128, 128], "student_dims": [64, 64]},
-                {"type": "attention_mse", "name": "attn", "weight": 0.5, "teacher_layers": [2, 5], "student_layers": [0, 1]},
-                {"type": "temperature_kl", "name": "kl", "weight": 0.8, "temperature": 3.0},
-                {"type": "hard_label_ce", "name": "ce", "weight": 0.2}]}
-  ])");
-  d["lora"]["targets"] = {"q_proj", "v_proj"};
-  d["qat"]["activations"] = false;  // the encoder has no activation quantization points: weights only
-  d["train"]["batch_size"] = 32;
-  d["train"]["lr"] = 5e-4;
-  d["train"]["warmup_steps"] = 50;
-  d["train"]["log_every"] = 50;
-  return d;
-}
-
-// byte_lm: a 4-layer byte LM (d 192) distilled into 2 layers of half the width by per-token KL at T = 1
-// plus the next-byte cross-entropy; "generate" prints samples of both models before and after.
-json byte_lm_defaults() {
-  json d = fashion_mnist_defaults();
-  d["task"] = "byte_lm";
-  d["out"] = "runs/byte_lm";
-  // context: bytes per training window; eval_limit: validation / test windows scored (0 = all).
-  d["data"] = {{"root", ""}, {"limit", 0}, {"eval_limit", 512}, {"context", 128}, {"split_seed", 0}};
-  d["evaluation"] = {{"best_metric", ""}};  // bits per byte, perplexity and token accuracy only
-  d["teacher"] = teacher_section(1, 1000, transformer_section(4, 192, 3));
-  d["student"] = transformer_section(2, 96, 2);
-  d["student"]["model"] = "causal_lm";
-  d["stages"] = json::parse(R"([
-    {"name": "distill", "steps": 1000,
-     "losses": [{"type": "temperature_kl", "name": "kl", "weight": 0.5, "temperature": 1.0},
-                {"type": "hard_label_ce", "name": "ce", "weight": 0.5}]}
-  ])");
-  // Samples printed before and after training: `tokens` bytes after `prompt`, temperature + top-k.
-  d["generate"] = {{"prompt", "Subject: "}, {"tokens", 160}, {"temperature", 0.8}, {"top_k", 20}, {"seed", 0}};
-  d["lora"]["targets"] = {"q_proj", "v_proj"};
-  d["qat"]["activations"] = false;
-  d["train"]["batch_size"] = 16;
-  d["train"]["warmup_steps"] = 100;
-  d["train"]["log_every"] = 100;
-  return d;
-}
-
-// custom: the user's TorchScript teacher and student and safetensors data (custom_task.h); one stage of soft
-// targets (KL at T = 3) and hard labels, which fits any classifier or language model.
-json custom_defaults() {
-  json d = fashion_mnist_defaults();
-  d["task"] = "custom";
-  d["out"] = "runs/custom";
-  // validation / test "" = held out of train (validation_fraction, drawn with split_seed) / the validation split.
-  // num_classes 0 = max(train targets) + 1 for [N] class ids; [N, L] token targets are a language model.
-  d["data"] = {{"train", ""}, {"validation", ""}, {"test", ""}, {"num_classes", 0}, {"validation_fraction", 0.1},
-               {"split_seed", 0}, {"limit", 0}, {"student_labels", 1.0}};
-  d["teacher"] = {{"torchscript", ""},
-                  {"cache", d["teacher"]["cache"]},
-                  {"ensemble", d["teacher"]["ensemble"]},
-                  {"ensemble_weights", d["teacher"]["ensemble_weights"]},
-                  {"ensemble_temperature", d["teacher"]["ensemble_temperature"]}};
-  // torchscript: the student's file; or model: a library architecture sized from the data ("depthwise_cnn" /
-  // "cnn" for images: width1, width2, hidden; "transformer" / "causal_lm" for token ids: layers, d_model, heads,
-  // ffn, dropout, vocab).
-  d["student"] = {{"torchscript", ""}, {"model", ""},   {"width1", 16},  {"width2", 32},    {"hidden", 256}, {"layers", 2},
-                  {"d_model", 64},     {"heads", 2},    {"ffn", 0},      {"dropout", 0.1},  {"vocab", 256}};
-  d["evaluation"].erase("fgsm_epsilon");  // the input range of the user's data is unknown
-  d["stages"] = json::parse(R"([
-    {"name": "distill", "epochs": 3,
-     "losses": [{"type": "temperature_kl", "name": "kl", "weight": 0.8, "temperature": 3.0},
-                {"type": "hard_label_ce", "name": "ce", "weight": 0.2}]}
-  ])");
-  d["train"]["batch_size"] = 64;
-  d["train"]["log_every"] = 50;
-  return d;
-}
+namespace {
 
 void validate_for(const json& config, const std::string& task, const std::string& origin) {
   if (!config.is_object()) {
     throw Error(ErrorCategory::kConfig, fmt::format("{}: the configuration must be a JSON object, got {}", origin,
                                                     type_name(config)));
   }
-  check(task_defaults(task), config, "", origin, task);
+  check(task_defaults(task), config, "", origin, task, config_choices(task));
 }
 
 json parse_layer(const std::string& text, const std::string& origin) {
@@ -432,6 +287,16 @@ json parse_layer(const std::string& text, const std::string& origin) {
 
 }  // namespace
 
+std::string json_type_name(const json& v) {
+  if (v.is_boolean()) return "boolean";
+  if (v.is_number_integer() || v.is_number_unsigned()) return "integer";
+  if (v.is_number()) return "number";
+  if (v.is_string()) return "string";
+  if (v.is_array()) return "array";
+  if (v.is_object()) return "object";
+  return "null";
+}
+
 std::map<std::string, std::vector<std::string>> config_choices(const std::string& task) {
   std::map<std::string, std::vector<std::string>> c = {
       {"task", task_names()},
@@ -446,22 +311,22 @@ std::map<std::string, std::vector<std::string>> config_choices(const std::string
       {"prune.granularity", prune::kGranularityNames.names()},
       {"qat.activation_observer", qat::kObserverNames.names()},
   };
-  c["student.model"] = task == "spam"      ? std::vector<std::string>{"transformer"}
-                       : task == "byte_lm" ? std::vector<std::string>{"causal_lm"}
-                       : task == "custom"  ? std::vector<std::string>{"", "depthwise_cnn", "cnn", "transformer", "causal_lm"}
-                                           : std::vector<std::string>{"depthwise_cnn", "cnn"};
+  c["student.model"] = task_named(task).student_models();
   return c;
 }
 
 const nlohmann::json& task_defaults(const std::string& task) {
-  static const json fashion_mnist = fashion_mnist_defaults(), spam = spam_defaults(), byte_lm = byte_lm_defaults(),
-                    custom = custom_defaults();
-  if (task == "fashion_mnist") return fashion_mnist;
-  if (task == "custom") return custom;
-  if (task == "spam") return spam;
-  if (task == "byte_lm") return byte_lm;
-  throw Error(ErrorCategory::kConfig,
-              fmt::format("'task' = \"{}\" is not a task; use one of: {}", task, fmt::join(task_names(), ", ")));
+  static const std::map<std::string, json> by_task = [] {
+    std::map<std::string, json> m;
+    for (const auto& t : task_names()) m[t] = task_named(t).defaults();
+    return m;
+  }();
+  const auto it = by_task.find(task);
+  if (it == by_task.end()) {
+    throw Error(ErrorCategory::kConfig,
+                fmt::format("'task' = \"{}\" is not a task; use one of: {}", task, fmt::join(task_names(), ", ")));
+  }
+  return it->second;
 }
 
 const nlohmann::json& distill_defaults() { return task_defaults("fashion_mnist"); }

@@ -16,13 +16,23 @@ namespace kd::app {
 /// `config_error("config", "stages[1].weighting.lr", "must be a number in (0, 100], got -1")`.
 [[noreturn]] void config_error(const std::string& origin, const std::string& path, const std::string& problem);
 
+/// The JSON Schema type of a config value: "boolean", "integer", "number", "string", "array", "object" or "null"
+/// (a number written as an integer is "integer", any other "number"; the validator also takes 2.0 for an
+/// integer key, as JSON Schema's "integer" does).
+std::string json_type_name(const nlohmann::json& v);
+
+/// The sections every task's default config shares (teacher cache and ensemble, evaluation, lora, qat, prune,
+/// train); each Task's defaults() adds its own data, teacher, student and stages to them.
+nlohmann::json shared_config_defaults();
+
 /// The default configuration of `kd-train distill` for `task` ("fashion_mnist", "spam", "byte_lm", "custom"; see
 /// task.h); it doubles as that task's schema: every allowed key appears here, with the type its value
-/// must have. kd::Error (kConfig) for an unknown task, naming the ones there are.
+/// must have. Task::defaults() of the task, built once. kd::Error (kConfig) for an unknown task, naming the
+/// ones there are.
 const nlohmann::json& task_defaults(const std::string& task);
 
 /// The string keys of `task`'s config with a fixed set of values, by dotted path, and those values (from
-/// the enums' name tables; "student.model" lists the task's student architectures).
+/// the enums' name tables; "student.model" lists the task's student architectures, Task::student_models).
 std::map<std::string, std::vector<std::string>> config_choices(const std::string& task);
 
 /// task_defaults("fashion_mnist"): what `kd-train distill` runs with no config.

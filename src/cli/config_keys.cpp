@@ -6,10 +6,14 @@ namespace kd::app {
 
 std::string Range::to_string() const { return fmt::format("{}{}, {}]", lo_open ? "(" : "[", lo, hi); }
 
-const std::map<std::string, KeyInfo>& config_keys() {
-  constexpr double kMaxSeed = 9.007199254740992e15;  // 2^53: a seed a JSON number holds exactly
-  constexpr double kMaxSteps = 1099511627776.0;      // 2^40: epochs x steps per epoch cannot overflow
-  static const std::map<std::string, KeyInfo> keys = {
+namespace {
+
+constexpr double kMaxSeed = 9.007199254740992e15;  // 2^53: a seed a JSON number holds exactly
+constexpr double kMaxSteps = 1099511627776.0;      // 2^40: epochs x steps per epoch cannot overflow
+
+// The sections, and what the data and the models are.
+std::map<std::string, KeyInfo> data_and_model_keys() {
+  return {
       {"task", {"the task: its data, teacher and student architectures, metrics and defaults"}},
       {"out", {"the run folder: models, checkpoints, metrics.jsonl, summary.json, TensorBoard events"}},
 
@@ -93,6 +97,12 @@ const std::map<std::string, KeyInfo>& config_keys() {
       {"student.depth_thresholds", {"dynamic depth: the length thresholds in bytes, ascending"}},
       {"student.depth_layers", {"dynamic depth: the blocks run at each threshold"}},
 
+  };
+}
+
+// The stages, what is measured and sampled, and the hooks the stages list.
+std::map<std::string, KeyInfo> stage_and_hook_keys() {
+  return {
       {"stages", {"the stages of distillation, run in order on the student"}},
       {"stages[].name", {"the stage's name in logs, metrics and checkpoints"}},
       {"stages[].epochs", {"epochs of the stage (when steps is 0)", Range{0, 1e6}}},
@@ -153,6 +163,12 @@ const std::map<std::string, KeyInfo>& config_keys() {
       {"prune.end", {"the sparsity at its end (cubic in between)", Range{0, 0.999}}},
       {"prune.update_every", {"recompute the masks every this many steps", Range{1, 1e6}}},
 
+  };
+}
+
+// The train section.
+std::map<std::string, KeyInfo> train_keys() {
+  return {
       {"train.batch_size", {"examples per optimizer step (before accumulation)", Range{1, 65536}}},
       {"train.lr", {"the teacher's learning rate (each stage has its own \"lr\")", Range{0, 10, true}}},
       {"train.weight_decay", {"decoupled weight decay (AdamW) or L2 (SGD)", Range{0, 10}}},
@@ -194,6 +210,16 @@ const std::map<std::string, KeyInfo>& config_keys() {
                             Range{0, 1, true}}},
       {"train.max_consecutive_nonfinite", {"non-finite steps in a row that always stop the run", Range{1, 1e6}}},
   };
+}
+
+}  // namespace
+
+const std::map<std::string, KeyInfo>& config_keys() {
+  static const std::map<std::string, KeyInfo> keys = [] {
+    auto all = data_and_model_keys();
+    for (auto part : {stage_and_hook_keys(), train_keys()}) all.insert(part.begin(), part.end());
+    return all;
+  }();
   return keys;
 }
 

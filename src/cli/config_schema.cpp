@@ -21,17 +21,8 @@ namespace {
 
 using json = nlohmann::json;
 
-// The JSON Schema type of a default value; integers stay integers (the validator takes 2.0 for 2, as
-// JSON Schema's "integer" does).
-std::string schema_type(const json& v) {
-  if (v.is_boolean()) return "boolean";
-  if (v.is_number_integer() || v.is_number_unsigned()) return "integer";
-  if (v.is_number()) return "number";
-  if (v.is_string()) return "string";
-  if (v.is_array()) return "array";
-  if (v.is_object()) return "object";
-  return "null";
-}
+// Allowed values by dotted path (config_choices of one task).
+using Choices = std::map<std::string, std::vector<std::string>>;
 
 const KeyInfo& info_of(const std::string& path) {
   const auto it = config_keys().find(path);
@@ -51,21 +42,21 @@ void add_range(json& s, const std::optional<Range>& r) {
   s["maximum"] = bound(r->hi);
 }
 
-json leaf_schema(const std::string& path, const json& def, const std::map<std::string, std::vector<std::string>>& choices) {
+json leaf_schema(const std::string& path, const json& def, const Choices& choices) {
   const KeyInfo& info = info_of(path);
-  json s = {{"type", schema_type(def)}, {"default", def}, {"description", info.meaning}};
-  if (def.is_array() && !def.empty()) s["items"] = {{"type", schema_type(def.front())}};
+  json s = {{"type", json_type_name(def)}, {"default", def}, {"description", info.meaning}};
+  if (def.is_array() && !def.empty()) s["items"] = {{"type", json_type_name(def.front())}};
   if (const auto c = choices.find(path); c != choices.end()) s["enum"] = c->second;
   add_range(s, info.range);
   return s;
 }
 
 json object_schema(const std::string& path, const json& defaults,
-                   const std::map<std::string, std::vector<std::string>>& choices);
+                   const Choices& choices);
 
 json stage_schema();
 
-json key_schema(const std::string& path, const json& def, const std::map<std::string, std::vector<std::string>>& choices) {
+json key_schema(const std::string& path, const json& def, const Choices& choices) {
   if (path == "stages") {
     return {{"type", "array"}, {"minItems", 1}, {"description", info_of(path).meaning}, {"items", stage_schema()}};
   }
@@ -74,7 +65,7 @@ json key_schema(const std::string& path, const json& def, const std::map<std::st
 }
 
 json object_schema(const std::string& path, const json& defaults,
-                   const std::map<std::string, std::vector<std::string>>& choices) {
+                   const Choices& choices) {
   json properties = json::object();
   for (const auto& [key, def] : defaults.items()) {
     properties[key] = key_schema(path.empty() ? key : path + "." + key, def, choices);
@@ -152,7 +143,7 @@ json stage_schema() {
     } else if (key == "weighting") {
       s = weighting_schema();
     } else {
-      s = {{"type", schema_type(def)}, {"default", def}};
+      s = {{"type", json_type_name(def)}, {"default", def}};
       if (key == "hooks") s["items"] = {{"enum", {"lora", "qat", "prune"}}};
       if (key == "trainable") s["items"] = {{"type", "string"}};
     }
@@ -196,10 +187,12 @@ std::string defaults_cell(const std::vector<std::pair<std::string, json>>& by_ta
   return fmt::format("{}", fmt::join(parts, "; "));
 }
 
-std::string allowed_cell(const std::string& path, const std::vector<std::string>& tasks) {
+// `choices`: config_choices of each task, by task.
+std::string allowed_cell(const std::string& path, const std::vector<std::string>& tasks,
+                         const std::map<std::string, Choices>& choices) {
   std::vector<std::pair<std::vector<std::string>, std::vector<std::string>>> groups;  // (values, tasks)
   for (const auto& task : tasks) {
-    const auto c = config_choices(task);
+    const Choices& c = choices.at(task);
     const auto it = c.find(path);
     if (it == c.end()) continue;
     auto g = std::find_if(groups.begin(), groups.end(), [&](const auto& x) { return x.first == it->second; });
@@ -222,8 +215,8 @@ std::string allowed_cell(const std::string& path, const std::vector<std::string>
 }
 
 std::string type_cell(const json& v) {
-  if (v.is_array() && !v.empty()) return "array of " + schema_type(v.front());
-  return schema_type(v);
+  if (v.is_array() && !v.empty()) return "array of " + json_type_name(v.front());
+  return json_type_name(v);
 }
 
 // Each leaf of a task's defaults by dotted path (objects walked; "stages" kept whole).
@@ -243,8 +236,10 @@ std::string section_of(const std::string& path) {
 std::string key_tables() {
   const auto tasks = task_names();
   std::map<std::string, std::map<std::string, json>> by_task;  // task -> path -> default
+  std::map<std::string, Choices> choices;
   std::vector<std::string> paths;
   for (const auto& t : tasks) {
+    choices[t] = config_choices(t);
     leaves(task_defaults(t), "", by_task[t]);
     for (const auto& [p, _] : by_task[t]) {
       if (std::find(paths.begin(), paths.end(), p) == paths.end()) paths.push_back(p);
@@ -273,7 +268,7 @@ std::string key_tables() {
                                       : p == "task" ? code(json(tasks.front()))
                                                     : defaults_cell(defaults, tasks.size());
     out += fmt::format("| `{}` | {} | {} | {} | {} |\n", p, p == "stages" ? "array" : type_cell(defaults.front().second),
-                       default_value, allowed_cell(p, has), cell(info_of(p).meaning));
+                       default_value, allowed_cell(p, has, choices), cell(info_of(p).meaning));
   }
   return out;
 }
@@ -287,7 +282,7 @@ std::string stage_table() {
     std::string allowed = r ? r->to_string() : "";
     if (key == "loss_lr") allowed += " or -1";
     if (key == "name" || key == "losses") allowed = "required";
-    out += fmt::format("| `{}` | {} | {} | {} | {} |\n", key, schema_type(def), key == "losses" ? "" : code(def),
+    out += fmt::format("| `{}` | {} | {} | {} | {} |\n", key, json_type_name(def), key == "losses" ? "" : code(def),
                        allowed, cell(info_of(path).meaning));
   }
   return out;

@@ -15,9 +15,11 @@
 #include "kd/core/generators_kept.h"
 #include "kd/core/script_model.h"
 #include "kd/data/safetensors.h"
+#include "kd/losses/registry.h"
 #include "kd/models/causal_lm.h"
 #include "kd/models/cnn.h"
 #include "kd/models/transformer_encoder.h"
+#include "config.h"
 
 namespace kd::app {
 namespace {
@@ -131,8 +133,9 @@ void check_classes(const data::TensorDataset& d, int64_t classes, const std::str
   }
 }
 
-std::shared_ptr<ScriptModel> load_script(const json& config, const char* section) {
-  const std::string path = config[section]["torchscript"];
+// `section`: "teacher" or "student", whose torchscript key names the file.
+std::shared_ptr<ScriptModel> load_script(const ModelConfig& config, const char* section) {
+  const std::string& path = config.torchscript;
   if (path.empty()) {
     throw Error(ErrorCategory::kConfig,
                 fmt::format("config: task \"custom\" needs '{}.torchscript': a TorchScript file of the {} "
@@ -148,9 +151,8 @@ struct TrainFacts {
   int64_t max_token_id = -1;  // integer inputs (and [N, L] targets) only
 };
 
-const TrainFacts& train_facts(const json& config) {
+const TrainFacts& train_facts(const std::string& path) {
   static std::map<std::string, TrainFacts> facts;
-  const std::string path = config["data"]["train"];
   std::error_code ec;
   const auto stamp = fs::last_write_time(path, ec).time_since_epoch().count();
   const std::string key = fmt::format("{}|{}|{}", path, ec ? 0 : fs::file_size(path, ec), stamp);
@@ -174,9 +176,38 @@ class CustomTask : public Task {
   int64_t num_classes() const override { return classes_; }
   bool trains_teacher() const override { return false; }
 
-  Splits load_splits(const json& config, const torch::Device& device) const override {
-    const json& d = config["data"];
-    const std::string train_path = d["train"], val_path = d["validation"], test_path = d["test"];
+  // custom: the user's TorchScript teacher and student and safetensors data (custom_task.h); one stage of soft
+  // targets (KL at T = 3) and hard labels, which fits any classifier or language model.
+  json defaults() const override {
+    json d = shared_config_defaults();
+    d["task"] = name();
+    d["out"] = "runs/custom";
+    // validation / test "" = held out of train (validation_fraction, drawn with split_seed) / the validation split.
+    // num_classes 0 = max(train targets) + 1 for [N] class ids; [N, L] token targets are a language model.
+    d["data"] = {{"train", ""}, {"validation", ""}, {"test", ""}, {"num_classes", 0}, {"validation_fraction", 0.1},
+                 {"split_seed", 0}, {"limit", 0}, {"student_labels", 1.0}};
+    d["teacher"]["torchscript"] = "";  // the teacher's file, used as it is
+    // torchscript: the student's file; or model: a library architecture sized from the data ("depthwise_cnn" /
+    // "cnn" for images: width1, width2, hidden; "transformer" / "causal_lm" for token ids: layers, d_model, heads,
+    // ffn, dropout, vocab).
+    d["student"] = {{"torchscript", ""}, {"model", ""},   {"width1", 16},  {"width2", 32},    {"hidden", 256}, {"layers", 2},
+                    {"d_model", 64},     {"heads", 2},    {"ffn", 0},      {"dropout", 0.1},  {"vocab", 256}};
+    d["stages"] = json::parse(R"([
+      {"name": "distill", "epochs": 3,
+       "losses": [{"type": "temperature_kl", "name": "kl", "weight": 0.8, "temperature": 3.0},
+                  {"type": "hard_label_ce", "name": "ce", "weight": 0.2}]}
+    ])");
+    d["train"]["batch_size"] = 64;
+    d["train"]["log_every"] = 50;
+    return d;
+  }
+  std::vector<std::string> student_models() const override {
+    return {"", "depthwise_cnn", "cnn", "transformer", "causal_lm"};
+  }
+
+  Splits load_splits(const RunConfig& config, const torch::Device& device) const override {
+    const DataConfig& d = config.data;
+    const std::string &train_path = d.train, &val_path = d.validation, &test_path = d.test;
     if (train_path.empty()) {
       throw Error(ErrorCategory::kConfig,
                   "config: task \"custom\" needs 'data.train': a safetensors file with tensors \"inputs\" and "
@@ -198,9 +229,9 @@ class CustomTask : public Task {
                                 "data.validation",
                                 train_path, n));
       }
-      const double fraction = d["validation_fraction"];
+      const double fraction = d.validation_fraction;
       const auto held = static_cast<size_t>(std::clamp<int64_t>(std::llround(fraction * n), 1, n - 1));
-      const auto order = data::permutation(n, d["split_seed"].get<uint64_t>());
+      const auto order = data::permutation(n, d.split_seed);
       s.validation = part(s.train, order, 0, held);
       s.train = part(s.train, order, held, order.size());
     }
@@ -214,7 +245,7 @@ class CustomTask : public Task {
     spdlog::info("custom data: {} train ({}), {} validation ({}), {} test ({}) examples; inputs {} [N, {}]; {}; "
                  "device {}; {} threads",
                  s.train.size(), train_path, s.validation.size(),
-                 val_path.empty() ? fmt::format("held out of data.train, fraction {}", d["validation_fraction"].get<double>())
+                 val_path.empty() ? fmt::format("held out of data.train, fraction {}", d.validation_fraction)
                                   : val_path,
                  s.test.size(), test_path.empty() ? "the validation split: no data.test" : test_path,
                  torch::toString(s.train.inputs.scalar_type()),
@@ -224,15 +255,14 @@ class CustomTask : public Task {
     return capped(std::move(s), d, device);
   }
 
-  std::shared_ptr<Model> make_teacher(const json& config, std::string* name) const override {
-    auto m = load_script(config, "teacher");
+  std::shared_ptr<Model> make_teacher(const RunConfig& config, std::string* name) const override {
+    auto m = load_script(config.teacher.shape, "teacher");
     if (name) *name = fmt::format("TorchScript {}", fs::path(m->source()).filename().string());
     return m;
   }
 
-  std::shared_ptr<Model> make_student(const json& config, bool activation_quant, std::string* name) const override {
-    const json& sc = config["student"];
-    const std::string model = sc["model"], file = sc["torchscript"];
+  std::shared_ptr<Model> make_student(const RunConfig& config, bool activation_quant, std::string* name) const override {
+    const std::string &model = config.student.model, &file = config.student.torchscript;
     if (!model.empty() && !file.empty()) {
       throw Error(ErrorCategory::kConfig,
                   fmt::format("config: 'student.model' = \"{}\" and 'student.torchscript' = \"{}\" both name the "
@@ -240,7 +270,7 @@ class CustomTask : public Task {
                               model, file));
     }
     if (!model.empty()) return built_in_student(config, activation_quant, name);
-    auto m = load_script(config, "student");
+    auto m = load_script(config.student, "student");
     // Its parameters are what training changes, whatever requires_grad the file was saved with.
     for (auto& p : m->parameters()) p.set_requires_grad(true);
     if (name) *name = fmt::format("TorchScript {}", fs::path(m->source()).filename().string());
@@ -248,9 +278,9 @@ class CustomTask : public Task {
   }
 
   // student.model: a library architecture sized from the training inputs and the task's classes.
-  std::shared_ptr<Model> built_in_student(const json& config, bool activation_quant, std::string* name) const {
-    const json& sc = config["student"];
-    const std::string model = sc["model"];
+  std::shared_ptr<Model> built_in_student(const RunConfig& config, bool activation_quant, std::string* name) const {
+    const ModelConfig& sc = config.student;
+    const std::string& model = sc.model;
     const auto x = example_input(config);  // [1, ...] of the training inputs
     auto shape = fmt::format("[N, {}]", fmt::join(std::vector<int64_t>(x.sizes().begin() + 1, x.sizes().end()), ", "));
     auto refuse = [&](const std::string& why) {
@@ -265,19 +295,18 @@ class CustomTask : public Task {
         if (x.dim() != 4 || !x.is_floating_point() || x.size(2) != x.size(3) || x.size(2) % 4 != 0 || classes_ <= 0) {
           throw refuse("takes images [N, C, S, S] (S divisible by 4) with class targets");
         }
-        if (name) *name = fmt::format("{}({}/{})", model == "cnn" ? "Cnn" : "DepthwiseCnnStudent", sc["width1"].get<int64_t>(),
-                                      sc["width2"].get<int64_t>());
+        if (name) *name = fmt::format("{}({}/{})", model == "cnn" ? "Cnn" : "DepthwiseCnnStudent", sc.width1, sc.width2);
         if (model == "cnn") {
           return models::CnnTeacher(models::CnnTeacherOptions().in_channels(x.size(1)).image_size(x.size(2))
-                                        .width1(sc["width1"]).width2(sc["width2"]).hidden(sc["hidden"])
+                                        .width1(sc.width1).width2(sc.width2).hidden(sc.hidden)
                                         .num_classes(classes_).activation_quant(activation_quant)).ptr();
         }
         return models::DepthwiseCnnStudent(models::DepthwiseCnnStudentOptions().in_channels(x.size(1))
-                                               .image_size(x.size(2)).width1(sc["width1"]).width2(sc["width2"])
+                                               .image_size(x.size(2)).width1(sc.width1).width2(sc.width2)
                                                .num_classes(classes_).activation_quant(activation_quant)).ptr();
       }
       if (x.dim() != 2 || x.is_floating_point()) throw refuse("takes token ids [N, L]");
-      const int64_t vocab = sc["vocab"], ids = max_token_id(config) + 1;
+      const int64_t vocab = sc.vocab, ids = max_token_id(config) + 1;
       if (ids > vocab) {
         throw Error(ErrorCategory::kConfig,
                     fmt::format("config: 'student.vocab' = {} is smaller than the data's token ids (up to {} in "
@@ -286,27 +315,27 @@ class CustomTask : public Task {
       }
       if (model == "transformer") {
         if (classes_ <= 0) throw refuse("classifies sequences: it needs [N] class targets");
-        if (name) *name = fmt::format("TransformerEncoder({}x{}, {} heads)", sc["layers"].get<int64_t>(),
-                                      sc["d_model"].get<int64_t>(), sc["heads"].get<int64_t>());
-        return models::TransformerEncoder(models::TransformerEncoderOptions().vocab(sc["vocab"]).layers(sc["layers"])
-                                              .d_model(sc["d_model"]).heads(sc["heads"]).ffn(sc["ffn"])
-                                              .dropout(sc["dropout"]).max_len(x.size(1)).num_classes(classes_)).ptr();
+        if (name) *name = fmt::format("TransformerEncoder({}x{}, {} heads)", sc.layers, sc.d_model, sc.heads);
+        return models::TransformerEncoder(models::TransformerEncoderOptions().vocab(sc.vocab).layers(sc.layers)
+                                              .d_model(sc.d_model).heads(sc.heads).ffn(sc.ffn)
+                                              .dropout(sc.dropout).max_len(x.size(1)).num_classes(classes_)).ptr();
       }
       if (classes_ > 0) throw refuse("predicts the next token: it needs [N, L] token targets");
-      if (name) *name = fmt::format("CausalLM({}x{}, {} heads)", sc["layers"].get<int64_t>(), sc["d_model"].get<int64_t>(),
-                                    sc["heads"].get<int64_t>());
-      return models::CausalLM(models::CausalLMOptions().vocab(sc["vocab"]).layers(sc["layers"]).d_model(sc["d_model"])
-                                  .heads(sc["heads"]).ffn(sc["ffn"]).dropout(sc["dropout"]).max_len(x.size(1))).ptr();
+      if (name) *name = fmt::format("CausalLM({}x{}, {} heads)", sc.layers, sc.d_model, sc.heads);
+      return models::CausalLM(models::CausalLMOptions().vocab(sc.vocab).layers(sc.layers).d_model(sc.d_model)
+                                  .heads(sc.heads).ffn(sc.ffn).dropout(sc.dropout).max_len(x.size(1))).ptr();
     } catch (const Error& e) {
       if (e.category() == ErrorCategory::kConfig) throw;
       throw Error(ErrorCategory::kConfig, fmt::format("config: 'student': {}", e.message()));
     }
   }
 
-  torch::Tensor example_input(const json& config) const override { return train_facts(config).first_input; }
+  torch::Tensor example_input(const RunConfig& config) const override {
+    return train_facts(config.data.train).first_input;
+  }
 
   // The largest token id of the training inputs and (token) targets.
-  static int64_t max_token_id(const json& config) { return train_facts(config).max_token_id; }
+  static int64_t max_token_id(const RunConfig& config) { return train_facts(config.data.train).max_token_id; }
   int64_t pad_token() const override { return -1; }
 
  protected:
@@ -316,14 +345,23 @@ class CustomTask : public Task {
   int64_t classes_;
 };
 
+// Whether a registered loss learns a projection between paired layers of different widths, given as its
+// teacher_dims / student_dims keys (feature_l2, or a plugin loss with the same keys).
+bool projects_widths(const std::string& type) {
+  const auto& registry = LossRegistry::global();
+  if (!registry.contains(type)) return false;
+  const auto& keys = registry.keys(type);
+  auto has = [&](const char* key) { return std::find(keys.begin(), keys.end(), key) != keys.end(); };
+  return has("teacher_dims") && has("student_dims");
+}
+
 // A hidden state's feature width: channels of [N, C, H, W], the last dimension otherwise.
 int64_t feature_width(const torch::Tensor& t) { return t.dim() == 4 ? t.size(1) : t.size(-1); }
 
 }  // namespace
 
-const Task& custom_task(const json& config) {
+const Task& custom_task(int64_t classes) {
   static std::map<int64_t, std::unique_ptr<CustomTask>> by_classes;
-  const int64_t classes = config.contains("data") ? config["data"].value("num_classes", int64_t{0}) : 0;
   auto& task = by_classes[classes];
   if (!task) task = std::make_unique<CustomTask>(classes);
   return *task;
@@ -350,11 +388,12 @@ json with_custom_classes(json config) {
   return config;
 }
 
-json with_feature_dims(json config, const Task& task, const data::TensorDataset& train, const torch::Device& device) {
+RunConfig with_feature_dims(const RunConfig& config, const data::TensorDataset& train, const torch::Device& device) {
+  json document = config.document;
   std::vector<json*> terms;
-  for (auto& stage : config["stages"]) {
+  for (auto& stage : document["stages"]) {
     for (auto& loss : stage["losses"]) {
-      if (loss.value("type", "") == "feature_l2" && !loss.contains("teacher_dims") && !loss.contains("student_dims") &&
+      if (projects_widths(loss.value("type", "")) && !loss.contains("teacher_dims") && !loss.contains("student_dims") &&
           loss.contains("teacher_layers") && loss.contains("student_layers")) {
         terms.push_back(&loss);
       }
@@ -363,8 +402,8 @@ json with_feature_dims(json config, const Task& task, const data::TensorDataset&
   if (terms.empty()) return config;
   const GeneratorsKept kept;
   const torch::NoGradGuard no_grad;
-  auto teacher = task.make_teacher(config);
-  auto student = task.make_student(config, false);
+  auto teacher = config.task->make_teacher(config);
+  auto student = config.task->make_student(config, false);
   teacher->to(device);
   student->to(device);
   const EvalModeGuard teacher_eval(*teacher), student_eval(*student);
@@ -393,11 +432,12 @@ json with_feature_dims(json config, const Task& task, const data::TensorDataset&
     if (!differ) continue;
     (*term)["teacher_dims"] = td;
     (*term)["student_dims"] = sd;
-    spdlog::info("feature_l2 '{}': teacher widths [{}], student widths [{}] (from one forward pass): a learned "
+    spdlog::info("{} '{}': teacher widths [{}], student widths [{}] (from one forward pass): a learned "
                  "projection per pair",
-                 term->value("name", std::string("feature_l2")), fmt::join(td, ", "), fmt::join(sd, ", "));
+                 (*term)["type"].get<std::string>(), term->value("name", (*term)["type"].get<std::string>()),
+                 fmt::join(td, ", "), fmt::join(sd, ", "));
   }
-  return config;
+  return parse_run_config(document);
 }
 
 }  // namespace kd::app

@@ -21,19 +21,20 @@
 
 namespace kd::app {
 
-/// The custom task for a resolved config (its data.num_classes decides the metrics).
-const Task& custom_task(const nlohmann::json& config);
+/// The custom task with `classes` classes (a config's data.num_classes, which decides the metrics; 0 = a
+/// language model).
+const Task& custom_task(int64_t classes);
 
 /// `config` with data.num_classes filled in when it is 0: max(targets) + 1 of data.train's [N] integer targets,
 /// left 0 for [N, L] token targets (a language model). kd::Error naming the file and the fix when data.train is
 /// not given, missing or not a usable safetensors file.
 nlohmann::json with_custom_classes(nlohmann::json config);
 
-/// `config` with "teacher_dims" / "student_dims" filled in for every feature_l2 term that gives neither, when
+/// `config` with "teacher_dims" / "student_dims" filled in for every term that gives neither and whose loss takes
+/// both (feature_l2: a learned projection between paired layers), when
 /// the paired layers differ in width: both models run once on the first two training examples (a model's
 /// hidden state [N, C, H, W] has width C, [N, L, D] or [N, D] width D). Terms whose widths agree are left as
 /// they are (no projection).
-nlohmann::json with_feature_dims(nlohmann::json config, const Task& task, const data::TensorDataset& train,
-                                 const torch::Device& device);
+RunConfig with_feature_dims(const RunConfig& config, const data::TensorDataset& train, const torch::Device& device);
 
 }  // namespace kd::app

@@ -3,8 +3,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "config.h"
 #include "kd/core/error.h"
+#include "config.h"
 
 namespace kd::app {
 

@@ -264,10 +264,11 @@ int run_command(int argc, char** argv, CliOptions& o, const Subcommands& s) {
     fmt::print("{}\n", config.dump(2));
     return 0;
   }
-  if (*s.teacher) return kd::app::run_teacher(config, o.resume);
-  if (*s.distill) return kd::app::run_distill(config, o.resume, o.baseline, o.dry_run);
-  if (*s.eval) return kd::app::run_eval(config, o.which, o.model_file, o.eval_json);
-  if (*s.exp) return kd::app::run_export(config, o.export_args);
+  const auto run = kd::app::parse_run_config(config);
+  if (*s.teacher) return kd::app::run_teacher(run, o.resume);
+  if (*s.distill) return kd::app::run_distill(run, o.resume, o.baseline, o.dry_run);
+  if (*s.eval) return kd::app::run_eval(run, o.which, o.model_file, o.eval_json);
+  if (*s.exp) return kd::app::run_export(run, o.export_args);
   return 0;
 }
 

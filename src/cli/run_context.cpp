@@ -6,49 +6,16 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
-#include <zlib.h>
 
-#include "hook_config.h"
-#include "kd/io/archive_file.h"
-#include "kd/io/atomic_file.h"
 #include "kd/core/multi_teacher.h"
 #include "kd/core/script_model.h"
+#include "kd/io/archive_file.h"
+#include "kd/io/atomic_file.h"
 #include "kd/train/metric_names.h"
 #include "kd/train/stop_signal.h"
-#include "stage_config.h"
 #include "weighting_config.h"
 
 namespace kd::app {
-
-RunArgs::RunArgs(const json& c)
-    : task(task_of(c)), out(c["out"]), device(c["train"]["device"]), teacher_path(c["teacher"].value("path", "")),
-      teacher_epochs(c["teacher"].value("epochs", int64_t{0})), teacher_steps(c["teacher"].value("steps", int64_t{0})), batch_size(c["train"]["batch_size"]),
-      threads(c["train"]["threads"]), log_every(c["train"]["log_every"]),
-      checkpoint_every(c["train"]["checkpoint_every"]), seed(c["train"]["seed"]), lr(c["train"]["lr"]),
-      weight_decay(c["train"]["weight_decay"]),
-      precision(kPrecisionNames.at(c["train"]["precision"].get<std::string>(), "train.precision")) {
-  const json& t = c["train"];
-  trainer.optimizer(kOptimizerKindNames.at(t["optimizer"].get<std::string>(), "train.optimizer"))
-      .momentum(t["momentum"])
-      .nesterov(t["nesterov"])
-      .accumulation(t["accumulation"])
-      .clip_norm(t["clip_norm"])
-      .warmup_steps(t["warmup_steps"])
-      .min_lr_factor(t["min_lr_factor"])
-      .ema_decay(t["ema_decay"])
-      .eval_on_ema(t["eval_on_ema"])
-      .keep_last(t["keep_last"])
-      .hard_example_mix(t["hard_example_mix"])
-      .hardness(kHardnessNames.at(t["hardness"].get<std::string>(), "train.hardness"))
-      .nonfinite(kNonFinitePolicyNames.at(t["nonfinite"].get<std::string>(), "train.nonfinite"))
-      .lr_backoff(t["lr_backoff"])
-      .max_consecutive_nonfinite(t["max_consecutive_nonfinite"]);
-  trainer.augmentation(task.augmentation(t));
-  auto adversarial =
-      AdversarialOptions().epsilon(t["adversarial_epsilon"]).ratio(t["adversarial_ratio"]).pad_token(task.pad_token());
-  if (const auto range = task.input_range()) adversarial.input_min(range->first).input_max(range->second);
-  trainer.adversarial(adversarial);
-}
 
 void ensure_output_folder(const fs::path& out) {
   std::error_code ec;
@@ -92,7 +59,7 @@ std::shared_ptr<dist::ProcessGroup> g_process_group;
 const std::shared_ptr<dist::ProcessGroup>& process_group() { return g_process_group; }
 bool is_main_rank() { return !g_process_group || g_process_group->is_main(); }
 
-torch::Device set_up_process(const RunArgs& a) {
+torch::Device set_up_process(const RunConfig& config) {
   int64_t local_ranks = 1;
   if (dist::environment_has_ranks() && !g_process_group) {
     const auto o = dist::options_from_environment();
@@ -110,15 +77,16 @@ torch::Device set_up_process(const RunArgs& a) {
   }
   // LibTorch's own default here is sometimes 1 thread; use every core (shared among local ranks) unless told otherwise.
   const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
-  torch::set_num_threads(a.threads > 0 ? a.threads : static_cast<int>(std::max<int64_t>(1, cores / local_ranks)));
-  torch::manual_seed(a.seed);
-  auto device = resolve_device(a.device);
+  const int threads = config.train.threads;
+  torch::set_num_threads(threads > 0 ? threads : static_cast<int>(std::max<int64_t>(1, cores / local_ranks)));
+  torch::manual_seed(config.train.seed);
+  auto device = resolve_device(config.train.device);
   if (g_process_group && device.is_cuda()) device = torch::Device(torch::kCUDA, g_process_group->options().local_rank());
   return device;
 }
 
-Splits load_splits(const RunArgs& a, const json& config, const torch::Device& device) {
-  return a.task.load_splits(config, device);
+Splits load_splits(const RunConfig& config, const torch::Device& device) {
+  return config.task->load_splits(config, device);
 }
 
 void save_module(const std::shared_ptr<torch::nn::Module>& module, const fs::path& path) {
@@ -173,15 +141,15 @@ bool is_int8_file(const fs::path& path) {
   return file.size() > 8 && file.compare(file.size() - 8, 8, ".int8.pt") == 0;
 }
 
-LoadedModel load_model_file(const json& config, const std::string& which, const fs::path& path,
+LoadedModel load_model_file(const RunConfig& config, const std::string& which, const fs::path& path,
                             const torch::Device& device) {
-  const Task& task = task_of(config);
+  const Task& task = *config.task;
   const bool int8 = is_int8_file(path);
   LoadedModel m;
   m.model = which == "teacher" ? task.make_teacher(config, &m.name) : task.make_student(config, int8, &m.name);
   m.model->to(device);
   if (which == "teacher" && !task.trains_teacher()) {
-    if (path != fs::path(config["out"].get<std::string>()) / "teacher.pt") {
+    if (path != fs::path(config.out) / "teacher.pt") {
       throw Error(ErrorCategory::kConfig, fmt::format("task \"{}\" reads its teacher from teacher.torchscript; --model "
                                                       "applies to the student only",
                                                       task.name()));
@@ -197,36 +165,22 @@ LoadedModel load_model_file(const json& config, const std::string& which, const 
   return m;
 }
 
-namespace {
-std::string crc_hex(const std::string& text) {
-  return fmt::format("{:08x}", crc32(0L, reinterpret_cast<const Bytef*>(text.data()), static_cast<uInt>(text.size())));
-}
-}  // namespace
-
-std::string config_fingerprint(json config) {
-  config.erase("out");
-  config.erase("evaluation");  // what is measured after training, not how it trains
-  for (const char* k : {"threads", "device", "log_every", "checkpoint_every", "keep_last", "tensorboard"}) {
-    if (config.contains("train")) config["train"].erase(k);
-  }
-  return crc_hex(config.dump());
-}
-
-std::vector<std::string> stage_fingerprints(const json& config) {
+std::vector<std::string> stage_fingerprints(const RunConfig& config) {
   std::vector<std::string> fingerprints;
-  for (const auto& stage : config.at("stages")) fingerprints.push_back(crc_hex(stage.dump()));
+  for (const auto& stage : config.stages) fingerprints.push_back(stage.fingerprint);
   return fingerprints;
 }
 
-StagedTrainerOptions trainer_options(const RunArgs& a) {
-  return StagedTrainerOptions(a.trainer)
+StagedTrainerOptions trainer_options(const RunConfig& config) {
+  const TrainConfig& t = config.train;
+  return StagedTrainerOptions(t.trainer)
       .process_group(g_process_group)
-      .batch_size(a.batch_size)
-      .weight_decay(a.weight_decay)
-      .seed(a.seed)
-      .precision(a.precision)
-      .num_classes(a.task.num_classes())
-      .eval_task(a.task.eval_task());
+      .batch_size(t.batch_size)
+      .weight_decay(t.weight_decay)
+      .seed(t.seed)
+      .precision(t.precision)
+      .num_classes(config.task->num_classes())
+      .eval_task(config.task->eval_task());
 }
 
 json model_row(const std::string& name, const torch::nn::Module& m, const Scores& test) {
@@ -284,21 +238,22 @@ std::shared_ptr<Callback> save_text_on_fit_begin(const fs::path& path, const std
   return cb;
 }
 
-TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device, const Splits& data,
-                                   double& seconds, bool resume, const json& config) {
-  const fs::path out(a.out);
+TeacherModel train_or_load_teacher(const RunConfig& config, const torch::Device& device, const Splits& data,
+                                   double& seconds, bool resume) {
+  const fs::path out(config.out);
+  const TeacherConfig& tc = config.teacher;
   TeacherModel t;
-  t.model = a.task.make_teacher(config, &t.name);
+  t.model = config.task->make_teacher(config, &t.name);
   auto& teacher = t.model;
   teacher->to(device);
-  if (!a.task.trains_teacher()) {  // the user's file, used as it is
+  if (!config.task->trains_teacher()) {  // the user's file, used as it is
     spdlog::info("teacher: {} ({} parameters)", t.name, parameter_count(*teacher));
     seconds = 0;
     return t;
   }
-  const fs::path path = a.teacher_path.empty() ? out / "teacher.pt" : fs::path(a.teacher_path);
+  const fs::path path = tc.path.empty() ? out / "teacher.pt" : fs::path(tc.path);
   const auto t0 = std::chrono::steady_clock::now();
-  if (!a.teacher_path.empty() && !fs::exists(path)) {
+  if (!tc.path.empty() && !fs::exists(path)) {
     throw Error(ErrorCategory::kFile,
                 fmt::format("teacher.path '{}' does not exist; train one with `kd-train teacher --out DIR` (it writes "
                             "DIR/teacher.pt), or leave teacher.path empty to train the teacher into {}",
@@ -307,40 +262,39 @@ TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device
   if (fs::exists(path)) {
     load_module(*teacher, path, device, "teacher");
     spdlog::info("teacher: loaded {} ({}){}", path.string(), t.name,
-                 a.teacher_path.empty() ? " (delete it to train a new one)" : "");
+                 tc.path.empty() ? " (delete it to train a new one)" : "");
   } else {
     // Checkpoints (weights, two AdamW moments, EMA) for keep_last + 1 files at once, and the teacher file.
-    require_free_space(out, (4 * (a.trainer.keep_last() + 1) + 1) * parameter_bytes(*teacher) + (1 << 20),
+    require_free_space(out, (4 * (config.train.trainer.keep_last() + 1) + 1) * parameter_bytes(*teacher) + (1 << 20),
                        "training the teacher (its checkpoints and teacher.pt)");
     const fs::path ckpt_dir = out / "teacher_checkpoints";
     refuse_stale_checkpoints(ckpt_dir, resume);
     spdlog::info("teacher: training {} ({} parameters) from scratch for {}", t.name, parameter_count(*teacher),
-                 a.teacher_steps > 0 ? fmt::format("{} steps", a.teacher_steps)
-                                     : fmt::format("{} epoch(s)", a.teacher_epochs));
+                 tc.steps > 0 ? fmt::format("{} steps", tc.steps) : fmt::format("{} epoch(s)", tc.epochs));
     // What decides the teacher: the task, its data, the teacher section and the train section, not the
     // student's stages.
-    const json teacher_part = {
-        {"task", config["task"]}, {"data", config["data"]}, {"teacher", config["teacher"]}, {"train", config["train"]}};
+    const json& doc = config.document;
+    const json teacher_part = {{"task", doc["task"]}, {"data", doc["data"]}, {"teacher", doc["teacher"]}, {"train", doc["train"]}};
     StagedTrainer trainer(Student(teacher), std::nullopt,
                           {Stage("teacher", torch::nn::AnyModule(HardLabelCE()))
-                               .epochs(a.teacher_epochs)
-                               .steps(a.teacher_steps)
-                               .lr(a.lr)},
+                               .epochs(tc.epochs)
+                               .steps(tc.steps)
+                               .lr(config.train.lr)},
                           // Hard-example mining weighs examples by a teacher: the teacher's own training has none.
-                          trainer_options(a)
+                          trainer_options(config)
                               .hard_example_mix(0.0)
                               .checkpoint_dir(ckpt_dir.string())
-                              .checkpoint_every(a.checkpoint_every)
+                              .checkpoint_every(config.train.checkpoint_every)
                               .fingerprint(config_fingerprint(teacher_part)));
     if (is_main_rank()) {
-      trainer.add_callback(std::make_shared<ConsoleLogger>(a.log_every));
+      trainer.add_callback(std::make_shared<ConsoleLogger>(config.train.log_every));
       if (const auto tb = tensorboard_dir(config, "teacher"); !tb.empty()) {
         trainer.add_callback(std::make_shared<TensorBoardLogger>(tb));
       }
       // Nothing to resume from: the lines a killed start-up left are not this run's.
       if (!resume || first_checkpoint(ckpt_dir).empty()) fs::remove(out / "teacher_metrics.jsonl");
       trainer.add_callback(std::make_shared<MetricsLog>((out / "teacher_metrics.jsonl").string()));
-      trainer.add_callback(save_text_on_fit_begin(out / "teacher_config.json", config.dump(2) + "\n"));
+      trainer.add_callback(save_text_on_fit_begin(out / "teacher_config.json", doc.dump(2) + "\n"));
     }
     // Cross-entropy needs logits only: a CNN skips its spatial attention maps while it trains.
     auto* cnn = dynamic_cast<models::CnnTeacherImpl*>(teacher.get());
@@ -358,29 +312,29 @@ TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device
   return t;
 }
 
-bool self_distillation(const json& config) {
-  const json& t = config["teacher"];
-  if (!t.value("self_distillation", false)) return false;
+bool self_distillation(const RunConfig& config) {
+  const TeacherConfig& t = config.teacher;
+  if (!t.self_distillation) return false;
   auto refuse = [](const std::string& why) {
     throw Error(ErrorCategory::kConfig,
                 "config: 'teacher.self_distillation' is true (the student's moving average is its teacher), " + why);
   };
-  if (!(config["train"]["ema_decay"].get<double>() > 0)) {
+  if (!(config.train.trainer.ema_decay() > 0)) {
     refuse("which needs the average: set 'train.ema_decay', e.g. 0.999");
   }
-  if (!t.value("path", "").empty()) refuse("but 'teacher.path' names a teacher file: remove one of the two");
-  if (t.contains("ensemble") && !t["ensemble"].empty()) {
+  if (!t.path.empty()) refuse("but 'teacher.path' names a teacher file: remove one of the two");
+  if (!t.ensemble.empty()) {
     refuse("but 'teacher.ensemble' names teacher files: remove one of the two");
   }
-  if (t["cache"]["enabled"].get<bool>()) {
+  if (t.cache.enabled) {
     refuse("but 'teacher.cache.enabled' is true: a cache holds a fixed teacher's outputs, and this one changes every "
            "step; set it false");
   }
-  if (config["train"]["hard_example_mix"].get<double>() > 0) {
+  if (config.train.trainer.hard_example_mix() > 0) {
     refuse("but 'train.hard_example_mix' ranks examples by a fixed teacher: set it 0");
   }
   for (const char* hook : {"lora", "qat", "prune"}) {
-    if (config_uses_hook(config, hook)) {
+    if (config.uses_hook(hook)) {
       refuse(fmt::format("but a stage lists the \"{}\" hook, which rewrites the weights the average follows: drop one "
                          "of the two",
                          hook));
@@ -395,9 +349,10 @@ std::vector<std::string> validation_scores(const Task& task) {
 
 bool higher_is_better(const std::string& score) { return metric::info(score).higher_is_better; }
 
-std::pair<std::string, bool> best_metric(const json& config, const Task& task) {
+std::pair<std::string, bool> best_metric(const RunConfig& config) {
+  const Task& task = *config.task;
   const auto names = validation_scores(task);
-  std::string m = config.contains("evaluation") ? config["evaluation"].value("best_metric", "") : "";
+  std::string m = config.evaluation.best_metric;
   if (m.empty()) m = names.front();
   if (std::find(names.begin(), names.end(), m) == names.end()) {
     throw Error(ErrorCategory::kConfig,
@@ -407,16 +362,8 @@ std::pair<std::string, bool> best_metric(const json& config, const Task& task) {
   return {m, higher_is_better(m)};
 }
 
-bool config_uses_hook(const json& config, const std::string& hook) {
-  for (size_t i = 0; i < config["stages"].size(); ++i) {
-    const auto names = stage_hook_names(config["stages"][i], "config", fmt::format("stages[{}]", i));
-    if (std::find(names.begin(), names.end(), hook) != names.end()) return true;
-  }
-  return false;
-}
-
-std::shared_ptr<Model> make_student_model(const json& config, bool activation_quant, std::string* name) {
-  return task_of(config).make_student(config, activation_quant, name);
+std::shared_ptr<Model> make_student_model(const RunConfig& config, bool activation_quant, std::string* name) {
+  return config.task->make_student(config, activation_quant, name);
 }
 
 bool stages_read_teacher(const std::vector<StageSpec>& specs) {
@@ -428,47 +375,44 @@ bool stages_read_teacher(const std::vector<StageSpec>& specs) {
   return false;
 }
 
-StudentSetup build_student(const json& config, const std::vector<StageSpec>& specs, const fs::path& out) {
+StudentSetup build_student(const RunConfig& config, const fs::path& out) {
   StudentSetup setup;
-  setup.model = make_student_model(config, config_uses_hook(config, "qat"), &setup.name);
-  setup.specs = specs;
+  setup.model = make_student_model(config, config.uses_hook("qat"), &setup.name);
+  setup.specs = config.specs();
+  const HookConfigs& h = config.hooks;
   // One hook object per kind, made when a stage first lists it.
   auto hook_for = [&](const std::string& name) -> std::shared_ptr<StageHook> {
     try {
       if (name == "lora") {
         if (!setup.lora_hook) {
-          auto lora = lora::apply(setup.model, lora_options_from_json(config["lora"], "config"));
+          auto lora = lora::apply(setup.model, h.lora);
           setup.lora_hook = std::make_shared<lora::Hook>(
-              lora, lora_hook_options_from_json(config["lora"]).save_adapter_to(
-                        is_main_rank() ? (out / "lora_adapter.pt").string() : std::string()));
+              lora, lora::HookOptions(h.lora_hook)
+                        .save_adapter_to(is_main_rank() ? (out / "lora_adapter.pt").string() : std::string()));
         }
         return setup.lora_hook;
       }
       if (name == "prune") {
         if (!setup.prune_hook) {
-          setup.prune_hook = std::make_shared<prune::Hook>(
-              prune::prepare(setup.model, prune_options_from_json(config["prune"], "config")),
-              prune_hook_options_from_json(config["prune"], config["stages"]));
+          setup.prune_hook = std::make_shared<prune::Hook>(prune::prepare(setup.model, h.prune), h.prune_hook);
         }
         return setup.prune_hook;
       }
       if (!setup.qat_hook) {
-        setup.qat_hook = std::make_shared<qat::Hook>(qat::prepare(setup.model, qat_options_from_json(config["qat"], "config")),
-                                                     qat_hook_options_from_json(config["qat"], config["stages"]));
+        setup.qat_hook = std::make_shared<qat::Hook>(qat::prepare(setup.model, h.qat), h.qat_hook);
       }
       return setup.qat_hook;
     } catch (const Error& e) {
       throw Error(e.category(), fmt::format("config: '{}' on {}: {}", name, setup.name, e.message()));
     }
   };
-  for (size_t i = 0; i < specs.size(); ++i) {
+  for (size_t i = 0; i < config.stages.size(); ++i) {
+    const StageConfig& stage = config.stages[i];
     std::vector<std::shared_ptr<StageHook>> hooks;
-    for (const auto& name : stage_hook_names(config["stages"][i], "config", fmt::format("stages[{}]", i))) {
-      hooks.push_back(hook_for(name));
-    }
+    for (const auto& name : stage.hooks) hooks.push_back(hook_for(name));
     setup.specs[i].hooks(hooks);
     const std::string path = fmt::format("stages[{}]", i);
-    const auto weighting = stage_weighting(config["stages"][i], specs[i].losses(), "config", path);
+    const WeightingConfig& weighting = stage.weighting;
     if (weighting.policy == WeightingPolicyKind::kFixed) continue;
     if (g_process_group && g_process_group->world_size() > 1 && weighting.policy != WeightingPolicyKind::kUncertainty) {
       // Each rank would weigh by its own shard (its gradients, its batch, rank 0's evaluations alone), so the
@@ -476,15 +420,15 @@ StudentSetup build_student(const json& config, const std::vector<StageSpec>& spe
       throw Error(ErrorCategory::kConfig,
                   fmt::format("config: '{}.weighting.policy' {} is not available in data-parallel runs ({} ranks): "
                               "use \"uncertainty\" or one process",
-                              path, config["stages"][i]["weighting"]["policy"].dump(), g_process_group->world_size()));
+                              path, json(stage.policy_name).dump(), g_process_group->world_size()));
     }
-    const std::string metric = weighting.metric.empty() ? best_metric(config, task_of(config)).first : weighting.metric;
-    if (const auto scores = validation_scores(task_of(config)); std::find(scores.begin(), scores.end(), metric) == scores.end()) {
+    const std::string metric = weighting.metric.empty() ? best_metric(config).first : weighting.metric;
+    if (const auto scores = validation_scores(*config.task); std::find(scores.begin(), scores.end(), metric) == scores.end()) {
       throw Error(ErrorCategory::kConfig,
                   fmt::format("config: '{}.weighting.metric' = \"{}\" is not a validation score of task '{}'; it reports: {}",
-                              path, metric, task_of(config).name(), fmt::join(scores, ", ")));
+                              path, metric, config.task->name(), fmt::join(scores, ", ")));
     }
-    auto made = make_weighting(weighting, static_cast<int64_t>(specs[i].losses().size()), specs[i].name(), *setup.model,
+    auto made = make_weighting(weighting, static_cast<int64_t>(stage.spec.losses().size()), stage.spec.name(), *setup.model,
                                metric, higher_is_better(metric));
     setup.specs[i].weighting(made.policy);
     if (made.feedback) setup.reward_feedback.push_back(made.feedback);
@@ -492,27 +436,24 @@ StudentSetup build_student(const json& config, const std::vector<StageSpec>& spe
   return setup;
 }
 
-std::string tensorboard_dir(const json& config, const std::string& run) {
-  const std::string given = config["train"].value("tensorboard", "");
+std::string tensorboard_dir(const RunConfig& config, const std::string& run) {
+  const std::string& given = config.train.tensorboard;
   if (given == "none") return "";
-  const fs::path root = given.empty() ? fs::path(config["out"].get<std::string>()) / "tensorboard" : fs::path(given);
+  const fs::path root = given.empty() ? fs::path(config.out) / "tensorboard" : fs::path(given);
   return (root / run).string();
 }
 
-std::shared_ptr<Model> ensemble_teacher(const json& config, std::shared_ptr<Model> first, std::string* name,
+std::shared_ptr<Model> ensemble_teacher(const RunConfig& config, std::shared_ptr<Model> first, std::string* name,
                                         const torch::Device& device) {
-  const json& t = config["teacher"];
-  const json& files = t["ensemble"];
+  const TeacherConfig& t = config.teacher;
+  const std::vector<std::string>& files = t.ensemble;
   if (files.empty()) return first;
-  const Task& task = task_of(config);
+  const Task& task = *config.task;
   std::vector<ModelPtr> teachers{first};
   std::vector<std::string> names{name ? *name : std::string()};
   for (size_t i = 0; i < files.size(); ++i) {
     const std::string key = fmt::format("teacher.ensemble[{}]", i);
-    if (!files[i].is_string() || files[i].get<std::string>().empty()) {
-      throw Error(ErrorCategory::kConfig, fmt::format("config: '{}' must be a teacher file name, got {}", key, files[i].dump()));
-    }
-    const std::string file = files[i];
+    const std::string& file = files[i];
     if (!fs::exists(file)) {
       throw Error(ErrorCategory::kFile, fmt::format("{} '{}' does not exist; train one with `kd-train teacher --out DIR` "
                                                     "(DIR/teacher.pt){}",
@@ -534,14 +475,7 @@ std::shared_ptr<Model> ensemble_teacher(const json& config, std::shared_ptr<Mode
     teachers.push_back(m);
     names.push_back(fs::path(file).filename().string());
   }
-  std::vector<double> weights;
-  for (const auto& w : t["ensemble_weights"]) {
-    if (!w.is_number() || w.get<double>() < 0) {
-      throw Error(ErrorCategory::kConfig, fmt::format("config: 'teacher.ensemble_weights' must hold numbers >= 0, got {}",
-                                                      t["ensemble_weights"].dump()));
-    }
-    weights.push_back(w.get<double>());
-  }
+  const std::vector<double>& weights = t.ensemble_weights;
   if (!weights.empty() && weights.size() != teachers.size()) {
     throw Error(ErrorCategory::kConfig,
                 fmt::format("config: 'teacher.ensemble_weights' has {} values for {} teachers (the teacher and the {} of "
@@ -553,11 +487,11 @@ std::shared_ptr<Model> ensemble_teacher(const json& config, std::shared_ptr<Mode
   const std::map<std::string, double> default_temperature = {{"temperature_kl", TemperatureKLOptions().temperature()},
                                                               {"dkd", DKDOptions().temperature()},
                                                               {"teacher_mixture_kl", TeacherMixtureKLOptions().temperature()}};
-  double temperature = t["ensemble_temperature"];
-  for (const auto& stage : config["stages"]) {
-    for (const auto& loss : stage["losses"]) {
-      const auto it = default_temperature.find(loss.value("type", ""));
-      if (temperature <= 0 && it != default_temperature.end()) temperature = loss.value("temperature", it->second);
+  double temperature = t.ensemble_temperature;
+  for (const auto& stage : config.stages) {
+    for (const auto& loss : stage.spec.losses()) {
+      const auto it = default_temperature.find(loss.type());
+      if (temperature <= 0 && it != default_temperature.end()) temperature = loss.number("temperature", it->second);
     }
   }
   if (temperature <= 0) temperature = 1.0;

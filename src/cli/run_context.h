@@ -1,6 +1,6 @@
 #pragma once
-// What kd-train's subcommands share: the typed settings of a resolved config,
-// the data splits, the teacher (trained or loaded) and the student with its stage hooks.
+// What kd-train's subcommands share: the process set-up, the data splits, the teacher (trained or loaded)
+// and the student with its stage hooks, all from a typed config (run_config.h).
 
 #include <chrono>
 #include <filesystem>
@@ -14,6 +14,7 @@
 #include <torch/torch.h>
 
 #include "kd/kd.h"
+#include "run_config.h"
 #include "task.h"
 
 namespace kd::app {
@@ -28,20 +29,6 @@ struct Stopped : std::runtime_error {
   int signal;
 };
 
-/// The resolved configuration's scalar settings, typed (see config.cpp for the schema and defaults).
-struct RunArgs {
-  explicit RunArgs(const json& c);
-  const Task& task;  ///< what the config's "task" names: data, architectures, scores
-  std::string out, device, teacher_path;
-  int64_t teacher_epochs, teacher_steps, batch_size;
-  int threads;
-  int64_t log_every, checkpoint_every;
-  uint64_t seed;
-  double lr, weight_decay;
-  Precision precision;
-  StagedTrainerOptions trainer;  // the train section's optimizer, schedule, EMA, mining and fault settings
-};
-
 /// Creates the output folder and proves it writable (a probe file written atomically, then removed);
 /// kd::Error (kFile) naming the folder, the reason and the fix otherwise.
 void ensure_output_folder(const fs::path& out);
@@ -54,7 +41,7 @@ void require_free_space(const fs::path& folder, int64_t bytes, const std::string
 /// names several ranks (kd-train --nproc N, or torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT)
 /// — the data-parallel group; ranks other than 0 log warnings and errors only, prefixed "[rank N]".
 /// Returns the resolved device (cuda:LOCAL_RANK for CUDA ranks).
-torch::Device set_up_process(const RunArgs& a);
+torch::Device set_up_process(const RunConfig& config);
 
 /// This process's data-parallel group (null for a single process); set by set_up_process.
 const std::shared_ptr<dist::ProcessGroup>& process_group();
@@ -62,7 +49,7 @@ const std::shared_ptr<dist::ProcessGroup>& process_group();
 bool is_main_rank();
 
 /// The task's train/validation/test splits as the config's data section says (Task::load_splits).
-Splits load_splits(const RunArgs& a, const json& config, const torch::Device& device);
+Splits load_splits(const RunConfig& config, const torch::Device& device);
 
 /// Atomic writes of a module's state and of a text file.
 void save_module(const std::shared_ptr<torch::nn::Module>& module, const fs::path& path);
@@ -87,15 +74,14 @@ struct LoadedModel {
 /// `path`: a float state (teacher.pt, student.pt) or, for the student, an int8 file (loaded into a fresh
 /// student with its activation quantization points). kd::Error naming the file when it is missing,
 /// damaged or of another architecture.
-LoadedModel load_model_file(const json& config, const std::string& which, const fs::path& path,
+LoadedModel load_model_file(const RunConfig& config, const std::string& which, const fs::path& path,
                             const torch::Device& device);
 
-/// What decides the training result: everything but where it goes and how it is shown or scheduled.
-std::string config_fingerprint(json config);
-/// One fingerprint per entry of `config["stages"]`: with config_fingerprint of the config without its stages,
-/// a resume may change the stages its checkpoint has not begun (StagedTrainerOptions::stage_fingerprints).
-std::vector<std::string> stage_fingerprints(const json& config);
-StagedTrainerOptions trainer_options(const RunArgs& a);
+/// One fingerprint per stage (StageConfig::fingerprint): with config_fingerprint of the config without its
+/// stages, a resume may change the stages its checkpoint has not begun (StagedTrainerOptions::stage_fingerprints).
+std::vector<std::string> stage_fingerprints(const RunConfig& config);
+/// The train section's trainer options with the run's process group, batch size, seed, precision and task.
+StagedTrainerOptions trainer_options(const RunConfig& config);
 /// A summary.json row: {"model", "parameters", "parameter_bytes", "test_<score>" for each score}.
 json model_row(const std::string& name, const torch::nn::Module& m, const Scores& test);
 
@@ -107,15 +93,15 @@ struct TeacherModel {
 /// OUT/teacher.pt (or teacher.path) if it exists, else the task's teacher trained from scratch for
 /// teacher.steps (when > 0) or teacher.epochs and saved there, with checkpoints in OUT/teacher_checkpoints
 /// (continued when `resume`). `seconds` receives the time spent.
-TeacherModel train_or_load_teacher(const RunArgs& a, const torch::Device& device, const Splits& data,
-                                   double& seconds, bool resume, const json& config);
+TeacherModel train_or_load_teacher(const RunConfig& config, const torch::Device& device, const Splits& data,
+                                   double& seconds, bool resume);
 
 /// `first` joined by the teacher files of the config's teacher.ensemble into one kd::MultiTeacherImpl (their soft
 /// targets mixed with teacher.ensemble_weights at teacher.ensemble_temperature), or `first` itself when the list is
 /// empty; `name` (when given) becomes "ensemble of N: ...". kd::Error naming the entry when a file is missing or
 /// of another architecture, or the weights do not fit (the check before training calls it too, so these stop a
 /// run before its teacher trains).
-std::shared_ptr<Model> ensemble_teacher(const json& config, std::shared_ptr<Model> first, std::string* name,
+std::shared_ptr<Model> ensemble_teacher(const RunConfig& config, std::shared_ptr<Model> first, std::string* name,
                                         const torch::Device& device);
 
 /// Refuses to start a fresh run (not `resume`) over checkpoints of an earlier one in `dir`: resuming would
@@ -131,7 +117,7 @@ TrainSummary fit_stoppable(StagedTrainer& trainer, const data::TensorDataset& tr
 
 /// Where the TensorBoard events of `run` ("student", "teacher") go: OUT/tensorboard/RUN, or RUN inside the
 /// config's train.tensorboard folder; "" when train.tensorboard is "none".
-std::string tensorboard_dir(const json& config, const std::string& run);
+std::string tensorboard_dir(const RunConfig& config, const std::string& run);
 
 /// The student the config names, with its stage hooks (one object per kind, shared by every stage listing it).
 struct StudentSetup {
@@ -144,10 +130,12 @@ struct StudentSetup {
   /// One per stage whose "weighting" is a reward policy: the trainer's callbacks that feed it.
   std::vector<std::shared_ptr<RewardFeedback>> reward_feedback;
 };
-/// With `activation_quant` (set when a stage lists "qat", and for loading an int8 file) the model
-/// has its activation quantization points (models that have them).
-StudentSetup build_student(const json& config, const std::vector<StageSpec>& specs, const fs::path& out);
-std::shared_ptr<Model> make_student_model(const json& config, bool activation_quant, std::string* name = nullptr);
+/// The student of `config` with the hooks and weighting policies its stages name (a LoRA adapter is saved
+/// into `out`). Its activation quantization points are there when a stage lists "qat".
+StudentSetup build_student(const RunConfig& config, const fs::path& out);
+/// The task's student architecture; with `activation_quant` (a "qat" stage, or loading an int8 file) its
+/// activation quantization points (models that have them).
+std::shared_ptr<Model> make_student_model(const RunConfig& config, bool activation_quant, std::string* name = nullptr);
 /// Whether any stage's loss reads the teacher: false when every term is hard_label_ce (the student trained
 /// alone, as a baseline), and then the trainer runs no teacher.
 bool stages_read_teacher(const std::vector<StageSpec>& specs);
@@ -155,15 +143,13 @@ bool stages_read_teacher(const std::vector<StageSpec>& specs);
 /// naming the key and the fix when it is on with what cannot serve it: no train.ema_decay, a teacher file,
 /// an ensemble, the teacher cache, hard-example mining, or a stage hook that rewrites the weights (lora, qat,
 /// prune).
-bool self_distillation(const json& config);
+bool self_distillation(const RunConfig& config);
 /// The validation scores the task's evaluations report ("accuracy", "macro_f1"; or the language models'
 /// "bits_per_byte", "perplexity", "token_accuracy"), and which way each is better.
 std::vector<std::string> validation_scores(const Task& task);
 bool higher_is_better(const std::string& score);
 /// The validation score that picks OUT/student.best.pt (evaluation.best_metric, else the task's headline) and
 /// whether higher is better; kd::Error (kConfig) naming the task's scores for one it does not report.
-std::pair<std::string, bool> best_metric(const json& config, const Task& task);
-/// Whether any stage of the config lists `hook`.
-bool config_uses_hook(const json& config, const std::string& hook);
+std::pair<std::string, bool> best_metric(const RunConfig& config);
 
 }  // namespace kd::app

@@ -5,12 +5,12 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "hook_config.h"
-#include "weighting_config.h"
-#include "config.h"
-#include "config_keys.h"
 #include "kd/core/error.h"
 #include "kd/core/generators_kept.h"
+#include "config.h"
+#include "config_keys.h"
+#include "hook_config.h"
+#include "weighting_config.h"
 
 namespace kd::app {
 namespace {

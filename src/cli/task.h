@@ -9,7 +9,7 @@
 //   byte_lm        SpamAssassin mails as byte windows, next-byte prediction: CausalLM -> smaller CausalLM
 //   custom         the user's TorchScript teacher and student, safetensors data (custom_task.h)
 //
-// Each task's default config (config.cpp, task_defaults) is also its schema.
+// Each task's default config (Task::defaults, read through config.h's task_defaults) is also its schema.
 
 #include <memory>
 #include <optional>
@@ -24,6 +24,7 @@
 #include "kd/data/augmentation.h"
 #include "kd/data/tensor_dataset.h"
 #include "kd/train/staged_trainer.h"
+#include "run_config.h"
 
 namespace kd::app {
 
@@ -53,14 +54,20 @@ class Task {
   virtual std::string name() const = 0;
   /// What it is, for logs: "Fashion-MNIST", "SpamAssassin spam/ham", "SpamAssassin byte LM".
   virtual std::string title() const = 0;
+  /// The task's default config: config.h's shared_config_defaults() with the task's own data, teacher, student
+  /// and stages. It doubles as the task's schema (every allowed key, with the type its value must have);
+  /// read it through task_defaults(name), which builds it once.
+  virtual nlohmann::json defaults() const = 0;
+  /// The values "student.model" takes for this task (its student architectures).
+  virtual std::vector<std::string> student_models() const = 0;
   /// Train / validation / test splits as the config's "data" section says; logs their sizes.
   /// kd::Error (kFile) naming the data folder and the install command when the data are missing.
-  virtual Splits load_splits(const nlohmann::json& config, const torch::Device& device) const = 0;
-  /// The teacher's architecture (untrained); `name` receives its display name.
-  virtual std::shared_ptr<Model> make_teacher(const nlohmann::json& config, std::string* name = nullptr) const = 0;
-  /// The student's architecture (untrained); with `activation_quant` its activation quantization points
-  /// (models that have them). `name` receives its display name.
-  virtual std::shared_ptr<Model> make_student(const nlohmann::json& config, bool activation_quant,
+  virtual Splits load_splits(const RunConfig& config, const torch::Device& device) const = 0;
+  /// The teacher's architecture (untrained) from config.teacher; `name` receives its display name.
+  virtual std::shared_ptr<Model> make_teacher(const RunConfig& config, std::string* name = nullptr) const = 0;
+  /// The student's architecture (untrained) from config.student; with `activation_quant` its activation
+  /// quantization points (models that have them). `name` receives its display name.
+  virtual std::shared_ptr<Model> make_student(const RunConfig& config, bool activation_quant,
                                               std::string* name = nullptr) const = 0;
   /// Whether kd-train trains the teacher (into OUT/teacher.pt) when it has none; false when the task's
   /// teacher is a file the user brings, used as it is.
@@ -74,16 +81,17 @@ class Task {
   /// classifiers with `ece_bins` > 0 also the expected calibration error, from the same pass.
   Scores evaluate(Model& model, const data::TensorDataset& split, int64_t ece_bins = 0) const;
   /// One example input of the shape the task's models take, for tracing (kd-train export).
-  virtual torch::Tensor example_input(const nlohmann::json& config) const = 0;
+  virtual torch::Tensor example_input(const RunConfig& config) const = 0;
   /// The token id of padding (never written by adversarial token flips), or −1 for inputs without.
   virtual int64_t pad_token() const { return 0; }
   /// The valid range of an input value as the task encodes it (images: the normalised black and
   /// white), which FGSM examples are clamped to; unset for token ids.
   virtual std::optional<std::pair<double, double>> input_range() const { return std::nullopt; }
-  /// The training-batch augmentation the "train" section names ("augment", "mix_alpha",
-  /// "mix_probability"), or null for "none"; kd::Error (kConfig) naming the ones that fit this
-  /// task's inputs when it names another.
-  std::shared_ptr<data::Augmentation> augmentation(const nlohmann::json& train) const;
+  /// The training-batch augmentation train.augment names (`name`; mixing ones draw λ ~ Beta(mix_alpha,
+  /// mix_alpha) and mix a batch with probability mix_probability), or null for "none"; kd::Error (kConfig)
+  /// naming the ones that fit this task's inputs when it names another.
+  std::shared_ptr<data::Augmentation> augmentation(const std::string& name, double mix_alpha,
+                                                   double mix_probability) const;
 
  protected:
   /// The augmentations that fit this task's inputs (besides "none").
@@ -94,11 +102,14 @@ class Task {
 };
 
 /// `s` capped as a config's "data" section says, on `device`: data.limit caps every split, data.eval_limit
-/// (when present and > 0) the validation and test splits instead (0 = no cap).
-Splits capped(Splits s, const nlohmann::json& data, const torch::Device& device);
+/// (when > 0) the validation and test splits instead (0 = no cap).
+Splits capped(Splits s, const DataConfig& data, const torch::Device& device);
 
-/// The task a resolved config names (its "task" key).
+/// The task a resolved config tree names (its "task" key; the custom task with its data.num_classes).
 const Task& task_of(const nlohmann::json& config);
+/// The task called `name` as a config layer sees it before any data are read (the custom task with its
+/// classes unknown: use task_of for a resolved config). kd::Error (kConfig) naming the tasks for another name.
+const Task& task_named(const std::string& name);
 /// Every task's name, for messages and `kd-train list`.
 const std::vector<std::string>& task_names();
 

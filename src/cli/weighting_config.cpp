@@ -7,12 +7,12 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "config.h"
 #include "kd/core/error.h"
 #include "kd/core/generators_kept.h"
 #include "kd/losses/loss_traits.h"
 #include "kd/losses/weighting/reward.h"
 #include "kd/losses/weighting/uncertainty.h"
+#include "config.h"
 
 namespace kd::app {
 namespace {

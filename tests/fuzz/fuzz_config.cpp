@@ -8,8 +8,7 @@
 
 #include "config.h"
 #include "kd/core/error.h"
-#include "run_context.h"
-#include "stage_config.h"
+#include "run_config.h"
 #include "task.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -20,9 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     nlohmann::json config = kd::app::task_defaults(task.empty() ? "fashion_mnist" : task);
     config.merge_patch(layer);
     kd::app::validate_config(config, "fuzz input");
-    const kd::app::RunArgs args(config);  // typed settings: must not throw once validated
-    (void)args;
-    kd::app::stages_from_json(config["stages"], "fuzz input");
+    const auto run = kd::app::parse_run_config(config);  // typed: refusals are kd::Error, nothing else
     // The student the config names: options a model refuses are kd::Error (kConfig) too. Sizes are capped:
     // the fuzzer looks for crashes, not for big allocations.
     const auto& student = config["student"];
@@ -31,7 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                    {"hidden", 1024}, {"layers", 8}, {"ffn", 512}}) {
       small = small && student.value(key, int64_t{0}) <= cap;
     }
-    if (small) kd::app::task_of(config).make_student(config, false);
+    if (small) run.task->make_student(run, false);
   } catch (const kd::Error&) {
   }
   return 0;

@@ -13,6 +13,7 @@
 #include "task.h"
 
 namespace {
+using kd::app::parse_run_config;
 using kd::app::resolve_config;
 using kd::app::task_of;
 using ::testing::HasSubstr;
@@ -44,7 +45,7 @@ TEST(CustomTask, InfersClassesAndHoldsOutAValidationSplit) {
   EXPECT_EQ(task.name(), "custom");
   EXPECT_EQ(task.num_classes(), 4);
   EXPECT_FALSE(task.trains_teacher());
-  const auto s = task.load_splits(c, torch::kCPU);
+  const auto s = task.load_splits(parse_run_config(c), torch::kCPU);
   EXPECT_EQ(s.validation.size(), 2);  // round(0.2 · 10)
   EXPECT_EQ(s.train.size(), 8);
   EXPECT_EQ(s.test.size(), 2);  // no data.test: the validation split stands in
@@ -63,7 +64,7 @@ TEST(CustomTask, TokenTargetsAreALanguageModelAndNarrowIdsWiden) {
   auto c = resolve_config({}, {"task=custom", "data.train=" + train});
   EXPECT_EQ(c["data"]["num_classes"], 0);
   EXPECT_EQ(task_of(c).eval_task(), kd::EvalTask::kLanguageModel);
-  const auto s = task_of(c).load_splits(c, torch::kCPU);
+  const auto s = task_of(c).load_splits(parse_run_config(c), torch::kCPU);
   EXPECT_EQ(s.train.inputs.scalar_type(), torch::kLong);
   EXPECT_EQ(s.train.targets.scalar_type(), torch::kLong);
   const auto all = torch::cat({s.train.targets, s.validation.targets}).sum().item<int64_t>();
@@ -80,12 +81,12 @@ TEST(CustomTask, RefusesFilesThatDoNotFitNamingTheFileAndTheFix) {
   // Another width of inputs in the validation file.
   const auto wide = split_file(dir, "wide.safetensors", torch::randn({4, 5}), torch::tensor({0, 1, 0, 1}));
   auto c = resolve_config({}, {"task=custom", "data.train=" + train, "data.validation=" + wide});
-  msg = error_of([&] { task_of(c).load_splits(c, torch::kCPU); });
+  msg = error_of([&] { task_of(c).load_splits(parse_run_config(c), torch::kCPU); });
   EXPECT_THAT(msg, HasSubstr("data.validation '" + wide + "' does not match data.train"));
   // A class id beyond data.num_classes.
   const auto five = split_file(dir, "five.safetensors", torch::randn({2, 3}), torch::tensor({0, 5}));
   c = resolve_config({}, {"task=custom", "data.train=" + train, "data.test=" + five});
-  msg = error_of([&] { task_of(c).load_splits(c, torch::kCPU); });
+  msg = error_of([&] { task_of(c).load_splits(parse_run_config(c), torch::kCPU); });
   EXPECT_THAT(msg, HasSubstr("class ids 0..5, outside 0..1 (data.num_classes = 2, given or inferred from data.train)"));
   // Float targets; a tensor the task does not read.
   const auto soft = split_file(dir, "soft.safetensors", torch::randn({2, 3}), torch::rand({2}));
@@ -97,7 +98,7 @@ TEST(CustomTask, RefusesFilesThatDoNotFitNamingTheFileAndTheFix) {
   EXPECT_THAT(msg, HasSubstr("tensor 'labels' is not one the custom task reads"));
   // Models: a missing TorchScript file names the key.
   c = resolve_config({}, {"task=custom", "data.train=" + train});
-  msg = error_of([&] { task_of(c).make_teacher(c); });
+  msg = error_of([&] { task_of(c).make_teacher(parse_run_config(c)); });
   EXPECT_THAT(msg, HasSubstr("needs 'teacher.torchscript'"));
 }
 

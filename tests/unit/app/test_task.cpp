@@ -12,12 +12,16 @@
 #include "kd/models/causal_lm.h"
 #include "kd/models/transformer_encoder.h"
 #include "reference.h"
+#include "run_config.h"
 #include "task.h"
 
 namespace {
-using kd::app::resolve_config;
-using kd::app::task_of;
 using ::testing::HasSubstr;
+
+// The resolved default config of `sets` ("task=spam", ...), parsed as kd-train parses it.
+kd::app::RunConfig typed(const std::vector<std::string>& sets) {
+  return kd::app::parse_run_config(kd::app::resolve_config({}, sets));
+}
 
 // TransformerEncoder / CausalLM parameter counts, written from their header's formula:
 // V·D + n·(4D² + 2D·F + F + 9D) + 2D, plus the head (D·C + C) or the LM head (D·V).
@@ -34,8 +38,8 @@ bool corpus_installed() {
 
 TEST(Task, ConfigNamesTheModelsOfItsTask) {
   std::string name;
-  auto spam = resolve_config({}, {"task=spam", "student.layers=3", "student.d_model=32"});
-  const auto& task = task_of(spam);
+  auto spam = typed({"task=spam", "student.layers=3", "student.d_model=32"});
+  const auto& task = *spam.task;
   EXPECT_EQ(task.name(), "spam");
   EXPECT_EQ(task.num_classes(), 2);
   EXPECT_EQ(kd::parameter_count(*task.make_teacher(spam, &name)), encoder_params(6, 128, 2));
@@ -48,15 +52,15 @@ TEST(Task, ConfigNamesTheModelsOfItsTask) {
   EXPECT_EQ(encoder->options.pad_token(), 0);  // the corpus pads with byte 0
   EXPECT_EQ(encoder->options.max_len(), 128);
 
-  auto lm = resolve_config({}, {"task=byte_lm"});
-  EXPECT_EQ(task_of(lm).num_classes(), 0);
-  EXPECT_EQ(task_of(lm).eval_task(), kd::EvalTask::kLanguageModel);
-  EXPECT_EQ(kd::parameter_count(*task_of(lm).make_teacher(lm)), lm_params(4, 192));
-  EXPECT_EQ(kd::parameter_count(*task_of(lm).make_student(lm, false)), lm_params(2, 96));
+  auto lm = typed({"task=byte_lm"});
+  EXPECT_EQ(lm.task->num_classes(), 0);
+  EXPECT_EQ(lm.task->eval_task(), kd::EvalTask::kLanguageModel);
+  EXPECT_EQ(kd::parameter_count(*lm.task->make_teacher(lm)), lm_params(4, 192));
+  EXPECT_EQ(kd::parameter_count(*lm.task->make_student(lm, false)), lm_params(2, 96));
 
   // Dynamic depth is the student's option: a short batch runs depth_layers[0] layers.
-  auto dyn = resolve_config({}, {"task=spam", "student.dynamic_depth=true"});
-  auto s = task_of(dyn).make_student(dyn, false);
+  auto dyn = typed({"task=spam", "student.dynamic_depth=true"});
+  auto s = dyn.task->make_student(dyn, false);
   s->eval();
   auto tokens = torch::zeros({1, 128}, torch::kLong);
   tokens.slice(1, 0, 50).fill_(65);  // 50 real bytes <= 64: one layer
@@ -65,8 +69,8 @@ TEST(Task, ConfigNamesTheModelsOfItsTask) {
   EXPECT_EQ(s->forward(tokens).hidden_states.size(), 2u);
 
   // A linear-attention student: same parameters, its surrogate maps in `attentions`.
-  auto lin = resolve_config({}, {"task=spam", "student.attention=linear"});
-  auto ls = task_of(lin).make_student(lin, false, &name);
+  auto lin = typed({"task=spam", "student.attention=linear"});
+  auto ls = lin.task->make_student(lin, false, &name);
   EXPECT_EQ(name, "TransformerEncoder(2x64, 2 heads, linear attention)");
   EXPECT_EQ(kd::parameter_count(*ls), encoder_params(2, 64, 2));
   EXPECT_TRUE(dynamic_cast<kd::models::TransformerEncoderImpl*>(ls.get())->blocks->ptr<kd::models::TransformerBlockImpl>(0)->linear_attn);
@@ -74,24 +78,24 @@ TEST(Task, ConfigNamesTheModelsOfItsTask) {
   // The example input of each task goes through its models (for kd-train export).
   for (const char* t : {"fashion_mnist", "spam", "byte_lm"}) {
     SCOPED_TRACE(t);
-    auto c = resolve_config({}, {std::string("task=") + t});
-    auto m = task_of(c).make_student(c, false);
+    auto c = typed({std::string("task=") + t});
+    auto m = c.task->make_student(c, false);
     m->eval();
-    EXPECT_TRUE(m->forward(task_of(c).example_input(c)).logits.defined());
+    EXPECT_TRUE(m->forward(c.task->example_input(c)).logits.defined());
   }
 }
 
 TEST(Task, ModelOptionsTheModelRefusesNameTheConfigSection) {
-  auto c = resolve_config({}, {"task=spam", "student.heads=3"});  // 64 is not a multiple of 3
+  auto c = typed({"task=spam", "student.heads=3"});  // 64 is not a multiple of 3
   try {
-    task_of(c).make_student(c, false);
+    c.task->make_student(c, false);
     FAIL() << "heads 3 with d_model 64 was accepted";
   } catch (const kd::Error& e) {
     EXPECT_EQ(e.category(), kd::ErrorCategory::kConfig);
     EXPECT_THAT(std::string(e.what()), HasSubstr("config: 'student':"));
   }
-  c = resolve_config({}, {"task=spam", "student.dynamic_depth=true", "student.depth_layers=[5]"});
-  EXPECT_THROW(task_of(c).make_student(c, false), kd::Error);  // 5 > the student's 2 layers
+  c = typed({"task=spam", "student.dynamic_depth=true", "student.depth_layers=[5]"});
+  EXPECT_THROW(c.task->make_student(c, false), kd::Error);  // 5 > the student's 2 layers
 }
 
 TEST(Task, ScoresPrintAndLookUpByName) {
@@ -112,8 +116,8 @@ TEST(Task, ScoresPrintAndLookUpByName) {
 
 TEST(Task, TextSplitsFollowLimitAndEvalLimit) {
   if (!corpus_installed()) GTEST_SKIP() << "SpamAssassin corpus not installed (scripts/setup installs it)";
-  auto spam = resolve_config({}, {"task=spam", "data.limit=40", "data.eval_limit=12", "data.max_len=64"});
-  const auto s = task_of(spam).load_splits(spam, torch::kCPU);
+  auto spam = typed({"task=spam", "data.limit=40", "data.eval_limit=12", "data.max_len=64"});
+  const auto s = spam.task->load_splits(spam, torch::kCPU);
   EXPECT_EQ(s.train.size(), 40);
   EXPECT_EQ(s.validation.size(), 12);
   EXPECT_EQ(s.test.size(), 12);
@@ -125,8 +129,8 @@ TEST(Task, TextSplitsFollowLimitAndEvalLimit) {
   const auto whole = kd::data::SpamAssassin(kd::data::SpamAssassinOptions().max_len(64)).classification(kd::data::Split::kTrain);
   EXPECT_TRUE(torch::equal(s.train.inputs, whole.inputs.slice(0, 0, 40)));
 
-  auto lm = resolve_config({}, {"task=byte_lm", "data.limit=30", "data.context=16"});  // eval_limit 512 by default
-  const auto l = task_of(lm).load_splits(lm, torch::kCPU);
+  auto lm = typed({"task=byte_lm", "data.limit=30", "data.context=16"});  // eval_limit 512 by default
+  const auto l = lm.task->load_splits(lm, torch::kCPU);
   EXPECT_EQ(l.train.size(), 30);
   EXPECT_EQ(l.validation.size(), 512);
   EXPECT_EQ(l.train.inputs.sizes(), (std::vector<int64_t>{30, 16}));
@@ -137,8 +141,8 @@ TEST(Task, TextSplitsFollowLimitAndEvalLimit) {
 // shift_flip must uncover Fashion-MNIST pixels as black as the loader writes them (the data's own
 // minimum), not as 0, which after normalisation is a grey of p ≈ 0.29 the models never see at test time.
 TEST(Task, FashionMnistShiftFlipFillsUncoveredPixelsWithTheImagesBlack) {
-  auto c = resolve_config({}, {"train.augment=\"shift_flip\""});
-  auto aug = task_of(c).augmentation(c["train"]);
+  auto c = typed({"train.augment=\"shift_flip\""});
+  auto aug = c.train.trainer.augmentation();  // made by the task when the config was parsed
   ASSERT_TRUE(aug);
   const double black = kd::data::load_fashion_mnist(kd::data::Split::kTest).inputs.min().item<double>();
   auto moved = torch::full({64, 1, 28, 28}, black);  // blank images
@@ -160,18 +164,18 @@ TEST(Task, FashionMnistShiftFlipFillsUncoveredPixelsWithTheImagesBlack) {
 
 TEST(Task, FashionMnistInputRangeIsTheLoadedImagesBlackAndWhite) {
   // FGSM examples are clamped to it: black p = 0 and white p = 1 as the loader normalises them.
-  const auto range = task_of(resolve_config({}, {})).input_range();
+  const auto range = typed({}).task->input_range();
   ASSERT_TRUE(range.has_value());
   const auto images = kd::data::load_fashion_mnist(kd::data::Split::kTest).inputs;
   EXPECT_NEAR(range->first, images.min().item<double>(), 1e-6);
   EXPECT_NEAR(range->second, images.max().item<double>(), 1e-6);  // the test set has white pixels
-  EXPECT_FALSE(task_of(resolve_config({}, {"task=spam"})).input_range().has_value());
+  EXPECT_FALSE(typed({"task=spam"}).task->input_range().has_value());
 }
 
 TEST(Task, MissingCorpusNamesTheFolderAndTheInstallCommand) {
-  auto c = resolve_config({}, {"task=spam", "data.root=\"/nonexistent/spam\""});
+  auto c = typed({"task=spam", "data.root=\"/nonexistent/spam\""});
   try {
-    task_of(c).load_splits(c, torch::kCPU);
+    c.task->load_splits(c, torch::kCPU);
     FAIL() << "a missing corpus loaded";
   } catch (const kd::Error& e) {
     EXPECT_EQ(e.category(), kd::ErrorCategory::kFile);
