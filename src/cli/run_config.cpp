@@ -108,26 +108,9 @@ TrainConfig train_config(const json& t, const Task& task) {
   return c;
 }
 
-std::string policy_name(WeightingPolicyKind kind) {
-  for (const auto& p : weighting_policy_names()) {
-    if (p.kind == kind) return p.name;
-  }
-  return "fixed";
-}
-
 std::vector<StageConfig> stage_configs(const json& stages) {
-  const auto specs = stages_from_json(stages, "config");
-  std::vector<StageConfig> out;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const std::string path = fmt::format("stages[{}]", i);
-    StageConfig s;
-    s.spec = specs[i];
-    s.hooks = stage_hook_names(stages[i], "config", path);
-    s.weighting = stage_weighting(stages[i], specs[i].losses(), "config", path);
-    s.policy_name = policy_name(s.weighting.policy);
-    s.fingerprint = crc_hex(stages[i].dump());
-    out.push_back(std::move(s));
-  }
+  auto out = stage_configs_from_json(stages, "config");
+  for (size_t i = 0; i < out.size(); ++i) out[i].fingerprint = crc_hex(stages[i].dump());
   return out;
 }
 

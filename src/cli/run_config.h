@@ -99,7 +99,6 @@ struct StageConfig {
   StageSpec spec;                  ///< without hooks or weighting policy (build_student adds them)
   std::vector<std::string> hooks;  ///< "lora", "qat", "prune"
   WeightingConfig weighting;
-  std::string policy_name;         ///< the weighting policy's config name ("fixed" when the stage has none)
   std::string fingerprint;         ///< of the stage's JSON: a resume may change stages not yet begun
 };
 

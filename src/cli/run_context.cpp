@@ -420,7 +420,7 @@ StudentSetup build_student(const RunConfig& config, const fs::path& out) {
       throw Error(ErrorCategory::kConfig,
                   fmt::format("config: '{}.weighting.policy' {} is not available in data-parallel runs ({} ranks): "
                               "use \"uncertainty\" or one process",
-                              path, json(stage.policy_name).dump(), g_process_group->world_size()));
+                              path, json(weighting_policy_name(weighting.policy)).dump(), g_process_group->world_size()));
     }
     const std::string metric = weighting.metric.empty() ? best_metric(config).first : weighting.metric;
     if (const auto scores = validation_scores(*config.task); std::find(scores.begin(), scores.end(), metric) == scores.end()) {

@@ -186,105 +186,123 @@ const nlohmann::json& stage_defaults() {
   return d;
 }
 
-std::vector<StageSpec> stages_from_json(const json& stages, const std::string& origin) {
+namespace {
+
+// One stage object at `path` ("stages[2]"), validated: its spec (without hooks or weighting policy, which need
+// the student), its hook names and its weighting.
+StageConfig stage_from_json(const json& s, const std::string& origin, const std::string& path) {
+  std::vector<std::string> keys;
+  for (const auto& [k, _] : stage_defaults().items()) keys.push_back(k);
+  if (!s.is_object()) config_error(origin, path, fmt::format("must be an object with keys {}, got {}", fmt::join(keys, ", "), s.dump()));
+  for (const auto& [k, v] : s.items()) {
+    if (!stage_defaults().contains(k)) {
+      const auto best = closest_name(k, keys);
+      config_error(origin, path + "." + k,
+           fmt::format("is not a stage key; {}allowed: {}", best.empty() ? "" : "did you mean '" + best + "'? ",
+                       fmt::join(keys, ", ")));
+    }
+  }
+  // Bounded above too, so that steps = epochs x steps per epoch cannot overflow into a short plan.
+  auto get_int = [&](const char* key) {
+    const Range r = *key_range(std::string("stages[].") + key);
+    const auto lo = static_cast<int64_t>(r.lo), hi = static_cast<int64_t>(r.hi);
+    const json v = s.value(key, stage_defaults()[key]);
+    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(hi)) ||
+        v.get<int64_t>() < lo || v.get<int64_t>() > hi) {
+      config_error(origin, path + "." + key, fmt::format("must be an integer in [{}, {}], got {}", lo, hi, v.dump()));
+    }
+    return v.get<int64_t>();
+  };
+  auto get_lr = [&](const char* key, bool allow_default) {
+    const json v = s.value(key, stage_defaults()[key]);
+    const Range r = *key_range(std::string("stages[].") + key);
+    if (!v.is_number() || !(r.contains(v.get<double>()) || (allow_default && v.get<double>() == -1))) {
+      config_error(origin, path + "." + key,
+           fmt::format("must be a number in {}{}, got {}", r.to_string(), allow_default ? " (or -1: same as lr)" : "", v.dump()));
+    }
+    return v.get<double>();
+  };
+  StageConfig stage;
+  StageSpec& spec = stage.spec;
+  const json name = s.value("name", json(""));
+  if (!name.is_string() || name.get<std::string>().empty()) {
+    config_error(origin, path + ".name", fmt::format("must be a non-empty string, got {}", name.dump()));
+  }
+  spec.name(name.get<std::string>());
+  spec.epochs(get_int("epochs")).steps(get_int("steps")).eval_every(get_int("eval_every"));
+  if (spec.epochs() == 0 && spec.steps() == 0) config_error(origin, path, "needs epochs >= 1 or steps >= 1");
+  spec.lr(get_lr("lr", false)).loss_lr(get_lr("loss_lr", true));
+  const json trainable = s.value("trainable", json::array());
+  if (!trainable.is_array() || !std::all_of(trainable.begin(), trainable.end(), [](const json& x) { return x.is_string(); })) {
+    config_error(origin, path + ".trainable",
+         fmt::format("must be a list of regexes over parameter names (empty: all), got {}", trainable.dump()));
+  }
+  spec.trainable(trainable.get<std::vector<std::string>>());
+  spec.param_groups(param_groups_from_json(s.value("param_groups", json::array()), origin, path + ".param_groups"));
+  const json ema = s.value("ema", json(true));
+  if (!ema.is_boolean()) config_error(origin, path + ".ema", fmt::format("must be true or false, got {}", ema.dump()));
+  spec.ema(ema.get<bool>());
+  stage.hooks = stage_hook_names(s, origin, path);  // made by the caller: hooks need the student
+  const auto& hooks = stage.hooks;
+  if (s.contains("qat")) {  // this stage's QAT settings (kd::qat::StageOptions)
+    qat_stage_options_from_json(s["qat"], origin, path + ".qat");
+    if (std::find(hooks.begin(), hooks.end(), "qat") == hooks.end()) {
+      config_error(origin, path + ".qat", "sets QAT options but the stage does not list \"qat\" in its \"hooks\"; add it there");
+    }
+  }
+  if (s.contains("prune")) {  // this stage's sparsity schedule
+    prune_stage_from_json(s["prune"], origin, path + ".prune");
+    if (std::find(hooks.begin(), hooks.end(), "prune") == hooks.end()) {
+      config_error(origin, path + ".prune", "sets a pruning schedule but the stage does not list \"prune\" in its \"hooks\"; add it there");
+    }
+  }
+  const json losses = s.value("losses", json::array());
+  if (!losses.is_array() || losses.empty()) {
+    config_error(origin, path + ".losses",
+         fmt::format("must be a non-empty list of loss terms like {{\"type\": \"temperature_kl\", \"weight\": 0.8}}, "
+                     "got {}", losses.dump()));
+  }
+  std::vector<LossSpec> terms;
+  for (size_t k = 0; k < losses.size(); ++k) {
+    const std::string lpath = fmt::format("{}.losses[{}]", path, k);
+    terms.push_back(loss_from_json(losses[k], origin, lpath));
+    try {  // the registry knows each loss's keys and values
+      LossRegistry::global().create(terms.back());
+    } catch (const Error& e) {
+      throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}': {}", origin, lpath, e.message()));
+    }
+  }
+  stage.weighting = stage_weighting(s, terms, origin, path);  // made by the caller: min_norm needs the student
+  spec.losses(std::move(terms));
+  return stage;
+}
+
+}  // namespace
+
+std::vector<StageConfig> stage_configs_from_json(const json& stages, const std::string& origin) {
   // Checking a stage builds its losses, and their projections draw initial weights: the random stream the run
   // seeded must be where it was afterwards, so that `kd-train teacher` and distill's own teacher start alike.
   const GeneratorsKept kept;
   if (!stages.is_array() || stages.empty()) {
     config_error(origin, "stages", fmt::format("must be a non-empty array of stage objects, got {}", stages.dump()));
   }
-  std::vector<StageSpec> specs;
+  std::vector<StageConfig> out;
   for (size_t i = 0; i < stages.size(); ++i) {
-    const json& s = stages[i];
-    const std::string path = fmt::format("stages[{}]", i);
-    std::vector<std::string> keys;
-    for (const auto& [k, _] : stage_defaults().items()) keys.push_back(k);
-    if (!s.is_object()) config_error(origin, path, fmt::format("must be an object with keys {}, got {}", fmt::join(keys, ", "), s.dump()));
-    for (const auto& [k, v] : s.items()) {
-      if (!stage_defaults().contains(k)) {
-        const auto best = closest_name(k, keys);
-        config_error(origin, path + "." + k,
-             fmt::format("is not a stage key; {}allowed: {}", best.empty() ? "" : "did you mean '" + best + "'? ",
-                         fmt::join(keys, ", ")));
-      }
-    }
-    // Bounded above too, so that steps = epochs x steps per epoch cannot overflow into a short plan.
-    auto get_int = [&](const char* key) {
-      const Range r = *key_range(std::string("stages[].") + key);
-      const auto lo = static_cast<int64_t>(r.lo), hi = static_cast<int64_t>(r.hi);
-      const json v = s.value(key, stage_defaults()[key]);
-      if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(hi)) ||
-          v.get<int64_t>() < lo || v.get<int64_t>() > hi) {
-        config_error(origin, path + "." + key, fmt::format("must be an integer in [{}, {}], got {}", lo, hi, v.dump()));
-      }
-      return v.get<int64_t>();
-    };
-    auto get_lr = [&](const char* key, bool allow_default) {
-      const json v = s.value(key, stage_defaults()[key]);
-      const Range r = *key_range(std::string("stages[].") + key);
-      if (!v.is_number() || !(r.contains(v.get<double>()) || (allow_default && v.get<double>() == -1))) {
-        config_error(origin, path + "." + key,
-             fmt::format("must be a number in {}{}, got {}", r.to_string(), allow_default ? " (or -1: same as lr)" : "", v.dump()));
-      }
-      return v.get<double>();
-    };
-    StageSpec spec;
-    const json name = s.value("name", json(""));
-    if (!name.is_string() || name.get<std::string>().empty()) {
-      config_error(origin, path + ".name", fmt::format("must be a non-empty string, got {}", name.dump()));
-    }
-    spec.name(name.get<std::string>());
-    spec.epochs(get_int("epochs")).steps(get_int("steps")).eval_every(get_int("eval_every"));
-    if (spec.epochs() == 0 && spec.steps() == 0) config_error(origin, path, "needs epochs >= 1 or steps >= 1");
-    spec.lr(get_lr("lr", false)).loss_lr(get_lr("loss_lr", true));
-    const json trainable = s.value("trainable", json::array());
-    if (!trainable.is_array() || !std::all_of(trainable.begin(), trainable.end(), [](const json& x) { return x.is_string(); })) {
-      config_error(origin, path + ".trainable",
-           fmt::format("must be a list of regexes over parameter names (empty: all), got {}", trainable.dump()));
-    }
-    spec.trainable(trainable.get<std::vector<std::string>>());
-    spec.param_groups(param_groups_from_json(s.value("param_groups", json::array()), origin, path + ".param_groups"));
-    const json ema = s.value("ema", json(true));
-    if (!ema.is_boolean()) config_error(origin, path + ".ema", fmt::format("must be true or false, got {}", ema.dump()));
-    spec.ema(ema.get<bool>());
-    const auto hooks = stage_hook_names(s, origin, path);  // checked here, made by the caller (hooks need the student)
-    if (s.contains("qat")) {  // this stage's QAT settings (kd::qat::StageOptions)
-      qat_stage_options_from_json(s["qat"], origin, path + ".qat");
-      if (std::find(hooks.begin(), hooks.end(), "qat") == hooks.end()) {
-        config_error(origin, path + ".qat", "sets QAT options but the stage does not list \"qat\" in its \"hooks\"; add it there");
-      }
-    }
-    if (s.contains("prune")) {  // this stage's sparsity schedule
-      prune_stage_from_json(s["prune"], origin, path + ".prune");
-      if (std::find(hooks.begin(), hooks.end(), "prune") == hooks.end()) {
-        config_error(origin, path + ".prune", "sets a pruning schedule but the stage does not list \"prune\" in its \"hooks\"; add it there");
-      }
-    }
-    const json losses = s.value("losses", json::array());
-    if (!losses.is_array() || losses.empty()) {
-      config_error(origin, path + ".losses",
-           fmt::format("must be a non-empty list of loss terms like {{\"type\": \"temperature_kl\", \"weight\": 0.8}}, "
-                       "got {}", losses.dump()));
-    }
-    std::vector<LossSpec> terms;
-    for (size_t k = 0; k < losses.size(); ++k) {
-      const std::string lpath = fmt::format("{}.losses[{}]", path, k);
-      terms.push_back(loss_from_json(losses[k], origin, lpath));
-      try {  // the registry knows each loss's keys and values
-        LossRegistry::global().create(terms.back());
-      } catch (const Error& e) {
-        throw Error(ErrorCategory::kConfig, fmt::format("{}: '{}': {}", origin, lpath, e.message()));
-      }
-    }
-    stage_weighting(s, terms, origin, path);  // checked here, made by the caller (min_norm needs the student)
-    spec.losses(std::move(terms));
-    specs.push_back(std::move(spec));
+    out.push_back(stage_from_json(stages[i], origin, fmt::format("stages[{}]", i)));
   }
   try {  // what spans stages and terms: duplicate term names
+    std::vector<StageSpec> specs;
+    for (const auto& s : out) specs.push_back(s.spec);
     build_stages(specs);
   } catch (const Error& e) {
     throw Error(ErrorCategory::kConfig, fmt::format("{}: {}", origin, e.message()));
   }
+  return out;
+}
+
+std::vector<StageSpec> stages_from_json(const json& stages, const std::string& origin) {
+  std::vector<StageSpec> specs;
+  for (const auto& s : stage_configs_from_json(stages, origin)) specs.push_back(s.spec);
   return specs;
 }
 

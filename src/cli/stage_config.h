@@ -21,16 +21,20 @@
 #include <nlohmann/json.hpp>
 
 #include "kd/train/stage_spec.h"
+#include "run_config.h"
 
 namespace kd::app {
 
 /// The keys a stage object may have, with their defaults (the schema).
 const nlohmann::json& stage_defaults();
 
-/// Parses and validates `stages` (a JSON array): every key, type and range,
-/// and every loss term by building it with the global kd::LossRegistry.
-/// Throws kd::Error (kConfig) naming `origin` and the JSON path, e.g.
+/// Parses and validates `stages` (a JSON array): every key, type and range, every loss term by building it
+/// with the global kd::LossRegistry, each stage's hook names and weighting, and what spans stages (term names).
+/// Each StageConfig's spec has no hooks or weighting policy yet (they need the student), and its fingerprint
+/// is left to parse_run_config. Throws kd::Error (kConfig) naming `origin` and the JSON path, e.g.
 /// "stages[2].losses[0].temperature".
+std::vector<StageConfig> stage_configs_from_json(const nlohmann::json& stages, const std::string& origin);
+/// The specs of stage_configs_from_json.
 std::vector<StageSpec> stages_from_json(const nlohmann::json& stages, const std::string& origin);
 
 /// The hook names a stage may list in "hooks" ("lora", "qat").

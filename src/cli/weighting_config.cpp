@@ -57,6 +57,13 @@ const std::vector<WeightingPolicyName>& weighting_policy_names() {
   return names;
 }
 
+const char* weighting_policy_name(WeightingPolicyKind kind) {
+  for (const auto& p : weighting_policy_names()) {
+    if (p.kind == kind) return p.name;
+  }
+  throw Error(ErrorCategory::kState, "weighting_policy_name: a WeightingPolicyKind without a name in weighting_policy_names()");
+}
+
 json weighting_defaults(WeightingPolicyKind policy) {
   const WeightingConfig d;
   const auto& s = d.similarity.similarity();

@@ -39,6 +39,8 @@ struct WeightingPolicyName {
   const char* description;
 };
 const std::vector<WeightingPolicyName>& weighting_policy_names();
+/// The config name of `kind` ("uncertainty").
+const char* weighting_policy_name(WeightingPolicyKind kind);
 
 /// One stage's "weighting" object, validated.
 struct WeightingConfig {

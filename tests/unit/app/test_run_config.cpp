@@ -36,7 +36,8 @@ TEST(RunConfig, EverySectionIsReadIntoItsFields) {
            "train.optimizer=\"sgd\"", "train.momentum=0.8", "train.accumulation=2", "train.ema_decay=0.99",
            "train.nonfinite=\"stop\"", "train.tensorboard=\"none\"", "train.augment=\"token_mix\"",
            "train.adversarial_epsilon=0.1", "lora.rank=3", "lora.targets=[\"q_proj\"]", "qat.exclude=[\"^head$\"]",
-           "prune.granularity=\"head\"", "prune.end=0.25", "stages.2.hooks=[\"qat\"]"}));
+           "prune.granularity=\"head\"", "prune.end=0.25", "stages.2.hooks=[\"qat\"]",
+           "stages.1.weighting={\"policy\": \"uncertainty\", \"init_log_var\": 0.5}"}));
   EXPECT_EQ(c.task->name(), "spam");
   EXPECT_EQ(c.out, "runs/x");
   EXPECT_EQ(c.data.limit, 40);
@@ -87,7 +88,9 @@ TEST(RunConfig, EverySectionIsReadIntoItsFields) {
   EXPECT_EQ(c.stages[2].hooks, (std::vector<std::string>{"qat"}));
   EXPECT_TRUE(c.uses_hook("qat"));
   EXPECT_FALSE(c.uses_hook("lora"));
-  EXPECT_EQ(c.stages[0].policy_name, "fixed");
+  EXPECT_EQ(c.stages[0].weighting.policy, kd::app::WeightingPolicyKind::kFixed);
+  EXPECT_EQ(c.stages[1].weighting.policy, kd::app::WeightingPolicyKind::kUncertainty);
+  EXPECT_EQ(c.stages[1].weighting.init_log_var, 0.5);
   const auto other = parse_run_config(resolve_config({}, {"task=spam", "stages.2.epochs=9"}));
   EXPECT_EQ(other.stages[0].fingerprint, c.stages[0].fingerprint);
   EXPECT_NE(other.stages[2].fingerprint, c.stages[2].fingerprint);
